@@ -1,0 +1,51 @@
+"""Who is asking: the tenant and roles TAIS forwards in `X-Tenant-Name` and `X-User-UserRole`.
+
+Nothing else reads those headers. They are read on every tool call (never remembered from `initialize`), because
+one MCP session may carry calls for different tenants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from ai_credit_usage.errors import UserFacingError
+
+TENANT_HEADER = "x-tenant-name"
+ROLE_HEADER = "x-user-userrole"
+ADMIN_ROLES = frozenset({"admin", "administrators"})
+
+
+class Refusal(UserFacingError):
+    """The caller may not see usage data; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    roles: tuple[str, ...]
+
+
+# Set by the server's gate for the duration of one tool call; the tool reads it instead of the headers.
+current_caller: ContextVar[Caller] = ContextVar("current_caller")
+
+
+def identify_caller(
+    headers: Mapping[str, str] | None, *, tenant_override: str | None = None, role_override: str | None = None
+) -> Caller:
+    """The caller if they are an administrator of a named tenant; `Refusal` otherwise."""
+    headers = headers or {}
+    role_header = role_override if role_override is not None else headers.get(ROLE_HEADER, "")
+    roles = tuple(role.strip() for role in role_header.split(",") if role.strip())
+    if not any(role.casefold() in ADMIN_ROLES for role in roles):
+        raise Refusal(
+            "Only tenant administrators can see AI credit usage; ask an administrator of your tenant for these figures."
+        )
+    tenant = (tenant_override if tenant_override is not None else headers.get(TENANT_HEADER, "")).strip()
+    if not tenant:
+        raise Refusal(
+            "Your tenant is not known (the chat service sent no X-Tenant-Name), so no usage can be shown; "
+            "ask the TAIS operator to check the tool's configuration."
+        )
+    return Caller(tenant=tenant, roles=roles)

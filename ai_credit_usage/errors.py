@@ -1,0 +1,13 @@
+"""Errors whose message is written for the chat user (and so for the model relaying it) as it is.
+
+UserFacingError          one sentence saying what went wrong and what to do; never internals, never secrets
+ ├── WindowError         (window.py) a date argument the caller can fix
+ ├── MeterConfigError    (meter.py) the meter cannot answer safely, e.g. it has no tenant dimension
+ └── OpenMeterError      (openmeter.py) OpenMeter was unreachable, slow, refused us or answered nonsense
+"""
+
+from __future__ import annotations
+
+
+class UserFacingError(Exception):
+    """Raised anywhere below the tools; the tool turns it into an `isError` result with exactly this text."""

@@ -1,0 +1,131 @@
+"""The AI-credits meter as OpenMeter defines it, and reading an event's fields through the meter's JSONPaths.
+
+OpenMeter evaluates `valueProperty` and `groupBy` with ClickHouse `JSON_VALUE`, so the paths in use are simple
+member and index chains (`$.credits`, `$.usage.tenant`, `$['tenant']`, `$.items[0].user`). We compile exactly
+that subset once and refuse anything else at query time rather than guess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ai_credit_usage.errors import UserFacingError
+
+logger = logging.getLogger(__name__)
+
+DIMENSIONS = ("tenant", "user", "module", "product", "skill")
+JsonPath = tuple[str | int, ...]
+_warned_missing: set[tuple[str, str]] = set()  # warn once per process, not on every call
+_STEP = re.compile(r"""\.([A-Za-z_][\w-]*)|\[(\d+)\]|\['([^']*)'\]|\["([^"]*)"\]""")
+
+
+class MeterConfigError(UserFacingError):
+    """The meter's definition does not let us answer safely; the operator has to fix the meter or the settings."""
+
+
+def compile_jsonpath(path: str) -> JsonPath:
+    """`$.a.b[0]['c d']` -> ("a", "b", 0, "c d"); ValueError for anything outside that subset."""
+    if not path.startswith("$"):
+        raise ValueError(f"unsupported JSONPath {path!r}")
+    steps: list[str | int] = []
+    position = 1
+    while position < len(path):
+        match = _STEP.match(path, position)
+        if match is None:
+            raise ValueError(f"unsupported JSONPath {path!r}")
+        name, index, single, double = match.groups()
+        steps.append(int(index) if index is not None else next(s for s in (name, single, double) if s is not None))
+        position = match.end()
+    return tuple(steps)
+
+
+def extract(data: Any, path: JsonPath) -> Any:
+    """The value at `path` in `data`, or None when any step is missing."""
+    for step in path:
+        if isinstance(step, int):
+            if not isinstance(data, list) or step >= len(data):
+                return None
+            data = data[step]
+        elif isinstance(data, dict):
+            data = data.get(step)
+        else:
+            return None
+    return data
+
+
+def dimension_text(value: Any) -> str:
+    """A dimension as OpenMeter groups it: strings as they are, other scalars as JSON text, missing as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def credits_value(value: Any) -> float | None:
+    """A SUM meter's value: a number or a string that parses as one; None (not counted) for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+@dataclass(frozen=True)
+class Meter:
+    slug: str
+    event_type: str
+    value_path: JsonPath
+    dimension_paths: dict[str, JsonPath]
+
+    @classmethod
+    def from_definition(cls, definition: dict[str, Any]) -> Meter:
+        """Validate what `GET /api/v1/meters/{meter}` returned; a meter we cannot scope by tenant is refused."""
+        slug = str(definition.get("slug", "?"))
+        if definition.get("aggregation") != "SUM":
+            raise MeterConfigError(
+                f"The meter '{slug}' is not a SUM meter, so it does not hold credit totals; "
+                "ask the operator to point OPENMETER_METER at the AI-credits meter."
+            )
+        group_by = definition.get("groupBy") or {}
+        if "tenant" not in group_by:
+            raise MeterConfigError(
+                f"The meter '{slug}' has no tenant dimension, so usage cannot be limited to your tenant; "
+                "ask the operator to add 'tenant' to the meter's groupBy."
+            )
+        try:
+            value_path = compile_jsonpath(str(definition.get("valueProperty", "")))
+            dimension_paths = {name: compile_jsonpath(str(group_by[name])) for name in DIMENSIONS if name in group_by}
+        except ValueError as exc:
+            raise MeterConfigError(
+                f"The meter '{slug}' uses a JSONPath this server cannot read ({exc}); ask the operator to check it."
+            ) from None
+        for name in DIMENSIONS:
+            if name not in dimension_paths and (slug, name) not in _warned_missing:
+                _warned_missing.add((slug, name))
+                logger.warning("meter %s has no %r dimension; that column stays empty", slug, name)
+        return cls(
+            slug=slug,
+            event_type=str(definition.get("eventType", "")),
+            value_path=value_path,
+            dimension_paths=dimension_paths,
+        )
+
+    def dimension(self, data: Any, name: str) -> str:
+        path = self.dimension_paths.get(name)
+        return "" if path is None else dimension_text(extract(data, path))
+
+    def credits(self, data: Any) -> float | None:
+        return credits_value(extract(data, self.value_path))

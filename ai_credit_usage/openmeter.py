@@ -1,0 +1,180 @@
+"""A small read-only OpenMeter client on httpx2: the meter definition, the meter query and raw event pages.
+
+Every way OpenMeter can fail (unreachable, slow, key refused, unknown meter, rate limit, 5xx, unreadable JSON)
+becomes an `OpenMeterError` with one sentence for the chat user; the log gets the status and OpenMeter's request
+id. The API key lives only in the client's default headers: no message or log line carries it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx2
+from pydantic import BaseModel, ValidationError
+
+from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.window import Window, format_utc
+
+logger = logging.getLogger(__name__)
+
+EVENTS_PAGE_SIZE = 100  # the most /api/v2/events hands out per page
+DEFAULT_TIMEOUT = httpx2.Timeout(30.0, connect=5.0)
+
+
+class OpenMeterError(UserFacingError):
+    """OpenMeter could not answer; the message says so in one sentence the model can relay."""
+
+
+class QueryRow(BaseModel):
+    value: float
+    groupBy: dict[str, str | None] = {}
+
+
+class _QueryResult(BaseModel):
+    data: list[QueryRow]
+
+
+class CloudEvent(BaseModel):
+    id: str
+    type: str
+    subject: str
+    time: datetime | None = None
+    data: Any = None
+
+
+class _IngestedEvent(BaseModel):
+    event: CloudEvent
+
+
+class _EventsPage(BaseModel):
+    items: list[_IngestedEvent]
+    nextCursor: str | None = None
+
+
+class OpenMeterClient:
+    """One shared `AsyncClient` for the process; `transport` is the seam tests and benchmarks may use."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: httpx2.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx2.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def get_meter(self, meter: str) -> dict[str, Any]:
+        body = await self._get_json(f"/api/v1/meters/{meter}", {}, meter=meter)
+        if not isinstance(body, dict):
+            raise _unreadable("/api/v1/meters/{meter}", "not an object")
+        return body
+
+    async def query_meter(
+        self, meter: str, window: Window, group_by: Sequence[str], filters: Mapping[str, Any]
+    ) -> list[QueryRow]:
+        """One aggregate row per group over the whole window; OpenMeter does not paginate this."""
+        params: list[tuple[str, str]] = [("from", format_utc(window.start)), ("to", format_utc(window.end))]
+        params += [("groupBy", key) for key in group_by]
+        # Built as data and JSON-encoded, so no tenant name can add operators or keys to the filter.
+        params.append(("advancedMeterGroupByFilters", json.dumps(filters, ensure_ascii=False)))
+        body = await self._get_json(f"/api/v1/meters/{meter}/query", params, meter=meter)
+        try:
+            return _QueryResult.model_validate(body).data
+        except ValidationError as exc:
+            raise _unreadable("meter query", exc) from None
+
+    async def iter_event_pages(self, window: Window, event_type: str) -> AsyncIterator[list[CloudEvent]]:
+        """Every event of `event_type` in the window, newest first, a page at a time, following each cursor."""
+        event_filter = {
+            "type": {"$eq": event_type},
+            # One operator per object: real OpenMeter answers 400 to {"$gte": a, "$lt": b}.
+            "time": {"$and": [{"$gte": format_utc(window.start)}, {"$lt": format_utc(window.end)}]},
+        }
+        params = {"limit": str(EVENTS_PAGE_SIZE), "filter": json.dumps(event_filter)}
+        while True:
+            body = await self._get_json("/api/v2/events", params, meter=None)
+            try:
+                page = _EventsPage.model_validate(body)
+            except ValidationError as exc:
+                raise _unreadable("events page", exc) from None
+            yield [item.event for item in page.items]
+            if not page.nextCursor:  # OpenMeter sets it only when the page is full
+                return
+            params = {**params, "cursor": page.nextCursor}
+
+    async def _get_json(self, path: str, params: Any, *, meter: str | None) -> Any:
+        started = time.perf_counter()
+        try:
+            response = await self._http.get(path, params=params)
+        except httpx2.TimeoutException:
+            logger.warning("OpenMeter GET %s timed out", path)
+            raise OpenMeterError(
+                "OpenMeter did not answer in time; try again in a minute, or ask for a shorter window."
+            ) from None
+        except httpx2.TransportError as exc:
+            logger.warning("OpenMeter GET %s failed: %s", path, type(exc).__name__)
+            raise OpenMeterError(
+                "OpenMeter cannot be reached right now; try again in a few minutes, "
+                "and tell the operator if it persists."
+            ) from None
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if response.status_code >= 400:
+            _log_problem(path, response, elapsed_ms)
+            raise _status_error(response.status_code, meter)
+        logger.info("OpenMeter GET %s -> %d in %.0f ms", path, response.status_code, elapsed_ms)
+        try:
+            return response.json()
+        except ValueError:
+            raise _unreadable(path, "invalid JSON") from None
+
+
+def _log_problem(path: str, response: httpx2.Response, elapsed_ms: float) -> None:
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {}
+    if not isinstance(problem, dict):
+        problem = {}
+    logger.warning(
+        "OpenMeter GET %s -> %d in %.0f ms: %s (request %s)",
+        path,
+        response.status_code,
+        elapsed_ms,
+        str(problem.get("detail") or problem.get("title") or "no detail")[:300],
+        problem.get("instance", "unknown"),
+    )
+
+
+def _status_error(status: int, meter: str | None) -> OpenMeterError:
+    if status in (401, 403):
+        return OpenMeterError("OpenMeter refused this server's API key; ask the operator to check OPENMETER_API_KEY.")
+    if status == 404 and meter is not None:
+        return OpenMeterError(f"OpenMeter has no meter '{meter}'; ask the operator to check OPENMETER_METER.")
+    if status == 429:
+        return OpenMeterError("OpenMeter is rate-limiting requests right now; try again in a minute.")
+    if status >= 500:
+        return OpenMeterError(f"OpenMeter had an internal error (HTTP {status}); try again in a few minutes.")
+    return OpenMeterError(
+        f"OpenMeter rejected the query (HTTP {status}); this is a fault in the credits server, "
+        "please report it to the operator."
+    )
+
+
+def _unreadable(what: str, reason: object) -> OpenMeterError:
+    logger.warning("OpenMeter sent an unreadable %s: %s", what, str(reason)[:300])
+    return OpenMeterError("OpenMeter sent an answer that could not be read; try again, and report it if it persists.")

@@ -1,0 +1,93 @@
+"""From a question to what a tool returns: the window, the table, the preview text, the workbook, the link."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import anyio.to_thread
+from mcp.types import CallToolResult, TextContent
+
+from ai_credit_usage.caller import Caller
+from ai_credit_usage.downloads import DownloadStore
+from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.render import format_credits, render_answer
+from ai_credit_usage.usage import Table
+from ai_credit_usage.window import Clock, Window, format_utc, resolve_window
+from ai_credit_usage.workbook import XLSX_MEDIA_TYPE, build_workbook
+
+logger = logging.getLogger(__name__)
+
+Question = Callable[[str, Window], Awaitable[Table]]
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def error_result(message: str) -> CallToolResult:
+    """A refusal or failure the chat can relay: a tool result with `isError`, not a protocol error."""
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+class ReportMaker:
+    def __init__(self, downloads: DownloadStore, *, download_base_url: str, meter_slug: str, clock: Clock) -> None:
+        self._downloads = downloads
+        self._download_base_url = download_base_url
+        self._meter_slug = meter_slug
+        self._clock = clock
+
+    async def answer(
+        self, tool: str, caller: Caller, question: Question, from_date: str | None, to_date: str | None
+    ) -> CallToolResult:
+        try:
+            window = resolve_window(from_date, to_date, self._clock())
+            table = await question(caller.tenant, window)
+        except UserFacingError as exc:
+            logger.info("%s for tenant %r failed: %s", tool, caller.tenant, exc)
+            return error_result(str(exc))
+        now = self._clock()
+        about = [
+            ("tool", tool),
+            ("tenant", caller.tenant),
+            ("from (UTC)", format_utc(window.start)),
+            ("to (UTC, exclusive)", format_utc(window.end)),
+            ("rows", len(table.rows)),
+            ("total credits", table.total_credits),
+            ("source", f"OpenMeter meter '{self._meter_slug}'"),
+            ("times", "UTC"),
+            ("generated at (UTC)", format_utc(now)),
+        ]
+        # openpyxl holds the GIL while it writes; a worker thread at least keeps this call from blocking the loop.
+        content = await anyio.to_thread.run_sync(lambda: build_workbook(table, about=about))
+        token, download = self._downloads.put(
+            content, filename=_filename(tool, caller.tenant, window), media_type=XLSX_MEDIA_TYPE
+        )
+        text = render_answer(
+            table,
+            tenant=caller.tenant,
+            window=window,
+            download_url=f"{self._download_base_url}/download/{token}",
+            expires_at=download.expires_at,
+            now=now,
+        )
+        logger.info(
+            "%s for tenant %r over %s: %d rows, %s credits",
+            tool,
+            caller.tenant,
+            window.describe(),
+            len(table.rows),
+            format_credits(table.total_credits),
+        )
+        return CallToolResult(content=[TextContent(type="text", text=text)])
+
+
+def _filename(tool: str, tenant: str, window: Window) -> str:
+    subject = tool.removeprefix("get_credit_").removeprefix("usage_by_").removeprefix("usage_")
+    safe_tenant = _UNSAFE_FILENAME.sub("_", tenant).strip("._")[:60] or "tenant"
+    return f"ai-credits_{subject}_{safe_tenant}_{_stamp(window.start)}_to_{_stamp(window.end)}.xlsx"
+
+
+def _stamp(moment: datetime) -> str:
+    if (moment.hour, moment.minute, moment.second) == (0, 0, 0):
+        return moment.strftime("%Y-%m-%d")
+    return moment.strftime("%Y-%m-%dT%H%M%SZ")

@@ -1,0 +1,97 @@
+"""Configuration from the environment and `.env`, validated once at start-up.
+
+Every problem becomes a `ConfigError` whose message is one line naming the variable, so `main.py` can print it
+and stop without a traceback. The API key is a `SecretStr`: its repr is masked and no message ever echoes it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXCEL_MAX_DATA_ROWS = 1_048_575  # 1,048,576 rows a sheet, less the header
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed; the message is meant for the operator as it is."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore", frozen=True)
+
+    openmeter_api_key: SecretStr
+    openmeter_url: str = "https://openmeter.cloud"
+    openmeter_meter: str = Field(default="ai_credits", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    mcp_host: str = "127.0.0.1"
+    mcp_port: int = Field(default=8765, ge=1, le=65535)
+    public_base_url: str | None = None
+    download_ttl_seconds: int = Field(default=600, ge=1, le=7 * 24 * 3600)
+    mcp_allowed_hosts: str = ""
+    max_event_rows: int = Field(default=1_000_000, ge=1, le=EXCEL_MAX_DATA_ROWS)
+    tenant_override: str | None = None
+    role_override: str | None = None
+
+    @field_validator("openmeter_url", "public_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http(s) URL such as https://openmeter.cloud")
+        return value.rstrip("/")
+
+    @field_validator("openmeter_api_key")
+    @classmethod
+    def _not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("is blank")
+        return value
+
+    @property
+    def download_base_url(self) -> str:
+        return self.public_base_url or f"http://localhost:{self.mcp_port}"
+
+    @property
+    def extra_allowed_hosts(self) -> list[str]:
+        return [host.strip() for host in self.mcp_allowed_hosts.split(",") if host.strip()]
+
+    @property
+    def binds_loopback(self) -> bool:
+        if self.mcp_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.mcp_host).is_loopback
+        except ValueError:
+            return False
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (which wins) and `.env`; raise `ConfigError` with one line naming the bad variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    if (settings.tenant_override or settings.role_override) and not settings.binds_loopback:
+        raise ConfigError(
+            "TENANT_OVERRIDE/ROLE_OVERRIDE are for local development only: unset them, "
+            f"or bind MCP_HOST to a loopback address (it is {settings.mcp_host!r})."
+        )
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
+    if error["type"] == "missing":
+        if name == "OPENMETER_API_KEY":
+            return "OPENMETER_API_KEY is not set: put your OpenMeter API key in the environment or in .env."
+        return f"{name} is not set."
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    if name == "OPENMETER_API_KEY":  # never echo a secret, even a malformed one
+        return f"OPENMETER_API_KEY is not valid: {reason}."
+    return f"{name}={error.get('input')!r} is not valid: {reason}."

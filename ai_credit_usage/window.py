@@ -1,0 +1,75 @@
+"""The half-open UTC time window a question is about, from the tools' optional `from_date` / `to_date`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from ai_credit_usage.errors import UserFacingError
+
+Clock = Callable[[], datetime]
+DEFAULT_SPAN = timedelta(days=7)
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class WindowError(UserFacingError):
+    """A date argument the caller can fix; the message names the parameter and says what is accepted."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_utc(moment: datetime) -> str:
+    """RFC 3339 in UTC with `Z`, as OpenMeter wants it and as the answers show it."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Window:
+    """[start, end): `start` inclusive, `end` exclusive, both aware UTC datetimes."""
+
+    start: datetime
+    end: datetime
+
+    def describe(self) -> str:
+        return f"{format_utc(self.start)} to {format_utc(self.end)} (end exclusive)"
+
+
+def resolve_window(from_date: str | None, to_date: str | None, now: datetime) -> Window:
+    """Turn the tool arguments into a window; defaults are "now" for the end and 7 days before the end for the start.
+
+    A date-only `to_date` includes that whole day, so January is `from_date=2026-01-01, to_date=2026-01-31`.
+    """
+    end = _parse("to_date", to_date, whole_day=True) if _given(to_date) else now.astimezone(UTC)
+    start = _parse("from_date", from_date, whole_day=False) if _given(from_date) else end - DEFAULT_SPAN
+    if start.replace(microsecond=0) >= end.replace(microsecond=0):
+        raise WindowError(
+            f"from_date ({format_utc(start)}) must be before to_date ({format_utc(end)}, end exclusive): "
+            "swap them or widen the window."
+        )
+    # OpenMeter keeps whole seconds; truncating here keeps what we show and what we ask for the same.
+    return Window(start=start.replace(microsecond=0), end=end.replace(microsecond=0))
+
+
+def _given(value: str | None) -> bool:
+    return value is not None and value.strip() != ""
+
+
+def _parse(name: str, raw: str | None, *, whole_day: bool) -> datetime:
+    text = (raw or "").strip()
+    try:
+        if _DATE_ONLY.match(text):
+            midnight = datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
+            return midnight + timedelta(days=1) if whole_day else midnight
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise WindowError(
+            f"{name} {raw!r} is not a date: use ISO 8601 such as 2026-01-15, 2026-01-15T00:00:00Z "
+            "or 2026-01-15T00:00:00+02:00."
+        ) from None
+    if moment.tzinfo is None:  # a time without an offset is UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)

@@ -1,0 +1,222 @@
+"""The MCP app: three tools, the caller gate, `/health` and `/download/<token>`. The work lives in `ai_credit_usage`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx2
+from mcp.server import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import CallToolResult, ToolAnnotations
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+
+from ai_credit_usage.caller import Refusal, current_caller, identify_caller
+from ai_credit_usage.downloads import DownloadStore
+from ai_credit_usage.openmeter import OpenMeterClient
+from ai_credit_usage.report import Question, ReportMaker, error_result
+from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
+from ai_credit_usage.usage import UsageService
+from ai_credit_usage.window import Clock, utc_now
+
+logger = logging.getLogger("ai_credit_usage.server")
+
+VERSION = "0.1.0"
+SWEEP_INTERVAL_SECONDS = 30
+
+INSTRUCTIONS = """\
+Answers a tenant administrator's questions about their own tenant's AI credit usage, read from OpenMeter.
+Pick the tool by the question: totals -> get_credit_usage_by_tenant; who or what uses the most (breakdown by user,
+module, product, skill) -> get_credit_usage_summary; individual events ("what happened on Jan 15th?") ->
+get_credit_events. Every tool takes only from_date and to_date (ISO 8601, both optional; default: the last 7 days)
+and always answers for the caller's own tenant. Each answer has a short table and a link to the full Excel file,
+which expires after a few minutes: give the user the link as it is."""
+
+FromDate = Annotated[
+    str | None,
+    Field(
+        description="Start of the window, inclusive, ISO 8601: 2026-01-01, 2026-01-01T00:00:00Z or "
+        "2026-01-01T00:00:00+02:00 (no offset means UTC). Default: 7 days before to_date."
+    ),
+]
+ToDate = Annotated[
+    str | None,
+    Field(
+        description="End of the window, ISO 8601. A date alone includes that whole day (January: from_date "
+        "2026-01-01, to_date 2026-01-31); a timestamp is exclusive. Default: now."
+    ),
+]
+READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+WINDOW_HELP = (
+    " The window defaults to the last 7 days; a date-only to_date includes that whole day. The answer names the "
+    "window, shows a table of at most 50 rows and the total, and links an Excel file with every row."
+)
+TENANT_TOTAL_HELP = (
+    'Total AI credits the caller\'s tenant used in a time window: "How many credits did we use this month?". '
+    "One row (tenant, credits). For who or what used them use get_credit_usage_summary; for individual events, "
+    "get_credit_events." + WINDOW_HELP
+)
+SUMMARY_HELP = (
+    "Breakdown of the tenant's AI credits by user, module, product and skill, largest first: \"Who uses the "
+    'most?", "Which module costs the most?". One row per combination. For the plain total use '
+    "get_credit_usage_by_tenant; for individual events, get_credit_events." + WINDOW_HELP
+)
+EVENTS_HELP = (
+    "Individual AI-credit events of the tenant, newest first: time (UTC), user, module, product, credits. For "
+    '"What happened on January 15th?" use from_date=to_date=2026-01-15. Prefer short windows; for totals or '
+    "breakdowns use get_credit_usage_by_tenant or get_credit_usage_summary." + WINDOW_HELP
+)
+
+
+def create_app(
+    settings: Settings, *, clock: Clock = utc_now, openmeter_transport: httpx2.AsyncBaseTransport | None = None
+) -> Starlette:
+    """Build the whole ASGI app; `clock` and `openmeter_transport` are the seams for tests and benchmarks."""
+    openmeter = OpenMeterClient(
+        settings.openmeter_url, settings.openmeter_api_key.get_secret_value(), transport=openmeter_transport
+    )
+    usage = UsageService(openmeter, settings.openmeter_meter, max_event_rows=settings.max_event_rows)
+    downloads = DownloadStore(settings.download_ttl_seconds, clock)
+    reports = ReportMaker(
+        downloads, download_base_url=settings.download_base_url, meter_slug=settings.openmeter_meter, clock=clock
+    )
+    mcp = MCPServer("ai-credits-mcp", version=VERSION, instructions=INSTRUCTIONS)
+
+    async def answer(tool: str, question: Question, from_date: str | None, to_date: str | None) -> CallToolResult:
+        caller = current_caller.get(None)
+        if caller is None:  # the gate always sets it; refuse rather than guess if it ever does not
+            return error_result("The caller could not be identified, so no usage can be shown.")
+        return await reports.answer(tool, caller, question, from_date, to_date)
+
+    @mcp.tool(title="AI credits used by my tenant", description=TENANT_TOTAL_HELP, annotations=READ_ONLY)
+    async def get_credit_usage_by_tenant(from_date: FromDate = None, to_date: ToDate = None) -> CallToolResult:
+        return await answer("get_credit_usage_by_tenant", usage.tenant_total, from_date, to_date)
+
+    @mcp.tool(title="AI credit usage breakdown", description=SUMMARY_HELP, annotations=READ_ONLY)
+    async def get_credit_usage_summary(from_date: FromDate = None, to_date: ToDate = None) -> CallToolResult:
+        return await answer("get_credit_usage_summary", usage.summary, from_date, to_date)
+
+    @mcp.tool(title="AI credit events", description=EVENTS_HELP, annotations=READ_ONLY)
+    async def get_credit_events(from_date: FromDate = None, to_date: ToDate = None) -> CallToolResult:
+        return await answer("get_credit_events", usage.events, from_date, to_date)
+
+    mcp.middleware.append(_caller_gate(settings, mcp))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def download(request: Request) -> Response:
+        found = downloads.get(request.path_params["token"])
+        if found is None:  # unknown, expired or never issued: the same answer, revealing nothing
+            return PlainTextResponse("Not Found", status_code=404)
+        return Response(
+            found.content,
+            media_type=found.media_type,
+            headers={
+                "Content-Disposition": f'attachment; filename="{found.filename}"',
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    mcp_app = mcp.streamable_http_app(
+        stateless_http=True, transport_security=_transport_security(settings), host=settings.mcp_host
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with mcp.session_manager.run(), anyio.create_task_group() as tasks:
+            tasks.start_soon(_sweep_downloads, downloads)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+                await openmeter.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/download/{token}", download, methods=["GET"]),
+            Mount("/", app=mcp_app),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _caller_gate(settings: Settings, mcp: MCPServer):
+    """The one gate every tool call passes: an admin of a named tenant, with only the declared arguments.
+
+    `initialize`, `tools/list` and the rest pass untouched, so a client can connect and list tools without headers.
+    A refusal is a tool result with `isError` and one sentence, so the chat can tell the user.
+    """
+
+    declared_arguments: dict[str, frozenset[str]] = {}
+
+    async def gate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        if not declared_arguments:
+            declared_arguments.update(
+                {tool.name: frozenset(tool.input_schema.get("properties", {})) for tool in await mcp.list_tools()}
+            )
+        params = ctx.params or {}
+        tool = str(params.get("name", ""))
+        try:
+            caller = identify_caller(
+                ctx.request.headers if ctx.request is not None else None,
+                tenant_override=settings.tenant_override,
+                role_override=settings.role_override,
+            )
+            _check_arguments(tool, params.get("arguments") or {}, declared_arguments)
+        except Refusal as refusal:
+            logger.info("refused %s: %s", tool or "tools/call", refusal)
+            return error_result(str(refusal))
+        token = current_caller.set(caller)
+        try:
+            return await call_next(ctx)
+        finally:
+            current_caller.reset(token)
+
+    return gate
+
+
+def _check_arguments(tool: str, arguments: Any, declared_arguments: dict[str, frozenset[str]]) -> None:
+    allowed = declared_arguments.get(tool)
+    if allowed is None or not isinstance(arguments, dict):
+        return  # unknown tools and malformed arguments get the SDK's own error
+    unexpected = sorted(set(arguments) - allowed)
+    if unexpected:
+        raise Refusal(
+            f"{tool} takes only {' and '.join(sorted(allowed))}; it always answers for your own tenant, "
+            f"so leave out {', '.join(repr(name) for name in unexpected)}."
+        )
+
+
+def _transport_security(settings: Settings) -> TransportSecuritySettings:
+    """DNS-rebinding protection stays on whatever the bind address; MCP_ALLOWED_HOSTS adds deployment names."""
+    names = [f"[{name}]" if ":" in name else name for name in LOOPBACK_NAMES]
+    public_host = urlsplit(settings.download_base_url).netloc
+    hosts: list[str] = [f"{name}:*" for name in names]
+    for extra in [*settings.extra_allowed_hosts, public_host]:
+        hosts += [extra] if ":" in extra.rsplit("]", 1)[-1] else [extra, f"{extra}:*"]
+    hosts = list(dict.fromkeys(hosts))
+    origins = [f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+async def _sweep_downloads(downloads: DownloadStore) -> None:
+    """Free expired workbooks even when nobody touches the store."""
+    while True:
+        await anyio.sleep(SWEEP_INTERVAL_SECONDS)
+        if purged := downloads.purge_expired():
+            logger.info("freed %d expired downloads", purged)

@@ -1,0 +1,123 @@
+"""Fixtures that run the server the way TAIS does: a real uvicorn on loopback, reached by the SDK's Streamable HTTP
+client with the TAIS headers, talking to a stand-in OpenMeter that is itself a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult
+
+from ai_credit_usage.settings import Settings, load_settings
+from server import create_app
+from tests.fake_openmeter import AI_CREDITS_METER, FakeOpenMeter
+from tests.servers import serve_in_thread
+
+API_KEY = "om-test-secret-4f9c2b7e1d"
+NOW = datetime(2026, 1, 20, 12, 0, 0, tzinfo=UTC)
+ADMIN = {"X-Tenant-Name": "acme", "X-User-UserRole": "admin"}
+SETTINGS_VARIABLES = (
+    "OPENMETER_API_KEY",
+    "OPENMETER_URL",
+    "OPENMETER_METER",
+    "MCP_HOST",
+    "MCP_PORT",
+    "PUBLIC_BASE_URL",
+    "DOWNLOAD_TTL_SECONDS",
+    "MCP_ALLOWED_HOSTS",
+    "MAX_EVENT_ROWS",
+    "TENANT_OVERRIDE",
+    "ROLE_OVERRIDE",
+)
+
+
+class FakeClock:
+    """The server's only source of "now"; tests move it instead of sleeping."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, **delta: float) -> None:
+        with self._lock:
+            self._now += timedelta(**delta)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """No developer's environment or `.env` leaks into a test."""
+    for name in SETTINGS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def openmeter() -> FakeOpenMeter:
+    fake = FakeOpenMeter(api_key=API_KEY)
+    fake.add_meter(dict(AI_CREDITS_METER))
+    return fake
+
+
+@pytest.fixture
+def openmeter_url(openmeter: FakeOpenMeter) -> Iterator[str]:
+    with serve_in_thread(openmeter.app) as url:
+        yield url
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW)
+
+
+@pytest.fixture
+def start_server(openmeter_url: str, clock: FakeClock) -> Iterator[Callable[..., str]]:
+    """Start the real app against the stand-in; keyword arguments override settings. Returns the base URL."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**overrides: Any) -> str:
+            values: dict[str, Any] = {"openmeter_api_key": API_KEY, "openmeter_url": openmeter_url, **overrides}
+            settings: Settings = load_settings(_env_file=None, **values)
+            return stack.enter_context(serve_in_thread(create_app(settings, clock=clock)))
+
+        yield start
+
+
+@pytest.fixture
+def server_url(start_server: Callable[..., str]) -> str:
+    return start_server()
+
+
+async def call_tool(
+    url: str,
+    tool: str,
+    arguments: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    mode: str = "auto",
+) -> CallToolResult:
+    """One tool call as TAIS makes it: a fresh MCP connection carrying the caller's headers."""
+    async with (
+        httpx2.AsyncClient(headers=ADMIN if headers is None else headers) as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http), mode=mode) as client,
+    ):
+        return await client.call_tool(tool, arguments or {})
+
+
+def text_of(result: CallToolResult) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")

@@ -1,0 +1,104 @@
+"""`/download/<token>` and `/health`, with expiry driven by the injected clock."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import UTC, datetime, timedelta
+
+import httpx2
+import pytest
+from openpyxl import load_workbook
+
+from ai_credit_usage.downloads import DownloadStore
+from tests.conftest import NOW, FakeClock, call_tool, text_of
+from tests.fake_openmeter import FakeOpenMeter, make_event
+
+pytestmark = pytest.mark.anyio
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def download_path(text: str) -> str:
+    match = re.search(r"\]\(http://localhost:8765(/download/([\w-]+))\)", text)
+    assert match, text
+    assert len(match.group(2)) >= 43  # 32 random bytes, base64url: 256 bits
+    return match.group(1)
+
+
+async def test_health_answers_without_openmeter(server_url: str, openmeter: FakeOpenMeter) -> None:
+    response = httpx2.get(f"{server_url}/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert not openmeter.requests
+
+
+async def test_download_serves_every_row_as_an_attachment(server_url: str, openmeter: FakeOpenMeter) -> None:
+    openmeter.ingest(
+        *[
+            make_event(tenant="acme", credits=0.001 * i, time=datetime(2026, 1, 15, 0, i, tzinfo=UTC), user=f"u{i}")
+            for i in range(55)
+        ],
+        make_event(tenant="acme", credits=1, time=datetime(2026, 1, 15, 2, tzinfo=UTC), user="=cmd|' /C calc'!A0"),
+        make_event(tenant="acme", credits=1, time=datetime(2026, 1, 15, 3, tzinfo=UTC), user="@SUM(1+1)"),
+    )
+    result = await call_tool(server_url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"})
+    text = text_of(result)
+    assert "Showing 50 of 57 rows" in text
+    response = httpx2.get(server_url + download_path(text))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == XLSX
+    assert response.headers["content-disposition"] == (
+        'attachment; filename="ai-credits_events_acme_2026-01-15_to_2026-01-16.xlsx"'
+    )
+    workbook = load_workbook(io.BytesIO(response.content))
+    data = workbook.worksheets[0]
+    rows = list(data.iter_rows(values_only=True))
+    assert len(rows) == 58
+    assert rows[1][1] == "@SUM(1+1)" and rows[2][1] == "=cmd|' /C calc'!A0"
+    assert data["B2"].data_type == "s" and data["B3"].data_type == "s"
+    assert rows[-1] == (datetime(2026, 1, 15, 0, 0), "u0", "chat", "p1", "acme", 0)
+    assert rows[3][5] == pytest.approx(0.054)  # exact in the workbook, "0.05" in the text
+    about = dict(workbook["About"].iter_rows(values_only=True))
+    assert about["tenant"] == "acme" and about["from (UTC)"] == "2026-01-15T00:00:00Z"
+
+
+async def test_link_expires_after_the_ttl(server_url: str, clock: FakeClock) -> None:
+    text = text_of(await call_tool(server_url, "get_credit_usage_by_tenant"))
+    assert "(link expires at 2026-01-20T12:10:00Z, in 10 minutes)" in text
+    path = download_path(text)
+    clock.advance(seconds=599)
+    assert httpx2.get(server_url + path).status_code == 200
+    clock.advance(seconds=1)
+    expired = httpx2.get(server_url + path)
+    assert expired.status_code == 404
+    assert expired.text == "Not Found"
+
+
+async def test_unknown_token_is_404_and_reveals_nothing(server_url: str) -> None:
+    for token in ("nope", "A" * 43, "..%2F..%2Fetc%2Fpasswd"):
+        response = httpx2.get(f"{server_url}/download/{token}")
+        assert response.status_code == 404
+        assert response.text == "Not Found"
+
+
+async def test_custom_ttl(start_server, clock: FakeClock) -> None:
+    url = start_server(download_ttl_seconds=60)
+    text = text_of(await call_tool(url, "get_credit_usage_by_tenant"))
+    assert "in 1 minute)" in text
+    clock.advance(seconds=60)
+    assert httpx2.get(url + download_path(text)).status_code == 404
+
+
+def test_expired_entries_are_freed_not_hidden() -> None:
+    clock = FakeClock(NOW)
+    store = DownloadStore(600, clock)
+    tokens = {store.put(b"x" * 1000, filename=f"{i}.xlsx", media_type=XLSX)[0] for i in range(5)}
+    assert len(tokens) == 5 and len(store) == 5
+    clock.advance(seconds=300)
+    store.put(b"y", filename="late.xlsx", media_type=XLSX)
+    clock.advance(seconds=300)
+    assert store.purge_expired() == 5
+    assert len(store) == 1
+    clock.advance(seconds=timedelta(minutes=10).total_seconds())
+    assert store.get("anything") is None
+    assert len(store) == 0

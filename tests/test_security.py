@@ -1,0 +1,241 @@
+"""SPEC §7 end to end: the admin check, the tenant scope, isolation under concurrency, no leaked key, and
+OpenMeter trouble that becomes a clean error while the server stays up."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import socket
+import zipfile
+from collections.abc import Callable
+from datetime import timedelta
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.conftest import API_KEY, NOW, call_tool, text_of
+from tests.fake_openmeter import AI_CREDITS_METER, FakeOpenMeter, make_event
+
+pytestmark = pytest.mark.anyio
+TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events")
+REFUSED_ROLE = "Only tenant administrators can see AI credit usage"
+
+
+@pytest.fixture
+def two_tenants(openmeter: FakeOpenMeter) -> None:
+    for i in range(30):
+        at = NOW - timedelta(hours=i + 1)
+        openmeter.ingest(
+            make_event(tenant="acme", credits=1 + i, time=at, user=f"acme-user-{i % 3}"),
+            make_event(tenant="globex", credits=1000 + i, time=at, user=f"globex-user-{i % 3}"),
+        )
+
+
+@pytest.mark.parametrize(
+    "role", ["admin", "Administrators", "ADMIN", "administrators", "user, Administrators", "reader ,admin"]
+)
+async def test_admin_roles_are_accepted(server_url: str, two_tenants: None, role: str) -> None:
+    result = await call_tool(
+        server_url, "get_credit_usage_by_tenant", headers={"X-Tenant-Name": "acme", "X-User-UserRole": role}
+    )
+    assert not result.is_error, text_of(result)
+    assert "| acme | 465.00 |" in text_of(result)
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"X-Tenant-Name": "acme", "X-User-UserRole": "user"}, id="wrong-role"),
+        pytest.param({"X-Tenant-Name": "acme", "X-User-UserRole": "administrator"}, id="near-miss"),
+        pytest.param({"X-Tenant-Name": "acme", "X-User-UserRole": "admins,superuser"}, id="list-without-admin"),
+        pytest.param({"X-Tenant-Name": "acme", "X-User-UserRole": ""}, id="empty-role"),
+        pytest.param({"X-Tenant-Name": "acme"}, id="no-role"),
+        pytest.param({}, id="no-headers"),
+    ],
+)
+async def test_non_admins_get_a_sentence_and_no_data(
+    server_url: str, openmeter: FakeOpenMeter, two_tenants: None, tool: str, headers: dict[str, str]
+) -> None:
+    result = await call_tool(server_url, tool, headers=headers)
+    assert result.is_error
+    assert text_of(result).startswith(REFUSED_ROLE)
+    assert "acme-user" not in text_of(result) and "Download" not in text_of(result)
+    assert not openmeter.requests  # refused before OpenMeter is asked anything
+
+
+@pytest.mark.parametrize("tenant", [None, ""])
+async def test_missing_or_blank_tenant_is_refused(server_url: str, openmeter: FakeOpenMeter, tenant) -> None:
+    headers = {"X-User-UserRole": "admin"} | ({} if tenant is None else {"X-Tenant-Name": tenant})
+    result = await call_tool(server_url, "get_credit_usage_summary", headers=headers)
+    assert result.is_error
+    assert "tenant is not known" in text_of(result)
+    assert not openmeter.requests
+
+
+async def test_a_tenant_argument_cannot_change_the_scope(
+    server_url: str, openmeter: FakeOpenMeter, two_tenants: None
+) -> None:
+    result = await call_tool(server_url, "get_credit_events", {"tenant": "globex"})
+    assert result.is_error
+    assert "leave out 'tenant'" in text_of(result)
+    assert "globex-user" not in text_of(result)
+    assert not openmeter.requests
+
+
+async def test_the_tenant_is_matched_case_sensitively(server_url: str, two_tenants: None) -> None:
+    other_case = await call_tool(
+        server_url, "get_credit_events", headers={"X-Tenant-Name": "ACME", "X-User-UserRole": "admin"}
+    )
+    assert "Total credits: 0.00" in text_of(other_case)
+    assert "acme-user" not in text_of(other_case)
+
+
+async def test_hostile_tenant_names_see_nothing(server_url: str, two_tenants: None) -> None:
+    hostile = 'acme"},"$or":[{"$ne":"x"}],"x":{"$eq":"'
+    for tool in TOOLS:
+        result = await call_tool(server_url, tool, headers={"X-Tenant-Name": hostile, "X-User-UserRole": "admin"})
+        text = text_of(result)
+        assert not result.is_error, text
+        assert "acme-user" not in text and "globex-user" not in text
+        assert "Total credits: 0.00" in text
+
+
+async def test_concurrent_tenants_never_see_each_other(server_url: str, two_tenants: None) -> None:
+    results: dict[tuple[str, int], str] = {}
+
+    async def ask(tenant: str, index: int, tool: str) -> None:
+        result = await call_tool(server_url, tool, headers={"X-Tenant-Name": tenant, "X-User-UserRole": "admin"})
+        results[(tenant, index)] = text_of(result)
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(12):
+            tool = TOOLS[index % 3]
+            tasks.start_soon(ask, "acme", index, tool)
+            tasks.start_soon(ask, "globex", index, tool)
+
+    assert len(results) == 24
+    for (tenant, _), text in results.items():
+        other = "globex" if tenant == "acme" else "acme"
+        assert f"Tenant {tenant}," in text
+        assert other not in text
+
+
+async def test_headers_are_read_per_request_within_one_session(server_url: str, two_tenants: None) -> None:
+    async with (
+        httpx2.AsyncClient() as http,
+        Client(streamable_http_client(f"{server_url}/mcp", http_client=http), mode="legacy") as client,
+    ):
+        await client.list_tools()  # initialize and list without any header
+        http.headers.update({"X-Tenant-Name": "acme", "X-User-UserRole": "admin"})
+        first = text_of(await client.call_tool("get_credit_usage_by_tenant", {}))
+        http.headers.update({"X-Tenant-Name": "globex"})
+        second = text_of(await client.call_tool("get_credit_usage_by_tenant", {}))
+        http.headers.update({"X-User-UserRole": "user"})
+        third = await client.call_tool("get_credit_usage_by_tenant", {})
+    assert "| acme | 465.00 |" in first
+    assert "| globex | 30,435.00 |" in second
+    assert third.is_error and REFUSED_ROLE in text_of(third)
+
+
+async def test_meter_without_tenant_dimension_fails_closed(
+    server_url: str, openmeter: FakeOpenMeter, two_tenants: None
+) -> None:
+    meter = dict(AI_CREDITS_METER)
+    meter["groupBy"] = {k: v for k, v in meter["groupBy"].items() if k != "tenant"}
+    openmeter.add_meter(meter)
+    for tool in TOOLS:
+        result = await call_tool(server_url, tool)
+        assert result.is_error
+        assert "no tenant dimension" in text_of(result)
+    assert not [r for r in openmeter.requests if r.path != "/api/v1/meters/ai_credits"]
+
+
+async def test_a_missing_dimension_is_an_empty_column(
+    start_server: Callable[..., str], openmeter: FakeOpenMeter, two_tenants: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    meter = dict(AI_CREDITS_METER, slug="ai_credits_noskill")
+    meter["groupBy"] = {k: v for k, v in meter["groupBy"].items() if k != "skill"}
+    openmeter.add_meter(meter)
+    url = start_server(openmeter_meter="ai_credits_noskill")
+    result = await call_tool(url, "get_credit_usage_summary")
+    assert not result.is_error, text_of(result)
+    assert "| acme-user-0 | chat | p1 | acme |  | 145.00 |" in text_of(result)
+    assert "has no 'skill' dimension" in caplog.text
+
+
+async def test_api_key_is_sent_to_openmeter_but_never_shown(
+    server_url: str, openmeter: FakeOpenMeter, two_tenants: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts = []
+    for tool in TOOLS:
+        result = await call_tool(server_url, tool)
+        texts.append(text_of(result))
+        match = re.search(r"(/download/[\w-]+)", texts[-1])
+        assert match
+        workbook = httpx2.get(server_url + match.group(1)).content
+        with zipfile.ZipFile(io.BytesIO(workbook)) as archive:
+            for name in archive.namelist():
+                assert API_KEY not in archive.read(name).decode("utf-8", "replace")
+    openmeter.fail(status=401)
+    texts.append(text_of(await call_tool(server_url, "get_credit_events")))
+    assert all(r.headers.get("authorization") == f"Bearer {API_KEY}" for r in openmeter.requests)
+    assert API_KEY not in "\n".join(texts)
+    assert API_KEY not in caplog.text
+    assert "OPENMETER_API_KEY" in texts[-1]  # the 401 says which setting to check, not its value
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        pytest.param({"status": 401}, "refused this server's API key", id="401"),
+        pytest.param({"status": 403}, "refused this server's API key", id="403"),
+        pytest.param({"status": 500}, "internal error (HTTP 500)", id="500"),
+        pytest.param({"status": 503}, "internal error (HTTP 503)", id="503"),
+        pytest.param({"status": 429, "headers": {"Retry-After": "30"}}, "rate-limiting", id="429"),
+        pytest.param(
+            {"status": 200, "body": b"<html>oops", "content_type": "application/json"},
+            "could not be read",
+            id="bad-json",
+        ),
+        pytest.param(
+            {"status": 200, "body": b'{"unexpected": true}', "content_type": "application/json"},
+            "could not be read",
+            id="wrong-shape",
+        ),
+    ],
+)
+@pytest.mark.parametrize("tool", TOOLS)
+async def test_openmeter_trouble_is_a_clean_error(
+    server_url: str, openmeter: FakeOpenMeter, two_tenants: None, tool: str, fault: dict, message: str
+) -> None:
+    openmeter.fail(times=100, path_prefix="/api/v1/meters/ai_credits/query" if tool != TOOLS[2] else "/api/v2", **fault)
+    result = await call_tool(server_url, tool)
+    assert result.is_error
+    assert message in text_of(result)
+    assert "Traceback" not in text_of(result)
+    assert len(text_of(result).splitlines()) == 1
+    assert httpx2.get(f"{server_url}/health").json() == {"status": "ok"}
+
+
+async def test_unknown_meter_names_the_setting(start_server: Callable[..., str]) -> None:
+    url = start_server(openmeter_meter="no_such_meter")
+    result = await call_tool(url, "get_credit_usage_by_tenant")
+    assert result.is_error
+    assert "no meter 'no_such_meter'" in text_of(result) and "OPENMETER_METER" in text_of(result)
+
+
+async def test_openmeter_down_is_a_clean_error(start_server: Callable[..., str]) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    url = start_server(openmeter_url=f"http://127.0.0.1:{closed_port}")
+    result = await call_tool(url, "get_credit_usage_summary")
+    assert result.is_error
+    assert "cannot be reached" in text_of(result)
+    assert httpx2.get(f"{url}/health").json() == {"status": "ok"}

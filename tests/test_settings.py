@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ai_credit_usage.settings import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "om-secret-value-123"
+
+
+def run_main(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Start `main.py` as an operator would; configuration errors stop it before it binds a port."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py")],
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_defaults() -> None:
+    settings = load_settings(_env_file=None, openmeter_api_key=KEY)
+    assert settings.openmeter_url == "https://openmeter.cloud"
+    assert settings.openmeter_meter == "ai_credits"
+    assert (settings.mcp_host, settings.mcp_port) == ("127.0.0.1", 8765)
+    assert settings.download_base_url == "http://localhost:8765"
+    assert settings.download_ttl_seconds == 600
+    assert settings.max_event_rows == 1_000_000
+    assert KEY not in repr(settings)
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text(f"OPENMETER_API_KEY={KEY}\nMCP_PORT=9000\nMCP_ALLOWED_HOSTS=a.example, b:8443\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MCP_PORT", "9100")
+    settings = load_settings()
+    assert settings.mcp_port == 9100
+    assert settings.download_base_url == "http://localhost:9100"
+    assert settings.extra_allowed_hosts == ["a.example", "b:8443"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        pytest.param({}, "OPENMETER_API_KEY is not set", id="missing-key"),
+        pytest.param({"openmeter_api_key": "  "}, "OPENMETER_API_KEY is not valid", id="blank-key"),
+        pytest.param({"openmeter_api_key": KEY, "mcp_port": "eighty"}, "MCP_PORT='eighty' is not valid", id="port"),
+        pytest.param({"openmeter_api_key": KEY, "mcp_port": "70000"}, "MCP_PORT='70000' is not valid", id="range"),
+        pytest.param({"openmeter_api_key": KEY, "openmeter_url": "openmeter"}, "OPENMETER_URL='openmeter'", id="url"),
+        pytest.param({"openmeter_api_key": KEY, "download_ttl_seconds": "0"}, "DOWNLOAD_TTL_SECONDS='0'", id="ttl"),
+        pytest.param(
+            {"openmeter_api_key": KEY, "mcp_host": "0.0.0.0", "tenant_override": "acme"},
+            "TENANT_OVERRIDE/ROLE_OVERRIDE are for local development only",
+            id="override-off-loopback",
+        ),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(_env_file=None, **overrides)
+    assert "\n" not in str(caught.value)
+    assert KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({}, "ai-credits-mcp: OPENMETER_API_KEY is not set", id="missing-key"),
+        pytest.param({"OPENMETER_API_KEY": KEY, "MCP_PORT": "abc"}, "ai-credits-mcp: MCP_PORT='abc'", id="bad-port"),
+    ],
+)
+def test_main_stops_with_one_line_and_no_traceback(env: dict[str, str], message: str, tmp_path: Path) -> None:
+    result = run_main(env, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("ai-credits-mcp:")]) == 1
+    assert KEY not in result.stderr + result.stdout
