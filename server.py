@@ -20,10 +20,20 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
-from ai_credit_usage.caller import Refusal, current_caller, identify_caller
+from ai_credit_usage.audit import ToolCallRecord, current_record
+from ai_credit_usage.bearer_gate import BearerTokenGate
+from ai_credit_usage.caller import (
+    ROLE_HEADER,
+    TENANT_HEADER,
+    Refusal,
+    current_caller,
+    header_value,
+    identify_caller,
+)
 from ai_credit_usage.downloads import DownloadStore
-from ai_credit_usage.openmeter import OpenMeterClient
+from ai_credit_usage.openmeter import OpenMeterClient, RetryPolicy
 from ai_credit_usage.report import Question, ReportMaker, error_result
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
 from ai_credit_usage.usage import UsageService
@@ -79,16 +89,29 @@ EVENTS_HELP = (
 
 
 def create_app(
-    settings: Settings, *, clock: Clock = utc_now, openmeter_transport: httpx2.AsyncBaseTransport | None = None
+    settings: Settings,
+    *,
+    clock: Clock = utc_now,
+    retry: RetryPolicy | None = None,
+    openmeter_transport: httpx2.AsyncBaseTransport | None = None,
 ) -> Starlette:
-    """Build the whole ASGI app; `clock` and `openmeter_transport` are the seams for tests and benchmarks."""
+    """Build the whole ASGI app; `clock`, `retry` and `openmeter_transport` are the seams for tests and benchmarks."""
     openmeter = OpenMeterClient(
-        settings.openmeter_url, settings.openmeter_api_key.get_secret_value(), transport=openmeter_transport
+        settings.openmeter_url,
+        settings.openmeter_api_key.get_secret_value(),
+        timeout_seconds=settings.openmeter_timeout_seconds,
+        max_concurrency=settings.openmeter_max_concurrency,
+        retry=retry,
+        transport=openmeter_transport,
     )
     usage = UsageService(openmeter, settings.openmeter_meter, max_event_rows=settings.max_event_rows)
-    downloads = DownloadStore(settings.download_ttl_seconds, clock)
+    downloads = DownloadStore(settings.download_ttl_seconds, clock, max_bytes=settings.download_store_max_bytes)
     reports = ReportMaker(
-        downloads, download_base_url=settings.download_base_url, meter_slug=settings.openmeter_meter, clock=clock
+        downloads,
+        download_base_url=settings.download_base_url,
+        meter_slug=settings.openmeter_meter,
+        clock=clock,
+        deadline_seconds=settings.tool_deadline_seconds,
     )
     mcp = MCPServer("ai-credits-mcp", version=VERSION, instructions=INSTRUCTIONS)
 
@@ -129,9 +152,11 @@ def create_app(
             },
         )
 
-    mcp_app = mcp.streamable_http_app(
+    mcp_app: ASGIApp = mcp.streamable_http_app(
         stateless_http=True, transport_security=_transport_security(settings), host=settings.mcp_host
     )
+    if settings.mcp_auth_token is not None:
+        mcp_app = BearerTokenGate(mcp_app, settings.mcp_auth_token.get_secret_value())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -143,7 +168,7 @@ def create_app(
                 tasks.cancel_scope.cancel()
                 await openmeter.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/download/{token}", download, methods=["GET"]),
@@ -151,6 +176,8 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    app.state.downloads = downloads  # for operators' introspection and tests; never served
+    return app
 
 
 def _caller_gate(settings: Settings, mcp: MCPServer):
@@ -171,23 +198,43 @@ def _caller_gate(settings: Settings, mcp: MCPServer):
             )
         params = ctx.params or {}
         tool = str(params.get("name", ""))
+        headers = ctx.request.headers if ctx.request is not None else {}
+        record = ToolCallRecord(
+            tool=tool,
+            tenant=(settings.tenant_override or header_value(headers, TENANT_HEADER)).strip()[:200] or None,
+            role=(settings.role_override or header_value(headers, ROLE_HEADER)).strip()[:200] or None,
+        )
         try:
             caller = identify_caller(
-                ctx.request.headers if ctx.request is not None else None,
-                tenant_override=settings.tenant_override,
-                role_override=settings.role_override,
+                headers, tenant_override=settings.tenant_override, role_override=settings.role_override
             )
             _check_arguments(tool, params.get("arguments") or {}, declared_arguments)
         except Refusal as refusal:
-            logger.info("refused %s: %s", tool or "tools/call", refusal)
+            record.fail("refused", str(refusal))
+            record.emit()
             return error_result(str(refusal))
-        token = current_caller.set(caller)
+        caller_token, record_token = current_caller.set(caller), current_record.set(record)
         try:
-            return await call_next(ctx)
+            result = await call_next(ctx)
+        except BaseException:
+            record.fail("error", "exception")
+            raise
+        else:
+            if record.outcome == "ok" and _is_error(result):
+                record.fail("error", "tool error")
+            return result
         finally:
-            current_caller.reset(token)
+            current_caller.reset(caller_token)
+            current_record.reset(record_token)
+            record.emit()
 
     return gate
+
+
+def _is_error(result: HandlerResult) -> bool:
+    if isinstance(result, dict):
+        return bool(result.get("isError"))
+    return bool(getattr(result, "is_error", False))
 
 
 def _check_arguments(tool: str, arguments: Any, declared_arguments: dict[str, frozenset[str]]) -> None:

@@ -36,16 +36,26 @@ def identify_caller(
 ) -> Caller:
     """The caller if they are an administrator of a named tenant; `Refusal` otherwise."""
     headers = headers or {}
-    role_header = role_override if role_override is not None else headers.get(ROLE_HEADER, "")
+    role_header = role_override if role_override is not None else header_value(headers, ROLE_HEADER)
     roles = tuple(role.strip() for role in role_header.split(",") if role.strip())
     if not any(role.casefold() in ADMIN_ROLES for role in roles):
         raise Refusal(
             "Only tenant administrators can see AI credit usage; ask an administrator of your tenant for these figures."
         )
-    tenant = (tenant_override if tenant_override is not None else headers.get(TENANT_HEADER, "")).strip()
+    tenant = (tenant_override if tenant_override is not None else header_value(headers, TENANT_HEADER)).strip()
     if not tenant:
         raise Refusal(
             "Your tenant is not known (the chat service sent no X-Tenant-Name), so no usage can be shown; "
             "ask the TAIS operator to check the tool's configuration."
         )
     return Caller(tenant=tenant, roles=roles)
+
+
+def header_value(headers: Mapping[str, str], name: str) -> str:
+    """A header as text. HTTP carries bytes and Starlette decodes them as Latin-1; TAIS sends UTF-8, so a
+    non-ASCII tenant such as "Müller" arrives as "MÃ¼ller" unless we decode it back."""
+    value = headers.get(name, "")
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+import anyio
 import anyio.to_thread
 from mcp.types import CallToolResult, TextContent
 
+from ai_credit_usage.audit import ToolCallRecord, current_record
 from ai_credit_usage.caller import Caller
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.render import format_credits, render_answer
+from ai_credit_usage.render import render_answer
 from ai_credit_usage.usage import Table
 from ai_credit_usage.window import Clock, Window, format_utc, resolve_window
 from ai_credit_usage.workbook import XLSX_MEDIA_TYPE, build_workbook
-
-logger = logging.getLogger(__name__)
 
 Question = Callable[[str, Window], Awaitable[Table]]
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -30,23 +29,60 @@ def error_result(message: str) -> CallToolResult:
 
 
 class ReportMaker:
-    def __init__(self, downloads: DownloadStore, *, download_base_url: str, meter_slug: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        downloads: DownloadStore,
+        *,
+        download_base_url: str,
+        meter_slug: str,
+        clock: Clock,
+        deadline_seconds: float = 120.0,
+    ) -> None:
         self._downloads = downloads
         self._download_base_url = download_base_url
         self._meter_slug = meter_slug
         self._clock = clock
+        self._deadline_seconds = deadline_seconds
 
     async def answer(
         self, tool: str, caller: Caller, question: Question, from_date: str | None, to_date: str | None
     ) -> CallToolResult:
+        record = current_record.get() or ToolCallRecord(tool=tool, tenant=caller.tenant, role=None)
         try:
             window = resolve_window(from_date, to_date, self._clock())
-            table = await question(caller.tenant, window)
+            record.window_from, record.window_to = format_utc(window.start), format_utc(window.end)
+            with anyio.fail_after(self._deadline_seconds):
+                table = await question(caller.tenant, window)
+                record.rows = len(table.rows)
+                # openpyxl holds the GIL while it writes; a worker thread at least keeps the event loop free.
+                content = await anyio.to_thread.run_sync(
+                    lambda: build_workbook(table, about=self._about(tool, caller, window, table))
+                )
+            record.bytes = len(content)
+            token, download = self._downloads.put(
+                content, filename=_filename(tool, caller.tenant, window), media_type=XLSX_MEDIA_TYPE
+            )
+        except TimeoutError:
+            record.fail("timeout", f"deadline of {self._deadline_seconds:g} s")
+            return error_result(
+                f"The answer took longer than {self._deadline_seconds:g} seconds, mostly waiting for OpenMeter; "
+                "try again in a few minutes, or ask for a shorter window."
+            )
         except UserFacingError as exc:
-            logger.info("%s for tenant %r failed: %s", tool, caller.tenant, exc)
+            record.fail("error", type(exc).__name__)
             return error_result(str(exc))
-        now = self._clock()
-        about = [
+        text = render_answer(
+            table,
+            tenant=caller.tenant,
+            window=window,
+            download_url=f"{self._download_base_url}/download/{token}",
+            expires_at=download.expires_at,
+            now=self._clock(),
+        )
+        return CallToolResult(content=[TextContent(type="text", text=text)])
+
+    def _about(self, tool: str, caller: Caller, window: Window, table: Table) -> list[tuple[str, object]]:
+        return [
             ("tool", tool),
             ("tenant", caller.tenant),
             ("from (UTC)", format_utc(window.start)),
@@ -55,30 +91,8 @@ class ReportMaker:
             ("total credits", table.total_credits),
             ("source", f"OpenMeter meter '{self._meter_slug}'"),
             ("times", "UTC"),
-            ("generated at (UTC)", format_utc(now)),
+            ("generated at (UTC)", format_utc(self._clock())),
         ]
-        # openpyxl holds the GIL while it writes; a worker thread at least keeps this call from blocking the loop.
-        content = await anyio.to_thread.run_sync(lambda: build_workbook(table, about=about))
-        token, download = self._downloads.put(
-            content, filename=_filename(tool, caller.tenant, window), media_type=XLSX_MEDIA_TYPE
-        )
-        text = render_answer(
-            table,
-            tenant=caller.tenant,
-            window=window,
-            download_url=f"{self._download_base_url}/download/{token}",
-            expires_at=download.expires_at,
-            now=now,
-        )
-        logger.info(
-            "%s for tenant %r over %s: %d rows, %s credits",
-            tool,
-            caller.tenant,
-            window.describe(),
-            len(table.rows),
-            format_credits(table.total_credits),
-        )
-        return CallToolResult(content=[TextContent(type="text", text=text)])
 
 
 def _filename(tool: str, tenant: str, window: Window) -> str:

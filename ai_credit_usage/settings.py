@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     download_ttl_seconds: int = Field(default=600, ge=1, le=7 * 24 * 3600)
     mcp_allowed_hosts: str = ""
     max_event_rows: int = Field(default=1_000_000, ge=1, le=EXCEL_MAX_DATA_ROWS)
+    openmeter_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    openmeter_max_concurrency: int = Field(default=8, ge=1, le=256)
+    tool_deadline_seconds: float = Field(default=120.0, gt=0, le=3600)
+    download_store_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    mcp_auth_token: SecretStr | None = None
     tenant_override: str | None = None
     role_override: str | None = None
 
@@ -45,10 +50,10 @@ class Settings(BaseSettings):
             raise ValueError("expected an http(s) URL such as https://openmeter.cloud")
         return value.rstrip("/")
 
-    @field_validator("openmeter_api_key")
+    @field_validator("openmeter_api_key", "mcp_auth_token")
     @classmethod
-    def _not_blank(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
             raise ValueError("is blank")
         return value
 
@@ -92,6 +97,6 @@ def _describe(exc: ValidationError) -> str:
             return "OPENMETER_API_KEY is not set: put your OpenMeter API key in the environment or in .env."
         return f"{name} is not set."
     reason = str(error["msg"]).removeprefix("Value error, ")
-    if name == "OPENMETER_API_KEY":  # never echo a secret, even a malformed one
-        return f"OPENMETER_API_KEY is not valid: {reason}."
+    if name in ("OPENMETER_API_KEY", "MCP_AUTH_TOKEN"):  # never echo a secret, even a malformed one
+        return f"{name} is not valid: {reason}."
     return f"{name}={error.get('input')!r} is not valid: {reason}."

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +14,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
+from starlette.applications import Starlette
 
+from ai_credit_usage.openmeter import RetryPolicy
 from ai_credit_usage.settings import Settings, load_settings
 from server import create_app
 from tests.fake_openmeter import AI_CREDITS_METER, FakeOpenMeter
@@ -23,6 +25,9 @@ from tests.servers import serve_in_thread
 API_KEY = "om-test-secret-4f9c2b7e1d"
 NOW = datetime(2026, 1, 20, 12, 0, 0, tzinfo=UTC)
 ADMIN = {"X-Tenant-Name": "acme", "X-User-UserRole": "admin"}
+CLIENT_TIMEOUT = httpx2.Timeout(30.0, read=300.0)  # what the SDK's own client uses; httpx2's default is 5 s
+# Real retries with millisecond waits: the behaviour under test is which errors are retried, not how long we wait.
+FAST_RETRY = RetryPolicy(first_wait=0.001, max_wait=0.005, max_retry_after=0.005)
 SETTINGS_VARIABLES = (
     "OPENMETER_API_KEY",
     "OPENMETER_URL",
@@ -85,21 +90,30 @@ def clock() -> FakeClock:
     return FakeClock(NOW)
 
 
+class ServerStarter:
+    """Starts the real app against the stand-in; keyword arguments override settings. `apps` maps URL -> app."""
+
+    def __init__(self, stack: contextlib.ExitStack, openmeter_url: str, clock: FakeClock) -> None:
+        self._stack, self._openmeter_url, self._clock = stack, openmeter_url, clock
+        self.apps: dict[str, Starlette] = {}
+
+    def __call__(self, *, retry: RetryPolicy = FAST_RETRY, **overrides: Any) -> str:
+        values: dict[str, Any] = {"openmeter_api_key": API_KEY, "openmeter_url": self._openmeter_url, **overrides}
+        settings: Settings = load_settings(_env_file=None, **values)
+        app = create_app(settings, clock=self._clock, retry=retry)
+        url = self._stack.enter_context(serve_in_thread(app))
+        self.apps[url] = app
+        return url
+
+
 @pytest.fixture
-def start_server(openmeter_url: str, clock: FakeClock) -> Iterator[Callable[..., str]]:
-    """Start the real app against the stand-in; keyword arguments override settings. Returns the base URL."""
+def start_server(openmeter_url: str, clock: FakeClock) -> Iterator[ServerStarter]:
     with contextlib.ExitStack() as stack:
-
-        def start(**overrides: Any) -> str:
-            values: dict[str, Any] = {"openmeter_api_key": API_KEY, "openmeter_url": openmeter_url, **overrides}
-            settings: Settings = load_settings(_env_file=None, **values)
-            return stack.enter_context(serve_in_thread(create_app(settings, clock=clock)))
-
-        yield start
+        yield ServerStarter(stack, openmeter_url, clock)
 
 
 @pytest.fixture
-def server_url(start_server: Callable[..., str]) -> str:
+def server_url(start_server: ServerStarter) -> str:
     return start_server()
 
 
@@ -113,7 +127,7 @@ async def call_tool(
 ) -> CallToolResult:
     """One tool call as TAIS makes it: a fresh MCP connection carrying the caller's headers."""
     async with (
-        httpx2.AsyncClient(headers=ADMIN if headers is None else headers) as http,
+        httpx2.AsyncClient(headers=ADMIN if headers is None else headers, timeout=CLIENT_TIMEOUT) as http,
         Client(streamable_http_client(f"{url}/mcp", http_client=http), mode=mode) as client,
     ):
         return await client.call_tool(tool, arguments or {})

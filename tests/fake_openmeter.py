@@ -319,6 +319,17 @@ class _Fault:
     content_type: str
     headers: dict[str, str]
     delay: float
+    skip: int = 0
+    cut: bool = False
+
+
+class _CutResponse(Response):
+    """Promises a body it never finishes: the connection drops mid-response, as when a proxy or pod dies."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"items": [', "more_body": False})
 
 
 @dataclass
@@ -350,6 +361,8 @@ class FakeOpenMeter:
         self._lock = threading.Lock()
         self._request_seq = 0
         self._row_seq = 0
+        self.in_flight = 0  # requests being answered right now, and the most there ever were at once
+        self.max_in_flight = 0
         for meter in meters:
             self.add_meter(meter)
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -409,13 +422,17 @@ class FakeOpenMeter:
         content_type: str = "application/problem+json",
         headers: dict[str, str] | None = None,
         delay: float = 0,
+        after: int = 0,
+        cut: bool = False,
     ) -> None:
         """Queue a fault: the next `times` requests under `path_prefix` get this answer instead of the real one.
 
         Without `body` the answer is a problem+json for `status`, except that a 2xx status with no body means
         "answer normally", so ``fail(status=200, delay=2)`` is just a slow server. Faults apply before auth.
+        `after` lets that many matching requests through first (e.g. fail the third page of a walk); `cut` drops
+        the connection part-way through the response body instead of answering.
         """
-        fault = _Fault(status, times, path_prefix, body, content_type, dict(headers or {}), delay)
+        fault = _Fault(status, times, path_prefix, body, content_type, dict(headers or {}), delay, after, cut)
         with self._lock:
             self._faults.append(fault)
 
@@ -452,13 +469,27 @@ class FakeOpenMeter:
             query = list(request.query_params.multi_items())
             self._requests.append(RecordedRequest(request.method, path, query, dict(request.headers)))
             fault = next((f for f in self._faults if path.startswith(f.path_prefix)), None)
-            if fault is not None:
+            if fault is not None and fault.skip > 0:
+                fault.skip -= 1
+                fault = None
+            elif fault is not None:
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._faults.remove(fault)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, path, instance, fault)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request, path: str, instance: str, fault: _Fault | None) -> Response:
         if fault is not None:
             if fault.delay > 0:
                 await asyncio.sleep(fault.delay)
+            if fault.cut:
+                return _CutResponse()
             if fault.body is not None:
                 return Response(fault.body, fault.status, fault.headers, media_type=fault.content_type)
             if fault.status >= 300:

@@ -1,0 +1,109 @@
+"""Property-based checks (hypothesis) for the three places where arbitrary input meets a format."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openpyxl import load_workbook
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+from ai_credit_usage.render import escape_cell, render_answer
+from ai_credit_usage.usage import SUMMARY_COLUMNS, Table
+from ai_credit_usage.window import Window, WindowError, resolve_window
+from ai_credit_usage.workbook import DATA_SHEET, build_workbook
+
+NOW = datetime(2026, 1, 20, 12, tzinfo=UTC)
+moments = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)).map(
+    lambda moment: moment.replace(microsecond=0)
+)
+offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda minutes: timezone(timedelta(minutes=minutes)))
+
+
+def gfm_cells(line: str) -> list[str]:
+    """Cells of a GFM table row: split on pipes that no backslash escapes (a backslash escapes the next char)."""
+    cells, current, index = [], "", 1
+    body = line[:-1]
+    while index < len(body):
+        char = body[index]
+        if char == "\\" and index + 1 < len(body):
+            current += body[index : index + 2]
+            index += 2
+            continue
+        if char == "|":
+            cells.append(current)
+            current = ""
+        else:
+            current += char
+        index += 1
+    cells.append(current)
+    return cells
+
+
+@given(moments, moments, offsets, offsets)
+def test_any_rfc3339_pair_resolves_to_the_same_instants(a: datetime, b: datetime, tz_a, tz_b) -> None:
+    start, end = sorted((a, b))
+    text_from, text_to = start.astimezone(tz_a).isoformat(), end.astimezone(tz_b).isoformat()
+    if start == end:
+        with pytest.raises(WindowError, match="from_date"):
+            resolve_window(text_from, text_to, NOW)
+        return
+    window = resolve_window(text_from, text_to, NOW)
+    assert (window.start, window.end) == (start, end)
+
+
+@given(st.dates(min_value=datetime(1990, 1, 1).date(), max_value=datetime(2090, 1, 1).date()))
+def test_a_date_only_to_date_includes_its_day(day) -> None:
+    window = resolve_window(day.isoformat(), day.isoformat(), NOW)
+    assert window.end - window.start == timedelta(days=1)
+    assert window.start.date() == day
+
+
+@given(st.text(max_size=40))
+def test_the_parser_never_crashes(text: str) -> None:
+    try:
+        window = resolve_window(text, None, NOW)
+    except WindowError as error:
+        message = str(error)
+    else:
+        assert window.start < window.end
+        return
+    assert "from_date" in message
+
+
+@given(st.lists(st.text(max_size=30), min_size=5, max_size=5), st.floats(min_value=0, max_value=1e12))
+def test_a_row_never_gains_or_loses_cells(values: list[str], credits: float) -> None:
+    table = Table(SUMMARY_COLUMNS, [(*values, credits)])
+    window = Window(NOW - timedelta(days=1), NOW)
+    text = render_answer(table, tenant=values[3], window=window, download_url="u", expires_at=NOW, now=NOW)
+    lines = text.split("\n")
+    header_index = lines.index("| " + " | ".join(SUMMARY_COLUMNS) + " |")
+    row = lines[header_index + 2]
+    assert lines[header_index + 3] == ""  # the row did not spill onto another line
+    assert len(gfm_cells(row)) == len(SUMMARY_COLUMNS)
+    for value in values:
+        escaped = escape_cell(value)
+        assert not re.search(r"[\r\n]", escaped)
+        assert not re.search(r"(?<!\\)[|\[\]<>`]", escaped.replace("<br>", ""))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(max_size=40), min_size=1, max_size=8))
+def test_any_string_round_trips_as_text_and_nothing_becomes_a_formula(texts: list[str]) -> None:
+    rows = [(text, "m", "p", "acme", "s", 1.0) for text in texts]
+    content = build_workbook(Table(SUMMARY_COLUMNS, rows), about=[("note", texts[0])])
+    sheet = load_workbook(io.BytesIO(content))[DATA_SHEET]
+    cells = [row[0] for row in sheet.iter_rows(min_row=2)]
+    for cell, text in zip(cells, texts, strict=True):
+        expected = ILLEGAL_CHARACTERS_RE.sub("", text)
+        assert cell.data_type != "f"
+        assert (cell.value or "") == expected  # an empty string reads back as an empty cell
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        sheet_xml = archive.read("xl/worksheets/sheet1.xml")
+    assert b"<f>" not in sheet_xml
+    assert b"<f " not in sheet_xml

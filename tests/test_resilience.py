@@ -1,0 +1,226 @@
+"""Issue 5: OpenMeter trouble (retries, cuts, timeouts, deadline, bounded concurrency), hostile input at the
+HTTP edge, the optional bearer token, the Host check, and the audit line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import httpx2
+import pytest
+from mcp import MCPError
+
+from ai_credit_usage.openmeter import RetryPolicy
+from tests.conftest import NOW, ServerStarter, call_tool, text_of
+from tests.fake_openmeter import FakeOpenMeter, make_event
+
+pytestmark = pytest.mark.anyio
+QUERY = "/api/v1/meters/ai_credits/query"
+EVENTS = "/api/v2/events"
+ONE_DAY = {"from_date": "2026-01-15", "to_date": "2026-01-15"}
+
+
+@pytest.fixture
+def busy_day(openmeter: FakeOpenMeter) -> None:
+    """250 acme events on 2026-01-15: three cursor pages."""
+    start = datetime(2026, 1, 15, tzinfo=UTC)
+    openmeter.ingest(
+        *[make_event(tenant="acme", credits=1, time=start + timedelta(minutes=5 * i), user="ann") for i in range(250)]
+    )
+
+
+def requests_to(openmeter: FakeOpenMeter, path: str) -> int:
+    return len([r for r in openmeter.requests if r.path == path])
+
+
+async def test_transient_503s_are_retried(server_url: str, openmeter: FakeOpenMeter, busy_day: None) -> None:
+    openmeter.fail(status=503, times=2, path_prefix=QUERY)
+    result = await call_tool(server_url, "get_credit_usage_by_tenant", ONE_DAY)
+    assert "| acme | 250.00 |" in text_of(result)
+    assert requests_to(openmeter, QUERY) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 500])
+async def test_permanent_errors_are_not_retried(server_url: str, openmeter: FakeOpenMeter, status: int) -> None:
+    openmeter.fail(status=status, times=10, path_prefix=QUERY)
+    result = await call_tool(server_url, "get_credit_usage_summary")
+    assert result.is_error
+    assert requests_to(openmeter, QUERY) == 1
+
+
+async def test_retries_give_up_with_the_last_error(server_url: str, openmeter: FakeOpenMeter) -> None:
+    openmeter.fail(status=503, times=100, path_prefix=QUERY)
+    result = await call_tool(server_url, "get_credit_usage_summary")
+    assert text_of(result) == "OpenMeter had an internal error (HTTP 503); try again in a few minutes."
+    assert requests_to(openmeter, QUERY) == RetryPolicy().attempts
+
+
+async def test_retry_after_is_honoured_and_capped(
+    start_server: ServerStarter, openmeter: FakeOpenMeter, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = start_server(retry=RetryPolicy(first_wait=0.001, max_retry_after=0.05))
+    openmeter.fail(status=429, times=1, path_prefix=QUERY, headers={"Retry-After": "0.03"})
+    openmeter.fail(status=429, times=1, path_prefix=QUERY, headers={"Retry-After": "3600"})
+    result = await call_tool(url, "get_credit_usage_by_tenant")
+    assert not result.is_error, text_of(result)
+    waits = re.findall(r"query: retrying in ([\d.]+) s", caplog.text)
+    assert waits == ["0.03", "0.05"]
+
+
+async def test_rate_limit_that_persists_is_its_own_sentence(server_url: str, openmeter: FakeOpenMeter) -> None:
+    openmeter.fail(status=429, times=100, path_prefix=QUERY, headers={"Retry-After": "1"})
+    result = await call_tool(server_url, "get_credit_usage_by_tenant")
+    assert text_of(result) == "OpenMeter is rate-limiting requests right now; try again in a minute."
+
+
+async def test_a_cut_connection_mid_paging_is_retried_and_nothing_is_lost(
+    start_server: ServerStarter, openmeter: FakeOpenMeter, busy_day: None
+) -> None:
+    url = start_server()
+    openmeter.fail(path_prefix=EVENTS, after=1, cut=True)  # the second page dies half-way
+    result = await call_tool(url, "get_credit_events", ONE_DAY)
+    assert "Showing 50 of 250 rows" in text_of(result)
+    assert "Total credits: 250.00" in text_of(result)
+
+
+async def test_paging_that_keeps_failing_stores_no_partial_workbook(
+    start_server: ServerStarter, openmeter: FakeOpenMeter, busy_day: None
+) -> None:
+    url = start_server()
+    openmeter.fail(path_prefix=EVENTS, after=1, cut=True, times=100)
+    result = await call_tool(url, "get_credit_events", ONE_DAY)
+    assert result.is_error
+    assert text_of(result).startswith("OpenMeter cannot be reached right now")
+    assert "Download" not in text_of(result)
+    assert len(start_server.apps[url].state.downloads) == 0
+
+
+async def test_a_slow_openmeter_times_out_cleanly(start_server: ServerStarter, openmeter: FakeOpenMeter) -> None:
+    url = start_server(openmeter_timeout_seconds=0.1)
+    openmeter.fail(status=200, delay=0.5, times=100, path_prefix=QUERY)
+    result = await call_tool(url, "get_credit_usage_by_tenant")
+    assert text_of(result) == "OpenMeter did not answer in time; try again in a minute, or ask for a shorter window."
+    assert requests_to(openmeter, QUERY) == RetryPolicy().attempts
+
+
+async def test_the_whole_call_has_a_deadline(start_server: ServerStarter, openmeter: FakeOpenMeter) -> None:
+    url = start_server(tool_deadline_seconds=0.2)
+    openmeter.fail(status=200, delay=2, times=100, path_prefix=QUERY)
+    result = await call_tool(url, "get_credit_usage_summary")
+    assert result.is_error
+    assert text_of(result).startswith("The answer took longer than 0.2 seconds")
+    assert httpx2.get(f"{url}/health").json() == {"status": "ok"}
+
+
+async def test_concurrency_towards_openmeter_is_bounded(start_server: ServerStarter, openmeter: FakeOpenMeter) -> None:
+    url = start_server(openmeter_max_concurrency=2)
+    openmeter.fail(status=200, delay=0.05, times=1000)  # every request is slow, so calls pile up
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(8):
+            tenant = f"tenant{index}"
+            headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
+            tasks.start_soon(lambda h=headers: call_tool(url, "get_credit_usage_summary", headers=h))
+    assert openmeter.max_in_flight == 2
+    assert requests_to(openmeter, QUERY) == 8
+
+
+@pytest.mark.parametrize(
+    "tenant",
+    [
+        pytest.param("Müller & Söhne GmbH", id="unicode"),
+        pytest.param("株式会社テスト", id="cjk"),
+        pytest.param("x" * 1024, id="1kB"),
+        pytest.param('acme"},"$or":[{"$ne":"x"}],"x":{"$eq":"', id="operator-injection"),
+        pytest.param("{'$gt': ''}", id="braces"),
+    ],
+)
+async def test_hostile_and_foreign_tenant_names_see_exactly_their_own_data(
+    server_url: str, openmeter: FakeOpenMeter, tenant: str
+) -> None:
+    at = NOW - timedelta(hours=1)
+    openmeter.ingest(
+        make_event(tenant=tenant, credits=7, time=at, user="own-user"),
+        make_event(tenant="acme", credits=1000, time=at, user="acme-user"),
+        make_event(tenant="", credits=1000, time=at, user="no-tenant-user"),
+    )
+    headers = {"X-Tenant-Name": tenant.encode(), "X-User-UserRole": b"admin"}  # UTF-8 on the wire, as TAIS sends
+    for tool in ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events"):
+        result = await call_tool(server_url, tool, headers=headers)  # type: ignore[arg-type]
+        text = text_of(result)
+        assert "Total credits: 7.00" in text, text
+        assert "acme-user" not in text
+        assert "no-tenant-user" not in text
+    for request in openmeter.requests_to(QUERY):
+        assert json.loads(request.param("advancedMeterGroupByFilters")) == {"tenant": {"$eq": tenant}}
+
+
+async def test_bearer_token_guards_mcp_only(start_server: ServerStarter) -> None:
+    url = start_server(mcp_auth_token="tais-shared-secret")
+    with pytest.raises(Exception) as refused:  # noqa: PT011 -- the SDK wraps the 401 in its own error types
+        await call_tool(url, "get_credit_usage_by_tenant")
+    assert "401" in repr(refused.value) or isinstance(refused.value, (MCPError, ExceptionGroup))
+    raw = httpx2.post(f"{url}/mcp", json={}, headers={"Authorization": "Bearer wrong"})
+    assert raw.status_code == 401
+    assert "tais-shared-secret" not in raw.text
+    headers = {"X-Tenant-Name": "acme", "X-User-UserRole": "admin", "Authorization": "Bearer tais-shared-secret"}
+    result = await call_tool(url, "get_credit_usage_by_tenant", headers=headers)
+    link = re.search(r"(/download/[\w-]+)", text_of(result))
+    assert link
+    assert httpx2.get(url + link.group(1)).status_code == 200  # the link is its own capability
+    assert httpx2.get(f"{url}/health").status_code == 200
+
+
+def initialize_with_host(url: str, host: str) -> int:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    headers = {"Host": host, "Accept": "application/json, text/event-stream"}
+    return httpx2.post(f"{url}/mcp", json=body, headers=headers).status_code
+
+
+async def test_dns_rebinding_protection_stays_on(start_server: ServerStarter) -> None:
+    url = start_server(mcp_allowed_hosts="mcp.example.com, ai-credits.internal:8443")
+    port = url.rsplit(":", 1)[1]
+    assert initialize_with_host(url, f"127.0.0.1:{port}") == 200
+    assert initialize_with_host(url, "evil.example") == 421
+    assert initialize_with_host(url, f"evil.example:{port}") == 421
+    assert initialize_with_host(url, "mcp.example.com") == 200
+    assert initialize_with_host(url, "mcp.example.com:443") == 200
+    assert initialize_with_host(url, "ai-credits.internal:8443") == 200
+    assert initialize_with_host(url, "ai-credits.internal:9999") == 421
+
+
+async def test_one_audit_line_per_call_without_credits_or_names(
+    server_url: str, openmeter: FakeOpenMeter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ai_credit_usage.audit")
+    openmeter.ingest(make_event(tenant="acme", credits=123.45, time=NOW - timedelta(hours=2), user="Jane Doe"))
+    await call_tool(server_url, "get_credit_usage_summary")
+    await call_tool(server_url, "get_credit_events", headers={"X-Tenant-Name": "acme", "X-User-UserRole": "user"})
+    await call_tool(server_url, "get_credit_events", {"from_date": "not a date"})
+
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "ai_credit_usage.audit"]
+    assert [(line["tool"], line["outcome"]) for line in lines] == [
+        ("get_credit_usage_summary", "ok"),
+        ("get_credit_events", "refused"),
+        ("get_credit_events", "error"),
+    ]
+    ok = lines[0]
+    assert ok["tenant"] == "acme"
+    assert ok["role"] == "admin"
+    assert (ok["window_from"], ok["window_to"]) == ("2026-01-13T12:00:00Z", "2026-01-20T12:00:00Z")
+    assert ok["rows"] == 1
+    assert ok["bytes"] > 1000
+    assert ok["duration_ms"] >= 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ok["time"])
+    assert lines[2]["reason"] == "WindowError"
+    audit_text = "\n".join(r.getMessage() for r in caplog.records if r.name == "ai_credit_usage.audit")
+    assert "Jane Doe" not in audit_text
+    assert "123.45" not in audit_text
