@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Register the running ai-credits-mcp server as a TAIS tool and attach it to a chat session.
+#   bash scripts/register.sh [--keep-alive] [--interval SECONDS] [--env-file PATH]
+# Reads .env at the repository root (the environment wins). The work is done by ai_credit_usage/registration.py.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if ! command -v uv >/dev/null 2>&1; then
+  echo "register: uv is not installed or not on PATH: install it (pip install uv), then run this again." >&2
+  exit 127
+fi
+exec uv run --quiet python -m ai_credit_usage.registration "$@"
