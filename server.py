@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from ai_credit_usage.caller import Refusal, current_caller, identify_caller
+from ai_credit_usage.demo import DEMO_INSTRUCTIONS, demo_transport
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.openmeter import OpenMeterClient
 from ai_credit_usage.report import Question, ReportMaker, error_result
@@ -79,18 +80,35 @@ EVENTS_HELP = (
 
 
 def create_app(
-    settings: Settings, *, clock: Clock = utc_now, openmeter_transport: httpx2.AsyncBaseTransport | None = None
+    settings: Settings,
+    *,
+    clock: Clock = utc_now,
+    openmeter_transport: httpx2.AsyncBaseTransport | None = None,
+    demo: bool = False,
 ) -> Starlette:
-    """Build the whole ASGI app; `clock` and `openmeter_transport` are the seams for tests and benchmarks."""
+    """Build the whole ASGI app; `clock` and `openmeter_transport` are the seams for tests and benchmarks.
+
+    `demo` answers from generated data: an in-process OpenMeter stand-in becomes the client's transport (so the
+    production path runs unchanged below it) and every answer and workbook says it is demo data.
+    """
+    if demo and openmeter_transport is None:
+        openmeter_transport = demo_transport(
+            clock(), api_key=settings.openmeter_api_key.get_secret_value(), meter_slug=settings.openmeter_meter
+        )
     openmeter = OpenMeterClient(
         settings.openmeter_url, settings.openmeter_api_key.get_secret_value(), transport=openmeter_transport
     )
     usage = UsageService(openmeter, settings.openmeter_meter, max_event_rows=settings.max_event_rows)
     downloads = DownloadStore(settings.download_ttl_seconds, clock)
     reports = ReportMaker(
-        downloads, download_base_url=settings.download_base_url, meter_slug=settings.openmeter_meter, clock=clock
+        downloads,
+        download_base_url=settings.download_base_url,
+        meter_slug=settings.openmeter_meter,
+        clock=clock,
+        demo=demo,
     )
-    mcp = MCPServer("ai-credits-mcp", version=VERSION, instructions=INSTRUCTIONS)
+    instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
+    mcp = MCPServer("ai-credits-mcp", version=VERSION, instructions=instructions)
 
     async def answer(tool: str, question: Question, from_date: str | None, to_date: str | None) -> CallToolResult:
         caller = current_caller.get(None)

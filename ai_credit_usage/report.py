@@ -11,6 +11,7 @@ import anyio.to_thread
 from mcp.types import CallToolResult, TextContent
 
 from ai_credit_usage.caller import Caller
+from ai_credit_usage.demo import DEMO_ABOUT, DEMO_BANNER
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.render import format_credits, render_answer
@@ -30,8 +31,11 @@ def error_result(message: str) -> CallToolResult:
 
 
 class ReportMaker:
-    def __init__(self, downloads: DownloadStore, *, download_base_url: str, meter_slug: str, clock: Clock) -> None:
+    def __init__(
+        self, downloads: DownloadStore, *, download_base_url: str, meter_slug: str, clock: Clock, demo: bool = False
+    ) -> None:
         self._downloads = downloads
+        self._demo = demo  # every text and workbook then says, first thing, that the data is generated
         self._download_base_url = download_base_url
         self._meter_slug = meter_slug
         self._clock = clock
@@ -44,7 +48,7 @@ class ReportMaker:
             table = await question(caller.tenant, window)
         except UserFacingError as exc:
             logger.info("%s for tenant %r failed: %s", tool, caller.tenant, exc)
-            return error_result(str(exc))
+            return error_result(f"{DEMO_BANNER}\n\n{exc}" if self._demo else str(exc))
         now = self._clock()
         about = [
             ("tool", tool),
@@ -53,14 +57,18 @@ class ReportMaker:
             ("to (UTC, exclusive)", format_utc(window.end)),
             ("rows", len(table.rows)),
             ("total credits", table.total_credits),
-            ("source", f"OpenMeter meter '{self._meter_slug}'"),
+            ("source", f"OpenMeter meter '{self._meter_slug}'" + (" (in-process demo stand-in)" if self._demo else "")),
             ("times", "UTC"),
             ("generated at (UTC)", format_utc(now)),
         ]
+        if self._demo:
+            about.insert(0, ("data", DEMO_ABOUT))
         # openpyxl holds the GIL while it writes; a worker thread at least keeps this call from blocking the loop.
         content = await anyio.to_thread.run_sync(lambda: build_workbook(table, about=about))
         token, download = self._downloads.put(
-            content, filename=_filename(tool, caller.tenant, window), media_type=XLSX_MEDIA_TYPE
+            content,
+            filename=("DEMO_" if self._demo else "") + _filename(tool, caller.tenant, window),
+            media_type=XLSX_MEDIA_TYPE,
         )
         text = render_answer(
             table,
@@ -70,6 +78,8 @@ class ReportMaker:
             expires_at=download.expires_at,
             now=now,
         )
+        if self._demo:
+            text = f"{DEMO_BANNER}\n\n{text}"
         logger.info(
             "%s for tenant %r over %s: %d rows, %s credits",
             tool,
