@@ -1,12 +1,17 @@
-"""Entry point: `uv run main.py` reads the configuration, then serves the MCP app with uvicorn."""
+"""Entry point: `uv run main.py` reads the configuration, then serves the MCP app with uvicorn.
+
+`uv run main.py --demo` serves the same tools from generated sample data instead of OpenMeter (no key needed).
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
 import uvicorn
 
+from ai_credit_usage.demo import DEMO_SETTINGS
 from ai_credit_usage.settings import ConfigError, load_settings
 
 logger = logging.getLogger("ai_credit_usage")
@@ -20,10 +25,22 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main() -> int:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="MCP server answering TAIS tenant admins' AI-credit questions.")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve generated sample data from an in-process OpenMeter stand-in; no OPENMETER_API_KEY needed",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
     configure_logging()
     try:
-        settings = load_settings()
+        # Demo mode only: a placeholder key and URL stand in for OpenMeter's; without --demo a missing key still stops.
+        settings = load_settings(**(DEMO_SETTINGS if arguments.demo else {}))
     except ConfigError as exc:
         print(f"ai-credits-mcp: {exc}", file=sys.stderr)
         return 2
@@ -36,6 +53,11 @@ def main() -> int:
             settings.tenant_override,
             settings.role_override,
         )
+    if arguments.demo:
+        logger.warning(
+            "!!! DEMO MODE (--demo): every answer comes from generated sample data, not from OpenMeter; "
+            "OPENMETER_API_KEY and OPENMETER_URL are ignored. !!!"
+        )
     logger.info(
         "serving MCP on http://%s:%d/mcp (health: /health), OpenMeter %s, meter %r",
         settings.mcp_host,
@@ -45,7 +67,11 @@ def main() -> int:
     )
     # No access log: download URLs carry their capability token, which must not end up in log files.
     uvicorn.run(
-        create_app(settings), host=settings.mcp_host, port=settings.mcp_port, access_log=False, log_level="info"
+        create_app(settings, demo=arguments.demo),
+        host=settings.mcp_host,
+        port=settings.mcp_port,
+        access_log=False,
+        log_level="info",
     )
     return 0
 

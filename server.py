@@ -32,6 +32,7 @@ from ai_credit_usage.caller import (
     header_value,
     identify_caller,
 )
+from ai_credit_usage.demo import DEMO_INSTRUCTIONS, demo_transport
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.openmeter import OpenMeterClient, RetryPolicy
 from ai_credit_usage.report import Question, ReportMaker, error_result
@@ -94,8 +95,17 @@ def create_app(
     clock: Clock = utc_now,
     retry: RetryPolicy | None = None,
     openmeter_transport: httpx2.AsyncBaseTransport | None = None,
+    demo: bool = False,
 ) -> Starlette:
-    """Build the whole ASGI app; `clock`, `retry` and `openmeter_transport` are the seams for tests and benchmarks."""
+    """Build the whole ASGI app; `clock`, `retry` and `openmeter_transport` are the seams for tests and benchmarks.
+
+    `demo` answers from generated data: an in-process OpenMeter stand-in becomes the client's transport (so the
+    production path runs unchanged below it) and every answer and workbook says it is demo data.
+    """
+    if demo and openmeter_transport is None:
+        openmeter_transport = demo_transport(
+            clock(), api_key=settings.openmeter_api_key.get_secret_value(), meter_slug=settings.openmeter_meter
+        )
     openmeter = OpenMeterClient(
         settings.openmeter_url,
         settings.openmeter_api_key.get_secret_value(),
@@ -112,8 +122,10 @@ def create_app(
         meter_slug=settings.openmeter_meter,
         clock=clock,
         deadline_seconds=settings.tool_deadline_seconds,
+        demo=demo,
     )
-    mcp = MCPServer("ai-credits-mcp", version=VERSION, instructions=INSTRUCTIONS)
+    instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
+    mcp = MCPServer("ai-credits-mcp", version=VERSION, instructions=instructions)
 
     async def answer(tool: str, question: Question, from_date: str | None, to_date: str | None) -> CallToolResult:
         caller = current_caller.get(None)

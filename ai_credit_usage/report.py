@@ -12,6 +12,7 @@ from mcp.types import CallToolResult, TextContent
 
 from ai_credit_usage.audit import ToolCallRecord, current_record
 from ai_credit_usage.caller import Caller
+from ai_credit_usage.demo import DEMO_ABOUT, DEMO_BANNER
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.render import render_answer
@@ -37,12 +38,14 @@ class ReportMaker:
         meter_slug: str,
         clock: Clock,
         deadline_seconds: float = 120.0,
+        demo: bool = False,
     ) -> None:
         self._downloads = downloads
         self._download_base_url = download_base_url
         self._meter_slug = meter_slug
         self._clock = clock
         self._deadline_seconds = deadline_seconds
+        self._demo = demo  # every text and workbook then says, first thing, that the data is generated
 
     async def answer(
         self, tool: str, caller: Caller, question: Question, from_date: str | None, to_date: str | None
@@ -60,17 +63,19 @@ class ReportMaker:
                 )
             record.bytes = len(content)
             token, download = self._downloads.put(
-                content, filename=_filename(tool, caller.tenant, window), media_type=XLSX_MEDIA_TYPE
+                content,
+                filename=("DEMO_" if self._demo else "") + _filename(tool, caller.tenant, window),
+                media_type=XLSX_MEDIA_TYPE,
             )
         except TimeoutError:
             record.fail("timeout", f"deadline of {self._deadline_seconds:g} s")
-            return error_result(
+            return self._error(
                 f"The answer took longer than {self._deadline_seconds:g} seconds, mostly waiting for OpenMeter; "
                 "try again in a few minutes, or ask for a shorter window."
             )
         except UserFacingError as exc:
             record.fail("error", type(exc).__name__)
-            return error_result(str(exc))
+            return self._error(str(exc))
         text = render_answer(
             table,
             tenant=caller.tenant,
@@ -79,17 +84,26 @@ class ReportMaker:
             expires_at=download.expires_at,
             now=self._clock(),
         )
-        return CallToolResult(content=[TextContent(type="text", text=text)])
+        return CallToolResult(content=[TextContent(type="text", text=self._marked(text))])
+
+    def _marked(self, text: str) -> str:
+        return f"{DEMO_BANNER}\n\n{text}" if self._demo else text
+
+    def _error(self, message: str) -> CallToolResult:
+        return error_result(self._marked(message))
 
     def _about(self, tool: str, caller: Caller, window: Window, table: Table) -> list[tuple[str, object]]:
+        source = f"OpenMeter meter '{self._meter_slug}'" + (" (in-process demo stand-in)" if self._demo else "")
+        about: list[tuple[str, object]] = [("data", DEMO_ABOUT)] if self._demo else []
         return [
+            *about,
             ("tool", tool),
             ("tenant", caller.tenant),
             ("from (UTC)", format_utc(window.start)),
             ("to (UTC, exclusive)", format_utc(window.end)),
             ("rows", len(table.rows)),
             ("total credits", table.total_credits),
-            ("source", f"OpenMeter meter '{self._meter_slug}'"),
+            ("source", source),
             ("times", "UTC"),
             ("generated at (UTC)", format_utc(self._clock())),
         ]

@@ -17,9 +17,9 @@ from mcp.types import CallToolResult
 from starlette.applications import Starlette
 
 from ai_credit_usage.openmeter import RetryPolicy
+from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn
 from ai_credit_usage.settings import Settings, load_settings
 from server import create_app
-from tests.fake_openmeter import AI_CREDITS_METER, FakeOpenMeter
 from tests.servers import serve_in_thread
 
 API_KEY = "om-test-secret-4f9c2b7e1d"
@@ -73,14 +73,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
 
 
 @pytest.fixture
-def openmeter() -> FakeOpenMeter:
-    fake = FakeOpenMeter(api_key=API_KEY)
+def openmeter() -> OpenMeterStandIn:
+    fake = OpenMeterStandIn(api_key=API_KEY)
     fake.add_meter(dict(AI_CREDITS_METER))
     return fake
 
 
 @pytest.fixture
-def openmeter_url(openmeter: FakeOpenMeter) -> Iterator[str]:
+def openmeter_url(openmeter: OpenMeterStandIn) -> Iterator[str]:
     with serve_in_thread(openmeter.app) as url:
         yield url
 

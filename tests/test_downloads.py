@@ -11,8 +11,8 @@ import pytest
 from openpyxl import load_workbook
 
 from ai_credit_usage.downloads import DownloadStore, DownloadTooLarge
+from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from tests.conftest import NOW, FakeClock, call_tool, text_of
-from tests.fake_openmeter import FakeOpenMeter, make_event
 
 pytestmark = pytest.mark.anyio
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -25,14 +25,14 @@ def download_path(text: str) -> str:
     return match.group(1)
 
 
-async def test_health_answers_without_openmeter(server_url: str, openmeter: FakeOpenMeter) -> None:
+async def test_health_answers_without_openmeter(server_url: str, openmeter: OpenMeterStandIn) -> None:
     response = httpx2.get(f"{server_url}/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
     assert not openmeter.requests
 
 
-async def test_download_serves_every_row_as_an_attachment(server_url: str, openmeter: FakeOpenMeter) -> None:
+async def test_download_serves_every_row_as_an_attachment(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.ingest(
         *[
             make_event(tenant="acme", credits=0.001 * i, time=datetime(2026, 1, 15, 0, i, tzinfo=UTC), user=f"u{i}")

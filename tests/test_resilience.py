@@ -14,8 +14,8 @@ import pytest
 from mcp import MCPError
 
 from ai_credit_usage.openmeter import RetryPolicy
+from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from tests.conftest import NOW, ServerStarter, call_tool, text_of
-from tests.fake_openmeter import FakeOpenMeter, make_event
 
 pytestmark = pytest.mark.anyio
 QUERY = "/api/v1/meters/ai_credits/query"
@@ -24,7 +24,7 @@ ONE_DAY = {"from_date": "2026-01-15", "to_date": "2026-01-15"}
 
 
 @pytest.fixture
-def busy_day(openmeter: FakeOpenMeter) -> None:
+def busy_day(openmeter: OpenMeterStandIn) -> None:
     """250 acme events on 2026-01-15: three cursor pages."""
     start = datetime(2026, 1, 15, tzinfo=UTC)
     openmeter.ingest(
@@ -32,11 +32,11 @@ def busy_day(openmeter: FakeOpenMeter) -> None:
     )
 
 
-def requests_to(openmeter: FakeOpenMeter, path: str) -> int:
+def requests_to(openmeter: OpenMeterStandIn, path: str) -> int:
     return len([r for r in openmeter.requests if r.path == path])
 
 
-async def test_transient_503s_are_retried(server_url: str, openmeter: FakeOpenMeter, busy_day: None) -> None:
+async def test_transient_503s_are_retried(server_url: str, openmeter: OpenMeterStandIn, busy_day: None) -> None:
     openmeter.fail(status=503, times=2, path_prefix=QUERY)
     result = await call_tool(server_url, "get_credit_usage_by_tenant", ONE_DAY)
     assert "| acme | 250.00 |" in text_of(result)
@@ -44,14 +44,14 @@ async def test_transient_503s_are_retried(server_url: str, openmeter: FakeOpenMe
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 500])
-async def test_permanent_errors_are_not_retried(server_url: str, openmeter: FakeOpenMeter, status: int) -> None:
+async def test_permanent_errors_are_not_retried(server_url: str, openmeter: OpenMeterStandIn, status: int) -> None:
     openmeter.fail(status=status, times=10, path_prefix=QUERY)
     result = await call_tool(server_url, "get_credit_usage_summary")
     assert result.is_error
     assert requests_to(openmeter, QUERY) == 1
 
 
-async def test_retries_give_up_with_the_last_error(server_url: str, openmeter: FakeOpenMeter) -> None:
+async def test_retries_give_up_with_the_last_error(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.fail(status=503, times=100, path_prefix=QUERY)
     result = await call_tool(server_url, "get_credit_usage_summary")
     assert text_of(result) == "OpenMeter had an internal error (HTTP 503); try again in a few minutes."
@@ -59,7 +59,7 @@ async def test_retries_give_up_with_the_last_error(server_url: str, openmeter: F
 
 
 async def test_retry_after_is_honoured_and_capped(
-    start_server: ServerStarter, openmeter: FakeOpenMeter, caplog: pytest.LogCaptureFixture
+    start_server: ServerStarter, openmeter: OpenMeterStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = start_server(retry=RetryPolicy(first_wait=0.001, max_retry_after=0.05))
     openmeter.fail(status=429, times=1, path_prefix=QUERY, headers={"Retry-After": "0.03"})
@@ -70,14 +70,14 @@ async def test_retry_after_is_honoured_and_capped(
     assert waits == ["0.03", "0.05"]
 
 
-async def test_rate_limit_that_persists_is_its_own_sentence(server_url: str, openmeter: FakeOpenMeter) -> None:
+async def test_rate_limit_that_persists_is_its_own_sentence(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.fail(status=429, times=100, path_prefix=QUERY, headers={"Retry-After": "1"})
     result = await call_tool(server_url, "get_credit_usage_by_tenant")
     assert text_of(result) == "OpenMeter is rate-limiting requests right now; try again in a minute."
 
 
 async def test_a_cut_connection_mid_paging_is_retried_and_nothing_is_lost(
-    start_server: ServerStarter, openmeter: FakeOpenMeter, busy_day: None
+    start_server: ServerStarter, openmeter: OpenMeterStandIn, busy_day: None
 ) -> None:
     url = start_server()
     openmeter.fail(path_prefix=EVENTS, after=1, cut=True)  # the second page dies half-way
@@ -87,7 +87,7 @@ async def test_a_cut_connection_mid_paging_is_retried_and_nothing_is_lost(
 
 
 async def test_paging_that_keeps_failing_stores_no_partial_workbook(
-    start_server: ServerStarter, openmeter: FakeOpenMeter, busy_day: None
+    start_server: ServerStarter, openmeter: OpenMeterStandIn, busy_day: None
 ) -> None:
     url = start_server()
     openmeter.fail(path_prefix=EVENTS, after=1, cut=True, times=100)
@@ -98,7 +98,7 @@ async def test_paging_that_keeps_failing_stores_no_partial_workbook(
     assert len(start_server.apps[url].state.downloads) == 0
 
 
-async def test_a_slow_openmeter_times_out_cleanly(start_server: ServerStarter, openmeter: FakeOpenMeter) -> None:
+async def test_a_slow_openmeter_times_out_cleanly(start_server: ServerStarter, openmeter: OpenMeterStandIn) -> None:
     url = start_server(openmeter_timeout_seconds=0.1)
     openmeter.fail(status=200, delay=0.5, times=100, path_prefix=QUERY)
     result = await call_tool(url, "get_credit_usage_by_tenant")
@@ -106,7 +106,7 @@ async def test_a_slow_openmeter_times_out_cleanly(start_server: ServerStarter, o
     assert requests_to(openmeter, QUERY) == RetryPolicy().attempts
 
 
-async def test_the_whole_call_has_a_deadline(start_server: ServerStarter, openmeter: FakeOpenMeter) -> None:
+async def test_the_whole_call_has_a_deadline(start_server: ServerStarter, openmeter: OpenMeterStandIn) -> None:
     url = start_server(tool_deadline_seconds=0.2)
     openmeter.fail(status=200, delay=2, times=100, path_prefix=QUERY)
     result = await call_tool(url, "get_credit_usage_summary")
@@ -115,7 +115,9 @@ async def test_the_whole_call_has_a_deadline(start_server: ServerStarter, openme
     assert httpx2.get(f"{url}/health").json() == {"status": "ok"}
 
 
-async def test_concurrency_towards_openmeter_is_bounded(start_server: ServerStarter, openmeter: FakeOpenMeter) -> None:
+async def test_concurrency_towards_openmeter_is_bounded(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn
+) -> None:
     url = start_server(openmeter_max_concurrency=2)
     openmeter.fail(status=200, delay=0.05, times=1000)  # every request is slow, so calls pile up
 
@@ -139,7 +141,7 @@ async def test_concurrency_towards_openmeter_is_bounded(start_server: ServerStar
     ],
 )
 async def test_hostile_and_foreign_tenant_names_see_exactly_their_own_data(
-    server_url: str, openmeter: FakeOpenMeter, tenant: str
+    server_url: str, openmeter: OpenMeterStandIn, tenant: str
 ) -> None:
     at = NOW - timedelta(hours=1)
     openmeter.ingest(
@@ -198,7 +200,7 @@ async def test_dns_rebinding_protection_stays_on(start_server: ServerStarter) ->
 
 
 async def test_one_audit_line_per_call_without_credits_or_names(
-    server_url: str, openmeter: FakeOpenMeter, caplog: pytest.LogCaptureFixture
+    server_url: str, openmeter: OpenMeterStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="ai_credit_usage.audit")
     openmeter.ingest(make_event(tenant="acme", credits=123.45, time=NOW - timedelta(hours=2), user="Jane Doe"))

@@ -17,8 +17,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from tests.conftest import API_KEY, NOW, call_tool, text_of
-from tests.fake_openmeter import AI_CREDITS_METER, FakeOpenMeter, make_event
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events")
@@ -26,7 +26,7 @@ REFUSED_ROLE = "Only tenant administrators can see AI credit usage"
 
 
 @pytest.fixture
-def two_tenants(openmeter: FakeOpenMeter) -> None:
+def two_tenants(openmeter: OpenMeterStandIn) -> None:
     for i in range(30):
         at = NOW - timedelta(hours=i + 1)
         openmeter.ingest(
@@ -59,7 +59,7 @@ async def test_admin_roles_are_accepted(server_url: str, two_tenants: None, role
     ],
 )
 async def test_non_admins_get_a_sentence_and_no_data(
-    server_url: str, openmeter: FakeOpenMeter, two_tenants: None, tool: str, headers: dict[str, str]
+    server_url: str, openmeter: OpenMeterStandIn, two_tenants: None, tool: str, headers: dict[str, str]
 ) -> None:
     result = await call_tool(server_url, tool, headers=headers)
     assert result.is_error
@@ -69,7 +69,7 @@ async def test_non_admins_get_a_sentence_and_no_data(
 
 
 @pytest.mark.parametrize("tenant", [None, ""])
-async def test_missing_or_blank_tenant_is_refused(server_url: str, openmeter: FakeOpenMeter, tenant) -> None:
+async def test_missing_or_blank_tenant_is_refused(server_url: str, openmeter: OpenMeterStandIn, tenant) -> None:
     headers = {"X-User-UserRole": "admin"} | ({} if tenant is None else {"X-Tenant-Name": tenant})
     result = await call_tool(server_url, "get_credit_usage_summary", headers=headers)
     assert result.is_error
@@ -78,7 +78,7 @@ async def test_missing_or_blank_tenant_is_refused(server_url: str, openmeter: Fa
 
 
 async def test_a_tenant_argument_cannot_change_the_scope(
-    server_url: str, openmeter: FakeOpenMeter, two_tenants: None
+    server_url: str, openmeter: OpenMeterStandIn, two_tenants: None
 ) -> None:
     result = await call_tool(server_url, "get_credit_events", {"tenant": "globex"})
     assert result.is_error
@@ -143,7 +143,7 @@ async def test_headers_are_read_per_request_within_one_session(server_url: str, 
 
 
 async def test_meter_without_tenant_dimension_fails_closed(
-    server_url: str, openmeter: FakeOpenMeter, two_tenants: None
+    server_url: str, openmeter: OpenMeterStandIn, two_tenants: None
 ) -> None:
     meter = dict(AI_CREDITS_METER)
     meter["groupBy"] = {k: v for k, v in meter["groupBy"].items() if k != "tenant"}
@@ -156,7 +156,7 @@ async def test_meter_without_tenant_dimension_fails_closed(
 
 
 async def test_a_missing_dimension_is_an_empty_column(
-    start_server: Callable[..., str], openmeter: FakeOpenMeter, two_tenants: None, caplog: pytest.LogCaptureFixture
+    start_server: Callable[..., str], openmeter: OpenMeterStandIn, two_tenants: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     meter = dict(AI_CREDITS_METER, slug="ai_credits_noskill")
     meter["groupBy"] = {k: v for k, v in meter["groupBy"].items() if k != "skill"}
@@ -169,7 +169,7 @@ async def test_a_missing_dimension_is_an_empty_column(
 
 
 async def test_api_key_is_sent_to_openmeter_but_never_shown(
-    server_url: str, openmeter: FakeOpenMeter, two_tenants: None, caplog: pytest.LogCaptureFixture
+    server_url: str, openmeter: OpenMeterStandIn, two_tenants: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     texts = []
@@ -212,7 +212,7 @@ async def test_api_key_is_sent_to_openmeter_but_never_shown(
 )
 @pytest.mark.parametrize("tool", TOOLS)
 async def test_openmeter_trouble_is_a_clean_error(
-    server_url: str, openmeter: FakeOpenMeter, two_tenants: None, tool: str, fault: dict, message: str
+    server_url: str, openmeter: OpenMeterStandIn, two_tenants: None, tool: str, fault: dict, message: str
 ) -> None:
     openmeter.fail(times=100, path_prefix="/api/v1/meters/ai_credits/query" if tool != TOOLS[2] else "/api/v2", **fault)
     result = await call_tool(server_url, tool)

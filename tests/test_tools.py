@@ -13,8 +13,8 @@ import httpx2
 import pytest
 from openpyxl import load_workbook
 
+from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from tests.conftest import NOW, call_tool, text_of
-from tests.fake_openmeter import FakeOpenMeter, make_event
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events")
@@ -43,7 +43,7 @@ def download_rows(server_url: str, text: str) -> list[tuple]:
     return list(workbook.worksheets[0].iter_rows(values_only=True))
 
 
-def query_params(openmeter: FakeOpenMeter) -> list[dict[str, list[str]]]:
+def query_params(openmeter: OpenMeterStandIn) -> list[dict[str, list[str]]]:
     """The meter queries the server sent, as {name: [values]} (repeated keys kept)."""
     found = []
     for request in openmeter.requests:
@@ -70,7 +70,7 @@ async def test_tools_are_listed_without_headers(server_url: str) -> None:
 
 
 async def test_tenant_total_counts_only_the_tenant_the_meter_type_and_the_window(
-    server_url: str, openmeter: FakeOpenMeter
+    server_url: str, openmeter: OpenMeterStandIn
 ) -> None:
     openmeter.ingest(
         make_event(tenant="acme", credits=10.25, time=utc(2026, 1, 1)),  # start is inclusive
@@ -102,7 +102,7 @@ async def test_tenant_total_is_one_row_at_zero_usage(server_url: str) -> None:
     assert "Total credits: 0.00" in text
 
 
-async def test_default_window_is_the_last_seven_days(server_url: str, openmeter: FakeOpenMeter) -> None:
+async def test_default_window_is_the_last_seven_days(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.ingest(
         make_event(tenant="acme", credits=3, time=NOW - timedelta(days=7)),
         make_event(tenant="acme", credits=5, time=NOW - timedelta(seconds=1)),
@@ -150,7 +150,7 @@ async def test_default_window_is_the_last_seven_days(server_url: str, openmeter:
     ],
 )
 async def test_explicit_windows(
-    server_url: str, openmeter: FakeOpenMeter, arguments: dict[str, str], sent_from: str, sent_to: str
+    server_url: str, openmeter: OpenMeterStandIn, arguments: dict[str, str], sent_from: str, sent_to: str
 ) -> None:
     result = await call_tool(server_url, "get_credit_usage_summary", arguments)
     assert not result.is_error, text_of(result)
@@ -166,7 +166,7 @@ async def test_explicit_windows(
         ({"from_date": "2026-01-10", "to_date": "2026-01-05"}, "from_date"),
     ],
 )
-async def test_bad_dates_are_a_clear_error(server_url: str, openmeter: FakeOpenMeter, arguments, named) -> None:
+async def test_bad_dates_are_a_clear_error(server_url: str, openmeter: OpenMeterStandIn, arguments, named) -> None:
     result = await call_tool(server_url, "get_credit_events", arguments)
     assert result.is_error
     assert named in text_of(result)
@@ -192,7 +192,7 @@ def summary_events() -> list[dict]:
     return events
 
 
-async def test_summary_breaks_down_largest_first_and_cuts_at_50(server_url: str, openmeter: FakeOpenMeter) -> None:
+async def test_summary_breaks_down_largest_first_and_cuts_at_50(server_url: str, openmeter: OpenMeterStandIn) -> None:
     events = summary_events()
     openmeter.ingest(*events)
     result = await call_tool(
@@ -224,7 +224,9 @@ async def test_summary_breaks_down_largest_first_and_cuts_at_50(server_url: str,
     assert params["groupBy"] == ["user", "module", "product", "tenant", "skill"]
 
 
-async def test_events_follow_every_cursor_and_keep_only_the_tenant(server_url: str, openmeter: FakeOpenMeter) -> None:
+async def test_events_follow_every_cursor_and_keep_only_the_tenant(
+    server_url: str, openmeter: OpenMeterStandIn
+) -> None:
     start = utc(2026, 1, 15)
     acme = [
         make_event(tenant="acme", credits=i % 7 + 0.5, time=start + timedelta(minutes=5 * i), user=f"u{i % 9}")
@@ -270,7 +272,7 @@ async def test_events_follow_every_cursor_and_keep_only_the_tenant(server_url: s
     assert preview[0][4] == "acme"
 
 
-async def test_events_skip_values_the_meter_does_not_count(server_url: str, openmeter: FakeOpenMeter) -> None:
+async def test_events_skip_values_the_meter_does_not_count(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.ingest(
         make_event(tenant="acme", credits="2.5", time=utc(2026, 1, 15, 1)),
         make_event(tenant="acme", credits="n/a", time=utc(2026, 1, 15, 2)),
@@ -283,7 +285,9 @@ async def test_events_skip_values_the_meter_does_not_count(server_url: str, open
     assert "Total credits: 2.50" in events_text and "Total credits: 2.50" in total_text
 
 
-async def test_event_cap_asks_for_a_narrower_window(start_server: Callable[..., str], openmeter: FakeOpenMeter) -> None:
+async def test_event_cap_asks_for_a_narrower_window(
+    start_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
     url = start_server(max_event_rows=20)
     openmeter.ingest(*[make_event(tenant="acme", credits=1, time=utc(2026, 1, 15, 0, i)) for i in range(21)])
     result = await call_tool(url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"})
@@ -292,7 +296,7 @@ async def test_event_cap_asks_for_a_narrower_window(start_server: Callable[..., 
     assert "shorter window" in text_of(result)
 
 
-async def test_legacy_protocol_clients_work_too(server_url: str, openmeter: FakeOpenMeter) -> None:
+async def test_legacy_protocol_clients_work_too(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.ingest(make_event(tenant="acme", credits=2, time=NOW - timedelta(hours=1)))
     result = await call_tool(server_url, "get_credit_usage_by_tenant", mode="legacy")
     assert table_rows(text_of(result)) == [["acme", "2.00"]]

@@ -1,15 +1,20 @@
-"""An in-process OpenMeter stand-in for tests, replacing OpenMeter only at the network boundary.
+"""An in-process OpenMeter: the meter, meter-query and v2 event-list endpoints over an in-memory event store.
 
-It follows the real Go server (see /work/shared/openmeter-api.md), not the OpenAPI spec where the two differ:
-`to` is exclusive, times have second resolution, a filter object holds exactly one operator, `nextCursor` is sent only
-on full pages, and so on. Serve ``FakeOpenMeter().app`` with ``servers.serve_in_thread`` and point the client at the
-URL. The app runs in a server thread while tests read and mutate it from the main thread, so state sits behind a lock.
+It follows the real Go server (see `openmeter-api.md` in the project's shared docs), not the OpenAPI spec where the two
+differ: `to` is exclusive, times have second resolution, a filter object holds exactly one operator, `nextCursor` is
+sent only on full pages, and so on. Two users, so the demo cannot drift from what the tests check:
+- the tests serve ``OpenMeterStandIn().app`` over real HTTP (``tests.servers.serve_in_thread``), replacing OpenMeter
+  only at the network boundary, and inject faults with ``fail()``;
+- ``--demo`` (``ai_credit_usage.demo``) loads generated events into one and hands the production OpenMeter client an
+  ``httpx2.ASGITransport`` to its app, so demo answers go through exactly the production code path.
+The app may run in a server thread while tests read and mutate it from the main thread, so state sits behind a lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import copy
 import json
 import math
@@ -32,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["AI_CREDITS_METER", "FakeOpenMeter", "RecordedRequest", "format_time", "make_event", "parse_rfc3339"]
+__all__ = ["AI_CREDITS_METER", "OpenMeterStandIn", "RecordedRequest", "format_time", "make_event", "parse_rfc3339"]
 
 AI_CREDITS_METER: dict[str, Any] = {
     "id": "01J9ZKQX8M0000000000000000",
@@ -295,7 +300,7 @@ def _json_param(q: QueryParams, name: str) -> Any:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as the fake received it; `query` keeps repeated keys in order."""
+    """One request as the stand-in received it; `query` keeps repeated keys in order."""
 
     method: str
     path: str
@@ -343,18 +348,25 @@ class _Row:
     stored_at: int
 
 
-class FakeOpenMeter:
+class OpenMeterStandIn:
     """OpenMeter's meter, meter-query and v2 event-list endpoints over an in-memory event store.
 
     ``api_key=None`` disables auth. The ``ai_credits`` meter is present unless ``meters`` says otherwise.
+    ``record_requests=False`` keeps no request log (``requests`` stays empty), so a long-running demo does not grow.
     """
 
     def __init__(
-        self, *, api_key: str | None = "test-openmeter-key", meters: Iterable[dict] = (AI_CREDITS_METER,)
+        self,
+        *,
+        api_key: str | None = "test-openmeter-key",
+        meters: Iterable[dict] = (AI_CREDITS_METER,),
+        record_requests: bool = True,
     ) -> None:
         self.api_key = api_key
+        self.record_requests = record_requests
         self.meters: dict[str, dict[str, Any]] = {}
         self._rows: list[_Row] = []
+        self._by_time: list[_Row] | None = None  # the rows sorted by (time, row id), rebuilt after a change
         self._seen: set[tuple[str, str]] = set()
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
@@ -374,7 +386,9 @@ class FakeOpenMeter:
         """Register a meter (keyed by slug, also found by id); fills id/name/timestamps when absent."""
         m = copy.deepcopy(dict(meter))
         if m.get("aggregation") not in _AGGREGATIONS:
-            raise NotImplementedError(f"the fake supports aggregations {_AGGREGATIONS}, not {m.get('aggregation')!r}")
+            raise NotImplementedError(
+                f"the stand-in supports aggregations {_AGGREGATIONS}, not {m.get('aggregation')!r}"
+            )
         if not m.get("slug") or not m.get("eventType") or (m["aggregation"] != "COUNT" and not m.get("valueProperty")):
             raise ValueError(f"a meter needs slug, eventType and (unless COUNT) valueProperty: {m}")
         for path in [*m.setdefault("groupBy", {}).values(), m.get("valueProperty") or "$"]:
@@ -409,6 +423,7 @@ class FakeOpenMeter:
                 self._seen.add((event["source"], event["id"]))
                 self._row_seq += 1
                 self._rows.append(_Row(event, f"01J{self._row_seq:023d}", when, _unix(now), _unix(now)))
+                self._by_time = None
                 stored += 1
         return stored
 
@@ -455,6 +470,7 @@ class FakeOpenMeter:
         """Forget events, recorded requests and pending faults (meters stay), for a server shared across tests."""
         with self._lock:
             self._rows.clear()
+            self._by_time = None
             self._seen.clear()
             self._requests.clear()
             self._faults.clear()
@@ -465,9 +481,10 @@ class FakeOpenMeter:
         path = request.url.path
         with self._lock:
             self._request_seq += 1
-            instance = f"urn:request:fake/{self._request_seq:06d}"
+            instance = f"urn:request:standin/{self._request_seq:06d}"
             query = list(request.query_params.multi_items())
-            self._requests.append(RecordedRequest(request.method, path, query, dict(request.headers)))
+            if self.record_requests:
+                self._requests.append(RecordedRequest(request.method, path, query, dict(request.headers)))
             fault = next((f for f in self._faults if path.startswith(f.path_prefix)), None)
             if fault is not None and fault.skip > 0:
                 fault.skip -= 1
@@ -509,9 +526,9 @@ class FakeOpenMeter:
         elif parts == ["api", "v2", "events"]:
             handler = self._list_events
         else:
-            raise _Problem(404, f"no such endpoint in the fake: {method} {path}")
+            raise _Problem(404, f"no such endpoint in the OpenMeter stand-in: {method} {path}")
         if method != "GET":
-            raise _Problem(405, f"the fake only models GET on {path}")
+            raise _Problem(405, f"the OpenMeter stand-in only models GET on {path}")
         return handler(q, *parts[3:4])
 
     def _meter(self, id_or_slug: str) -> dict[str, Any]:
@@ -550,7 +567,7 @@ class FakeOpenMeter:
                 raise _Problem(400, f"invalid group by: {key}")
         if subjects and "subject" not in group_by:
             group_by.append("subject")
-        if q.getlist("filterCustomerId"):  # the fake has no customers, so every id is unknown
+        if q.getlist("filterCustomerId"):  # the stand-in has no customers, so every id is unknown
             raise _Problem(404, f"customer with id {q.getlist('filterCustomerId')[0]} not found")
         try:
             tz = ZoneInfo(tz_name or "UTC")
@@ -656,7 +673,7 @@ class FakeOpenMeter:
         if unknown:  # stricter than the server (it ignores unknown keys): event data cannot be filtered on
             raise _Problem(400, f"unsupported filter field(s): {', '.join(unknown)}")
         if raw_filter.get("customerId"):
-            raise _Problem(400, "customers not found in namespace (the fake has no customers)")
+            raise _Problem(400, "customers not found in namespace (the stand-in has no customers)")
         filters: list[tuple[Any, dict[str, Any]]] = []
         for key in ("id", "source", "subject", "type"):
             if raw_filter.get(key) is not None:
@@ -666,17 +683,32 @@ class FakeOpenMeter:
             if raw_filter.get(key) is not None:
                 f = _check_filter(raw_filter[key], _TIME_OPS, 1, f"filter.{key}", lambda s: _unix(parse_rfc3339(s)))
                 filters.append((lambda row, attr=attr: getattr(row, attr), f))
-        rows = [row for row in self._rows if all(_matches(f, get(row)) for get, f in filters)]
-        rows.sort(key=lambda row: (row.time, row.row_id), reverse=True)
-        if cursor is not None:
-            at, row_id = cursor
-            rows = [row for row in rows if row.time < at or (row.time == at and row.row_id < row_id)]
-        page = rows[:limit]
+        # Newest first by (time, store row), resumed strictly below the cursor, the first `limit` matches. Walking a
+        # time-sorted index (instead of filtering and sorting every row per page) keeps paging a large store fast.
+        by_time = self._rows_by_time()
+        start = len(by_time) if cursor is None else bisect.bisect_left(by_time, cursor, key=_row_key)
+        page: list[_Row] = []
+        for index in range(start - 1, -1, -1):
+            row = by_time[index]
+            if all(_matches(f, get(row)) for get, f in filters):
+                page.append(row)
+                if len(page) == limit:
+                    break
         body: dict[str, Any] = {"items": [_ingested_event(row) for row in page]}
         if page and len(page) == limit:  # only a full page gets a cursor, so a last full page is followed by []
             last = page[-1]
             body["nextCursor"] = base64.b64encode(f"{format_time(last.time)},{last.row_id}".encode()).decode()
         return body
+
+    def _rows_by_time(self) -> list[_Row]:
+        """The rows in ascending (time, row id) order; called with the lock held."""
+        if self._by_time is None:
+            self._by_time = sorted(self._rows, key=_row_key)
+        return self._by_time
+
+
+def _row_key(row: _Row) -> tuple[int, str]:
+    return row.time, row.row_id
 
 
 def _decode_cursor(raw: str | None) -> tuple[int, str] | None:

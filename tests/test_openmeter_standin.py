@@ -14,7 +14,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.fake_openmeter import AI_CREDITS_METER, FakeOpenMeter, make_event
+from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from tests.servers import serve_in_thread
 
 KEY = "fake-key-123"
@@ -28,18 +28,18 @@ def at(**delta: float) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def fake() -> FakeOpenMeter:
-    return FakeOpenMeter(api_key=KEY)
+def fake() -> OpenMeterStandIn:
+    return OpenMeterStandIn(api_key=KEY)
 
 
 @pytest.fixture(scope="module")
-def base_url(fake: FakeOpenMeter) -> Iterator[str]:
+def base_url(fake: OpenMeterStandIn) -> Iterator[str]:
     with serve_in_thread(fake.app) as url:
         yield url
 
 
 @pytest.fixture
-def om(fake: FakeOpenMeter, base_url: str) -> Iterator[httpx2.Client]:
+def om(fake: OpenMeterStandIn, base_url: str) -> Iterator[httpx2.Client]:
     """A client with the right key, against a fake emptied for this test (the server is shared per module)."""
     fake.reset()
     with httpx2.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=5) as client:
@@ -53,7 +53,7 @@ def problem(response: httpx2.Response, status: int) -> dict[str, Any]:
     assert body["status"] == status
     assert body["type"] == "about:blank"
     assert body["title"]
-    assert body["instance"].startswith("urn:request:fake/")
+    assert body["instance"].startswith("urn:request:standin/")
     return body
 
 
@@ -87,7 +87,7 @@ def test_meter_by_slug_or_id_and_unknown_paths(om: httpx2.Client) -> None:
     problem(om.get("/api/v1/nothing"), 404)
 
 
-def test_query_sums_one_tenant_per_group_with_exclusive_to(om: httpx2.Client, fake: FakeOpenMeter) -> None:
+def test_query_sums_one_tenant_per_group_with_exclusive_to(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.ingest(
         make_event(tenant="acme", credits=10.25, time=T0),  # from is inclusive
         make_event(tenant="acme", credits="4.5", time=at(days=3)),  # a numeric string counts
@@ -115,7 +115,7 @@ def test_query_sums_one_tenant_per_group_with_exclusive_to(om: httpx2.Client, fa
     assert fake.requests_to("/query")[-1].params("groupBy") == ["user", "module"]
 
 
-def test_query_groups_missing_and_numeric_dimensions_as_strings(om: httpx2.Client, fake: FakeOpenMeter) -> None:
+def test_query_groups_missing_and_numeric_dimensions_as_strings(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.ingest(
         make_event(tenant="acme", credits=1, time=T0, skill=None),
         make_event(tenant="acme", credits=2, time=T0, skill=None, extra_data={"skill": 7}),
@@ -146,7 +146,7 @@ def test_query_rejects_what_the_server_rejects(om: httpx2.Client, params: dict[s
     assert detail in problem(om.get(QUERY, params=params), 400)["detail"]
 
 
-def test_query_accepts_offsets_and_operator_trees(om: httpx2.Client, fake: FakeOpenMeter) -> None:
+def test_query_accepts_offsets_and_operator_trees(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.ingest(*(make_event(tenant=t, credits=1, time=T0) for t in ("acme", "acme-eu", "globex", "initech")))
     tree = {"$or": [{"$like": "acme%"}, {"$in": ["initech"]}]}
     params = [("from", "2026-01-01T01:00:00+01:00"), ("groupBy", "tenant"), advanced(tenant=tree)]
@@ -156,7 +156,7 @@ def test_query_accepts_offsets_and_operator_trees(om: httpx2.Client, fake: FakeO
     problem(om.get(f"{QUERY}?from=2026-01-01T01:00:00+01:00"), 400)  # an unencoded '+' decodes to a space
 
 
-def test_window_size_day_is_calendar_aligned_in_the_time_zone(om: httpx2.Client, fake: FakeOpenMeter) -> None:
+def test_window_size_day_is_calendar_aligned_in_the_time_zone(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.ingest(
         make_event(tenant="acme", credits=1, time=at(hours=10)),
         make_event(tenant="acme", credits=2, time=at(hours=23, minutes=30)),  # already Jan 2 in Budapest
@@ -179,7 +179,7 @@ def test_window_size_day_is_calendar_aligned_in_the_time_zone(om: httpx2.Client,
 
 @pytest.mark.parametrize(("count", "sizes"), [(250, [100, 100, 50]), (200, [100, 100, 0])])
 def test_events_page_newest_first_with_cursor_only_on_full_pages(
-    om: httpx2.Client, fake: FakeOpenMeter, count: int, sizes: list[int]
+    om: httpx2.Client, fake: OpenMeterStandIn, count: int, sizes: list[int]
 ) -> None:
     fake.ingest(*(make_event(tenant="acme", credits=i, time=at(minutes=i), id=f"e{i}") for i in range(count)))
     pages = all_pages(om)
@@ -192,13 +192,13 @@ def test_events_page_newest_first_with_cursor_only_on_full_pages(
     assert set(item) == {"event", "ingestedAt", "storedAt"}
 
 
-def test_cursor_breaks_same_second_ties_by_store_row(om: httpx2.Client, fake: FakeOpenMeter) -> None:
+def test_cursor_breaks_same_second_ties_by_store_row(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.ingest(*(make_event(tenant="acme", credits=1, time=at(seconds=0.1 * i), id=f"e{i}") for i in range(7)))
     ids = [item["event"]["id"] for page in all_pages(om, limit=2) for item in page["items"]]
     assert ids == [f"e{i}" for i in reversed(range(7))]  # same second: later-stored first, none lost or repeated
 
 
-def test_events_filter_on_time_range_and_type(om: httpx2.Client, fake: FakeOpenMeter) -> None:
+def test_events_filter_on_time_range_and_type(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.ingest(*(make_event(tenant="acme", credits=1, time=at(hours=h), id=f"h{h}") for h in range(6)))
     fake.ingest(make_event(tenant="acme", credits=1, time=at(hours=2), id="other", type="other"))
     time_range = {"$and": [{"$gte": "2026-01-01T02:00:00Z"}, {"$lt": "2026-01-01T04:00:00Z"}]}
@@ -225,7 +225,7 @@ def test_events_reject_what_the_server_rejects(om: httpx2.Client, params: dict[s
     assert detail in problem(om.get(EVENTS, params=params), 400)["detail"]
 
 
-def test_faults_answer_instead_of_the_real_response(om: httpx2.Client, fake: FakeOpenMeter) -> None:
+def test_faults_answer_instead_of_the_real_response(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.fail(status=500)
     assert "detail" not in problem(om.get("/api/v1/meters/ai_credits"), 500)  # Go omits detail on 500
     assert om.get("/api/v1/meters/ai_credits").status_code == 200
@@ -245,7 +245,7 @@ def test_faults_answer_instead_of_the_real_response(om: httpx2.Client, fake: Fak
         response.json()
 
 
-def test_a_delayed_answer_trips_client_timeouts(om: httpx2.Client, fake: FakeOpenMeter) -> None:
+def test_a_delayed_answer_trips_client_timeouts(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.fail(status=200, delay=0.3)
     with pytest.raises(httpx2.ReadTimeout):
         om.get(QUERY, timeout=0.05)

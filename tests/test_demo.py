@@ -1,0 +1,240 @@
+"""`--demo`: the real app over the generated data set, through the production OpenMeter client and a real MCP client.
+
+One demo server is shared by the module (generating the data takes about a second); the clock is fixed, so the data
+and every window are the same on every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult
+from openpyxl import load_workbook
+
+from ai_credit_usage.demo import (
+    DAYS,
+    DEMO_ABOUT,
+    DEMO_BANNER,
+    DEMO_SETTINGS,
+    MODULES,
+    QUIET_WEEK_DAYS_AGO,
+    SPIKE_DAYS_AGO,
+    TENANTS,
+    USERS_PER_TENANT,
+    demo_events,
+)
+from ai_credit_usage.settings import load_settings
+from server import create_app
+from tests.conftest import NOW, SETTINGS_VARIABLES, FakeClock, call_tool, text_of
+from tests.servers import serve_in_thread
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = {"X-Tenant-Name": "demo", "X-User-UserRole": "admin"}
+TODAY = NOW.date()
+
+
+@contextlib.contextmanager
+def start_demo(**overrides: Any) -> Iterator[str]:
+    with pytest.MonkeyPatch.context() as patch:  # module-scoped: clean the environment here, not per test
+        for name in SETTINGS_VARIABLES:
+            patch.delenv(name, raising=False)
+        settings = load_settings(_env_file=None, **DEMO_SETTINGS, **overrides)
+    with serve_in_thread(create_app(settings, clock=FakeClock(NOW), demo=True)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def demo_url() -> Iterator[str]:
+    with start_demo() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def events() -> list[dict[str, Any]]:
+    return demo_events(NOW)
+
+
+def daily_credits(events: list[dict[str, Any]], tenant: str) -> dict[date, float]:
+    totals: dict[date, float] = defaultdict(float)
+    for event in events:
+        if event["data"]["tenant"] == tenant:
+            totals[date.fromisoformat(event["time"][:10])] += float(event["data"]["credits"])
+    return totals
+
+
+def workbook_rows(url: str, result: CallToolResult) -> tuple[list[tuple[Any, ...]], dict[str, Any], str]:
+    """Data rows, About sheet and filename of the answer's download."""
+    match = re.search(r"\]\(http://localhost:8765(/download/[\w-]+)\)", text_of(result))
+    assert match, text_of(result)
+    response = httpx2.get(url + match.group(1))
+    assert response.status_code == 200
+    workbook = load_workbook(io.BytesIO(response.content))
+    rows = list(workbook.worksheets[0].iter_rows(values_only=True))
+    filename = re.search(r'filename="([^"]+)"', response.headers["content-disposition"])
+    assert filename
+    return rows[1:], dict(workbook["About"].iter_rows(values_only=True)), filename.group(1)
+
+
+def text_total(result: CallToolResult) -> str:
+    match = re.search(r"^Total credits: (.+)$", text_of(result), re.MULTILINE)
+    assert match, text_of(result)
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        pytest.param({}, id="default-7-days"),
+        pytest.param({"from_date": (TODAY - timedelta(days=SPIKE_DAYS_AGO)).isoformat()}, id="since-the-spike"),
+        pytest.param({"from_date": (TODAY - timedelta(days=30)).isoformat(), "to_date": "2026-01-10"}, id="dates"),
+    ],
+)
+async def test_the_three_tools_agree_on_the_demo_tenant(demo_url: str, window: dict[str, str]) -> None:
+    total_result = await call_tool(demo_url, "get_credit_usage_by_tenant", window, headers=DEMO)
+    summary_result = await call_tool(demo_url, "get_credit_usage_summary", window, headers=DEMO)
+    events_result = await call_tool(demo_url, "get_credit_events", window, headers=DEMO)
+    results = (total_result, summary_result, events_result)
+    assert not any(result.is_error for result in results), [text_of(result) for result in results]
+
+    (tenant_row,), about, _ = workbook_rows(demo_url, total_result)
+    assert tenant_row[0] == "demo" and tenant_row[1] > 100  # plausible: hundreds of credits a day
+    summary, _, _ = workbook_rows(demo_url, summary_result)
+    events, _, _ = workbook_rows(demo_url, events_result)
+    assert math.fsum(row[-1] for row in summary) == pytest.approx(tenant_row[1], rel=1e-9)
+    assert math.fsum(row[-1] for row in events) == pytest.approx(tenant_row[1], rel=1e-9)
+    assert len({text_total(result) for result in results}) == 1
+
+    start, end = datetime.fromisoformat(about["from (UTC)"]), datetime.fromisoformat(about["to (UTC, exclusive)"])
+    assert len(events) > 10 * (end - start).days  # plausible: dozens of events a day
+    assert all(start <= row[0].replace(tzinfo=UTC) < end for row in events)
+    assert {row[4] for row in events} == {row[3] for row in summary} == {"demo"}
+    assert all(row[1].endswith("@demo.example") and row[-1] > 0 for row in events)
+    assert len({row[0] for row in summary}) <= USERS_PER_TENANT < len(summary)
+    assert [row[-1] for row in summary] == sorted((row[-1] for row in summary), reverse=True)
+
+
+async def test_every_answer_and_workbook_says_demo(demo_url: str) -> None:
+    result = await call_tool(demo_url, "get_credit_usage_summary", headers=DEMO)
+    text = text_of(result)
+    assert text.splitlines()[0] == DEMO_BANNER
+    assert text.splitlines()[2].startswith("Tenant demo, ")  # then the answer exactly as in production
+    rows, about, filename = workbook_rows(demo_url, result)
+    assert about["data"] == DEMO_ABOUT
+    assert filename.startswith("DEMO_ai-credits_summary_demo_")
+    assert all(len(row) == 6 for row in rows)  # the data sheet stays exactly the table
+    bad = await call_tool(demo_url, "get_credit_events", {"from_date": "yesterday"}, headers=DEMO)
+    assert bad.is_error and text_of(bad).startswith(DEMO_BANNER) and "from_date" in text_of(bad)
+    async with (
+        httpx2.AsyncClient() as http,
+        Client(streamable_http_client(f"{demo_url}/mcp", http_client=http)) as client,
+    ):
+        assert "DEMO MODE" in (client.instructions or "")
+
+
+async def test_each_tenant_sees_only_its_own_demo_data(demo_url: str) -> None:
+    totals = {}
+    for tenant in TENANTS:
+        headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
+        result = await call_tool(demo_url, "get_credit_usage_summary", headers=headers)
+        rows, _, _ = workbook_rows(demo_url, result)
+        assert {row[3] for row in rows} == {tenant}
+        assert all(row[0].endswith(f"@{tenant}.example") for row in rows)
+        totals[tenant] = text_total(result)
+    assert len(set(totals.values())) == len(TENANTS)
+    stranger = await call_tool(demo_url, "get_credit_usage_by_tenant", headers={**DEMO, "X-Tenant-Name": "Demo"})
+    assert text_total(stranger) == "0.00"  # matched exactly: no data for a tenant the demo does not have
+
+
+def test_the_data_set_has_tenants_users_modules_and_both_credit_forms(events: list[dict[str, Any]]) -> None:
+    assert 15_000 < len(events) < 40_000
+    assert {event["data"]["tenant"] for event in events} == set(TENANTS)
+    for tenant in TENANTS:
+        users = {event["data"]["user"] for event in events if event["data"]["tenant"] == tenant}
+        assert len(users) == USERS_PER_TENANT
+    assert {(e["data"]["module"], e["data"]["product"]) for e in events} == {(m.name, m.product) for m in MODULES}
+    assert {e["data"]["skill"] for e in events} == {skill for module in MODULES for skill in module.skills}
+    assert {type(event["data"]["credits"]) for event in events} == {float, str}
+    assert all(event["subject"] != event["data"]["tenant"] for event in events)
+    assert len({event["id"] for event in events}) == len(events)
+    first, last = datetime.fromisoformat(events[0]["time"]), datetime.fromisoformat(events[-1]["time"])
+    assert first.date() == TODAY - timedelta(days=DAYS - 1)
+    assert NOW - timedelta(hours=6) < last < NOW
+
+
+def test_weekends_are_low_and_there_is_a_spike_and_a_quiet_week(events: list[dict[str, Any]]) -> None:
+    daily = daily_credits(events, "demo")
+    spike_day = TODAY - timedelta(days=SPIKE_DAYS_AGO)
+    quiet_days = {TODAY - timedelta(days=ago) for ago in QUIET_WEEK_DAYS_AGO}
+    normal = {day: total for day, total in daily.items() if day not in quiet_days | {spike_day, TODAY}}
+    weekdays = sorted(total for day, total in normal.items() if day.weekday() < 5)
+    weekend = [total for day, total in normal.items() if day.weekday() >= 5]
+    median_weekday = weekdays[len(weekdays) // 2]
+    assert max(weekend) < 0.5 * median_weekday
+    assert daily[spike_day] > 4 * max(weekdays)
+    quiet_weekdays = [daily[day] for day in quiet_days if day.weekday() < 5]
+    assert len(quiet_days) == 7 and max(quiet_weekdays) < 0.5 * median_weekday
+
+
+def test_the_data_is_deterministic_and_stable_through_the_day(events: list[dict[str, Any]]) -> None:
+    assert demo_events(NOW) == events
+    later = demo_events(NOW + timedelta(hours=3))
+    assert [event for event in later if event["time"] < "2026-01-20T12:00:00Z"] == events
+    assert len(later) > len(events)
+
+
+async def test_overrides_serve_the_demo_to_a_client_without_headers() -> None:
+    with start_demo(tenant_override="demo", role_override="admin") as url:
+        result = await call_tool(url, "get_credit_usage_by_tenant", headers={})
+        assert not result.is_error
+        assert "Tenant demo, " in text_of(result)
+
+
+def test_main_demo_starts_without_a_key(tmp_path: Path) -> None:
+    """`main.py --demo` needs no OPENMETER_API_KEY (without --demo, test_settings checks that start-up stops)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--demo"],
+        env={**env, "MCP_PORT": str(port)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                response = httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            except httpx2.TransportError:
+                time.sleep(0.1)
+                continue
+            assert response.json() == {"status": "ok"}
+            break
+        else:
+            pytest.fail(f"main.py --demo did not become healthy (exit code {process.poll()})")
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=15)
+    assert "DEMO MODE" in stderr
+    assert "Traceback" not in stderr
