@@ -373,6 +373,7 @@ class OpenMeterStandIn:
         self._lock = threading.Lock()
         self._request_seq = 0
         self._row_seq = 0
+        self.latency = 0.0  # seconds every answer takes, to stand in for a remote server (soak, benchmarks)
         self.in_flight = 0  # requests being answered right now, and the most there ever were at once
         self.max_in_flight = 0
         for meter in meters:
@@ -502,6 +503,8 @@ class OpenMeterStandIn:
                 self.in_flight -= 1
 
     async def _answer(self, request: Request, path: str, instance: str, fault: _Fault | None) -> Response:
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
         if fault is not None:
             if fault.delay > 0:
                 await asyncio.sleep(fault.delay)

@@ -541,7 +541,8 @@ def test_script_keep_alive_renews_until_ctrl_c(env_file: Path, tais: FakeTais, t
     )
     try:
         deadline = time.monotonic() + 20
-        while len(patches(tais)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        # Wait for a 4th wiring: the 3rd renewal's "renewed" line is printed only after its PATCH has been answered.
+        while len(patches(tais)) < 4 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=15)
