@@ -263,3 +263,20 @@ def test_the_soak_script_runs_and_finds_no_leak() -> None:
     assert "calls made        12 of 12" in result.stdout
     assert "cross-tenant rows 0" in result.stdout
     assert "wrong totals      0" in result.stdout
+
+
+async def test_line_breaks_in_a_tenant_name_cannot_escape(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn
+) -> None:
+    """HTTP cannot carry CR/LF in a header, but TENANT_OVERRIDE can: the name stays data in the filter and text."""
+    tenant = 'acme\r\n| evil | row |\n"},{"$ne":"'
+    url = start_server(tenant_override=tenant, role_override="admin")
+    openmeter.ingest(make_event(tenant="acme", credits=5, time=NOW - timedelta(hours=1), user="acme-user"))
+    result = await call_tool(url, "get_credit_usage_summary", headers={})
+    text = text_of(result)
+    assert "Total credits: 0.00" in text
+    assert "acme-user" not in text
+    assert "| evil | row |" not in text
+    assert text.splitlines()[0].startswith("Tenant acme<br>\\| evil \\| row \\|<br>")
+    (query,) = openmeter.requests_to(QUERY)
+    assert json.loads(query.param("advancedMeterGroupByFilters")) == {"tenant": {"$eq": tenant}}
