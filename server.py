@@ -12,7 +12,7 @@ import anyio
 import httpx2
 from mcp.server import ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
@@ -37,7 +37,8 @@ from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.openmeter import OpenMeterClient, RetryPolicy
 from ai_credit_usage.report import Question, ReportMaker, error_result
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
-from ai_credit_usage.usage import UsageService
+from ai_credit_usage.table import PROCESS_WRITER_ROWS
+from ai_credit_usage.usage import EVENT_COLUMNS, SUMMARY_COLUMNS, TENANT_COLUMNS, UsageService
 from ai_credit_usage.window import Clock, utc_now
 
 logger = logging.getLogger("ai_credit_usage.server")
@@ -96,6 +97,7 @@ def create_app(
     retry: RetryPolicy | None = None,
     openmeter_transport: httpx2.AsyncBaseTransport | None = None,
     demo: bool = False,
+    workbook_process_rows: int = PROCESS_WRITER_ROWS,
 ) -> Starlette:
     """Build the whole ASGI app; `clock`, `retry` and `openmeter_transport` are the seams for tests and benchmarks.
 
@@ -114,7 +116,12 @@ def create_app(
         retry=retry,
         transport=openmeter_transport,
     )
-    usage = UsageService(openmeter, settings.openmeter_meter, max_event_rows=settings.max_event_rows)
+    usage = UsageService(
+        openmeter,
+        settings.openmeter_meter,
+        max_event_rows=settings.max_event_rows,
+        parallel_slices=settings.openmeter_max_concurrency,
+    )
     downloads = DownloadStore(settings.download_ttl_seconds, clock, max_bytes=settings.download_store_max_bytes)
     reports = ReportMaker(
         downloads,
@@ -123,27 +130,39 @@ def create_app(
         clock=clock,
         deadline_seconds=settings.tool_deadline_seconds,
         demo=demo,
+        process_writer_rows=workbook_process_rows,
     )
     instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
     mcp = MCPServer("ai-credits-mcp", version=VERSION, instructions=instructions)
 
-    async def answer(tool: str, question: Question, from_date: str | None, to_date: str | None) -> CallToolResult:
+    async def answer(
+        tool: str,
+        columns: tuple[str, ...],
+        question: Question,
+        ctx: Context,
+        from_date: str | None,
+        to_date: str | None,
+    ) -> CallToolResult:
         caller = current_caller.get(None)
         if caller is None:  # the gate always sets it; refuse rather than guess if it ever does not
             return error_result("The caller could not be identified, so no usage can be shown.")
-        return await reports.answer(tool, caller, question, from_date, to_date)
+        return await reports.answer(tool, caller, columns, question, from_date, to_date, progress=ctx.report_progress)
 
     @mcp.tool(title="AI credits used by my tenant", description=TENANT_TOTAL_HELP, annotations=READ_ONLY)
-    async def get_credit_usage_by_tenant(from_date: FromDate = None, to_date: ToDate = None) -> CallToolResult:
-        return await answer("get_credit_usage_by_tenant", usage.tenant_total, from_date, to_date)
+    async def get_credit_usage_by_tenant(
+        ctx: Context, from_date: FromDate = None, to_date: ToDate = None
+    ) -> CallToolResult:
+        return await answer("get_credit_usage_by_tenant", TENANT_COLUMNS, usage.tenant_total, ctx, from_date, to_date)
 
     @mcp.tool(title="AI credit usage breakdown", description=SUMMARY_HELP, annotations=READ_ONLY)
-    async def get_credit_usage_summary(from_date: FromDate = None, to_date: ToDate = None) -> CallToolResult:
-        return await answer("get_credit_usage_summary", usage.summary, from_date, to_date)
+    async def get_credit_usage_summary(
+        ctx: Context, from_date: FromDate = None, to_date: ToDate = None
+    ) -> CallToolResult:
+        return await answer("get_credit_usage_summary", SUMMARY_COLUMNS, usage.summary, ctx, from_date, to_date)
 
     @mcp.tool(title="AI credit events", description=EVENTS_HELP, annotations=READ_ONLY)
-    async def get_credit_events(from_date: FromDate = None, to_date: ToDate = None) -> CallToolResult:
-        return await answer("get_credit_events", usage.events, from_date, to_date)
+    async def get_credit_events(ctx: Context, from_date: FromDate = None, to_date: ToDate = None) -> CallToolResult:
+        return await answer("get_credit_events", EVENT_COLUMNS, usage.events, ctx, from_date, to_date)
 
     mcp.middleware.append(_caller_gate(settings, mcp))
 

@@ -69,6 +69,7 @@ class RetryPolicy:
 
 class QueryRow(BaseModel):
     value: float
+    subject: str | None = None
     groupBy: dict[str, str | None] = {}
 
 
@@ -144,24 +145,44 @@ class OpenMeterClient:
         except ValidationError as exc:
             raise _unreadable("meter query", exc) from None
 
-    async def iter_event_pages(self, window: Window, event_type: str) -> AsyncIterator[list[CloudEvent]]:
-        """Every event of `event_type` in the window, newest first, a page at a time, following each cursor."""
-        event_filter = {
-            "type": {"$eq": event_type},
-            # One operator per object: real OpenMeter answers 400 to {"$gte": a, "$lt": b}.
-            "time": {"$and": [{"$gte": format_utc(window.start)}, {"$lt": format_utc(window.end)}]},
-        }
-        params = {"limit": str(EVENTS_PAGE_SIZE), "filter": json.dumps(event_filter)}
+    async def event_page(
+        self, window: Window, event_type: str, subjects: Sequence[str] | None, cursor: str | None
+    ) -> tuple[list[CloudEvent], str | None]:
+        """One page (at most 100 events, newest first) and the cursor of the next, if OpenMeter gave one."""
+        event_filter: dict[str, Any] = {"type": {"$eq": event_type}}
+        if subjects is not None:
+            event_filter["subject"] = {"$in": list(subjects)}
+        # One operator per object: real OpenMeter answers 400 to {"$gte": a, "$lt": b}.
+        event_filter["time"] = {"$and": [{"$gte": format_utc(window.start)}, {"$lt": format_utc(window.end)}]}
+        params = {"limit": str(EVENTS_PAGE_SIZE), "filter": json.dumps(event_filter, ensure_ascii=False)}
+        if cursor is not None:
+            params["cursor"] = cursor
+        body = await self._get_json("/api/v2/events", params, meter=None)
+        try:
+            page = _EventsPage.model_validate(body)
+        except ValidationError as exc:
+            raise _unreadable("events page", exc) from None
+        # OpenMeter sets nextCursor only when the page is full; a last full page is followed by an empty one.
+        return [item.event for item in page.items], page.nextCursor or None
+
+    async def iter_event_pages(
+        self,
+        window: Window,
+        event_type: str,
+        subjects: Sequence[str] | None = None,
+        *,
+        first: tuple[list[CloudEvent], str | None] | None = None,
+    ) -> AsyncIterator[list[CloudEvent]]:
+        """Every event of `event_type` (of `subjects`, if given) in the window, newest first, a page at a time.
+
+        `first` is a page already fetched for exactly this walk, so it is not asked for twice.
+        """
+        events, cursor = first if first is not None else await self.event_page(window, event_type, subjects, None)
         while True:
-            body = await self._get_json("/api/v2/events", params, meter=None)
-            try:
-                page = _EventsPage.model_validate(body)
-            except ValidationError as exc:
-                raise _unreadable("events page", exc) from None
-            yield [item.event for item in page.items]
-            if not page.nextCursor:  # OpenMeter sets it only when the page is full
+            yield events
+            if cursor is None:
                 return
-            params = {**params, "cursor": page.nextCursor}
+            events, cursor = await self.event_page(window, event_type, subjects, cursor)
 
     async def _get_json(self, path: str, params: Any, *, meter: str | None) -> Any:
         policy = self._retry

@@ -10,10 +10,9 @@ import re
 from datetime import datetime
 from typing import Any
 
-from ai_credit_usage.usage import Table
+from ai_credit_usage.table import PREVIEW_ROWS, Table, TableSink
 from ai_credit_usage.window import Window, format_utc
 
-PREVIEW_ROWS = 50
 _MARKDOWN_SPECIAL = re.compile(r"([\\|`\[\]<>])")
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\u2028\u2029\x85]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -42,9 +41,9 @@ def _cell(column: str, value: Any) -> str:
 
 
 def render_answer(
-    table: Table, *, tenant: str, window: Window, download_url: str, expires_at: datetime, now: datetime
+    table: Table | TableSink, *, tenant: str, window: Window, download_url: str, expires_at: datetime, now: datetime
 ) -> str:
-    shown = table.rows[:PREVIEW_ROWS]
+    shown = table.preview_rows[:PREVIEW_ROWS]
     lines = [f"Tenant {escape_cell(tenant)}, {window.describe()}:", ""]
     lines.append("| " + " | ".join(table.columns) + " |")
     lines.append("|" + "|".join("---:" if name == "credits" else "---" for name in table.columns) + "|")
@@ -53,8 +52,8 @@ def render_answer(
             "| " + " | ".join(_cell(name, value) for name, value in zip(table.columns, row, strict=True)) + " |"
         )
     lines.append("")
-    if len(shown) < len(table.rows):
-        lines.append(f"Showing {len(shown):,} of {len(table.rows):,} rows; the Excel file has all {len(table.rows):,}.")
+    if len(shown) < table.row_count:
+        lines.append(f"Showing {len(shown):,} of {table.row_count:,} rows; the Excel file has all {table.row_count:,}.")
     lines.append(f"Total credits: {format_credits(table.total_credits)}")
     minutes = max(1, round((expires_at - now).total_seconds() / 60))
     lines.append(

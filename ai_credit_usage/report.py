@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 import anyio
-import anyio.to_thread
 from mcp.types import CallToolResult, TextContent
 
 from ai_credit_usage.audit import ToolCallRecord, current_record
@@ -16,11 +15,11 @@ from ai_credit_usage.demo import DEMO_ABOUT, DEMO_BANNER
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.render import render_answer
-from ai_credit_usage.usage import Table
+from ai_credit_usage.table import PROCESS_WRITER_ROWS, Progress, TableSink
 from ai_credit_usage.window import Clock, Window, format_utc, resolve_window
-from ai_credit_usage.workbook import XLSX_MEDIA_TYPE, build_workbook
+from ai_credit_usage.workbook import XLSX_MEDIA_TYPE
 
-Question = Callable[[str, Window], Awaitable[Table]]
+Question = Callable[[str, Window, TableSink], Awaitable[None]]
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -39,7 +38,9 @@ class ReportMaker:
         clock: Clock,
         deadline_seconds: float = 120.0,
         demo: bool = False,
+        process_writer_rows: int = PROCESS_WRITER_ROWS,
     ) -> None:
+        self._process_writer_rows = process_writer_rows
         self._downloads = downloads
         self._download_base_url = download_base_url
         self._meter_slug = meter_slug
@@ -48,19 +49,26 @@ class ReportMaker:
         self._demo = demo  # every text and workbook then says, first thing, that the data is generated
 
     async def answer(
-        self, tool: str, caller: Caller, question: Question, from_date: str | None, to_date: str | None
+        self,
+        tool: str,
+        caller: Caller,
+        columns: Sequence[str],
+        question: Question,
+        from_date: str | None,
+        to_date: str | None,
+        *,
+        progress: Progress | None = None,
     ) -> CallToolResult:
         record = current_record.get() or ToolCallRecord(tool=tool, tenant=caller.tenant, role=None)
+        sink = TableSink(columns, progress=progress, process_rows=self._process_writer_rows)
         try:
             window = resolve_window(from_date, to_date, self._clock())
             record.window_from, record.window_to = format_utc(window.start), format_utc(window.end)
             with anyio.fail_after(self._deadline_seconds):
-                table = await question(caller.tenant, window)
-                record.rows = len(table.rows)
-                # openpyxl holds the GIL while it writes; a worker thread at least keeps the event loop free.
-                content = await anyio.to_thread.run_sync(
-                    lambda: build_workbook(table, about=self._about(tool, caller, window, table))
-                )
+                await question(caller.tenant, window, sink)
+                record.rows = sink.row_count
+                await sink.progress(f"writing {sink.row_count:,} rows to the Excel file")
+                content = await sink.workbook(self._about(tool, caller, window, sink))
             record.bytes = len(content)
             token, download = self._downloads.put(
                 content,
@@ -76,8 +84,10 @@ class ReportMaker:
         except UserFacingError as exc:
             record.fail("error", type(exc).__name__)
             return self._error(str(exc))
+        finally:
+            sink.close()  # a failed or abandoned call leaves no workbook process and no rows behind
         text = render_answer(
-            table,
+            sink,
             tenant=caller.tenant,
             window=window,
             download_url=f"{self._download_base_url}/download/{token}",
@@ -92,7 +102,7 @@ class ReportMaker:
     def _error(self, message: str) -> CallToolResult:
         return error_result(self._marked(message))
 
-    def _about(self, tool: str, caller: Caller, window: Window, table: Table) -> list[tuple[str, object]]:
+    def _about(self, tool: str, caller: Caller, window: Window, table: TableSink) -> list[tuple[str, object]]:
         source = f"OpenMeter meter '{self._meter_slug}'" + (" (in-process demo stand-in)" if self._demo else "")
         about: list[tuple[str, object]] = [("data", DEMO_ABOUT)] if self._demo else []
         return [
@@ -101,7 +111,7 @@ class ReportMaker:
             ("tenant", caller.tenant),
             ("from (UTC)", format_utc(window.start)),
             ("to (UTC, exclusive)", format_utc(window.end)),
-            ("rows", len(table.rows)),
+            ("rows", table.row_count),
             ("total credits", table.total_credits),
             ("source", source),
             ("times", "UTC"),

@@ -7,58 +7,145 @@ would otherwise be stored as a formula, and XML-illegal control characters would
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import multiprocessing
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
-from ai_credit_usage.usage import Table
+if TYPE_CHECKING:
+    from ai_credit_usage.table import Table
 
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 DATA_SHEET = "Data"
 TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 CREDITS_FORMAT = "#,##0.00####"
+_CONTEXT = multiprocessing.get_context("forkserver")  # fork() in a threaded server is unsafe; spawn is slow
+_CONTEXT.set_forkserver_preload(["ai_credit_usage.workbook"])
 _COLUMN_WIDTHS = {"time": 20, "user": 28, "module": 16, "product": 16, "tenant": 20, "skill": 20, "credits": 14}
 
 
+class WorkbookBuilder:
+    """Writes rows as they come (openpyxl write-only: flat memory), then the About sheet, then the bytes."""
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self._columns = tuple(columns)
+        self._workbook = Workbook(write_only=True)
+        self._sheet = sheet = self._workbook.create_sheet(DATA_SHEET)
+        for index, name in enumerate(self._columns):
+            sheet.column_dimensions[chr(ord("A") + index)].width = _COLUMN_WIDTHS.get(name, 16)
+        sheet.freeze_panes = "A2"
+        bold = Font(bold=True)
+        sheet.append([_styled(sheet, name, font=bold) for name in self._columns])
+        # Write-only sheets serialise a row during append(), so two styled cells can be reused on every row.
+        self._time_cell = _styled(sheet, None, number_format=TIME_FORMAT)
+        self._credits_cell = _styled(sheet, None, number_format=CREDITS_FORMAT)
+        self.rows = 0
+
+    def append(self, rows: Iterable[Sequence[Any]]) -> None:
+        sheet, columns = self._sheet, self._columns
+        time_cell, credits_cell = self._time_cell, self._credits_cell
+        for row in rows:
+            cells: list[Any] = []
+            for name, value in zip(columns, row, strict=True):
+                if name == "credits":
+                    credits_cell.value = value
+                    cells.append(credits_cell)
+                elif isinstance(value, datetime):
+                    time_cell.value = _excel_time(value)
+                    cells.append(time_cell)
+                else:
+                    cells.append(_text(sheet, value))
+            sheet.append(cells)
+            self.rows += 1
+
+    def finish(self, about: Sequence[tuple[str, Any]]) -> bytes:
+        about_sheet = self._workbook.create_sheet("About")
+        about_sheet.column_dimensions["A"].width = 18
+        about_sheet.column_dimensions["B"].width = 60
+        for key, value in about:
+            about_sheet.append([_text(about_sheet, key), _text(about_sheet, value)])
+        buffer = io.BytesIO()
+        self._workbook.save(buffer)
+        return buffer.getvalue()
+
+
 def build_workbook(table: Table, *, about: Sequence[tuple[str, Any]]) -> bytes:
-    workbook = Workbook(write_only=True)
-    sheet = workbook.create_sheet(DATA_SHEET)
-    for index, name in enumerate(table.columns):
-        sheet.column_dimensions[chr(ord("A") + index)].width = _COLUMN_WIDTHS.get(name, 16)
-    sheet.freeze_panes = "A2"
-    bold = Font(bold=True)
-    sheet.append([_styled(sheet, name, font=bold) for name in table.columns])
-    # Write-only sheets serialise a row during append(), so two styled cells can be reused on every row.
-    time_cell = _styled(sheet, None, number_format=TIME_FORMAT)
-    credits_cell = _styled(sheet, None, number_format=CREDITS_FORMAT)
-    for row in table.rows:
-        cells: list[Any] = []
-        for name, value in zip(table.columns, row, strict=True):
-            if name == "credits":
-                credits_cell.value = value
-                cells.append(credits_cell)
-            elif isinstance(value, datetime):
-                time_cell.value = _excel_time(value)
-                cells.append(time_cell)
+    builder = WorkbookBuilder(table.columns)
+    builder.append(table.rows)
+    return builder.finish(about)
+
+
+class ProcessWorkbookWriter:
+    """A `WorkbookBuilder` in a child process, fed rows over a pipe while the pages are still arriving.
+
+    openpyxl holds the GIL for the whole write (about 4 s per 100,000 rows here), which in a thread would still stall
+    the event loop and every other request; a process does not. Children fork from a forkserver that has already
+    imported openpyxl, so starting one costs ~15 ms (the first, which starts the forkserver, about 1 s).
+    """
+
+    def __init__(self, process: BaseProcess, connection: Connection) -> None:
+        self._process = process
+        self._connection = connection
+
+    @classmethod
+    async def start(cls, columns: Sequence[str]) -> ProcessWorkbookWriter:
+        parent, child = _CONTEXT.Pipe()
+        process = _CONTEXT.Process(target=_serve_builder, args=(child, tuple(columns)), daemon=True)
+        await anyio.to_thread.run_sync(process.start)
+        child.close()
+        return cls(process, parent)
+
+    async def append(self, rows: list[tuple[Any, ...]]) -> None:
+        # send() blocks while the child is busy writing: wait in a thread, never on the event loop.
+        await anyio.to_thread.run_sync(self._connection.send, ("rows", rows))
+
+    async def finish(self, about: Sequence[tuple[str, Any]]) -> bytes:
+        def finish_in_child() -> tuple[str, Any]:
+            self._connection.send(("finish", list(about)))
+            return self._connection.recv()
+
+        try:
+            status, payload = await anyio.to_thread.run_sync(finish_in_child)
+        except (EOFError, OSError) as exc:
+            raise RuntimeError("the workbook process died") from exc
+        finally:
+            self.close()
+        if status != "ok":
+            raise RuntimeError(f"the workbook process failed: {payload}")
+        return payload
+
+    def close(self) -> None:
+        """Stop the child whatever state it is in (also after a failed or abandoned call)."""
+        self._connection.close()
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(timeout=5)
+
+
+def _serve_builder(connection: Connection, columns: tuple[str, ...]) -> None:
+    """The child's whole life: rows until "finish", then the bytes (or the error) back, then exit."""
+    builder = WorkbookBuilder(columns)
+    try:
+        while True:
+            kind, payload = connection.recv()
+            if kind == "rows":
+                builder.append(payload)
             else:
-                cells.append(_text(sheet, value))
-        sheet.append(cells)
-
-    about_sheet = workbook.create_sheet("About")
-    about_sheet.column_dimensions["A"].width = 18
-    about_sheet.column_dimensions["B"].width = 60
-    for key, value in about:
-        about_sheet.append([_text(about_sheet, key), _text(about_sheet, value)])
-
-    buffer = io.BytesIO()
-    workbook.save(buffer)
-    return buffer.getvalue()
+                connection.send(("ok", builder.finish(payload)))
+                return
+    except EOFError:  # the parent gave up on this call
+        return
+    except Exception as exc:
+        connection.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def _excel_time(moment: datetime) -> datetime:

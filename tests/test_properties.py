@@ -14,7 +14,8 @@ from openpyxl import load_workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
 from ai_credit_usage.render import escape_cell, render_answer
-from ai_credit_usage.usage import SUMMARY_COLUMNS, Table
+from ai_credit_usage.table import Table
+from ai_credit_usage.usage import SUMMARY_COLUMNS
 from ai_credit_usage.window import Window, WindowError, resolve_window
 from ai_credit_usage.workbook import DATA_SHEET, build_workbook
 

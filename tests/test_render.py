@@ -4,8 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ai_credit_usage.render import PREVIEW_ROWS, escape_cell, format_credits, render_answer
-from ai_credit_usage.usage import SUMMARY_COLUMNS, Table
+from ai_credit_usage.render import escape_cell, format_credits, render_answer
+from ai_credit_usage.table import PREVIEW_ROWS, Table
+from ai_credit_usage.usage import SUMMARY_COLUMNS
 from ai_credit_usage.window import Window
 
 NOW = datetime(2026, 1, 20, 12, tzinfo=UTC)

@@ -5,7 +5,8 @@ from datetime import UTC, datetime
 
 from openpyxl import load_workbook
 
-from ai_credit_usage.usage import EVENT_COLUMNS, Table
+from ai_credit_usage.table import Table
+from ai_credit_usage.usage import EVENT_COLUMNS
 from ai_credit_usage.workbook import DATA_SHEET, build_workbook
 
 

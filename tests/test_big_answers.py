@@ -1,0 +1,210 @@
+"""Issue 6: parallel paging returns exactly the sequential walk, cost follows the tenant's own events, big
+workbooks stream into a child process, and progress is reported. Timings live in scripts/bench.py, not here."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx2
+import pytest
+from openpyxl import load_workbook
+
+from ai_credit_usage.openmeter import OpenMeterClient
+from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.table import TableSink
+from ai_credit_usage.usage import EVENT_COLUMNS, UsageService
+from ai_credit_usage.window import Window
+from tests.conftest import API_KEY, FAST_RETRY, ServerStarter, call_tool, text_of
+
+pytestmark = pytest.mark.anyio
+START = datetime(2026, 1, 15, tzinfo=UTC)
+WINDOW = Window(START, START + timedelta(seconds=1000))
+
+
+class CollectingSink(TableSink):
+    def __init__(self) -> None:
+        super().__init__(EVENT_COLUMNS, process_rows=10**9)
+        self.rows: list[tuple[Any, ...]] = []
+
+    async def add(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows.extend(rows)
+        await super().add(rows)
+
+
+@pytest.fixture
+async def client(openmeter_url: str) -> AsyncIterator[OpenMeterClient]:
+    client = OpenMeterClient(openmeter_url, API_KEY, retry=FAST_RETRY)
+    yield client
+    await client.aclose()
+
+
+async def events_of(client: OpenMeterClient, tenant: str, window: Window = WINDOW, **options: int) -> list[tuple]:
+    sink = CollectingSink()
+    service = UsageService(client, "ai_credits", max_event_rows=10**6, **options)
+    await service.events(tenant, window, sink)
+    assert sink.row_count == len(sink.rows)
+    return sink.rows
+
+
+async def naive_walk(client: OpenMeterClient, tenant: str, window: Window = WINDOW) -> list[tuple]:
+    """The straightforward way: one cursor over every event of the type, filtered here."""
+    rows = []
+    async for page in client.iter_event_pages(window, "ai_credits"):
+        for event in page:
+            data = event.data
+            if data["tenant"] == tenant:
+                rows.append((event.time, data["user"], data["module"], data["product"], tenant, float(data["credits"])))
+    return rows
+
+
+def time_filters(openmeter: OpenMeterStandIn) -> set[str]:
+    return {str(r.param("filter")).split('"time"')[1] for r in openmeter.requests_to("/api/v2/events")}
+
+
+async def test_parallel_slices_return_exactly_the_sequential_walk(
+    client: OpenMeterClient, openmeter: OpenMeterStandIn
+) -> None:
+    # Three acme events in every second of the window (so every slice boundary falls on occupied seconds, with
+    # identical timestamps on both sides of it), interleaved with another tenant's.
+    events = []
+    for second in range(1000):
+        at = START + timedelta(seconds=second)
+        events += [
+            make_event(tenant="acme", credits=second + k / 10, time=at, user=f"u{(second + k) % 7}") for k in range(3)
+        ]
+        events.append(make_event(tenant="globex", credits=1, time=at, user="g"))
+    openmeter.ingest(*events)
+
+    reference = await naive_walk(client, "acme")
+    sequential = await events_of(client, "acme", max_slices=1)
+    parallel = await events_of(client, "acme", parallel_slices=4)
+
+    assert len(reference) == 3000
+    assert sequential == reference
+    assert parallel == reference
+    assert len(time_filters(openmeter)) > 3  # the parallel walk really did slice the window
+
+
+async def test_many_subjects_are_chunked_and_still_complete(
+    client: OpenMeterClient, openmeter: OpenMeterStandIn
+) -> None:
+    events = [
+        make_event(tenant="acme", credits=1 + i % 5, time=START + timedelta(seconds=i % 997), user=f"user{i % 130}")
+        for i in range(2600)
+    ]
+    events += [
+        make_event(tenant="globex", credits=9, time=START + timedelta(seconds=i), user="user1") for i in range(300)
+    ]  # shares a subject with acme: the tenant check still drops these
+    openmeter.ingest(*events)
+
+    reference = await naive_walk(client, "acme")
+    parallel = await events_of(client, "acme", parallel_slices=4)
+    assert sorted(parallel) == sorted(reference)
+    assert [row[0] for row in parallel] == sorted((row[0] for row in parallel), reverse=True)
+    assert {row[4] for row in parallel} == {"acme"}
+    filters = [json.loads(str(r.param("filter"))) for r in openmeter.requests_to("/api/v2/events")]
+    subject_filters = {tuple(f["subject"]["$in"]) for f in filters if "subject" in f}
+    assert len(subject_filters) == 3  # 130 subjects in chunks of 50
+
+
+async def test_one_tenants_call_reads_about_its_own_events(
+    client: OpenMeterClient, openmeter: OpenMeterStandIn
+) -> None:
+    week = Window(START, START + timedelta(days=7))
+    for tenant_index in range(20):
+        tenant = f"tenant{tenant_index:02d}"
+        openmeter.ingest(
+            *[
+                make_event(
+                    tenant=tenant,
+                    credits=1,
+                    time=START + timedelta(seconds=600 * i + tenant_index),
+                    user=f"{tenant}-u{i % 12}",
+                )
+                for i in range(1000)
+            ]
+        )
+    rows = await events_of(client, "tenant07", week, parallel_slices=4)
+    assert len(rows) == 1000
+    pages = len(openmeter.requests_to("/api/v2/events"))
+    assert pages <= 1.2 * 1000 / 100 + 1  # +1: the first page, which only sizes the slices
+    (subjects_query,) = openmeter.requests_to("/query")
+    assert subjects_query.params("groupBy") == ["subject"]
+
+
+async def test_no_subjects_means_no_event_pages(client: OpenMeterClient, openmeter: OpenMeterStandIn) -> None:
+    openmeter.ingest(make_event(tenant="globex", credits=1, time=START))
+    assert await events_of(client, "acme") == []
+    assert openmeter.requests_to("/api/v2/events") == []
+
+
+def download(url: str, text: str) -> list[tuple]:
+    match = re.search(r"(/download/[\w-]+)", text)
+    assert match, text
+    workbook = load_workbook(io.BytesIO(httpx2.get(url + match.group(1)).content))
+    return list(workbook.worksheets[0].iter_rows(values_only=True))
+
+
+async def test_big_results_stream_into_a_workbook_process(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn
+) -> None:
+    openmeter.ingest(
+        *[
+            make_event(tenant="acme", credits=i / 4, time=START + timedelta(seconds=i), user=f"=u{i % 9}")
+            for i in range(900)
+        ]
+    )
+    args = {"from_date": "2026-01-15", "to_date": "2026-01-15"}
+    in_thread = download(url := start_server(), text_of(await call_tool(url, "get_credit_events", args)))
+    streamed_url = start_server(workbook_process_rows=100)
+    streamed = download(streamed_url, text_of(await call_tool(streamed_url, "get_credit_events", args)))
+    assert len(streamed) == 901
+    assert streamed == in_thread
+    assert streamed[1][1] == "=u8"  # still text, never a formula
+    assert multiprocessing.active_children() == []
+
+
+async def test_a_failed_walk_leaves_no_process_and_no_download(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn
+) -> None:
+    openmeter.ingest(*[make_event(tenant="acme", credits=1, time=START + timedelta(seconds=i)) for i in range(900)])
+    url = start_server(workbook_process_rows=100)
+    openmeter.fail(path_prefix="/api/v2/events", after=4, times=1000, status=500)
+    result = await call_tool(url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"})
+    assert result.is_error
+    assert "internal error (HTTP 500)" in text_of(result)
+    assert multiprocessing.active_children() == []
+    assert len(start_server.apps[url].state.downloads) == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_progress_is_reported_when_asked_for(server_url: str, openmeter: OpenMeterStandIn, mode: str) -> None:
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    openmeter.ingest(*[make_event(tenant="acme", credits=1, time=START + timedelta(seconds=i)) for i in range(450)])
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    headers = {"X-Tenant-Name": "acme", "X-User-UserRole": "admin"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        Client(streamable_http_client(f"{server_url}/mcp", http_client=http), mode=mode) as client,
+    ):
+        result = await client.call_tool(
+            "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"}, progress_callback=on_progress
+        )
+    assert "Showing 50 of 450 rows" in text_of(result)
+    assert len(updates) >= 3
+    values = [value for value, _, _ in updates]
+    assert values == sorted(set(values))  # strictly increasing, as MCP requires
+    assert any("pages of events" in (message or "") for _, _, message in updates)
+    assert "writing 450 rows" in (updates[-1][2] or "")
