@@ -682,14 +682,19 @@ class OpenMeterStandIn:
             if raw_filter.get(key) is not None:
                 f = _check_filter(raw_filter[key], _STRING_OPS, 1, f"filter.{key}")
                 filters.append((lambda row, key=key: row.event[key], f))
+        time_below: int | None = None  # an exclusive upper bound on `time`, when the filter implies one
         for key, attr in (("time", "time"), ("ingestedAt", "ingested_at")):
             if raw_filter.get(key) is not None:
                 f = _check_filter(raw_filter[key], _TIME_OPS, 1, f"filter.{key}", lambda s: _unix(parse_rfc3339(s)))
                 filters.append((lambda row, attr=attr: getattr(row, attr), f))
+                if key == "time":
+                    time_below = _upper_bound(f)
         # Newest first by (time, store row), resumed strictly below the cursor, the first `limit` matches. Walking a
         # time-sorted index (instead of filtering and sorting every row per page) keeps paging a large store fast.
         by_time = self._rows_by_time()
         start = len(by_time) if cursor is None else bisect.bisect_left(by_time, cursor, key=_row_key)
+        if time_below is not None:  # like ClickHouse's sort key: skip straight past rows newer than the window
+            start = min(start, bisect.bisect_left(by_time, (time_below, ""), key=_row_key))
         page: list[_Row] = []
         for index in range(start - 1, -1, -1):
             row = by_time[index]
@@ -708,6 +713,18 @@ class OpenMeterStandIn:
         if self._by_time is None:
             self._by_time = sorted(self._rows, key=_row_key)
         return self._by_time
+
+
+def _upper_bound(f: dict[str, Any]) -> int | None:
+    """The exclusive upper time bound a validated time filter implies ($lt, $lte, or either inside $and)."""
+    if "$lt" in f:
+        return f["$lt"]
+    if "$lte" in f:
+        return f["$lte"] + 1
+    if "$and" in f:
+        bounds = [bound for child in f["$and"] if (bound := _upper_bound(child)) is not None]
+        return min(bounds, default=None)
+    return None
 
 
 def _row_key(row: _Row) -> tuple[int, str]:

@@ -6,9 +6,10 @@ would otherwise be stored as a formula, and XML-illegal control characters would
 
 from __future__ import annotations
 
+import functools
 import io
 import multiprocessing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -51,21 +52,34 @@ class WorkbookBuilder:
         self.rows = 0
 
     def append(self, rows: Iterable[Sequence[Any]]) -> None:
-        sheet, columns = self._sheet, self._columns
-        time_cell, credits_cell = self._time_cell, self._credits_cell
+        # One converter per column, chosen once: this loop runs for every cell of up to a million rows.
+        converters = [self._converter(name) for name in self._columns]
+        append = self._sheet.append
         for row in rows:
-            cells: list[Any] = []
-            for name, value in zip(columns, row, strict=True):
-                if name == "credits":
-                    credits_cell.value = value
-                    cells.append(credits_cell)
-                elif isinstance(value, datetime):
-                    time_cell.value = _excel_time(value)
-                    cells.append(time_cell)
-                else:
-                    cells.append(_text(sheet, value))
-            sheet.append(cells)
+            append([convert(value) for convert, value in zip(converters, row, strict=True)])
             self.rows += 1
+
+    def _converter(self, column: str) -> Callable[[Any], Any]:
+        sheet, time_cell, credits_cell = self._sheet, self._time_cell, self._credits_cell
+
+        def credits(value: Any) -> Any:
+            credits_cell.value = value
+            return credits_cell
+
+        def cell(value: Any) -> Any:
+            if isinstance(value, datetime):
+                time_cell.value = _excel_time(value)
+                return time_cell
+            if isinstance(value, str):
+                text, literal = _clean_text(value)
+                if literal:
+                    guarded = WriteOnlyCell(sheet, value=text)
+                    guarded.data_type = "s"  # openpyxl would otherwise store "=..." as a formula
+                    return guarded
+                return text
+            return value
+
+        return credits if column == "credits" else cell
 
     def finish(self, about: Sequence[tuple[str, Any]]) -> bytes:
         about_sheet = self._workbook.create_sheet("About")
@@ -150,7 +164,9 @@ def _serve_builder(connection: Connection, columns: tuple[str, ...]) -> None:
 
 def _excel_time(moment: datetime) -> datetime:
     """Excel has no time zones: store the UTC wall time (the About sheet says it is UTC)."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None)
 
 
 def _styled(sheet: WriteOnlyWorksheet, value: Any, *, font: Font | None = None, number_format: str | None = None):
@@ -166,9 +182,19 @@ def _text(sheet: WriteOnlyWorksheet, value: Any) -> Any:
     """Strings as literal text, never formulas; other values (numbers, datetimes) as they are."""
     if not isinstance(value, str):
         return value
-    value = ILLEGAL_CHARACTERS_RE.sub("", value)
-    if value[:1] in ("=", "+", "-", "@"):
-        cell = WriteOnlyCell(sheet, value=value)
+    text, literal = _clean_text(value)
+    if literal:
+        cell = WriteOnlyCell(sheet, value=text)
         cell.data_type = "s"  # openpyxl would otherwise store "=..." as a formula
         return cell
-    return value
+    return text
+
+
+@functools.lru_cache(maxsize=65_536)
+def _clean_text(value: str) -> tuple[str, bool]:
+    """XML-illegal control characters dropped, and whether the text must be forced to a literal string cell.
+
+    Cached: user, module and product names repeat on most rows, and the regular expression is the costly part.
+    """
+    text = ILLEGAL_CHARACTERS_RE.sub("", value)
+    return text, text[:1] in ("=", "+", "-", "@")

@@ -49,7 +49,7 @@ def rss_mb() -> tuple[float, float]:
 
 def seed(standin: OpenMeterStandIn, tenants: list[str], events_per_tenant: int, now: datetime) -> dict[str, float]:
     """Events over the last 6 days (inside the default 7-day window); returns each tenant's expected total."""
-    rng = random.Random(7)  # noqa: S311 -- test data, not secrets
+    rng = random.Random(7)
     totals: dict[str, float] = {}
     for tenant in tenants:
         events = [
