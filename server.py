@@ -37,7 +37,6 @@ from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.openmeter import OpenMeterClient, RetryPolicy
 from ai_credit_usage.report import Question, ReportMaker, error_result
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
-from ai_credit_usage.table import PROCESS_WRITER_ROWS
 from ai_credit_usage.usage import EVENT_COLUMNS, SUMMARY_COLUMNS, TENANT_COLUMNS, UsageService
 from ai_credit_usage.window import Clock, utc_now
 
@@ -97,7 +96,6 @@ def create_app(
     retry: RetryPolicy | None = None,
     openmeter_transport: httpx2.AsyncBaseTransport | None = None,
     demo: bool = False,
-    workbook_process_rows: int = PROCESS_WRITER_ROWS,
 ) -> Starlette:
     """Build the whole ASGI app; `clock`, `retry` and `openmeter_transport` are the seams for tests and benchmarks.
 
@@ -130,7 +128,7 @@ def create_app(
         clock=clock,
         deadline_seconds=settings.tool_deadline_seconds,
         demo=demo,
-        process_writer_rows=workbook_process_rows,
+        process_writer_rows=settings.workbook_process_rows,
     )
     instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
     mcp = MCPServer("ai-credits-mcp", version=VERSION, instructions=instructions)

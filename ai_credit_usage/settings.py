@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     tool_deadline_seconds: float = Field(default=120.0, gt=0, le=3600)
     download_store_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     mcp_auth_token: SecretStr | None = None
+    workbook_process_rows: int = Field(default=20_000, ge=1)
     tenant_override: str | None = None
     role_override: str | None = None
 

@@ -333,6 +333,7 @@ async def run(args: argparse.Namespace) -> int:
                 "OPENMETER_URL": openmeter_url,
                 "MCP_PORT": str(ours_port),
                 "TOOL_DEADLINE_SECONDS": "3600",
+                "WORKBOOK_PROCESS_ROWS": str(10**9 if args.workbook_in_thread else 20_000),
                 "PYTHONPATH": str(ROOT),
             },
         )
@@ -446,6 +447,9 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=20, help="tenants of that size (default 20)")
     parser.add_argument("--delay", type=float, default=0.05, help="stand-in delay per request, s (default 0.05)")
     parser.add_argument("--skip-baseline", action="store_true", help="measure only our server")
+    parser.add_argument(
+        "--workbook-in-thread", action="store_true", help="write our workbook in a thread instead of a process"
+    )
     args = parser.parse_args()
     return asyncio.run(run(args))
 
