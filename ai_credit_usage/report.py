@@ -62,7 +62,7 @@ class ReportMaker:
                     lambda: build_workbook(table, about=self._about(tool, caller, window, table))
                 )
             record.bytes = len(content)
-            token, download = self._downloads.put(
+            token, download = await self._downloads.put(
                 content,
                 filename=("DEMO_" if self._demo else "") + _filename(tool, caller.tenant, window),
                 media_type=XLSX_MEDIA_TYPE,
