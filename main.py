@@ -12,6 +12,7 @@ import sys
 import uvicorn
 
 from ai_credit_usage.demo import DEMO_SETTINGS
+from ai_credit_usage.downloads import describe_store_url
 from ai_credit_usage.settings import ConfigError, load_settings
 
 logger = logging.getLogger("ai_credit_usage")
@@ -59,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
             "OPENMETER_API_KEY and OPENMETER_URL are ignored. !!!"
         )
     logger.info(
-        "serving MCP on http://%s:%d/mcp (health: /health), OpenMeter %s, meter %r",
+        "serving MCP on http://%s:%d/mcp (health: /health, %s), OpenMeter %s, meter %r, downloads in %s",
         settings.mcp_host,
         settings.mcp_port,
+        "stateless" if settings.mcp_stateless else "stateful sessions",
         settings.openmeter_url,
         settings.openmeter_meter,
+        describe_store_url(settings.download_store_url.get_secret_value() if settings.download_store_url else None),
     )
     # No access log: download URLs carry their capability token, which must not end up in log files.
     uvicorn.run(

@@ -33,7 +33,7 @@ from ai_credit_usage.caller import (
     identify_caller,
 )
 from ai_credit_usage.demo import DEMO_INSTRUCTIONS, demo_transport
-from ai_credit_usage.downloads import DownloadStore
+from ai_credit_usage.downloads import UNAVAILABLE, DownloadStore, DownloadStoreUnavailable, open_download_store
 from ai_credit_usage.openmeter import OpenMeterClient, RetryPolicy
 from ai_credit_usage.report import Question, ReportMaker, error_result
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
@@ -120,7 +120,10 @@ def create_app(
         max_event_rows=settings.max_event_rows,
         parallel_slices=settings.openmeter_max_concurrency,
     )
-    downloads = DownloadStore(settings.download_ttl_seconds, clock, max_bytes=settings.download_store_max_bytes)
+    store_url = settings.download_store_url.get_secret_value() if settings.download_store_url else None
+    downloads = open_download_store(
+        store_url, settings.download_ttl_seconds, clock, max_bytes=settings.download_store_max_bytes
+    )
     reports = ReportMaker(
         downloads,
         download_base_url=settings.download_base_url,
@@ -165,10 +168,15 @@ def create_app(
     mcp.middleware.append(_caller_gate(settings, mcp))
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        if await downloads.healthy():  # the memory store always is; Redis gets a PING with a short timeout
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "degraded", "download_store": "unreachable"}, status_code=503)
 
     async def download(request: Request) -> Response:
-        found = downloads.get(request.path_params["token"])
+        try:
+            found = await downloads.get(request.path_params["token"])
+        except DownloadStoreUnavailable:  # not 404: the link may well be valid once the store is back
+            return PlainTextResponse(UNAVAILABLE, status_code=503, headers={"Retry-After": "60"})
         if found is None:  # unknown, expired or never issued: the same answer, revealing nothing
             return PlainTextResponse("Not Found", status_code=404)
         return Response(
@@ -182,7 +190,10 @@ def create_app(
         )
 
     mcp_app: ASGIApp = mcp.streamable_http_app(
-        stateless_http=True, transport_security=_transport_security(settings), host=settings.mcp_host
+        # Stateful (default) keeps sessions in this process; replicas behind a load balancer need stateless.
+        stateless_http=settings.mcp_stateless,
+        transport_security=_transport_security(settings),
+        host=settings.mcp_host,
     )
     if settings.mcp_auth_token is not None:
         mcp_app = BearerTokenGate(mcp_app, settings.mcp_auth_token.get_secret_value())
@@ -196,6 +207,7 @@ def create_app(
             finally:
                 tasks.cancel_scope.cancel()
                 await openmeter.aclose()
+                await downloads.aclose()
 
     app = Starlette(
         routes=[
@@ -294,5 +306,5 @@ async def _sweep_downloads(downloads: DownloadStore) -> None:
     """Free expired workbooks even when nobody touches the store."""
     while True:
         await anyio.sleep(SWEEP_INTERVAL_SECONDS)
-        if purged := downloads.purge_expired():
+        if purged := await downloads.purge_expired():
             logger.info("freed %d expired downloads", purged)

@@ -1,17 +1,28 @@
-"""Short-lived download links: an in-memory store of finished workbooks behind unguessable tokens.
+"""Short-lived download links: finished workbooks behind unguessable tokens, in one of two stores.
 
-An entry lives `ttl` seconds by the injected clock. Expired entries are deleted (their bytes freed) whenever the
-store is touched and by `purge_expired()`, which the server also runs periodically, so memory does not wait for
-the next request. The store never holds more than `max_bytes`: the oldest links give way to the newest.
+`DownloadStore` is the interface the tools and the `/download` route use. `MemoryDownloadStore` (the default) keeps
+the bytes in this process: fast, nothing to run, but a link works only on the replica that made it.
+`RedisDownloadStore` (`DOWNLOAD_STORE_URL=redis://…`) keeps them in Redis under the token with the TTL as Redis
+expiry, so every replica serves every link and Redis itself deletes each workbook when its link expires.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import anyio
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.window import Clock
@@ -19,6 +30,13 @@ from ai_credit_usage.window import Clock
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+REDIS_KEY_PREFIX = "ai-credits:download:"
+# Short enough that a Redis outage turns into a clear error within seconds, never a hung tool call or download.
+REDIS_TIMEOUT_SECONDS = 2.0
+MAX_TOKEN_LENGTH = 100  # ours are 43 characters; anything much longer is not worth a round trip
+UNAVAILABLE = "The download store is unavailable right now; try again in a few minutes."
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,7 +51,67 @@ class DownloadTooLarge(UserFacingError):
     """A single workbook larger than the whole store's budget."""
 
 
-class DownloadStore:
+class DownloadStoreUnavailable(UserFacingError):
+    """The shared store (Redis) cannot be reached or did not answer in time."""
+
+    def __init__(self) -> None:
+        super().__init__(UNAVAILABLE)
+
+
+class DownloadStore(Protocol):
+    async def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
+        """Keep `content` for the TTL; return the new token and what a `get` will return. May raise UserFacingError."""
+        ...
+
+    async def get(self, token: str) -> Download | None:
+        """The download, or None for an unknown or expired token. Raises DownloadStoreUnavailable on an outage."""
+        ...
+
+    async def purge_expired(self) -> int:
+        """Free expired entries now; return how many."""
+        ...
+
+    async def healthy(self) -> bool:
+        """Whether the store can be reached right now; answers within a few seconds."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def open_download_store(
+    url: str | None, ttl_seconds: int, clock: Clock, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> DownloadStore:
+    """The store `DOWNLOAD_STORE_URL` names: Redis for a URL, this process's memory without one."""
+    if url is None:
+        return MemoryDownloadStore(ttl_seconds, clock, max_bytes=max_bytes)
+    return RedisDownloadStore(url, ttl_seconds, clock, max_bytes=max_bytes)
+
+
+def describe_store_url(url: str | None) -> str:
+    """Where downloads live, for the start-up log line: never the password."""
+    if url is None:
+        return "memory (this process only)"
+    parts = urlsplit(url)
+    where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}{parts.path}"
+    return f"{parts.scheme}://{where}"
+
+
+def _too_large(content: bytes, max_bytes: int) -> DownloadTooLarge:
+    return DownloadTooLarge(
+        f"The Excel file for this window would be {len(content) / 1e6:,.0f} MB, more than this server can "
+        "hold; ask for a shorter window."
+    )
+
+
+class MemoryDownloadStore:
+    """In this process: an entry lives `ttl` seconds by the injected clock, and the store holds at most `max_bytes`.
+
+    Expired entries are deleted (their bytes freed) whenever the store is touched and by `purge_expired()`, which the
+    server also runs periodically, so memory does not wait for the next request. The oldest links give way to the
+    newest when the budget is reached. A plain lock, not an asyncio one: tests and the soak script read it from other
+    threads, and no operation awaits while holding it.
+    """
+
     def __init__(self, ttl_seconds: int, clock: Clock, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._ttl = timedelta(seconds=ttl_seconds)
         self._clock = clock
@@ -46,12 +124,9 @@ class DownloadStore:
     def bytes_held(self) -> int:
         return self._bytes
 
-    def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
+    async def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
         if len(content) > self._max_bytes:
-            raise DownloadTooLarge(
-                f"The Excel file for this window would be {len(content) / 1e6:,.0f} MB, more than this server can "
-                "hold; ask for a shorter window."
-            )
+            raise _too_large(content, self._max_bytes)
         token = secrets.token_urlsafe(32)  # 256 random bits
         download = Download(content, filename, media_type, self._clock() + self._ttl)
         with self._lock:
@@ -63,14 +138,22 @@ class DownloadStore:
             self._bytes += len(content)
         return token, download
 
-    def get(self, token: str) -> Download | None:
+    async def get(self, token: str) -> Download | None:
         with self._lock:
             self._purge_locked()
             return self._entries.get(token)
 
-    def purge_expired(self) -> int:
+    async def purge_expired(self) -> int:
         with self._lock:
             return self._purge_locked()
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -90,3 +173,96 @@ class DownloadStore:
 
     def _remove_locked(self, token: str) -> None:
         self._bytes -= len(self._entries.pop(token).content)
+
+
+class RedisDownloadStore:
+    """In Redis, shared by every replica: one key per token, `SET … PX ttl NX`, so Redis deletes it on expiry.
+
+    The value is a one-line JSON header (filename, media type, expiry) then the workbook bytes: one key and one
+    command, so a workbook can never be stored without its expiry. Every `get` asks Redis; nothing is cached here,
+    so no replica serves a link that has expired or was never issued. Redis's own clock decides expiry (the injected
+    clock only computes the expiry shown in the answer); the total budget is Redis's `maxmemory`, and
+    `max_bytes` still caps a single workbook.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        ttl_seconds: int,
+        clock: Clock,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        timeout_seconds: float = REDIS_TIMEOUT_SECONDS,
+        key_prefix: str = REDIS_KEY_PREFIX,
+    ) -> None:
+        self._ttl = timedelta(seconds=ttl_seconds)
+        self._clock = clock
+        self._max_bytes = max_bytes
+        self._timeout = timeout_seconds
+        self._prefix = key_prefix
+        # One immediate retry: after a Redis restart the pooled connection is dead, and the retry reconnects. During
+        # an outage that is two quick refusals (or two timeouts), not the client's default backoff of many seconds.
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 1),
+        )
+
+    def key(self, token: str) -> str:
+        return self._prefix + token
+
+    async def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
+        if len(content) > self._max_bytes:
+            raise _too_large(content, self._max_bytes)
+        token = secrets.token_urlsafe(32)  # 256 random bits
+        download = Download(content, filename, media_type, self._clock() + self._ttl)
+        header = {"filename": filename, "media_type": media_type, "expires_at": download.expires_at.isoformat()}
+        value = json.dumps(header).encode() + b"\n" + content
+        ttl_ms = int(self._ttl.total_seconds() * 1000)
+        stored = await self._call("store", lambda: self._redis.set(self.key(token), value, px=ttl_ms, nx=True))
+        if not stored:  # NX: a 256-bit token collision; never overwrite someone else's link
+            logger.error("download store: token collision in Redis; refusing to overwrite")
+            raise DownloadStoreUnavailable()
+        return token, download
+
+    async def get(self, token: str) -> Download | None:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        value = await self._call("read", lambda: self._redis.get(self.key(token)))
+        if value is None:
+            return None
+        try:
+            header_line, content = value.split(b"\n", 1)
+            header = json.loads(header_line)
+            return Download(
+                content, header["filename"], header["media_type"], datetime.fromisoformat(header["expires_at"])
+            )
+        except (ValueError, KeyError, TypeError):
+            logger.warning("download store: an entry in Redis could not be read; answering as unknown")
+            return None
+
+    async def purge_expired(self) -> int:
+        return 0  # Redis deletes expired keys itself
+
+    async def healthy(self) -> bool:
+        try:
+            # One attempt's worth of time: load balancers' health checks have short timeouts of their own.
+            await self._call("ping", self._redis.ping, bound_seconds=self._timeout)
+        except DownloadStoreUnavailable:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def _call(self, what: str, command: Callable[[], Awaitable[T]], *, bound_seconds: float | None = None) -> T:
+        # The socket timeouts bound each attempt; this bounds the whole command, retry included. A builtin
+        # TimeoutError must not escape either: report.py reads that as its own tool deadline.
+        try:
+            with anyio.fail_after(bound_seconds or self._timeout * 3):
+                return await command()
+        except (RedisError, OSError, TimeoutError) as exc:
+            # redis-py's messages name host and port, never the password from the URL.
+            logger.warning("download store: Redis %s failed (%s: %s)", what, type(exc).__name__, exc)
+            raise DownloadStoreUnavailable() from None

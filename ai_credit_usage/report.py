@@ -70,7 +70,7 @@ class ReportMaker:
                 await sink.progress(f"writing {sink.row_count:,} rows to the Excel file")
                 content = await sink.workbook(self._about(tool, caller, window, sink))
             record.bytes = len(content)
-            token, download = self._downloads.put(
+            token, download = await self._downloads.put(
                 content,
                 filename=("DEMO_" if self._demo else "") + _filename(tool, caller.tenant, window),
                 media_type=XLSX_MEDIA_TYPE,

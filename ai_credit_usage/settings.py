@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     download_store_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     mcp_auth_token: SecretStr | None = None
     workbook_process_rows: int = Field(default=20_000, ge=1)
+    mcp_stateless: bool = False
+    download_store_url: SecretStr | None = None  # may carry the Redis password
     tenant_override: str | None = None
     role_override: str | None = None
 
@@ -56,6 +58,26 @@ class Settings(BaseSettings):
     def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is blank")
+        return value
+
+    @field_validator("download_store_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        expected = "expected redis://[:password@]host[:port][/db], rediss://… or unix:///path/to/redis.sock"
+        try:
+            parts = urlsplit(value.get_secret_value())
+            _ = parts.port  # a port that is not a number raises ValueError here
+        except ValueError:
+            raise ValueError(expected) from None
+        database = parts.path.strip("/")
+        if parts.scheme in ("redis", "rediss"):
+            valid = bool(parts.hostname) and (not database or database.isdigit())
+        else:
+            valid = parts.scheme == "unix" and bool(parts.path)
+        if not valid:
+            raise ValueError(expected)
         return value
 
     @property
@@ -98,6 +120,10 @@ def _describe(exc: ValidationError) -> str:
             return "OPENMETER_API_KEY is not set: put your OpenMeter API key in the environment or in .env."
         return f"{name} is not set."
     reason = str(error["msg"]).removeprefix("Value error, ")
-    if name in ("OPENMETER_API_KEY", "MCP_AUTH_TOKEN"):  # never echo a secret, even a malformed one
+    if name in (
+        "OPENMETER_API_KEY",
+        "MCP_AUTH_TOKEN",
+        "DOWNLOAD_STORE_URL",
+    ):  # never echo a secret, even a malformed one
         return f"{name} is not valid: {reason}."
     return f"{name}={error.get('input')!r} is not valid: {reason}."

@@ -100,7 +100,9 @@ async def soak(args: argparse.Namespace) -> int:
     arm_faults(standin, args.fault_every, count=10_000)
 
     with serve_in_thread(standin.app) as openmeter_url:
-        settings = load_settings(_env_file=None, openmeter_api_key=API_KEY, openmeter_url=openmeter_url)
+        settings = load_settings(
+            _env_file=None, openmeter_api_key=API_KEY, openmeter_url=openmeter_url, download_store_url=None
+        )
         app = create_app(settings)
         with serve_in_thread(app) as url:
             rss_before, _ = rss_mb()

@@ -10,7 +10,7 @@ import httpx2
 import pytest
 from openpyxl import load_workbook
 
-from ai_credit_usage.downloads import DownloadStore, DownloadTooLarge
+from ai_credit_usage.downloads import DownloadTooLarge, MemoryDownloadStore
 from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from tests.conftest import NOW, FakeClock, call_tool, text_of
 
@@ -89,35 +89,35 @@ async def test_custom_ttl(start_server, clock: FakeClock) -> None:
     assert httpx2.get(url + download_path(text)).status_code == 404
 
 
-def test_expired_entries_are_freed_not_hidden() -> None:
+async def test_expired_entries_are_freed_not_hidden() -> None:
     clock = FakeClock(NOW)
-    store = DownloadStore(600, clock)
-    tokens = {store.put(b"x" * 1000, filename=f"{i}.xlsx", media_type=XLSX)[0] for i in range(5)}
+    store = MemoryDownloadStore(600, clock)
+    tokens = {(await store.put(b"x" * 1000, filename=f"{i}.xlsx", media_type=XLSX))[0] for i in range(5)}
     assert len(tokens) == 5 and len(store) == 5
     clock.advance(seconds=300)
-    store.put(b"y", filename="late.xlsx", media_type=XLSX)
+    await store.put(b"y", filename="late.xlsx", media_type=XLSX)
     clock.advance(seconds=300)
-    assert store.purge_expired() == 5
+    assert await store.purge_expired() == 5
     assert len(store) == 1
     clock.advance(seconds=timedelta(minutes=10).total_seconds())
-    assert store.get("anything") is None
+    assert await store.get("anything") is None
     assert len(store) == 0
 
 
-def test_the_store_never_grows_past_its_byte_budget() -> None:
-    store = DownloadStore(600, FakeClock(NOW), max_bytes=2_500_000)
-    tokens = [store.put(b"x" * 1_000_000, filename=f"{i}.xlsx", media_type=XLSX)[0] for i in range(4)]
+async def test_the_store_never_grows_past_its_byte_budget() -> None:
+    store = MemoryDownloadStore(600, FakeClock(NOW), max_bytes=2_500_000)
+    tokens = [(await store.put(b"x" * 1_000_000, filename=f"{i}.xlsx", media_type=XLSX))[0] for i in range(4)]
     assert store.bytes_held == 2_000_000
-    assert [store.get(token) is not None for token in tokens] == [False, False, True, True]  # oldest gave way
+    assert [(await store.get(token)) is not None for token in tokens] == [False, False, True, True]  # oldest gave way
     with pytest.raises(DownloadTooLarge, match="shorter window"):
-        store.put(b"x" * 3_000_000, filename="huge.xlsx", media_type=XLSX)
+        await store.put(b"x" * 3_000_000, filename="huge.xlsx", media_type=XLSX)
     assert store.bytes_held == 2_000_000
 
 
-def test_expiry_releases_the_bytes() -> None:
+async def test_expiry_releases_the_bytes() -> None:
     clock = FakeClock(NOW)
-    store = DownloadStore(600, clock, max_bytes=10_000_000)
-    store.put(b"x" * 5000, filename="a.xlsx", media_type=XLSX)
+    store = MemoryDownloadStore(600, clock, max_bytes=10_000_000)
+    await store.put(b"x" * 5000, filename="a.xlsx", media_type=XLSX)
     clock.advance(seconds=600)
-    assert store.purge_expired() == 1
+    assert await store.purge_expired() == 1
     assert store.bytes_held == 0
