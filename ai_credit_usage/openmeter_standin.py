@@ -16,6 +16,7 @@ import asyncio
 import base64
 import bisect
 import copy
+import heapq
 import json
 import math
 import operator
@@ -23,7 +24,7 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -367,6 +368,7 @@ class OpenMeterStandIn:
         self.meters: dict[str, dict[str, Any]] = {}
         self._rows: list[_Row] = []
         self._by_time: list[_Row] | None = None  # the rows sorted by (time, row id), rebuilt after a change
+        self._by_subject: dict[str, list[_Row]] | None = None  # the same, per subject
         self._seen: set[tuple[str, str]] = set()
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
@@ -678,10 +680,13 @@ class OpenMeterStandIn:
         if raw_filter.get("customerId"):
             raise _Problem(400, "customers not found in namespace (the stand-in has no customers)")
         filters: list[tuple[Any, dict[str, Any]]] = []
+        subjects: list[str] | None = None  # when the filter names the subjects outright, walk only theirs
         for key in ("id", "source", "subject", "type"):
             if raw_filter.get(key) is not None:
                 f = _check_filter(raw_filter[key], _STRING_OPS, 1, f"filter.{key}")
                 filters.append((lambda row, key=key: row.event[key], f))
+                if key == "subject" and ("$eq" in f or "$in" in f):
+                    subjects = [f["$eq"]] if "$eq" in f else list(f["$in"])
         time_below: int | None = None  # an exclusive upper bound on `time`, when the filter implies one
         for key, attr in (("time", "time"), ("ingestedAt", "ingested_at")):
             if raw_filter.get(key) is not None:
@@ -689,15 +694,19 @@ class OpenMeterStandIn:
                 filters.append((lambda row, attr=attr: getattr(row, attr), f))
                 if key == "time":
                     time_below = _upper_bound(f)
-        # Newest first by (time, store row), resumed strictly below the cursor, the first `limit` matches. Walking a
-        # time-sorted index (instead of filtering and sorting every row per page) keeps paging a large store fast.
-        by_time = self._rows_by_time()
-        start = len(by_time) if cursor is None else bisect.bisect_left(by_time, cursor, key=_row_key)
-        if time_below is not None:  # like ClickHouse's sort key: skip straight past rows newer than the window
-            start = min(start, bisect.bisect_left(by_time, (time_below, ""), key=_row_key))
+        # Newest first by (time, store row), resumed strictly below the cursor, the first `limit` matches. Walking
+        # time-sorted indexes (all rows, or per subject like ClickHouse's sort key) keeps paging a large store fast.
+        below = cursor
+        if time_below is not None and (below is None or (time_below, "") < below):
+            below = (time_below, "")
+        if subjects is None:
+            candidates = _descending(self._rows_by_time(), below)
+        else:
+            by_subject = self._rows_by_subject()
+            walks = [_descending(by_subject.get(subject, []), below) for subject in dict.fromkeys(subjects)]
+            candidates = heapq.merge(*walks, key=_row_key, reverse=True)
         page: list[_Row] = []
-        for index in range(start - 1, -1, -1):
-            row = by_time[index]
+        for row in candidates:
             if all(_matches(f, get(row)) for get, f in filters):
                 page.append(row)
                 if len(page) == limit:
@@ -712,7 +721,24 @@ class OpenMeterStandIn:
         """The rows in ascending (time, row id) order; called with the lock held."""
         if self._by_time is None:
             self._by_time = sorted(self._rows, key=_row_key)
+            self._by_subject = None
         return self._by_time
+
+    def _rows_by_subject(self) -> dict[str, list[_Row]]:
+        """Per subject, the rows in ascending (time, row id) order; called with the lock held."""
+        by_time = self._rows_by_time()
+        if self._by_subject is None:
+            self._by_subject = {}
+            for row in by_time:
+                self._by_subject.setdefault(row.event["subject"], []).append(row)
+        return self._by_subject
+
+
+def _descending(rows: list[_Row], below: tuple[int, str] | None) -> Iterator[_Row]:
+    """`rows` (ascending by key) from just below `below` (exclusive) down to the oldest."""
+    start = len(rows) if below is None else bisect.bisect_left(rows, below, key=_row_key)
+    for index in range(start - 1, -1, -1):
+        yield rows[index]
 
 
 def _upper_bound(f: dict[str, Any]) -> int | None:
