@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import uvicorn
@@ -14,13 +15,16 @@ import uvicorn
 from ai_credit_usage.demo import DEMO_SETTINGS
 from ai_credit_usage.downloads import describe_store_url
 from ai_credit_usage.settings import ConfigError, load_settings
+from ai_credit_usage.telemetry import TraceIdFormatter, setup_telemetry
 
 logger = logging.getLogger("ai_credit_usage")
 
 
 def configure_logging() -> None:
     # Before the MCP SDK is imported: its server calls basicConfig() too, which is then a no-op.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    console = logging.StreamHandler()
+    console.setFormatter(TraceIdFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[console], force=True)
     # Per-request chatter from the SDK ("Terminating session: None" on every stateless POST) and the HTTP client.
     for noisy in ("mcp.server.streamable_http", "mcp.server.streamable_http_manager", "httpx2", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Demo mode only: a placeholder key and URL stand in for OpenMeter's; without --demo a missing key still stops.
         settings = load_settings(**(DEMO_SETTINGS if arguments.demo else {}))
+        telemetry = setup_telemetry(os.environ)  # only with OTEL_EXPORTER_OTLP_ENDPOINT, as Aspire sets it
     except ConfigError as exc:
         print(f"ai-credits-mcp: {exc}", file=sys.stderr)
         return 2
@@ -68,14 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         settings.openmeter_meter,
         describe_store_url(settings.download_store_url.get_secret_value() if settings.download_store_url else None),
     )
-    # No access log: download URLs carry their capability token, which must not end up in log files.
-    uvicorn.run(
-        create_app(settings, demo=arguments.demo),
-        host=settings.mcp_host,
-        port=settings.mcp_port,
-        access_log=False,
-        log_level="info",
+    logger.info(
+        "OpenTelemetry: %s", telemetry.description if telemetry else "off (OTEL_EXPORTER_OTLP_ENDPOINT is not set)"
     )
+    # No access log: download URLs carry their capability token, which must not end up in log files.
+    try:
+        uvicorn.run(
+            create_app(settings, demo=arguments.demo, telemetry=telemetry),
+            host=settings.mcp_host,
+            port=settings.mcp_port,
+            access_log=False,
+            log_level="info",
+        )
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # when the app's lifespan did not get to it (e.g. the port was taken)
     return 0
 
 

@@ -37,6 +37,7 @@ from ai_credit_usage.downloads import UNAVAILABLE, DownloadStore, DownloadStoreU
 from ai_credit_usage.openmeter import OpenMeterClient, RetryPolicy
 from ai_credit_usage.report import Question, ReportMaker, error_result
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
+from ai_credit_usage.telemetry import Telemetry, trace_tool_calls, traced_download, watch_download_store
 from ai_credit_usage.usage import EVENT_COLUMNS, SUMMARY_COLUMNS, TENANT_COLUMNS, UsageService
 from ai_credit_usage.window import Clock, utc_now
 
@@ -96,11 +97,13 @@ def create_app(
     retry: RetryPolicy | None = None,
     openmeter_transport: httpx2.AsyncBaseTransport | None = None,
     demo: bool = False,
+    telemetry: Telemetry | None = None,
 ) -> Starlette:
     """Build the whole ASGI app; `clock`, `retry` and `openmeter_transport` are the seams for tests and benchmarks.
 
     `demo` answers from generated data: an in-process OpenMeter stand-in becomes the client's transport (so the
-    production path runs unchanged below it) and every answer and workbook says it is demo data.
+    production path runs unchanged below it) and every answer and workbook says it is demo data. `telemetry`, the
+    process's OpenTelemetry (main.py owns it), is flushed and shut down when the app stops.
     """
     if demo and openmeter_transport is None:
         openmeter_transport = demo_transport(
@@ -124,6 +127,7 @@ def create_app(
     downloads = open_download_store(
         store_url, settings.download_ttl_seconds, clock, max_bytes=settings.download_store_max_bytes
     )
+    watch_download_store(downloads)
     reports = ReportMaker(
         downloads,
         download_base_url=settings.download_base_url,
@@ -165,6 +169,7 @@ def create_app(
     async def get_credit_events(ctx: Context, from_date: FromDate = None, to_date: ToDate = None) -> CallToolResult:
         return await answer("get_credit_events", EVENT_COLUMNS, usage.events, ctx, from_date, to_date)
 
+    mcp.middleware.append(trace_tool_calls)  # inside the SDK's span for the message, around the gate
     mcp.middleware.append(_caller_gate(settings, mcp))
 
     async def health(request: Request) -> Response:
@@ -206,13 +211,17 @@ def create_app(
                 yield
             finally:
                 tasks.cancel_scope.cancel()
-                await openmeter.aclose()
-                await downloads.aclose()
+                # Shielded: that cancel also covers this block, whose first await would otherwise end it.
+                with anyio.CancelScope(shield=True):
+                    await openmeter.aclose()
+                    await downloads.aclose()
+                    if telemetry is not None:  # now: next, uvicorn re-raises SIGTERM and the process just ends
+                        await anyio.to_thread.run_sync(telemetry.shutdown)
 
     app = Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
-            Route("/download/{token}", download, methods=["GET"]),
+            Route("/download/{token}", traced_download(download), methods=["GET"]),
             Mount("/", app=mcp_app),
         ],
         lifespan=lifespan,

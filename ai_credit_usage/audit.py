@@ -11,6 +11,7 @@ import time
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
+from ai_credit_usage.telemetry import record_tool_call
 from ai_credit_usage.window import format_utc, utc_now
 
 audit_logger = logging.getLogger("ai_credit_usage.audit")
@@ -35,8 +36,10 @@ class ToolCallRecord:
     def emit(self) -> None:
         fields = {k: v for k, v in asdict(self).items() if k != "started"}
         line = {"event": "tool_call", "time": format_utc(utc_now()), **fields}
-        line["duration_ms"] = round((time.perf_counter() - self.started) * 1000, 1)
+        seconds = time.perf_counter() - self.started
+        line["duration_ms"] = round(seconds * 1000, 1)
         audit_logger.info(json.dumps(line, ensure_ascii=False))
+        record_tool_call(self, seconds)  # the same facts as span attributes and metrics
 
 
 # Set by the server's gate for one tool call; the report fills in window, rows, bytes and outcome.

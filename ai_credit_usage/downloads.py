@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.telemetry import downloads_expired
 from ai_credit_usage.window import Clock
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,8 @@ class MemoryDownloadStore:
             expired.append(token)
         for token in expired:
             self._remove_locked(token)
+        if expired:
+            downloads_expired.add(len(expired))
         return len(expired)
 
     def _remove_locked(self, token: str) -> None:

@@ -28,6 +28,7 @@ from tenacity import (
 )
 
 from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.telemetry import note_openmeter_status, openmeter_request
 from ai_credit_usage.window import Window, format_utc
 
 logger = logging.getLogger(__name__)
@@ -193,10 +194,12 @@ class OpenMeterClient:
             before_sleep=lambda state: _log_retry(path, state),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                async with self._in_flight:
-                    return await self._get_json_once(path, params, meter=meter)
+        with openmeter_request(path, meter) as traced:  # one span over every attempt
+            async for attempt in retrying:
+                with attempt:
+                    async with self._in_flight:
+                        with traced.attempt():
+                            return await self._get_json_once(path, params, meter=meter)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _get_json_once(self, path: str, params: Any, *, meter: str | None) -> Any:
@@ -217,6 +220,7 @@ class OpenMeterClient:
                 retryable=True,
             ) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
+        note_openmeter_status(response.status_code)
         if response.status_code >= 400:
             _log_problem(path, response, elapsed_ms)
             raise _status_error(response, meter)

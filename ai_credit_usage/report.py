@@ -16,6 +16,7 @@ from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.render import render_answer
 from ai_credit_usage.table import PROCESS_WRITER_ROWS, Progress, TableSink
+from ai_credit_usage.telemetry import traced_workbook
 from ai_credit_usage.window import Clock, Window, format_utc, resolve_window
 from ai_credit_usage.workbook import XLSX_MEDIA_TYPE
 
@@ -68,7 +69,8 @@ class ReportMaker:
                 await question(caller.tenant, window, sink)
                 record.rows = sink.row_count
                 await sink.progress(f"writing {sink.row_count:,} rows to the Excel file")
-                content = await sink.workbook(self._about(tool, caller, window, sink))
+                about = self._about(tool, caller, window, sink)
+                content = await traced_workbook(sink.workbook(about), rows=sink.row_count)
             record.bytes = len(content)
             token, download = await self._downloads.put(
                 content,

@@ -31,10 +31,11 @@ def test_main_serves_health_on_the_port_aspire_gives_it(tmp_path: Path) -> None:
         "PYTHONPATH": str(ROOT),
         "MCP_PORT": str(port),
         "OPENMETER_API_KEY": "om-aspire-parameter",
-        # What Aspire hands every resource; the server does not export telemetry yet and must start regardless.
+        # What Aspire hands every resource. Nothing listens there: the server must start, serve and stop regardless.
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         "OTEL_SERVICE_NAME": "ai-credits-mcp",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",  # so the last flush to that dead end gives up within a second
     }
     # A scratch working directory, so a developer's own .env at the repository root plays no part.
     proc = subprocess.Popen(
@@ -66,5 +67,6 @@ def test_main_serves_health_on_the_port_aspire_gives_it(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
     assert f"serving MCP on http://127.0.0.1:{port}/mcp" in output
+    assert "OpenTelemetry: exporting traces, metrics and logs over OTLP (grpc) to http://127.0.0.1:1" in output
     assert "Traceback" not in output
     assert "om-aspire-parameter" not in output

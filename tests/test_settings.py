@@ -76,6 +76,12 @@ def test_bad_configuration_is_one_clear_line(overrides: dict[str, str], message:
     [
         pytest.param({}, "ai-credits-mcp: OPENMETER_API_KEY is not set", id="missing-key"),
         pytest.param({"OPENMETER_API_KEY": KEY, "MCP_PORT": "abc"}, "ai-credits-mcp: MCP_PORT='abc'", id="bad-port"),
+        pytest.param(
+            {"OPENMETER_API_KEY": KEY, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+            | {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+            "ai-credits-mcp: OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported here",
+            id="otlp-protocol",
+        ),
     ],
 )
 def test_main_stops_with_one_line_and_no_traceback(env: dict[str, str], message: str, tmp_path: Path) -> None:
