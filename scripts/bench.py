@@ -178,6 +178,12 @@ def wait_until_up(url: str, seconds: float = 600) -> None:
 # ---- measuring --------------------------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (our workbook child lives under a forkserver)."""
     parents: dict[int, int] = {}
@@ -230,8 +236,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))] if ordered else float("nan")
 
 
-async def measure(base_url: str, pid: int, call: Any) -> dict[str, Any]:
+async def measure(base_url: str, pid: int, call: Any, standin_pid: int) -> dict[str, Any]:
     before = tree_rss_mb(pid)
+    cpu_before = cpu_seconds(pid), cpu_seconds(standin_pid)
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch(base_url, pid, stop))
     started = time.perf_counter()
@@ -241,7 +248,8 @@ async def measure(base_url: str, pid: int, call: Any) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         stop.set()
         latencies, peak = await watcher
-    return {"seconds": elapsed, "rss_before": before, "rss_peak": peak, "health": latencies, **outcome}
+    cpu = {"server_cpu": cpu_seconds(pid) - cpu_before[0], "standin_cpu": cpu_seconds(standin_pid) - cpu_before[1]}
+    return {"seconds": elapsed, "rss_before": before, "rss_peak": peak, "health": latencies, **cpu, **outcome}
 
 
 async def call_ours(base_url: str, window: tuple[str, str]) -> dict[str, Any]:
@@ -305,12 +313,11 @@ async def run(args: argparse.Namespace) -> int:
     processes: list[subprocess.Popen] = []
     try:
         standin_port = free_port()
-        processes.append(
-            start_python(
-                "from scripts.bench import serve_standin; "
-                f"serve_standin({standin_port}, {args.events}, {args.tenants}, {args.delay})"
-            )
+        standin = start_python(
+            "from scripts.bench import serve_standin; "
+            f"serve_standin({standin_port}, {args.events}, {args.tenants}, {args.delay})"
         )
+        processes.append(standin)
         openmeter_url = f"http://127.0.0.1:{standin_port}"
         print(f"loading {args.tenants} x {args.events:,} events into the stand-in ...", flush=True)
         wait_until_up(f"{openmeter_url}/_bench/stats")
@@ -341,7 +348,10 @@ async def run(args: argparse.Namespace) -> int:
         wait_until_up(f"http://127.0.0.1:{ours_port}/health")
         before = await pages()
         results["ours"] = await measure(
-            f"http://127.0.0.1:{ours_port}", ours.pid, lambda: call_ours(f"http://127.0.0.1:{ours_port}", window)
+            f"http://127.0.0.1:{ours_port}",
+            ours.pid,
+            lambda: call_ours(f"http://127.0.0.1:{ours_port}", window),
+            standin.pid,
         )
         after = await pages()
         results["ours"]["pages"] = after["event_pages"] - before["event_pages"]
@@ -358,6 +368,7 @@ async def run(args: argparse.Namespace) -> int:
                 f"http://127.0.0.1:{baseline_port}",
                 baseline.pid,
                 lambda: call_baseline(f"http://127.0.0.1:{baseline_port}", window),
+                standin.pid,
             )
         writing = writer_ratio(args.events)
     finally:
@@ -406,6 +417,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], writing
     line("/health p50 (ms)", "health_p50", ".1f")
     line("/health p99 (ms)", "health_p99", ".1f")
     line("workbook bytes", "bytes", ",d", better_low=False)
+    line("server CPU during the call (s)", "server_cpu", ".1f")
+    line("stand-in CPU during the call (s)", "standin_cpu", ".1f")
     if "baseline" in results:
         print(
             f"{'baseline: fetch / workbook (s)':34}{'':>14}"
