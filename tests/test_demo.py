@@ -87,7 +87,7 @@ def workbook_rows(url: str, result: CallToolResult) -> tuple[list[tuple[Any, ...
     response = httpx2.get(url + match.group(1))
     assert response.status_code == 200
     workbook = load_workbook(io.BytesIO(response.content))
-    rows = list(workbook.worksheets[0].iter_rows(values_only=True))
+    rows = list(workbook["Data"].iter_rows(values_only=True))
     filename = re.search(r'filename="([^"]+)"', response.headers["content-disposition"])
     assert filename
     return rows[1:], dict(workbook["About"].iter_rows(values_only=True)), filename.group(1)
