@@ -8,6 +8,7 @@ when it would not, long cells are shortened with an ellipsis, here only, never i
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,17 +42,29 @@ def shorten_cell(text: str, limit: int) -> str:
 
     The cut is made on the raw text, so no escape sequence is split and the result stays markdown-safe.
     """
+    return _shortened(text, limit)[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _shortened(text: str, limit: int) -> tuple[str, bool]:
+    """The shortened cell and whether it was cut; cached, as names repeat on many rows and previews are re-rendered
+    with smaller limits until they fit."""
     escaped = escape_cell(text)
     if len(escaped) <= limit:
-        return escaped
-    low, high = 0, len(text)  # the longest raw prefix whose escaped form leaves room for the ellipsis
+        return escaped, False
+    # The longest raw prefix whose escaped form leaves room for the ellipsis; look only as far as needed (a name may
+    # be megabytes long), then bisect: the escaped length never shrinks as the prefix grows.
+    high = limit
+    while high < len(text) and len(escape_cell(text[:high])) <= limit - 1:
+        high *= 2
+    low, high = 0, min(high, len(text))
     while low < high:
         middle = (low + high + 1) // 2
         if len(escape_cell(text[:middle])) <= limit - 1:
             low = middle
         else:
             high = middle - 1
-    return escape_cell(text[:low]) + ELLIPSIS
+    return escape_cell(text[:low]) + ELLIPSIS, True
 
 
 def shorten_plain(text: str, limit: int) -> str:
@@ -130,8 +143,8 @@ def render_preview(
         cut: list[bool] = []
 
         def cell(value: str, limit: int = limit, cut: list[bool] = cut) -> str:
-            shown = shorten_cell(value, limit)
-            if shown.endswith(ELLIPSIS) and shown != escape_cell(value):
+            shown, shortened = _shortened(value, limit)
+            if shortened:
                 cut.append(True)
             return shown
 

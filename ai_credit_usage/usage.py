@@ -84,11 +84,8 @@ class UsageService:
             if dimension in meter.dimension_paths:
                 sink.tally(dimension, _sums((row.groupBy.get(dimension) or "", row.value) for row in mine))
         await sink.add([(tenant, math.fsum(row.value for row in mine))])
-        findings = self._findings(
-            window, sink, previous, failed, about=_about_query(meter, tenant, dimensions, TENANT_ROW)
-        )
-        findings.comparison_in_text = True
-        return findings
+        about = _about_query(meter, tenant, dimensions, TENANT_ROW)
+        return self._findings(window, sink, previous, failed, about=about, in_text=True)
 
     async def summary(self, tenant: str, window: Window, sink: TableSink) -> Findings:
         """One row per (user, module, product, tenant, skill) combination, largest credits first, and the users
@@ -108,9 +105,8 @@ class UsageService:
         ]
         table.sort(key=lambda row: (-row[-1], row[:-1]))
         await sink.add(table)
-        findings = self._findings(
-            window, sink, previous, failed, about=_about_query(meter, tenant, dimensions, SUMMARY_ROW)
-        )
+        about = _about_query(meter, tenant, dimensions, SUMMARY_ROW)
+        findings = self._findings(window, sink, previous, failed, about=about, in_text=True)
         current_users = sink.breakdown("user")
         if previous is not None and previous.by_user is not None and current_users is not None:
             findings.movers = top_movers(current_users, previous.by_user)
@@ -237,7 +233,10 @@ class UsageService:
         failed: bool,
         *,
         about: list[tuple[str, object]],
+        in_text: bool = False,
     ) -> Findings:
+        """`in_text`: the comparison gets its own line in the answer (the total and the summary); every answer
+        carries it in its structured result and on the Summary sheet."""
         comparison = compare(window, sink.total_credits, previous) if previous is not None else None
         if previous is not None:
             about = [
@@ -248,7 +247,7 @@ class UsageService:
                     f"{format_utc(previous.window.end)} (the preceding window of the same length), grouped by user",
                 ),
             ]
-        return Findings(comparison=comparison, comparison_failed=failed, about=about)
+        return Findings(comparison=comparison, comparison_failed=failed, comparison_in_text=in_text, about=about)
 
     async def _with_previous(
         self, meter: Meter, tenant: str, window: Window, main: Callable[[], Awaitable[T]]
