@@ -10,8 +10,7 @@ from ai_credit_usage.trend import Trend
 
 @dataclass
 class Findings:
-    comparison: Comparison | None = None
-    comparison_failed: bool = False  # the preceding window could not be read; the answer stands without it
+    comparison: Comparison | None = None  # None: the preceding window could not be read; the answer stands
     comparison_in_text: bool = False  # the tools whose text carries the comparison line (all carry it elsewhere)
     movers: list[Mover] | None = None  # None: not part of this answer; [] when nobody's credits changed
     trend: Trend | None = None

@@ -8,7 +8,6 @@ when it would not, long cells are shortened with an ellipsis, here only, never i
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,10 +44,8 @@ def shorten_cell(text: str, limit: int) -> str:
     return _shortened(text, limit)[0]
 
 
-@functools.lru_cache(maxsize=4096)
 def _shortened(text: str, limit: int) -> tuple[str, bool]:
-    """The shortened cell and whether it was cut; cached, as names repeat on many rows and previews are re-rendered
-    with smaller limits until they fit."""
+    """The shortened cell and whether it was cut."""
     escaped = escape_cell(text)
     if len(escaped) <= limit:
         return escaped, False
@@ -139,11 +136,15 @@ def render_preview(
     """The answer text with the longest cell limit that keeps it within `budget` characters."""
     findings = findings or Findings()
     text = ""
+    known: dict[tuple[str, int], tuple[str, bool]] = {}  # names repeat on many rows, and across the limits tried
     for limit in CELL_LIMITS:
         cut: list[bool] = []
 
         def cell(value: str, limit: int = limit, cut: list[bool] = cut) -> str:
-            shown, shortened = _shortened(value, limit)
+            key = (value, limit)
+            if key not in known:
+                known[key] = _shortened(value, limit)
+            shown, shortened = known[key]
             if shortened:
                 cut.append(True)
             return shown
@@ -166,7 +167,7 @@ def _render(
 ) -> str:
     trend = findings.trend
     shown = table.preview_rows[:PREVIEW_ROWS]
-    first_amount = len(table.columns) - getattr(table, "amounts", 1)
+    first_amount = len(table.columns) - table.amounts
     heading = f"Tenant {cell(tenant)}, {window.describe()}"
     if trend is not None:
         heading += f", {_ADVERB[trend.granularity]} in {trend.time_zone}"

@@ -12,7 +12,7 @@ from mcp.types import CallToolResult, TextContent
 
 from ai_credit_usage.audit import ToolCallRecord, current_record
 from ai_credit_usage.caller import Caller
-from ai_credit_usage.compare import describe_span
+from ai_credit_usage.compare import Comparison, Mover, describe_span
 from ai_credit_usage.demo import DEMO_ABOUT, DEMO_BANNER
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.errors import UserFacingError
@@ -20,7 +20,7 @@ from ai_credit_usage.findings import Findings
 from ai_credit_usage.render import MAX_PREVIEW_CHARS, period_text, render_preview
 from ai_credit_usage.structured import build_result
 from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, PROCESS_WRITER_ROWS, Progress, TableSink
-from ai_credit_usage.trend import NO_VALUE, parse_time_zone
+from ai_credit_usage.trend import NO_VALUE, Trend, parse_time_zone
 from ai_credit_usage.window import Clock, Window, format_utc, resolve_window
 from ai_credit_usage.workbook import (
     CREDITS_FORMAT,
@@ -159,15 +159,7 @@ class ReportMaker:
         ]
         trend = findings.trend
         if trend is not None:
-            facts.append(Fact("Granularity", trend.granularity))
-            unusual = (
-                f"{len(trend.unusual)} (listed below)"
-                if trend.unusual
-                else "none"
-                if trend.judged
-                else "too few complete periods to judge"
-            )
-            facts.append(Fact(f"Unusual {trend.granularity}s", unusual))
+            facts += _trend_facts(trend)
         facts += [
             Fact("Generated at (UTC)", generated),
             Fact("Total credits", sink.total_credits, CREDITS_FORMAT),
@@ -176,39 +168,13 @@ class ReportMaker:
         facts += _comparison_facts(findings)
         blocks = [_top_block(sink, dimension) for dimension in BREAKDOWN_DIMENSIONS if sink.breakdown(dimension)]
         if findings.movers and findings.comparison is not None:
-            blocks.append(
-                Block(
-                    f"Biggest changes by user against the previous {findings.comparison.span}",
-                    ("user", "status", "credits", "before", "change"),
-                    tuple(
-                        (mover.name or NO_VALUE, mover.status, mover.current, mover.previous, mover.change)
-                        for mover in findings.movers
-                    ),
-                    (None, None, CREDITS_FORMAT, CREDITS_FORMAT, CREDITS_FORMAT),
-                )
-            )
+            blocks.append(_movers_block(findings.movers, findings.comparison))
         line_chart = None
         if trend is not None:
-            unit = trend.granularity
             if trend.unusual:
-                blocks.append(
-                    Block(
-                        f"Unusual {unit}s (more than 3 median absolute deviations above the median complete {unit})",
-                        (unit, "credits", "times typical", "partial"),
-                        tuple(
-                            (
-                                period_text(trend.periods[found.index].label, unit),
-                                found.credits,
-                                found.times_typical,
-                                "yes" if trend.periods[found.index].partial else "no",
-                            )
-                            for found in sorted(trend.unusual, key=lambda found: -found.credits)
-                        ),
-                        (None, CREDITS_FORMAT, "0.0", None),
-                    )
-                )
+                blocks.append(_unusual_block(trend))
             last = 2 + max(1, len(trend.series))  # the series (or the single credits column), not the total
-            line_chart = LineChartSpec(f"Credits per {unit} ({trend.time_zone})", 3, last)
+            line_chart = LineChartSpec(f"Credits per {trend.granularity} ({trend.time_zone})", 3, last)
         source = f"OpenMeter meter '{self._meter_slug}'" + (" (in-process demo stand-in)" if self._demo else "")
         about: list[tuple[str, object]] = [("data", DEMO_ABOUT)] if self._demo else []
         about += [
@@ -226,6 +192,38 @@ class ReportMaker:
             ("generated at (UTC)", generated),
         ]
         return Report(facts=tuple(facts), blocks=tuple(blocks), about=tuple(about), line_chart=line_chart, title=title)
+
+
+def _trend_facts(trend: Trend) -> list[Fact]:
+    if trend.unusual:
+        unusual = f"{len(trend.unusual)} (listed below)"
+    else:
+        unusual = "none" if trend.judged else "too few complete periods to judge"
+    return [Fact("Granularity", trend.granularity), Fact(f"Unusual {trend.granularity}s", unusual)]
+
+
+def _movers_block(movers: list[Mover], comparison: Comparison) -> Block:
+    return Block(
+        f"Biggest changes by user against the previous {comparison.span}",
+        ("user", "status", "credits", "before", "change"),
+        tuple((mover.name or NO_VALUE, mover.status, mover.current, mover.previous, mover.change) for mover in movers),
+        (None, None, CREDITS_FORMAT, CREDITS_FORMAT, CREDITS_FORMAT),
+    )
+
+
+def _unusual_block(trend: Trend) -> Block:
+    unit = trend.granularity
+    rows = []
+    for found in sorted(trend.unusual, key=lambda found: -found.credits):
+        period = trend.periods[found.index]
+        partial = "yes" if period.partial else "no"
+        rows.append((period_text(period.label, unit), found.credits, found.times_typical, partial))
+    return Block(
+        f"Unusual {unit}s (more than 3 median absolute deviations above the median complete {unit})",
+        (unit, "credits", "times typical", "partial"),
+        tuple(rows),
+        (None, CREDITS_FORMAT, "0.0", None),
+    )
 
 
 def _comparison_facts(findings: Findings) -> list[Fact]:
@@ -250,9 +248,8 @@ def _top_block(sink: TableSink, dimension: str) -> Block:
     rows = tuple(
         (name or NO_VALUE, credits, credits / total if total else None) for name, credits in sink.top(dimension)
     )
-    plural = f"{dimension}s"
     return Block(
-        f"Top {len(rows)} {plural} by credits",
+        f"Top {len(rows)} {dimension}{'' if len(rows) == 1 else 's'} by credits",
         (dimension, "credits", "share"),
         rows,
         (None, CREDITS_FORMAT, SHARE_FORMAT),

@@ -73,7 +73,7 @@ class UsageService:
         """
         meter = await self.meter()
         dimensions = [name for name in SUMMARY_COLUMNS[:-1] if name in meter.dimension_paths]
-        rows, previous, failed = await self._with_previous(
+        rows, previous = await self._with_previous(
             meter,
             tenant,
             window,
@@ -85,14 +85,14 @@ class UsageService:
                 sink.tally(dimension, _sums((row.groupBy.get(dimension) or "", row.value) for row in mine))
         await sink.add([(tenant, math.fsum(row.value for row in mine))])
         about = _about_query(meter, tenant, dimensions, TENANT_ROW)
-        return self._findings(window, sink, previous, failed, about=about, in_text=True)
+        return self._findings(window, sink, previous, about=about, in_text=True)
 
     async def summary(self, tenant: str, window: Window, sink: TableSink) -> Findings:
         """One row per (user, module, product, tenant, skill) combination, largest credits first, and the users
         whose credits moved most against the preceding window."""
         meter = await self.meter()
         dimensions = [name for name in SUMMARY_COLUMNS[:-1] if name in meter.dimension_paths]
-        rows, previous, failed = await self._with_previous(
+        rows, previous = await self._with_previous(
             meter,
             tenant,
             window,
@@ -106,7 +106,7 @@ class UsageService:
         table.sort(key=lambda row: (-row[-1], row[:-1]))
         await sink.add(table)
         about = _about_query(meter, tenant, dimensions, SUMMARY_ROW)
-        findings = self._findings(window, sink, previous, failed, about=about, in_text=True)
+        findings = self._findings(window, sink, previous, about=about, in_text=True)
         current_users = sink.breakdown("user")
         if previous is not None and previous.by_user is not None and current_users is not None:
             findings.movers = top_movers(current_users, previous.by_user)
@@ -141,10 +141,10 @@ class UsageService:
             )
             await walk.run(self._parallel_slices)
 
-        _, previous, failed = await self._with_previous(meter, tenant, window, walk)
+        _, previous = await self._with_previous(meter, tenant, window, walk)
         if "skill" in meter.dimension_paths:
             sink.tally("skill", skills)  # not a column of the events table, but the Summary sheet shows it
-        return self._findings(window, sink, previous, failed, about=about)
+        return self._findings(window, sink, previous, about=about)
 
     async def trend(
         self,
@@ -164,11 +164,11 @@ class UsageService:
                 f"The meter '{meter.slug}' has no {group_by} dimension, so usage cannot be grouped by it; "
                 "leave group_by out or pick another."
             )
-        chosen = granularity or choose_granularity(window)
-        periods = periods_of(window, chosen, ZoneInfo(time_zone))
+        chosen, zone = granularity or choose_granularity(window), ZoneInfo(time_zone)
+        periods = periods_of(window, chosen, zone)
         dimensions = ["tenant", *([group_by] if group_by else [])]
         size = openmeter_window_size(chosen)
-        rows, previous, failed = await self._with_previous(
+        rows, previous = await self._with_previous(
             meter,
             tenant,
             window,
@@ -176,7 +176,6 @@ class UsageService:
                 meter.slug, window, dimensions, _tenant_filter(tenant), window_size=size, window_time_zone=time_zone
             ),
         )
-        zone = ZoneInfo(time_zone)
         samples = [
             (
                 _window_start(row).astimezone(zone).date(),
@@ -197,31 +196,8 @@ class UsageService:
         )
         if group_by is not None:
             sink.tally(group_by, trend.series_totals)
-        grouped = f", grouped by {', '.join(dimensions)}"
-        about = [
-            (
-                "query",
-                f"GET /api/v1/meters/{meter.slug}/query, windowSize {size}, windowTimeZone {time_zone}"
-                f"{grouped}; filter tenant = {tenant!r}; from and to = the window",
-            ),
-            (
-                "granularity",
-                f"{chosen}" + (" (OpenMeter days folded into ISO weeks, Monday first)" if chosen == "week" else ""),
-            ),
-            ("time zone", f"{time_zone}: period boundaries are local midnights there (DST included)"),
-            (
-                "a row",
-                f"one {chosen} in {time_zone}, oldest first, with 0 where there was no usage; partial = the "
-                "window covers only part of it"
-                + ("; the top 5 series by credits, the rest summed as Other, total = their sum" if group_by else ""),
-            ),
-            (
-                "unusual",
-                "a complete or partial period above the median complete period by more than 3 median "
-                "absolute deviations",
-            ),
-        ]
-        findings = self._findings(window, sink, previous, failed, about=about)
+        about = _trend_about(meter, tenant, dimensions, size, chosen, time_zone, grouped=group_by is not None)
+        findings = self._findings(window, sink, previous, about=about)
         findings.trend = trend
         return findings
 
@@ -230,7 +206,6 @@ class UsageService:
         window: Window,
         sink: TableSink,
         previous: Previous | None,
-        failed: bool,
         *,
         about: list[tuple[str, object]],
         in_text: bool = False,
@@ -247,11 +222,11 @@ class UsageService:
                     f"{format_utc(previous.window.end)} (the preceding window of the same length), grouped by user",
                 ),
             ]
-        return Findings(comparison=comparison, comparison_failed=failed, comparison_in_text=in_text, about=about)
+        return Findings(comparison=comparison, comparison_in_text=in_text, about=about)
 
     async def _with_previous(
         self, meter: Meter, tenant: str, window: Window, main: Callable[[], Awaitable[T]]
-    ) -> tuple[T, Previous | None, bool]:
+    ) -> tuple[T, Previous | None]:
         """`main()` and the preceding window's query at the same time; a failure of the latter only loses it."""
         found: list[Previous | None] = [None]
 
@@ -264,7 +239,7 @@ class UsageService:
                 result = await main()
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
-        return result, found[0], found[0] is None
+        return result, found[0]
 
     async def _previous(self, meter: Meter, tenant: str, window: Window) -> Previous | None:
         try:
@@ -299,6 +274,28 @@ def _about_query(meter: Meter, tenant: str, dimensions: list[str], row: str) -> 
             f"filter tenant = {tenant!r}; from and to = the window",
         ),
         ("a row", row),
+    ]
+
+
+def _trend_about(
+    meter: Meter, tenant: str, dimensions: list[str], size: str, granularity: str, time_zone: str, *, grouped: bool
+) -> list[tuple[str, object]]:
+    weeks = " (OpenMeter days folded into ISO weeks, Monday first)" if granularity == "week" else ""
+    series = "; the top 5 series by credits, the rest summed as Other, total = their sum" if grouped else ""
+    return [
+        (
+            "query",
+            f"GET /api/v1/meters/{meter.slug}/query, windowSize {size}, windowTimeZone {time_zone}, grouped by "
+            f"{', '.join(dimensions)}; filter tenant = {tenant!r}; from and to = the window",
+        ),
+        ("granularity", granularity + weeks),
+        ("time zone", f"{time_zone}: period boundaries are local midnights there (DST included)"),
+        (
+            "a row",
+            f"one {granularity} in {time_zone}, oldest first, with 0 where there was no usage; partial = the window "
+            f"covers only part of it{series}",
+        ),
+        ("unusual", "a period above the median complete period by more than 3 median absolute deviations"),
     ]
 
 

@@ -17,7 +17,7 @@ import functools
 import io
 import multiprocessing
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -103,7 +103,6 @@ class Report:
     about: tuple[tuple[str, Any], ...] = ()
     line_chart: LineChartSpec | None = None
     title: str = "AI credit usage"
-    notes: tuple[str, ...] = field(default=())
 
 
 class WorkbookBuilder:
@@ -161,9 +160,6 @@ class WorkbookBuilder:
         row = 2
         for fact in report.facts:
             sheet.append([_text(sheet, fact.label, font=_BOLD), _formatted(sheet, fact.value, fact.number_format)])
-            row += 1
-        for note in report.notes:
-            sheet.append([_text(sheet, note)])
             row += 1
         anchors = [f"{_CHART_COLUMN}{3 + _CHART_ROWS * k}" for k in range(8)]
         if report.line_chart is not None and self.rows:
