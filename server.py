@@ -1,11 +1,12 @@
-"""The MCP app: three tools, the caller gate, `/health` and `/download/<token>`. The work lives in `ai_credit_usage`."""
+"""The MCP app: four tools, the caller gate, `/health` and `/download/<token>`. The work lives in `ai_credit_usage`."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -37,6 +38,7 @@ from ai_credit_usage.downloads import UNAVAILABLE, DownloadStore, DownloadStoreU
 from ai_credit_usage.openmeter import OpenMeterClient, RetryPolicy
 from ai_credit_usage.report import Question, ReportMaker, error_result
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
+from ai_credit_usage.structured import EventsResult, SummaryResult, TenantTotalResult, TrendResult
 from ai_credit_usage.telemetry import Telemetry, trace_tool_calls, traced_download, watch_download_store
 from ai_credit_usage.usage import EVENT_COLUMNS, SUMMARY_COLUMNS, TENANT_COLUMNS, UsageService
 from ai_credit_usage.window import Clock, utc_now
@@ -48,11 +50,13 @@ SWEEP_INTERVAL_SECONDS = 30
 
 INSTRUCTIONS = """\
 Answers a tenant administrator's questions about their own tenant's AI credit usage, read from OpenMeter.
-Pick the tool by the question: totals -> get_credit_usage_by_tenant; who or what uses the most (breakdown by user,
-module, product, skill) -> get_credit_usage_summary; individual events ("what happened on Jan 15th?") ->
-get_credit_events. Every tool takes only from_date and to_date (ISO 8601, both optional; default: the last 7 days)
-and always answers for the caller's own tenant. Each answer has a short table and a link to the full Excel file,
-which expires after a few minutes: give the user the link as it is."""
+Pick the tool by the question: totals and the change against the previous period -> get_credit_usage_by_tenant;
+who or what uses the most (breakdown by user, module, product, skill, and who changed most) ->
+get_credit_usage_summary; individual events ("what happened on Jan 15th?") -> get_credit_events; usage over time
+("is it going up?", per day, week or month, unusual periods) -> get_credit_usage_trend. Every tool takes from_date
+and to_date (ISO 8601, both optional; default: the last 7 days), the trend tool also granularity, group_by and
+time_zone, and always answers for the caller's own tenant. Each answer has a short table and a link to the full
+Excel report, which expires after a few minutes: give the user the link as it is."""
 
 FromDate = Annotated[
     str | None,
@@ -68,26 +72,62 @@ ToDate = Annotated[
         "2026-01-01, to_date 2026-01-31); a timestamp is exclusive. Default: now."
     ),
 ]
+Granularity = Annotated[
+    Literal["day", "week", "month"] | None,
+    Field(
+        description="Length of one period. Default from the window: up to 45 days daily, up to 26 weeks weekly, "
+        "else monthly. Weeks start on Monday."
+    ),
+]
+GroupBy = Annotated[
+    Literal["user", "module", "product", "skill"] | None,
+    Field(description="Split each period by this dimension (the top 5, the rest as Other). Default: the total only."),
+]
+TimeZone = Annotated[
+    str | None,
+    Field(
+        description="IANA time zone name (e.g. Europe/Paris) for the period boundaries, and for from_date/to_date "
+        "given without an offset. Default: UTC."
+    ),
+]
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 WINDOW_HELP = (
     " The window defaults to the last 7 days; a date-only to_date includes that whole day. The answer names the "
     "window, shows a table of at most 50 rows and the total, and links an Excel file with every row."
 )
 TENANT_TOTAL_HELP = (
-    'Total AI credits the caller\'s tenant used in a time window: "How many credits did we use this month?". '
-    "One row (tenant, credits). For who or what used them use get_credit_usage_summary; for individual events, "
-    "get_credit_events." + WINDOW_HELP
+    'Total AI credits the caller\'s tenant used in a time window: "How many credits did we use this month?", '
+    '"Compared to last month?". One row (tenant, credits), and the change against the preceding window of the same '
+    "length. For who or what used them use get_credit_usage_summary; over time, get_credit_usage_trend; for "
+    "individual events, get_credit_events." + WINDOW_HELP
 )
 SUMMARY_HELP = (
     "Breakdown of the tenant's AI credits by user, module, product and skill, largest first: \"Who uses the "
-    'most?", "Which module costs the most?". One row per combination. For the plain total use '
-    "get_credit_usage_by_tenant; for individual events, get_credit_events." + WINDOW_HELP
+    'most?", "Which module costs the most?", "Who changed most since last week?". One row per combination, and the '
+    "three users whose credits changed most against the preceding window. For the plain total use "
+    "get_credit_usage_by_tenant; over time, get_credit_usage_trend; for individual events, get_credit_events."
+    + WINDOW_HELP
+)
+TREND_HELP = (
+    'The tenant\'s AI credits over time: "Is our usage going up?", "Credits per week this quarter", "Which module '
+    'grew in March?", "Anything unusual this month?". One row per day, week or month, with 0 where nothing was used; '
+    "periods the window cuts are marked partial. With group_by, one column per user, module, product or skill (the "
+    "top 5, the rest as Other). The answer names unusual periods (far above the typical one). For totals or "
+    "breakdowns of the whole window use get_credit_usage_by_tenant or get_credit_usage_summary." + WINDOW_HELP
 )
 EVENTS_HELP = (
     "Individual AI-credit events of the tenant, newest first: time (UTC), user, module, product, credits. For "
     '"What happened on January 15th?" use from_date=to_date=2026-01-15. Prefer short windows; for totals or '
     "breakdowns use get_credit_usage_by_tenant or get_credit_usage_summary." + WINDOW_HELP
 )
+
+
+TITLES = {
+    "get_credit_usage_by_tenant": "AI credits used by my tenant",
+    "get_credit_usage_summary": "AI credit usage breakdown",
+    "get_credit_events": "AI credit events",
+    "get_credit_usage_trend": "AI credit usage over time",
+}
 
 
 def create_app(
@@ -147,27 +187,59 @@ def create_app(
         ctx: Context,
         from_date: str | None,
         to_date: str | None,
+        *,
+        title: str,
+        time_zone: str = "UTC",
     ) -> CallToolResult:
         caller = current_caller.get(None)
         if caller is None:  # the gate always sets it; refuse rather than guess if it ever does not
             return error_result("The caller could not be identified, so no usage can be shown.")
-        return await reports.answer(tool, caller, columns, question, from_date, to_date, progress=ctx.report_progress)
+        return await reports.answer(
+            tool,
+            caller,
+            columns,
+            question,
+            from_date,
+            to_date,
+            title=title,
+            time_zone=time_zone,
+            progress=ctx.report_progress,
+        )
 
-    @mcp.tool(title="AI credits used by my tenant", description=TENANT_TOTAL_HELP, annotations=READ_ONLY)
+    # Each tool returns markdown first (TAIS reads text) and a structured result its output schema describes.
+    @mcp.tool(title=TITLES["get_credit_usage_by_tenant"], description=TENANT_TOTAL_HELP, annotations=READ_ONLY)
     async def get_credit_usage_by_tenant(
         ctx: Context, from_date: FromDate = None, to_date: ToDate = None
-    ) -> CallToolResult:
-        return await answer("get_credit_usage_by_tenant", TENANT_COLUMNS, usage.tenant_total, ctx, from_date, to_date)
+    ) -> Annotated[CallToolResult, TenantTotalResult]:
+        tool = "get_credit_usage_by_tenant"
+        return await answer(tool, TENANT_COLUMNS, usage.tenant_total, ctx, from_date, to_date, title=TITLES[tool])
 
-    @mcp.tool(title="AI credit usage breakdown", description=SUMMARY_HELP, annotations=READ_ONLY)
+    @mcp.tool(title=TITLES["get_credit_usage_summary"], description=SUMMARY_HELP, annotations=READ_ONLY)
     async def get_credit_usage_summary(
         ctx: Context, from_date: FromDate = None, to_date: ToDate = None
-    ) -> CallToolResult:
-        return await answer("get_credit_usage_summary", SUMMARY_COLUMNS, usage.summary, ctx, from_date, to_date)
+    ) -> Annotated[CallToolResult, SummaryResult]:
+        tool = "get_credit_usage_summary"
+        return await answer(tool, SUMMARY_COLUMNS, usage.summary, ctx, from_date, to_date, title=TITLES[tool])
 
-    @mcp.tool(title="AI credit events", description=EVENTS_HELP, annotations=READ_ONLY)
-    async def get_credit_events(ctx: Context, from_date: FromDate = None, to_date: ToDate = None) -> CallToolResult:
-        return await answer("get_credit_events", EVENT_COLUMNS, usage.events, ctx, from_date, to_date)
+    @mcp.tool(title=TITLES["get_credit_events"], description=EVENTS_HELP, annotations=READ_ONLY)
+    async def get_credit_events(
+        ctx: Context, from_date: FromDate = None, to_date: ToDate = None
+    ) -> Annotated[CallToolResult, EventsResult]:
+        tool = "get_credit_events"
+        return await answer(tool, EVENT_COLUMNS, usage.events, ctx, from_date, to_date, title=TITLES[tool])
+
+    @mcp.tool(title=TITLES["get_credit_usage_trend"], description=TREND_HELP, annotations=READ_ONLY)
+    async def get_credit_usage_trend(
+        ctx: Context,
+        from_date: FromDate = None,
+        to_date: ToDate = None,
+        granularity: Granularity = None,
+        group_by: GroupBy = None,
+        time_zone: TimeZone = None,
+    ) -> Annotated[CallToolResult, TrendResult]:
+        tool, zone = "get_credit_usage_trend", (time_zone or "").strip() or "UTC"
+        question = functools.partial(usage.trend, granularity=granularity, group_by=group_by, time_zone=zone)
+        return await answer(tool, (), question, ctx, from_date, to_date, title=TITLES[tool], time_zone=zone)
 
     mcp.middleware.append(trace_tool_calls)  # inside the SDK's span for the message, around the gate
     mcp.middleware.append(_caller_gate(settings, mcp))
@@ -237,14 +309,14 @@ def _caller_gate(settings: Settings, mcp: MCPServer):
     A refusal is a tool result with `isError` and one sentence, so the chat can tell the user.
     """
 
-    declared_arguments: dict[str, frozenset[str]] = {}
+    declared_arguments: dict[str, dict[str, Any]] = {}  # tool -> its input schema's properties
 
     async def gate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if ctx.method != "tools/call":
             return await call_next(ctx)
         if not declared_arguments:
             declared_arguments.update(
-                {tool.name: frozenset(tool.input_schema.get("properties", {})) for tool in await mcp.list_tools()}
+                {tool.name: dict(tool.input_schema.get("properties", {})) for tool in await mcp.list_tools()}
             )
         params = ctx.params or {}
         tool = str(params.get("name", ""))
@@ -287,16 +359,34 @@ def _is_error(result: HandlerResult) -> bool:
     return bool(getattr(result, "is_error", False))
 
 
-def _check_arguments(tool: str, arguments: Any, declared_arguments: dict[str, frozenset[str]]) -> None:
-    allowed = declared_arguments.get(tool)
-    if allowed is None or not isinstance(arguments, dict):
+def _check_arguments(tool: str, arguments: Any, declared_arguments: dict[str, dict[str, Any]]) -> None:
+    """Undeclared arguments are refused (nothing may widen the tenant scope), and so are values outside a declared
+    choice, with one sentence naming the parameter rather than a validation dump."""
+    properties = declared_arguments.get(tool)
+    if properties is None or not isinstance(arguments, dict):
         return  # unknown tools and malformed arguments get the SDK's own error
-    unexpected = sorted(set(arguments) - allowed)
+    unexpected = sorted(set(arguments) - set(properties))
     if unexpected:
         raise Refusal(
-            f"{tool} takes only {' and '.join(sorted(allowed))}; it always answers for your own tenant, "
+            f"{tool} takes only {_listed(sorted(properties))}; it always answers for your own tenant, "
             f"so leave out {', '.join(repr(name) for name in unexpected)}."
         )
+    for name, value in arguments.items():
+        choices = _choices(properties[name])
+        if choices is not None and value is not None and value not in choices:
+            raise Refusal(f"{name} must be one of {_listed(choices)} (or left out); {value!r} is not one of them.")
+
+
+def _choices(schema: dict[str, Any]) -> list[Any] | None:
+    """The values a `Literal[...] | None` parameter allows, from its JSON schema (`enum`, or inside `anyOf`)."""
+    for option in [schema, *schema.get("anyOf", [])]:
+        if isinstance(option, dict) and isinstance(option.get("enum"), list):
+            return option["enum"]
+    return None
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _transport_security(settings: Settings) -> TransportSecuritySettings:

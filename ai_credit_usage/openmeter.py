@@ -72,6 +72,7 @@ class QueryRow(BaseModel):
     value: float
     subject: str | None = None
     groupBy: dict[str, str | None] = {}
+    windowStart: datetime | None = None  # the calendar window's start when the query has a windowSize
 
 
 class _QueryResult(BaseModel):
@@ -133,10 +134,21 @@ class OpenMeterClient:
         return body
 
     async def query_meter(
-        self, meter: str, window: Window, group_by: Sequence[str], filters: Mapping[str, Any]
+        self,
+        meter: str,
+        window: Window,
+        group_by: Sequence[str],
+        filters: Mapping[str, Any],
+        *,
+        window_size: str | None = None,
+        window_time_zone: str | None = None,
     ) -> list[QueryRow]:
-        """One aggregate row per group over the whole window; OpenMeter does not paginate this."""
+        """One aggregate row per group over the whole window, or per group and calendar window (`window_size` DAY
+        or MONTH, in `window_time_zone`) when asked; only windows with usage come back. OpenMeter does not paginate.
+        """
         params: list[tuple[str, str]] = [("from", format_utc(window.start)), ("to", format_utc(window.end))]
+        if window_size is not None:
+            params += [("windowSize", window_size), ("windowTimeZone", window_time_zone or "UTC")]
         params += [("groupBy", key) for key in group_by]
         # Built as data and JSON-encoded, so no tenant name can add operators or keys to the filter.
         params.append(("advancedMeterGroupByFilters", json.dumps(filters, ensure_ascii=False)))

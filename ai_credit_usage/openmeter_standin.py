@@ -327,6 +327,7 @@ class _Fault:
     delay: float
     skip: int = 0
     cut: bool = False
+    query: tuple[tuple[str, str], ...] = ()  # only requests carrying every one of these query parameters
 
 
 class _CutResponse(Response):
@@ -442,15 +443,20 @@ class OpenMeterStandIn:
         delay: float = 0,
         after: int = 0,
         cut: bool = False,
+        query: Mapping[str, str] | None = None,
     ) -> None:
         """Queue a fault: the next `times` requests under `path_prefix` get this answer instead of the real one.
 
         Without `body` the answer is a problem+json for `status`, except that a 2xx status with no body means
         "answer normally", so ``fail(status=200, delay=2)`` is just a slow server. Faults apply before auth.
         `after` lets that many matching requests through first (e.g. fail the third page of a walk); `cut` drops
-        the connection part-way through the response body instead of answering.
+        the connection part-way through the response body instead of answering. `query` narrows the fault to
+        requests with those query parameters (e.g. only the meter query whose `from` is a given time).
         """
-        fault = _Fault(status, times, path_prefix, body, content_type, dict(headers or {}), delay, after, cut)
+        fault = _Fault(
+            status, times, path_prefix, body, content_type, dict(headers or {}), delay, after, cut,
+            tuple((query or {}).items()),
+        )  # fmt: skip
         with self._lock:
             self._faults.append(fault)
 
@@ -488,7 +494,9 @@ class OpenMeterStandIn:
             query = list(request.query_params.multi_items())
             if self.record_requests:
                 self._requests.append(RecordedRequest(request.method, path, query, dict(request.headers)))
-            fault = next((f for f in self._faults if path.startswith(f.path_prefix)), None)
+            fault = next(
+                (f for f in self._faults if path.startswith(f.path_prefix) and all(p in query for p in f.query)), None
+            )
             if fault is not None and fault.skip > 0:
                 fault.skip -= 1
                 fault = None

@@ -1,27 +1,72 @@
-"""The text a tool answers with: a window line, a GFM table of at most 50 rows, the cut line, the total, the link.
+"""The text a tool answers with: a window line, a GFM table of at most 50 rows, the cut line, the total, what the
+question found besides (the credits not shown, the comparison, the movers, unusual periods), the link.
 
 Cell text is escaped so a value can neither break the table (pipes, line breaks) nor turn into markup the chat
-might render (links, HTML, code spans).
+might render (links, HTML, code spans). A preview stays under about 20,000 characters whatever the names in it:
+when it would not, long cells are shortened with an ellipsis, here only, never in the workbook.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
+from ai_credit_usage.compare import Comparison, Mover
+from ai_credit_usage.findings import Findings
 from ai_credit_usage.table import PREVIEW_ROWS, Table, TableSink
+from ai_credit_usage.trend import MAD_LIMIT, MIN_BASELINE, Granularity, Trend
 from ai_credit_usage.window import Window, format_utc
 
+MAX_PREVIEW_CHARS = 20_000
+CELL_LIMITS = (200, 100, 50, 24, 12)  # the longest cell allowed, tried in turn until the preview fits
+ELLIPSIS = "…"
+UNUSUAL_LISTED = 10
 _MARKDOWN_SPECIAL = re.compile(r"([\\|`\[\]<>])")
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\u2028\u2029\x85]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_ADVERB = {"day": "daily", "week": "weekly (weeks start on Monday)", "month": "monthly"}
 
 
 def escape_cell(text: str) -> str:
     """Markdown-safe table cell: backslash-escape markup, line breaks as <br>, other control characters dropped."""
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", text.replace("\t", " "))
     return _CONTROL.sub("", _LINE_BREAKS.sub("<br>", text))
+
+
+def shorten_cell(text: str, limit: int) -> str:
+    """`escape_cell(text)`, cut to at most `limit` characters with an ellipsis when longer.
+
+    The cut is made on the raw text, so no escape sequence is split and the result stays markdown-safe.
+    """
+    return _shortened(text, limit)[0]
+
+
+def _shortened(text: str, limit: int) -> tuple[str, bool]:
+    """The shortened cell and whether it was cut."""
+    escaped = escape_cell(text)
+    if len(escaped) <= limit:
+        return escaped, False
+    # The longest raw prefix whose escaped form leaves room for the ellipsis; look only as far as needed (a name may
+    # be megabytes long), then bisect: the escaped length never shrinks as the prefix grows.
+    high = limit
+    while high < len(text) and len(escape_cell(text[:high])) <= limit - 1:
+        high *= 2
+    low, high = 0, min(high, len(text))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(escape_cell(text[:middle])) <= limit - 1:
+            low = middle
+        else:
+            high = middle - 1
+    return escape_cell(text[:low]) + ELLIPSIS, True
+
+
+def shorten_plain(text: str, limit: int) -> str:
+    """The structured counterpart of `shorten_cell`: the raw text cut to `limit` characters with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
 
 
 def format_credits(value: float) -> str:
@@ -32,32 +77,208 @@ def format_credits(value: float) -> str:
     return "0.00" if text == "-0.00" else text
 
 
-def _cell(column: str, value: Any) -> str:
-    if column == "credits":
-        return format_credits(value)
-    if isinstance(value, datetime):
-        return format_utc(value)
-    return escape_cell(str(value))
+def format_change(value: float) -> str:
+    """A signed change in credits: +12.50, -3.00, or "no change" below a visible cent."""
+    if abs(value) < 0.005:
+        return "no change"
+    return ("+" if value > 0 else "") + format_credits(value)
+
+
+def format_percent(value: float) -> str:
+    return f"{value:+,.1f}%"
+
+
+def period_text(label: date, granularity: Granularity) -> str:
+    return label.strftime("%Y-%m") if granularity == "month" else label.isoformat()
+
+
+@dataclass(frozen=True)
+class Preview:
+    text: str
+    cell_limit: int  # the longest cell it shows; the structured result shortens its strings the same way
+    shortened: bool  # some cell, name or header was cut
 
 
 def render_answer(
-    table: Table | TableSink, *, tenant: str, window: Window, download_url: str, expires_at: datetime, now: datetime
+    table: Table | TableSink,
+    *,
+    tenant: str,
+    window: Window,
+    download_url: str,
+    expires_at: datetime,
+    now: datetime,
+    findings: Findings | None = None,
+    budget: int = MAX_PREVIEW_CHARS,
 ) -> str:
+    return render_preview(
+        table,
+        tenant=tenant,
+        window=window,
+        download_url=download_url,
+        expires_at=expires_at,
+        now=now,
+        findings=findings,
+        budget=budget,
+    ).text
+
+
+def render_preview(
+    table: Table | TableSink,
+    *,
+    tenant: str,
+    window: Window,
+    download_url: str,
+    expires_at: datetime,
+    now: datetime,
+    findings: Findings | None = None,
+    budget: int = MAX_PREVIEW_CHARS,
+) -> Preview:
+    """The answer text with the longest cell limit that keeps it within `budget` characters."""
+    findings = findings or Findings()
+    text = ""
+    known: dict[tuple[str, int], tuple[str, bool]] = {}  # names repeat on many rows, and across the limits tried
+    for limit in CELL_LIMITS:
+        cut: list[bool] = []
+
+        def cell(value: str, limit: int = limit, cut: list[bool] = cut) -> str:
+            key = (value, limit)
+            if key not in known:
+                known[key] = _shortened(value, limit)
+            shown, shortened = known[key]
+            if shortened:
+                cut.append(True)
+            return shown
+
+        text = _render(table, cell, tenant, window, download_url, expires_at, now, findings)
+        if len(text) <= budget:
+            return Preview(text, limit, bool(cut))
+    return Preview(text, CELL_LIMITS[-1], True)  # pragma: no cover - only an absurd PUBLIC_BASE_URL gets here
+
+
+def _render(
+    table: Table | TableSink,
+    cell: Callable[[str], str],
+    tenant: str,
+    window: Window,
+    download_url: str,
+    expires_at: datetime,
+    now: datetime,
+    findings: Findings,
+) -> str:
+    trend = findings.trend
     shown = table.preview_rows[:PREVIEW_ROWS]
-    lines = [f"Tenant {escape_cell(tenant)}, {window.describe()}:", ""]
-    lines.append("| " + " | ".join(table.columns) + " |")
-    lines.append("|" + "|".join("---:" if name == "credits" else "---" for name in table.columns) + "|")
+    first_amount = len(table.columns) - table.amounts
+    heading = f"Tenant {cell(tenant)}, {window.describe()}"
+    if trend is not None:
+        heading += f", {_ADVERB[trend.granularity]} in {trend.time_zone}"
+        if trend.group_by is not None:
+            heading += f", by {trend.group_by} (the top 5, the rest as Other)"
+    lines = [heading + ":", ""]
+    lines.append("| " + " | ".join(cell(name) for name in table.columns) + " |")
+    lines.append("|" + "|".join("---:" if i >= first_amount else "---" for i in range(len(table.columns))) + "|")
+
+    def show(index: int, value: Any) -> str:
+        if index >= first_amount:
+            return format_credits(value)
+        if isinstance(value, datetime):
+            return format_utc(value)
+        if isinstance(value, date):
+            return period_text(value, trend.granularity if trend else "day")
+        return cell(str(value))
+
     for row in shown:
-        lines.append(
-            "| " + " | ".join(_cell(name, value) for name, value in zip(table.columns, row, strict=True)) + " |"
-        )
+        lines.append("| " + " | ".join(show(index, value) for index, value in enumerate(row)) + " |")
     lines.append("")
     if len(shown) < table.row_count:
         lines.append(f"Showing {len(shown):,} of {table.row_count:,} rows; the Excel file has all {table.row_count:,}.")
     lines.append(f"Total credits: {format_credits(table.total_credits)}")
+    if len(shown) < table.row_count:
+        hidden = table.row_count - len(shown)
+        lines.append(
+            f"The {hidden:,} row{'' if hidden == 1 else 's'} not shown hold {format_credits(table.rest_credits)} "
+            "credits (with the rows shown, they make the total)."
+        )
+    if findings.comparison_in_text:
+        lines.append(_comparison_line(findings.comparison))
+    if findings.movers is not None and findings.comparison is not None:
+        lines += _mover_lines(findings.movers, findings.comparison, cell)
+    if trend is not None:
+        lines += _trend_lines(trend)
     minutes = max(1, round((expires_at - now).total_seconds() / 60))
     lines.append(
         f"[Download Excel]({download_url}) (link expires at {format_utc(expires_at)}, "
         f"in {minutes} minute{'' if minutes == 1 else 's'})"
     )
     return "\n".join(lines)
+
+
+def _comparison_line(comparison: Comparison | None) -> str:
+    if comparison is None:  # the preceding window's query failed; the rest of the answer stands
+        return "Compared with the preceding window: not available right now (OpenMeter did not answer that query)."
+    before = comparison.previous_window
+    period = f"the previous {comparison.span} ({format_utc(before.start)} to {format_utc(before.end)}"
+    if comparison.percent is None:
+        return f"Compared with {period}): {format_change(comparison.change)}; no usage in the previous period."
+    return (
+        f"Compared with {period}, {format_credits(comparison.previous)} credits): "
+        f"{format_change(comparison.change)} ({format_percent(comparison.percent)})."
+    )
+
+
+def _mover_lines(movers: list[Mover], comparison: Comparison, cell: Callable[[str], str]) -> list[str]:
+    if not movers:
+        return [f"No user's credits changed against the previous {comparison.span}."]
+    lines = [f"Biggest changes by user against the previous {comparison.span}:"]
+    for mover in movers:
+        name = cell(mover.name) if mover.name else "(no user)"
+        if mover.status == "new":
+            lines.append(f"- {name}: new, {format_credits(mover.current)} credits")
+        elif mover.status == "gone":
+            lines.append(f"- {name}: gone, {format_credits(mover.previous)} credits before")
+        else:
+            percent = format_percent(mover.percent or 0.0)
+            lines.append(
+                f"- {name}: {format_change(mover.change)} ({percent}), "
+                f"{format_credits(mover.previous)} to {format_credits(mover.current)}"
+            )
+    return lines
+
+
+def _trend_lines(trend: Trend) -> list[str]:
+    unit = trend.granularity
+    lines: list[str] = []
+    partial = sum(period.partial for period in trend.periods)
+    if partial:
+        lines.append(
+            f"{partial} {unit} marked partial: the window covers only part of it, so it looks lower than it is."
+            if partial == 1
+            else f"{partial} {unit}s marked partial: the window covers only part of them, so they look lower "
+            "than they are."
+        )
+    if not trend.judged:
+        complete = len(trend.periods) - partial
+        lines.append(
+            f"Too few complete {unit}s ({complete}) to say which are unusual; at least {MIN_BASELINE} are needed."
+        )
+        return lines
+    typical, deviation = format_credits(trend.typical or 0.0), format_credits(trend.deviation or 0.0)
+    rule = f"more than {MAD_LIMIT} median absolute deviations ({deviation}) above the median {unit} ({typical})"
+    if not trend.unusual:
+        lines.append(f"No unusual {unit}s: none is {rule}.")
+        return lines
+    lines.append(f"Unusual {unit}s, {rule}:")
+    ranked = sorted(trend.unusual, key=lambda found: -found.credits)
+    for found in ranked[:UNUSUAL_LISTED]:
+        period = trend.periods[found.index]
+        label = ("week of " if unit == "week" else "") + period_text(period.label, trend.granularity)
+        times = (
+            f"{found.times_typical:,.1f} times the typical {unit}"
+            if found.times_typical is not None
+            else f"where the typical {unit} had no usage"
+        )
+        lines.append(
+            f"- {label}{' (partial)' if period.partial else ''}: {format_credits(found.credits)} credits, {times}"
+        )
+    if len(ranked) > UNUSUAL_LISTED:
+        lines.append(f"- and {len(ranked) - UNUSUAL_LISTED} more (the Excel file's Summary sheet lists them all)")
+    return lines

@@ -1,4 +1,5 @@
-"""From a question to what a tool returns: the window, the table, the preview text, the workbook, the link."""
+"""From a question to what a tool returns: the window, the table, the workbook, the link, the preview text and
+the structured result beside it."""
 
 from __future__ import annotations
 
@@ -11,16 +12,28 @@ from mcp.types import CallToolResult, TextContent
 
 from ai_credit_usage.audit import ToolCallRecord, current_record
 from ai_credit_usage.caller import Caller
+from ai_credit_usage.compare import Comparison, Mover, describe_span
 from ai_credit_usage.demo import DEMO_ABOUT, DEMO_BANNER
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.render import render_answer
-from ai_credit_usage.table import PROCESS_WRITER_ROWS, Progress, TableSink
+from ai_credit_usage.findings import Findings
+from ai_credit_usage.render import MAX_PREVIEW_CHARS, period_text, render_preview
+from ai_credit_usage.structured import build_result
+from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, PROCESS_WRITER_ROWS, Progress, TableSink
 from ai_credit_usage.telemetry import traced_workbook
+from ai_credit_usage.trend import NO_VALUE, Trend, parse_time_zone
 from ai_credit_usage.window import Clock, Window, format_utc, resolve_window
-from ai_credit_usage.workbook import XLSX_MEDIA_TYPE
+from ai_credit_usage.workbook import (
+    CREDITS_FORMAT,
+    SHARE_FORMAT,
+    XLSX_MEDIA_TYPE,
+    Block,
+    Fact,
+    LineChartSpec,
+    Report,
+)
 
-Question = Callable[[str, Window, TableSink], Awaitable[None]]
+Question = Callable[[str, Window, TableSink], Awaitable[Findings]]
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -58,19 +71,24 @@ class ReportMaker:
         from_date: str | None,
         to_date: str | None,
         *,
+        title: str = "AI credit usage",
+        time_zone: str = "UTC",
         progress: Progress | None = None,
     ) -> CallToolResult:
+        """`columns` may be empty when the question defines them (a trend's series); `time_zone` is the trend's,
+        also used to read dates without an offset; every other tool works in UTC."""
         record = current_record.get() or ToolCallRecord(tool=tool, tenant=caller.tenant, role=None)
         sink = TableSink(columns, progress=progress, process_rows=self._process_writer_rows)
         try:
-            window = resolve_window(from_date, to_date, self._clock())
+            zone = parse_time_zone(time_zone)
+            window = resolve_window(from_date, to_date, self._clock(), zone)
             record.window_from, record.window_to = format_utc(window.start), format_utc(window.end)
             with anyio.fail_after(self._deadline_seconds):
-                await question(caller.tenant, window, sink)
+                findings = await question(caller.tenant, window, sink)
                 record.rows = sink.row_count
                 await sink.progress(f"writing {sink.row_count:,} rows to the Excel file")
-                about = self._about(tool, caller, window, sink)
-                content = await traced_workbook(sink.workbook(about), rows=sink.row_count)
+                report = self._report(tool, title, caller, window, time_zone, sink, findings)
+                content = await traced_workbook(sink.workbook(report), rows=sink.row_count)
             record.bytes = len(content)
             token, download = await self._downloads.put(
                 content,
@@ -88,15 +106,33 @@ class ReportMaker:
             return self._error(str(exc))
         finally:
             sink.close()  # a failed or abandoned call leaves no workbook process and no rows behind
-        text = render_answer(
+        download_url = f"{self._download_base_url}/download/{token}"
+        preview = render_preview(
             sink,
             tenant=caller.tenant,
             window=window,
-            download_url=f"{self._download_base_url}/download/{token}",
+            download_url=download_url,
             expires_at=download.expires_at,
             now=self._clock(),
+            findings=findings,
+            budget=MAX_PREVIEW_CHARS - (len(DEMO_BANNER) + 2 if self._demo else 0),
         )
-        return CallToolResult(content=[TextContent(type="text", text=self._marked(text))])
+        result = build_result(
+            tool,
+            sink,
+            findings,
+            tenant=caller.tenant,
+            window=window,
+            download_url=download_url,
+            expires_at=download.expires_at,
+            cell_limit=preview.cell_limit,
+            shortened=preview.shortened,
+            demo=self._demo,
+        )
+        return CallToolResult(
+            content=[TextContent(type="text", text=self._marked(preview.text))],  # first: TAIS reads the text
+            structured_content=result.model_dump(mode="json", by_alias=True),
+        )
 
     def _marked(self, text: str) -> str:
         return f"{DEMO_BANNER}\n\n{text}" if self._demo else text
@@ -104,21 +140,123 @@ class ReportMaker:
     def _error(self, message: str) -> CallToolResult:
         return error_result(self._marked(message))
 
-    def _about(self, tool: str, caller: Caller, window: Window, table: TableSink) -> list[tuple[str, object]]:
+    def _report(
+        self,
+        tool: str,
+        title: str,
+        caller: Caller,
+        window: Window,
+        time_zone: str,
+        sink: TableSink,
+        findings: Findings,
+    ) -> Report:
+        generated = format_utc(self._clock())
+        facts = [Fact("Data", DEMO_ABOUT)] if self._demo else []
+        facts += [
+            Fact("Tenant", caller.tenant),
+            Fact("Question", f"{title} ({tool})"),
+            Fact("From (UTC)", format_utc(window.start)),
+            Fact("To (UTC, exclusive)", format_utc(window.end)),
+            Fact("Time zone", time_zone),
+        ]
+        trend = findings.trend
+        if trend is not None:
+            facts += _trend_facts(trend)
+        facts += [
+            Fact("Generated at (UTC)", generated),
+            Fact("Total credits", sink.total_credits, CREDITS_FORMAT),
+            Fact("Rows in Data", sink.row_count),
+        ]
+        facts += _comparison_facts(findings)
+        blocks = [_top_block(sink, dimension) for dimension in BREAKDOWN_DIMENSIONS if sink.breakdown(dimension)]
+        if findings.movers and findings.comparison is not None:
+            blocks.append(_movers_block(findings.movers, findings.comparison))
+        line_chart = None
+        if trend is not None:
+            if trend.unusual:
+                blocks.append(_unusual_block(trend))
+            last = 2 + max(1, len(trend.series))  # the series (or the single credits column), not the total
+            line_chart = LineChartSpec(f"Credits per {trend.granularity} ({trend.time_zone})", 3, last)
         source = f"OpenMeter meter '{self._meter_slug}'" + (" (in-process demo stand-in)" if self._demo else "")
         about: list[tuple[str, object]] = [("data", DEMO_ABOUT)] if self._demo else []
-        return [
-            *about,
+        about += [
             ("tool", tool),
             ("tenant", caller.tenant),
             ("from (UTC)", format_utc(window.start)),
             ("to (UTC, exclusive)", format_utc(window.end)),
-            ("rows", table.row_count),
-            ("total credits", table.total_credits),
+            ("rows", sink.row_count),
+            ("total credits", sink.total_credits),
             ("source", source),
-            ("times", "UTC"),
-            ("generated at (UTC)", format_utc(self._clock())),
+            *findings.about,
+            ("times", "UTC" if trend is None else f"UTC; periods are calendar {trend.granularity}s in {time_zone}"),
+            ("credits", "exact, as OpenMeter sums them; the chat answer rounds them to 2 decimals"),
+            ("Summary sheet", "top 5s: the credits of each user, module, product or skill, and its share of the total"),
+            ("generated at (UTC)", generated),
         ]
+        return Report(facts=tuple(facts), blocks=tuple(blocks), about=tuple(about), line_chart=line_chart, title=title)
+
+
+def _trend_facts(trend: Trend) -> list[Fact]:
+    if trend.unusual:
+        unusual = f"{len(trend.unusual)} (listed below)"
+    else:
+        unusual = "none" if trend.judged else "too few complete periods to judge"
+    return [Fact("Granularity", trend.granularity), Fact(f"Unusual {trend.granularity}s", unusual)]
+
+
+def _movers_block(movers: list[Mover], comparison: Comparison) -> Block:
+    return Block(
+        f"Biggest changes by user against the previous {comparison.span}",
+        ("user", "status", "credits", "before", "change"),
+        tuple((mover.name or NO_VALUE, mover.status, mover.current, mover.previous, mover.change) for mover in movers),
+        (None, None, CREDITS_FORMAT, CREDITS_FORMAT, CREDITS_FORMAT),
+    )
+
+
+def _unusual_block(trend: Trend) -> Block:
+    unit = trend.granularity
+    rows = []
+    for found in sorted(trend.unusual, key=lambda found: -found.credits):
+        period = trend.periods[found.index]
+        partial = "yes" if period.partial else "no"
+        rows.append((period_text(period.label, unit), found.credits, found.times_typical, partial))
+    return Block(
+        f"Unusual {unit}s (more than 3 median absolute deviations above the median complete {unit})",
+        (unit, "credits", "times typical", "partial"),
+        tuple(rows),
+        (None, CREDITS_FORMAT, "0.0", None),
+    )
+
+
+def _comparison_facts(findings: Findings) -> list[Fact]:
+    comparison = findings.comparison
+    if comparison is None:
+        return [Fact("Previous window", "not available (OpenMeter did not answer that query)")]
+    before = comparison.previous_window
+    facts = [
+        Fact("Previous window (UTC)", f"{format_utc(before.start)} to {format_utc(before.end)}"),
+        Fact(f"Previous {describe_span(before.end - before.start)}: credits", comparison.previous, CREDITS_FORMAT),
+        Fact("Change (credits)", comparison.change, CREDITS_FORMAT),
+    ]
+    if comparison.percent is None:
+        facts.append(Fact("Change (%)", "no usage in the previous period"))
+    else:
+        facts.append(Fact("Change (%)", comparison.percent / 100, SHARE_FORMAT))
+    return facts
+
+
+def _top_block(sink: TableSink, dimension: str) -> Block:
+    total = sink.total_credits
+    rows = tuple(
+        (name or NO_VALUE, credits, credits / total if total else None) for name, credits in sink.top(dimension)
+    )
+    return Block(
+        f"Top {len(rows)} {dimension}{'' if len(rows) == 1 else 's'} by credits",
+        (dimension, "credits", "share"),
+        rows,
+        (None, CREDITS_FORMAT, SHARE_FORMAT),
+        chart="Top users by credits" if dimension == "user" else None,
+    )
 
 
 def _filename(tool: str, tenant: str, window: Window) -> str:

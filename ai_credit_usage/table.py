@@ -1,7 +1,8 @@
 """A result table, and the sink questions write their rows into.
 
-The sink sees every row once, in order: it keeps what the text needs (the first rows, the count, the total) and hands
-the rows on to the workbook. Small results are buffered and written in a thread at the end; once a result grows past
+The sink sees every row once, in order: it keeps what the text and the Summary sheet need (the first rows, the count,
+the total, the credits of the rows not shown, running sums per user, module, product and skill) and hands the rows
+on to the workbook. Small results are buffered and written in a thread at the end; once a result grows past
 `PROCESS_WRITER_ROWS`, the rows stream into a workbook process while the pages are still arriving, so a large
 answer is never held twice and its writing never stalls the event loop.
 """
@@ -9,29 +10,36 @@ answer is never held twice and its writing never stalls the event loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
 
-from ai_credit_usage.workbook import ProcessWorkbookWriter, WorkbookBuilder
+from ai_credit_usage.workbook import ProcessWorkbookWriter, Report, WorkbookBuilder
 
 PREVIEW_ROWS = 50
 PROCESS_WRITER_ROWS = 20_000  # below this, a thread writes faster than a process starts and is fed
+BREAKDOWN_DIMENSIONS = ("user", "module", "product", "skill")
+TOP_ROWS = 5
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 
 
 @dataclass
 class Table:
-    """Column names and rows; `credits` is always the last column and a float."""
+    """Column names and rows. The last `amounts` columns are credits (floats); the very last is the row's total."""
 
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    amounts: int = 1
 
     @property
     def total_credits(self) -> float:
         return math.fsum(row[-1] for row in self.rows)
+
+    @property
+    def rest_credits(self) -> float:
+        return math.fsum(row[-1] for row in self.rows[PREVIEW_ROWS:])
 
     @property
     def row_count(self) -> int:
@@ -47,22 +55,58 @@ async def _no_progress(done: float, total: float | None, message: str) -> None:
 
 
 class TableSink:
+    """`columns` may be left empty when only the question knows them (a trend's series); it then calls `define`."""
+
     def __init__(
-        self, columns: Sequence[str], *, progress: Progress | None = None, process_rows: int = PROCESS_WRITER_ROWS
+        self,
+        columns: Sequence[str] = (),
+        *,
+        amounts: int = 1,
+        progress: Progress | None = None,
+        process_rows: int = PROCESS_WRITER_ROWS,
     ) -> None:
-        self.columns = tuple(columns)
         self.preview_rows: list[tuple[Any, ...]] = []
         self.row_count = 0
         self._progress = progress or _no_progress
         self._progress_done = 0.0
-        self._sums: list[float] = []
+        self._shown_sums: list[float] = []
+        self._rest_sums: list[float] = []
+        self._breakdowns: dict[str, dict[str, float]] = {}
         self._buffer: list[tuple[Any, ...]] = []
         self._process_rows = process_rows
         self._writer: ProcessWorkbookWriter | None = None
+        self.define(columns, amounts=amounts)
+
+    def define(self, columns: Sequence[str], *, amounts: int = 1) -> None:
+        if self.row_count:
+            raise RuntimeError("the columns are fixed once rows have arrived")
+        self.columns = tuple(columns)
+        self.amounts = amounts
+        labels = self.columns[: len(self.columns) - amounts]
+        self._breakdown_columns = [(name, labels.index(name)) for name in BREAKDOWN_DIMENSIONS if name in labels]
 
     @property
     def total_credits(self) -> float:
-        return math.fsum(self._sums)
+        return math.fsum([*self._shown_sums, *self._rest_sums])
+
+    @property
+    def rest_credits(self) -> float:
+        """The credits of the rows the preview does not show (0 when it shows them all)."""
+        return math.fsum(self._rest_sums)
+
+    def tally(self, dimension: str, credits: Mapping[str, float]) -> None:
+        """Credits per value of a dimension the rows do not carry as a column (the events' skill, a total's users)."""
+        sums = self._breakdowns.setdefault(dimension, {})
+        for name, value in credits.items():
+            sums[name] = sums.get(name, 0.0) + value
+
+    def breakdown(self, dimension: str) -> dict[str, float] | None:
+        """Every value of the dimension with its credits; None when this answer does not know the dimension."""
+        return self._breakdowns.get(dimension)
+
+    def top(self, dimension: str, count: int = TOP_ROWS) -> list[tuple[str, float]]:
+        sums = self._breakdowns.get(dimension) or {}
+        return sorted(sums.items(), key=lambda item: (-item[1], item[0]))[:count]
 
     async def progress(self, message: str, done: float | None = None, total: float | None = None) -> None:
         """Tell the client how far along the call is; MCP wants the value to grow, so it never goes back."""
@@ -74,27 +118,35 @@ class TableSink:
         """Rows in their final order (the caller sorts); may be called any number of times."""
         if not rows:
             return
-        if len(self.preview_rows) < PREVIEW_ROWS:
-            self.preview_rows.extend(rows[: PREVIEW_ROWS - len(self.preview_rows)])
+        room = max(0, PREVIEW_ROWS - len(self.preview_rows))
+        if room:
+            self.preview_rows.extend(rows[:room])
+            self._shown_sums.append(math.fsum(row[-1] for row in rows[:room]))
+        if len(rows) > room:
+            self._rest_sums.append(math.fsum(row[-1] for row in rows[room:]))
         self.row_count += len(rows)
-        self._sums.append(math.fsum(row[-1] for row in rows))
+        # Running sums for the Summary sheet's top 5s: cheap, and the rows need not be kept for them.
+        for dimension, index in self._breakdown_columns:
+            sums = self._breakdowns.setdefault(dimension, {})
+            for row in rows:
+                sums[row[index]] = sums.get(row[index], 0.0) + row[-1]
         if self._writer is not None:
             await self._writer.append(rows)
             return
         self._buffer.extend(rows)
         if len(self._buffer) >= self._process_rows:
-            self._writer = await ProcessWorkbookWriter.start(self.columns)
+            self._writer = await ProcessWorkbookWriter.start(self.columns, self.amounts)
             buffered, self._buffer = self._buffer, []
             await self._writer.append(buffered)
 
-    async def workbook(self, about: Sequence[tuple[str, Any]]) -> bytes:
+    async def workbook(self, report: Report) -> bytes:
         if self._writer is not None:
-            return await self._writer.finish(about)
+            return await self._writer.finish(report)
 
         def build() -> bytes:
-            builder = WorkbookBuilder(self.columns)
+            builder = WorkbookBuilder(self.columns, amounts=self.amounts)
             builder.append(self._buffer)
-            return builder.finish(about)
+            return builder.finish(report)
 
         return await anyio.to_thread.run_sync(build)
 

@@ -1,7 +1,9 @@
-"""The questions the tools answer, as `(tenant, window, sink)`: rows go into the sink in their final order.
+"""The questions the tools answer, as `(tenant, window, sink) -> Findings`: rows go into the sink in their final
+order, and what was found besides (the comparison with the preceding window, movers, a trend) comes back.
 
 This is the only place that knows which OpenMeter call answers which question. The tenant always arrives from the
-caller's header; nothing here takes it from arguments.
+caller's header; nothing here takes it from arguments. The preceding window is one more meter query, asked at the
+same time as the question's own; if only that one fails, the answer stands without its comparison.
 """
 
 from __future__ import annotations
@@ -9,16 +11,29 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import anyio
 
+from ai_credit_usage.compare import Previous, compare, preceding, top_movers
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.meter import Meter
-from ai_credit_usage.openmeter import CloudEvent, OpenMeterClient
-from ai_credit_usage.table import TableSink
-from ai_credit_usage.window import Window
+from ai_credit_usage.findings import Findings
+from ai_credit_usage.meter import Meter, MeterConfigError
+from ai_credit_usage.openmeter import CloudEvent, OpenMeterClient, OpenMeterError, QueryRow
+from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, TableSink
+from ai_credit_usage.trend import (
+    Dimension,
+    Granularity,
+    build_trend,
+    choose_granularity,
+    openmeter_window_size,
+    periods_of,
+)
+from ai_credit_usage.window import Window, format_utc
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +43,7 @@ EVENT_COLUMNS = ("time", "user", "module", "product", "tenant", "credits")
 SUBJECTS_PER_FILTER = 50  # subjects in one `$in` filter, which travels in the URL
 PAGES_PER_SLICE = 8  # enough pages per time slice that the extra partial page of each slice costs little
 MAX_SLICES = 32
+T = TypeVar("T")
 
 
 class UsageService:
@@ -49,17 +65,39 @@ class UsageService:
     async def meter(self) -> Meter:
         return Meter.from_definition(await self._client.get_meter(self._meter_slug))
 
-    async def tenant_total(self, tenant: str, window: Window, sink: TableSink) -> None:
-        """One row, even at zero usage: the tenant's credits over the window."""
-        meter = await self.meter()
-        rows = await self._client.query_meter(meter.slug, window, ["tenant"], _tenant_filter(tenant))
-        await sink.add([(tenant, math.fsum(row.value for row in rows if row.groupBy.get("tenant") == tenant))])
+    async def tenant_total(self, tenant: str, window: Window, sink: TableSink) -> Findings:
+        """One row, even at zero usage: the tenant's credits over the window.
 
-    async def summary(self, tenant: str, window: Window, sink: TableSink) -> None:
-        """One row per (user, module, product, tenant, skill) combination, largest credits first."""
+        Asked per user, module, product and skill (one query, summed here), so the Summary sheet can show who and
+        what the credits went to even for the plain total.
+        """
         meter = await self.meter()
         dimensions = [name for name in SUMMARY_COLUMNS[:-1] if name in meter.dimension_paths]
-        rows = await self._client.query_meter(meter.slug, window, dimensions, _tenant_filter(tenant))
+        rows, previous = await self._with_previous(
+            meter,
+            tenant,
+            window,
+            lambda: self._client.query_meter(meter.slug, window, dimensions, _tenant_filter(tenant)),
+        )
+        mine = [row for row in rows if row.groupBy.get("tenant") == tenant]
+        for dimension in BREAKDOWN_DIMENSIONS:
+            if dimension in meter.dimension_paths:
+                sink.tally(dimension, _sums((row.groupBy.get(dimension) or "", row.value) for row in mine))
+        await sink.add([(tenant, math.fsum(row.value for row in mine))])
+        about = _about_query(meter, tenant, dimensions, TENANT_ROW)
+        return self._findings(window, sink, previous, about=about, in_text=True)
+
+    async def summary(self, tenant: str, window: Window, sink: TableSink) -> Findings:
+        """One row per (user, module, product, tenant, skill) combination, largest credits first, and the users
+        whose credits moved most against the preceding window."""
+        meter = await self.meter()
+        dimensions = [name for name in SUMMARY_COLUMNS[:-1] if name in meter.dimension_paths]
+        rows, previous = await self._with_previous(
+            meter,
+            tenant,
+            window,
+            lambda: self._client.query_meter(meter.slug, window, dimensions, _tenant_filter(tenant)),
+        )
         table = [
             (*(row.groupBy.get(name) or "" for name in SUMMARY_COLUMNS[:-1]), row.value)
             for row in rows
@@ -67,8 +105,14 @@ class UsageService:
         ]
         table.sort(key=lambda row: (-row[-1], row[:-1]))
         await sink.add(table)
+        about = _about_query(meter, tenant, dimensions, SUMMARY_ROW)
+        findings = self._findings(window, sink, previous, about=about, in_text=True)
+        current_users = sink.breakdown("user")
+        if previous is not None and previous.by_user is not None and current_users is not None:
+            findings.movers = top_movers(current_users, previous.by_user)
+        return findings
 
-    async def events(self, tenant: str, window: Window, sink: TableSink) -> None:
+    async def events(self, tenant: str, window: Window, sink: TableSink) -> Findings:
         """Every raw event of the tenant in the window, newest first.
 
         The events API cannot filter on event data, so we first ask the meter which subjects carry this tenant's
@@ -76,13 +120,198 @@ class UsageService:
         caller's: one tenant's call costs about its own events, not everyone's.
         """
         meter = await self.meter()
-        rows = await self._client.query_meter(meter.slug, window, ["subject"], _tenant_filter(tenant))
-        subjects = sorted({row.subject for row in rows if row.subject is not None})
-        if not subjects:
-            return
-        chunks = [subjects[i : i + SUBJECTS_PER_FILTER] for i in range(0, len(subjects), SUBJECTS_PER_FILTER)]
-        walk = _EventWalk(self._client, meter, tenant, window, chunks, sink, self._max_event_rows, self._max_slices)
-        await walk.run(self._parallel_slices)
+        about = [
+            (
+                "query",
+                f"GET /api/v2/events, type {meter.event_type}, time in the window, the subjects that carry "
+                f"tenant {tenant!r} (from a meter query grouped by subject); each event's tenant is checked again",
+            ),
+            ("a row", EVENT_ROW),
+        ]
+        skills: dict[str, float] = defaultdict(float)
+
+        async def walk() -> None:
+            rows = await self._client.query_meter(meter.slug, window, ["subject"], _tenant_filter(tenant))
+            subjects = sorted({row.subject for row in rows if row.subject is not None})
+            if not subjects:
+                return
+            chunks = [subjects[i : i + SUBJECTS_PER_FILTER] for i in range(0, len(subjects), SUBJECTS_PER_FILTER)]
+            walk = _EventWalk(
+                self._client, meter, tenant, window, chunks, sink, self._max_event_rows, self._max_slices, skills
+            )
+            await walk.run(self._parallel_slices)
+
+        _, previous = await self._with_previous(meter, tenant, window, walk)
+        if "skill" in meter.dimension_paths:
+            sink.tally("skill", skills)  # not a column of the events table, but the Summary sheet shows it
+        return self._findings(window, sink, previous, about=about)
+
+    async def trend(
+        self,
+        tenant: str,
+        window: Window,
+        sink: TableSink,
+        *,
+        granularity: Granularity | None,
+        group_by: Dimension | None,
+        time_zone: str,
+    ) -> Findings:
+        """Credits per day, week or month in a time zone, zero-filled, optionally per user/module/product/skill
+        (the top 5 and Other): one meter query with windowSize and windowTimeZone."""
+        meter = await self.meter()
+        if group_by is not None and group_by not in meter.dimension_paths:
+            raise MeterConfigError(
+                f"The meter '{meter.slug}' has no {group_by} dimension, so usage cannot be grouped by it; "
+                "leave group_by out or pick another."
+            )
+        chosen, zone = granularity or choose_granularity(window), ZoneInfo(time_zone)
+        periods = periods_of(window, chosen, zone)
+        dimensions = ["tenant", *([group_by] if group_by else [])]
+        size = openmeter_window_size(chosen)
+        rows, previous = await self._with_previous(
+            meter,
+            tenant,
+            window,
+            lambda: self._client.query_meter(
+                meter.slug, window, dimensions, _tenant_filter(tenant), window_size=size, window_time_zone=time_zone
+            ),
+        )
+        samples = [
+            (
+                _window_start(row).astimezone(zone).date(),
+                (row.groupBy.get(group_by) or "") if group_by else "",
+                row.value,
+            )
+            for row in rows
+            if row.groupBy.get("tenant") == tenant
+        ]
+        trend = build_trend(periods, chosen, time_zone, group_by, samples)
+        series = trend.series if group_by else []
+        sink.define((chosen, "partial", *series, "total" if group_by else "credits"), amounts=len(series) + 1)
+        await sink.add(
+            [
+                (period.label, "yes" if period.partial else "no", *values, total)
+                for period, values, total in zip(trend.periods, trend.values, trend.totals, strict=True)
+            ]
+        )
+        if group_by is not None:
+            sink.tally(group_by, trend.series_totals)
+        about = _trend_about(meter, tenant, dimensions, size, chosen, time_zone, grouped=group_by is not None)
+        findings = self._findings(window, sink, previous, about=about)
+        findings.trend = trend
+        return findings
+
+    def _findings(
+        self,
+        window: Window,
+        sink: TableSink,
+        previous: Previous | None,
+        *,
+        about: list[tuple[str, object]],
+        in_text: bool = False,
+    ) -> Findings:
+        """`in_text`: the comparison gets its own line in the answer (the total and the summary); every answer
+        carries it in its structured result and on the Summary sheet."""
+        comparison = compare(window, sink.total_credits, previous) if previous is not None else None
+        if previous is not None:
+            about = [
+                *about,
+                (
+                    "comparison",
+                    f"the same tenant's credits from {format_utc(previous.window.start)} to "
+                    f"{format_utc(previous.window.end)} (the preceding window of the same length), grouped by user",
+                ),
+            ]
+        return Findings(comparison=comparison, comparison_in_text=in_text, about=about)
+
+    async def _with_previous(
+        self, meter: Meter, tenant: str, window: Window, main: Callable[[], Awaitable[T]]
+    ) -> tuple[T, Previous | None]:
+        """`main()` and the preceding window's query at the same time; a failure of the latter only loses it."""
+        found: list[Previous | None] = [None]
+
+        async def fetch() -> None:
+            found[0] = await self._previous(meter, tenant, window)
+
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(fetch)
+                result = await main()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        return result, found[0]
+
+    async def _previous(self, meter: Meter, tenant: str, window: Window) -> Previous | None:
+        try:
+            before = preceding(window)
+        except OverflowError:  # a window that starts near year 1 has no preceding one
+            return None
+        by_user = "user" in meter.dimension_paths
+        try:
+            rows = await self._client.query_meter(
+                meter.slug, before, ["tenant", *(["user"] if by_user else [])], _tenant_filter(tenant)
+            )
+        except OpenMeterError as exc:
+            logger.warning("the preceding window could not be read, answering without the comparison: %s", exc)
+            return None
+        mine = [row for row in rows if row.groupBy.get("tenant") == tenant]
+        users = _sums((row.groupBy.get("user") or "", row.value) for row in mine) if by_user else None
+        return Previous(before, math.fsum(row.value for row in mine), users)
+
+
+TENANT_ROW = "the tenant's credits over the whole window (one row, even at zero usage)"
+SUMMARY_ROW = (
+    "one combination of user, module, product, tenant and skill that used credits in the window, largest first"
+)
+EVENT_ROW = "one AI-credit event as OpenMeter received it: its time (UTC), user, module, product, tenant, credits"
+
+
+def _about_query(meter: Meter, tenant: str, dimensions: list[str], row: str) -> list[tuple[str, object]]:
+    return [
+        (
+            "query",
+            f"GET /api/v1/meters/{meter.slug}/query, grouped by {', '.join(dimensions)}; "
+            f"filter tenant = {tenant!r}; from and to = the window",
+        ),
+        ("a row", row),
+    ]
+
+
+def _trend_about(
+    meter: Meter, tenant: str, dimensions: list[str], size: str, granularity: str, time_zone: str, *, grouped: bool
+) -> list[tuple[str, object]]:
+    weeks = " (OpenMeter days folded into ISO weeks, Monday first)" if granularity == "week" else ""
+    series = "; the top 5 series by credits, the rest summed as Other, total = their sum" if grouped else ""
+    return [
+        (
+            "query",
+            f"GET /api/v1/meters/{meter.slug}/query, windowSize {size}, windowTimeZone {time_zone}, grouped by "
+            f"{', '.join(dimensions)}; filter tenant = {tenant!r}; from and to = the window",
+        ),
+        ("granularity", granularity + weeks),
+        ("time zone", f"{time_zone}: period boundaries are local midnights there (DST included)"),
+        (
+            "a row",
+            f"one {granularity} in {time_zone}, oldest first, with 0 where there was no usage; partial = the window "
+            f"covers only part of it{series}",
+        ),
+        ("unusual", "a period above the median complete period by more than 3 median absolute deviations"),
+    ]
+
+
+def _sums(pairs: Any) -> dict[str, float]:
+    values: dict[str, list[float]] = defaultdict(list)
+    for name, value in pairs:
+        values[name].append(value)
+    return {name: math.fsum(found) for name, found in values.items()}
+
+
+def _window_start(row: QueryRow) -> datetime:
+    if row.windowStart is None:
+        raise OpenMeterError(
+            "OpenMeter sent an answer that could not be read; try again, and report it if it persists."
+        )
+    return row.windowStart
 
 
 class _EventWalk:
@@ -103,9 +332,11 @@ class _EventWalk:
         sink: TableSink,
         max_rows: int,
         max_slices: int,
+        skills: dict[str, float],
     ) -> None:
         self._client, self._meter, self._tenant, self._window = client, meter, tenant, window
         self._chunks, self._sink, self._max_rows, self._max_slices = chunks, sink, max_rows, max_slices
+        self._skills = skills  # credits per skill, which the rows do not carry
         self._rows = self._pages = self._skipped = 0
         self._estimated_pages: float | None = None
 
@@ -194,6 +425,7 @@ class _EventWalk:
             if credits is None or event.time is None:  # the meter does not count it either
                 self._skipped += 1
                 continue
+            self._skills[meter.dimension(event.data, "skill")] += credits
             rows.append(
                 (
                     event.time.astimezone(UTC),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 
 from ai_credit_usage.errors import UserFacingError
 
@@ -38,13 +38,15 @@ class Window:
         return f"{format_utc(self.start)} to {format_utc(self.end)} (end exclusive)"
 
 
-def resolve_window(from_date: str | None, to_date: str | None, now: datetime) -> Window:
+def resolve_window(from_date: str | None, to_date: str | None, now: datetime, zone: tzinfo = UTC) -> Window:
     """Turn the tool arguments into a window; defaults are "now" for the end and 7 days before the end for the start.
 
-    A date-only `to_date` includes that whole day, so January is `from_date=2026-01-01, to_date=2026-01-31`.
+    A date-only `to_date` includes that whole day, so January is `from_date=2026-01-01, to_date=2026-01-31`. Dates
+    and times without an offset are read in `zone`: UTC, except for a trend asked for in another time zone, where
+    "March" should mean March there.
     """
-    end = _parse("to_date", to_date, whole_day=True) if _given(to_date) else now.astimezone(UTC)
-    start = _parse("from_date", from_date, whole_day=False) if _given(from_date) else end - DEFAULT_SPAN
+    end = _parse("to_date", to_date, whole_day=True, zone=zone) if _given(to_date) else now.astimezone(UTC)
+    start = _parse("from_date", from_date, whole_day=False, zone=zone) if _given(from_date) else end - DEFAULT_SPAN
     if start.replace(microsecond=0) >= end.replace(microsecond=0):
         raise WindowError(
             f"from_date ({format_utc(start)}) must be before to_date ({format_utc(end)}, end exclusive): "
@@ -58,18 +60,19 @@ def _given(value: str | None) -> bool:
     return value is not None and value.strip() != ""
 
 
-def _parse(name: str, raw: str | None, *, whole_day: bool) -> datetime:
+def _parse(name: str, raw: str | None, *, whole_day: bool, zone: tzinfo = UTC) -> datetime:
     text = (raw or "").strip()
     try:
         if _DATE_ONLY.match(text):
-            midnight = datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
-            return midnight + timedelta(days=1) if whole_day else midnight
+            day = date.fromisoformat(text) + timedelta(days=1 if whole_day else 0)
+            # Midnight in the zone, then to UTC: a zone's day is 23 or 25 hours long across a DST change.
+            return datetime.combine(day, datetime.min.time(), tzinfo=zone).astimezone(UTC)
         moment = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
+        if moment.tzinfo is None:  # a time without an offset is UTC (or the trend's time zone)
+            moment = moment.replace(tzinfo=zone)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: a day past 9999-12-31 or before year 1 in UTC
         raise WindowError(
             f"{name} {raw!r} is not a date: use ISO 8601 such as 2026-01-15, 2026-01-15T00:00:00Z "
             "or 2026-01-15T00:00:00+02:00."
         ) from None
-    if moment.tzinfo is None:  # a time without an offset is UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)

@@ -1,7 +1,14 @@
-"""The full result as an .xlsx: a data sheet holding the table exactly, and an "About" sheet describing the query.
+"""The full result as an .xlsx that reads like a report: "Summary" first, then "Data", then "About".
 
-Written with openpyxl in write-only mode (flat memory, streams rows). Text is guarded: a value starting with `=`
-would otherwise be stored as a formula, and XML-illegal control characters would make openpyxl raise.
+- Summary: the tenant, the window, the total, the comparison with the preceding window, the top 5 by user, module,
+  product and skill with their shares, and native charts (a bar chart of the top users; a trend's line chart).
+- Data: exactly the table's columns and every row, nothing else; frozen header, autofilter, number formats.
+- About: where every number comes from and what a row means.
+
+Written with openpyxl in write-only mode (flat memory, streams rows). Each write-only sheet streams to its own
+temporary file, so the Summary sheet is created first (sheet order is creation order) but filled only in `finish`,
+once the data sheet has seen every row and the totals are known. Text is guarded: a value starting with `=` would
+otherwise be stored as a formula, and XML-illegal control characters would make openpyxl raise.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ import functools
 import io
 import multiprocessing
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
@@ -19,83 +27,188 @@ import anyio.to_thread
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.chart import BarChart, LineChart, Reference
 from openpyxl.styles import Font
+from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 if TYPE_CHECKING:
     from ai_credit_usage.table import Table
 
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+SUMMARY_SHEET = "Summary"
 DATA_SHEET = "Data"
+ABOUT_SHEET = "About"
 TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
+DATE_FORMAT = "yyyy-mm-dd"
 CREDITS_FORMAT = "#,##0.00####"
+SHARE_FORMAT = "0.0%"
 _CONTEXT = multiprocessing.get_context("forkserver")  # fork() in a threaded server is unsafe; spawn is slow
 _CONTEXT.set_forkserver_preload(["ai_credit_usage.workbook"])
-_COLUMN_WIDTHS = {"time": 20, "user": 28, "module": 16, "product": 16, "tenant": 20, "skill": 20, "credits": 14}
+_COLUMN_WIDTHS = {
+    "time": 20,
+    "user": 28,
+    "module": 16,
+    "product": 16,
+    "tenant": 20,
+    "skill": 20,
+    "credits": 14,
+    "day": 12,
+    "week": 12,
+    "month": 10,
+    "partial": 9,
+}
+_BOLD = Font(bold=True)
+_TITLE = Font(bold=True, size=14)
+_CHART_COLUMN = "G"  # charts sit right of the Summary's columns A to E
+_CHART_ROWS = 18  # rows one chart covers at its default height, so the next one goes below it
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One labelled value on the Summary sheet; `number_format` for numbers (credits, shares)."""
+
+    label: str
+    value: Any
+    number_format: str | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """A small table on the Summary sheet (a top 5, the movers); `chart` titles a bar chart of its first two columns."""
+
+    title: str
+    heading: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    formats: tuple[str | None, ...]
+    chart: str | None = None
+
+
+@dataclass(frozen=True)
+class LineChartSpec:
+    """A line chart of data-sheet columns `first`..`last` (1-based) against the first column, one line each."""
+
+    title: str
+    first: int
+    last: int
+    y_title: str = "credits"
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything besides the rows, sent to a workbook process whole in the "finish" message (so: picklable)."""
+
+    facts: tuple[Fact, ...] = ()
+    blocks: tuple[Block, ...] = ()
+    about: tuple[tuple[str, Any], ...] = ()
+    line_chart: LineChartSpec | None = None
+    title: str = "AI credit usage"
 
 
 class WorkbookBuilder:
-    """Writes rows as they come (openpyxl write-only: flat memory), then the About sheet, then the bytes."""
+    """Writes rows as they come (openpyxl write-only: flat memory), then the Summary and About sheets, then bytes.
 
-    def __init__(self, columns: Sequence[str]) -> None:
+    The last `amounts` columns hold credits and get the credits number format.
+    """
+
+    def __init__(self, columns: Sequence[str], *, amounts: int = 1) -> None:
         self._columns = tuple(columns)
+        self._amounts = amounts
         self._workbook = Workbook(write_only=True)
+        self._summary = self._workbook.create_sheet(SUMMARY_SHEET)  # first; filled in finish()
         self._sheet = sheet = self._workbook.create_sheet(DATA_SHEET)
+        first_amount = len(self._columns) - amounts
         for index, name in enumerate(self._columns):
-            sheet.column_dimensions[chr(ord("A") + index)].width = _COLUMN_WIDTHS.get(name, 16)
+            width = _COLUMN_WIDTHS.get(name, 14 if index >= first_amount else 16)
+            sheet.column_dimensions[get_column_letter(index + 1)].width = width
         sheet.freeze_panes = "A2"
-        bold = Font(bold=True)
-        sheet.append([_styled(sheet, name, font=bold) for name in self._columns])
-        # Write-only sheets serialise a row during append(), so two styled cells can be reused on every row.
-        self._time_cell = _styled(sheet, None, number_format=TIME_FORMAT)
-        self._credits_cell = _styled(sheet, None, number_format=CREDITS_FORMAT)
+        sheet.append([_text(sheet, name, font=_BOLD) for name in self._columns])
+        # One converter per column, each with its own reusable styled cell: write-only sheets serialise a row during
+        # append(), so a cell can be reused across rows, but not by two columns of the same row.
+        self._converters = [
+            _amount_converter(sheet) if index >= first_amount else _value_converter(sheet)
+            for index in range(len(self._columns))
+        ]
         self.rows = 0
 
     def append(self, rows: Iterable[Sequence[Any]]) -> None:
-        # One converter per column, chosen once: this loop runs for every cell of up to a million rows.
-        converters = [self._converter(name) for name in self._columns]
-        append = self._sheet.append
-        for row in rows:
+        converters, append = self._converters, self._sheet.append
+        for row in rows:  # this loop runs for every cell of up to a million rows
             append([convert(value) for convert, value in zip(converters, row, strict=True)])
             self.rows += 1
 
-    def _converter(self, column: str) -> Callable[[Any], Any]:
-        sheet, time_cell, credits_cell = self._sheet, self._time_cell, self._credits_cell
-
-        def credits(value: Any) -> Any:
-            credits_cell.value = value
-            return credits_cell
-
-        def cell(value: Any) -> Any:
-            if isinstance(value, datetime):
-                time_cell.value = _excel_time(value)
-                return time_cell
-            if isinstance(value, str):
-                text, literal = _clean_text(value)
-                if literal:
-                    guarded = WriteOnlyCell(sheet, value=text)
-                    guarded.data_type = "s"  # openpyxl would otherwise store "=..." as a formula
-                    return guarded
-                return text
-            return value
-
-        return credits if column == "credits" else cell
-
-    def finish(self, about: Sequence[tuple[str, Any]]) -> bytes:
-        about_sheet = self._workbook.create_sheet("About")
-        about_sheet.column_dimensions["A"].width = 18
-        about_sheet.column_dimensions["B"].width = 60
-        for key, value in about:
-            about_sheet.append([_text(about_sheet, key), _text(about_sheet, value)])
+    def finish(self, report: Report) -> bytes:
+        last_column = get_column_letter(max(1, len(self._columns)))
+        # The autofilter, like the charts, is written after the rows, so the row count can be known by now.
+        self._sheet.auto_filter.ref = f"A1:{last_column}{self.rows + 1}"
+        self._write_summary(report)
+        about = self._workbook.create_sheet(ABOUT_SHEET)
+        about.column_dimensions["A"].width = 22
+        about.column_dimensions["B"].width = 100
+        for key, value in report.about:
+            about.append([_text(about, key, font=_BOLD), _text(about, value)])
         buffer = io.BytesIO()
         self._workbook.save(buffer)
         return buffer.getvalue()
 
+    def _write_summary(self, report: Report) -> None:
+        sheet = self._summary
+        for column, width in zip("ABCDE", (30, 16, 16, 16, 10), strict=True):
+            sheet.column_dimensions[column].width = width
+        sheet.append([_text(sheet, report.title, font=_TITLE)])
+        sheet.append([])
+        row = 2
+        for fact in report.facts:
+            sheet.append([_text(sheet, fact.label, font=_BOLD), _formatted(sheet, fact.value, fact.number_format)])
+            row += 1
+        anchors = [f"{_CHART_COLUMN}{3 + _CHART_ROWS * k}" for k in range(8)]
+        if report.line_chart is not None and self.rows:
+            sheet.add_chart(self._line_chart(report.line_chart), anchors.pop(0))
+        for block in report.blocks:
+            sheet.append([])
+            sheet.append([_text(sheet, block.title, font=_BOLD)])
+            sheet.append([_text(sheet, name, font=_BOLD) for name in block.heading])
+            heading_row = row + 3
+            for values in block.rows:
+                sheet.append([_formatted(sheet, value, fmt) for value, fmt in zip(values, block.formats, strict=True)])
+            row = heading_row + len(block.rows)
+            if block.chart is not None and block.rows:
+                sheet.add_chart(_bar_chart(sheet, block.chart, heading_row, row), anchors.pop(0))
 
-def build_workbook(table: Table, *, about: Sequence[tuple[str, Any]]) -> bytes:
-    builder = WorkbookBuilder(table.columns)
+    def _line_chart(self, spec: LineChartSpec) -> LineChart:
+        chart = LineChart()
+        chart.title = spec.title
+        chart.y_axis.title = spec.y_title
+        chart.x_axis.title = self._columns[0]
+        chart.x_axis.number_format = DATE_FORMAT
+        chart.x_axis.delete = False  # openpyxl 3.1 hides the axes unless told otherwise
+        chart.y_axis.delete = False
+        chart.width, chart.height = 24, 9
+        data = Reference(self._sheet, min_col=spec.first, max_col=spec.last, min_row=1, max_row=self.rows + 1)
+        chart.add_data(data, titles_from_data=True)
+        chart.set_categories(Reference(self._sheet, min_col=1, min_row=2, max_row=self.rows + 1))
+        return chart
+
+
+def _bar_chart(sheet: WriteOnlyWorksheet, title: str, heading_row: int, last_row: int) -> BarChart:
+    chart = BarChart()
+    chart.type = "bar"  # horizontal: long names stay readable
+    chart.title = title
+    chart.legend = None
+    chart.x_axis.scaling.orientation = "maxMin"  # the largest on top, as in the table
+    chart.x_axis.delete = False
+    chart.y_axis.delete = False
+    chart.y_axis.title = "credits"
+    chart.width, chart.height = 18, 8
+    chart.add_data(Reference(sheet, min_col=2, min_row=heading_row, max_row=last_row), titles_from_data=True)
+    chart.set_categories(Reference(sheet, min_col=1, min_row=heading_row + 1, max_row=last_row))
+    return chart
+
+
+def build_workbook(table: Table, *, about: Sequence[tuple[str, Any]] = (), report: Report | None = None) -> bytes:
+    builder = WorkbookBuilder(table.columns, amounts=table.amounts)
     builder.append(table.rows)
-    return builder.finish(about)
+    return builder.finish(report if report is not None else Report(about=tuple(about)))
 
 
 class ProcessWorkbookWriter:
@@ -111,9 +224,9 @@ class ProcessWorkbookWriter:
         self._connection = connection
 
     @classmethod
-    async def start(cls, columns: Sequence[str]) -> ProcessWorkbookWriter:
+    async def start(cls, columns: Sequence[str], amounts: int = 1) -> ProcessWorkbookWriter:
         parent, child = _CONTEXT.Pipe()
-        process = _CONTEXT.Process(target=_serve_builder, args=(child, tuple(columns)), daemon=True)
+        process = _CONTEXT.Process(target=_serve_builder, args=(child, tuple(columns), amounts), daemon=True)
         await anyio.to_thread.run_sync(process.start)
         child.close()
         return cls(process, parent)
@@ -122,9 +235,9 @@ class ProcessWorkbookWriter:
         # send() blocks while the child is busy writing: wait in a thread, never on the event loop.
         await anyio.to_thread.run_sync(self._connection.send, ("rows", rows))
 
-    async def finish(self, about: Sequence[tuple[str, Any]]) -> bytes:
+    async def finish(self, report: Report) -> bytes:
         def finish_in_child() -> tuple[str, Any]:
-            self._connection.send(("finish", list(about)))
+            self._connection.send(("finish", report))  # the Summary and About sheets are written in the child too
             return self._connection.recv()
 
         try:
@@ -145,9 +258,9 @@ class ProcessWorkbookWriter:
         self._process.join(timeout=5)
 
 
-def _serve_builder(connection: Connection, columns: tuple[str, ...]) -> None:
+def _serve_builder(connection: Connection, columns: tuple[str, ...], amounts: int) -> None:
     """The child's whole life: rows until "finish", then the bytes (or the error) back, then exit."""
-    builder = WorkbookBuilder(columns)
+    builder = WorkbookBuilder(columns, amounts=amounts)
     try:
         while True:
             kind, payload = connection.recv()
@@ -169,6 +282,34 @@ def _excel_time(moment: datetime) -> datetime:
     return moment.replace(tzinfo=None)
 
 
+def _value_converter(sheet: WriteOnlyWorksheet) -> Callable[[Any], Any]:
+    time_cell = _styled(sheet, None, number_format=TIME_FORMAT)
+    date_cell = _styled(sheet, None, number_format=DATE_FORMAT)
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, datetime):
+            time_cell.value = _excel_time(value)
+            return time_cell
+        if isinstance(value, date):
+            date_cell.value = value
+            return date_cell
+        if isinstance(value, str):
+            return _text(sheet, value)
+        return value
+
+    return convert
+
+
+def _amount_converter(sheet: WriteOnlyWorksheet) -> Callable[[Any], Any]:
+    credits_cell = _styled(sheet, None, number_format=CREDITS_FORMAT)
+
+    def convert(value: Any) -> Any:
+        credits_cell.value = value
+        return credits_cell
+
+    return convert
+
+
 def _styled(sheet: WriteOnlyWorksheet, value: Any, *, font: Font | None = None, number_format: str | None = None):
     cell = WriteOnlyCell(sheet, value=value)
     if font is not None:
@@ -178,16 +319,29 @@ def _styled(sheet: WriteOnlyWorksheet, value: Any, *, font: Font | None = None, 
     return cell
 
 
-def _text(sheet: WriteOnlyWorksheet, value: Any) -> Any:
+def _formatted(sheet: WriteOnlyWorksheet, value: Any, number_format: str | None) -> Any:
+    if isinstance(value, str) or value is None:
+        return _text(sheet, value)
+    if isinstance(value, datetime):
+        return _styled(sheet, _excel_time(value), number_format=number_format or TIME_FORMAT)
+    if number_format is not None:
+        return _styled(sheet, value, number_format=number_format)
+    return value
+
+
+def _text(sheet: WriteOnlyWorksheet, value: Any, *, font: Font | None = None) -> Any:
     """Strings as literal text, never formulas; other values (numbers, datetimes) as they are."""
     if not isinstance(value, str):
         return value
     text, literal = _clean_text(value)
+    if not literal and font is None:
+        return text
+    cell = WriteOnlyCell(sheet, value=text)
     if literal:
-        cell = WriteOnlyCell(sheet, value=text)
         cell.data_type = "s"  # openpyxl would otherwise store "=..." as a formula
-        return cell
-    return text
+    if font is not None:
+        cell.font = font
+    return cell
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -67,8 +67,11 @@ TOOLS = {
     "get_credit_usage_by_tenant": "| tenant | credits |",
     "get_credit_usage_summary": "| user | module | product | tenant | skill | credits |",
     "get_credit_events": "| time | user | module | product | tenant | credits |",
+    "get_credit_usage_trend": "| day | partial | credits |",
 }
 TENANT = "demo"
+WINDOW_ARGUMENTS = {"from_date", "to_date"}
+TREND_ARGUMENTS = {"granularity", "group_by", "time_zone"}
 ADMIN = {"X-Tenant-Name": TENANT, "X-User-UserRole": "admin"}
 NON_ADMIN = {"X-Tenant-Name": TENANT, "X-User-UserRole": "user"}
 REFUSAL = "Only tenant administrators can see AI credit usage"
@@ -380,11 +383,14 @@ def check_tools_list(mcp_url: str, env: dict[str, str], workdir: Path) -> str:
         raise CheckFailed(f"tools {sorted(tools)}, expected {sorted(TOOLS)}")
     for name, tool in tools.items():
         schema = tool.get("inputSchema", {})
-        if set(schema.get("properties", {})) != {"from_date", "to_date"} or schema.get("required"):
+        expected = WINDOW_ARGUMENTS | (TREND_ARGUMENTS if name == "get_credit_usage_trend" else set())
+        if set(schema.get("properties", {})) != expected or schema.get("required"):
             raise CheckFailed(f"{name}: inputSchema is {json.dumps(schema)[:300]}")
         if tool.get("annotations", {}).get("readOnlyHint") is not True or not tool.get("title"):
             raise CheckFailed(f"{name}: title {tool.get('title')!r}, annotations {tool.get('annotations')}")
-    return f"{len(tools)} tools, each with only from_date/to_date, a title and readOnlyHint"
+        if tool.get("outputSchema", {}).get("type") != "object":
+            raise CheckFailed(f"{name}: no output schema")
+    return f"{len(tools)} tools, each with its optional arguments, a title, readOnlyHint and an output schema"
 
 
 def check_admin_call(mcp_url: str, env: dict[str, str], workdir: Path, tool: str, port: int) -> str:
@@ -398,6 +404,8 @@ def check_admin_call(mcp_url: str, env: dict[str, str], workdir: Path, tool: str
     text = text_of(result)
     if status != 0 or result.get("isError"):
         raise CheckFailed(f"exit {status}, isError {result.get('isError')}: {text[:300]}")
+    if not isinstance(result.get("structuredContent"), dict):
+        raise CheckFailed("no structuredContent beside the text")
     for expected in (f"Tenant {TENANT}, ", TOOLS[tool], "Total credits: "):
         if expected not in text:
             raise CheckFailed(f"{expected!r} is not in the answer: {text[:400]}")

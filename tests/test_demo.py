@@ -87,7 +87,7 @@ def workbook_rows(url: str, result: CallToolResult) -> tuple[list[tuple[Any, ...
     response = httpx2.get(url + match.group(1))
     assert response.status_code == 200
     workbook = load_workbook(io.BytesIO(response.content))
-    rows = list(workbook.worksheets[0].iter_rows(values_only=True))
+    rows = list(workbook["Data"].iter_rows(values_only=True))
     filename = re.search(r'filename="([^"]+)"', response.headers["content-disposition"])
     assert filename
     return rows[1:], dict(workbook["About"].iter_rows(values_only=True)), filename.group(1)
@@ -131,6 +131,29 @@ async def test_the_three_tools_agree_on_the_demo_tenant(demo_url: str, window: d
     assert [row[-1] for row in summary] == sorted((row[-1] for row in summary), reverse=True)
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        pytest.param({}, id="default-7-days"),
+        pytest.param(
+            {"from_date": (TODAY - timedelta(days=30)).isoformat(), "time_zone": "Europe/Paris"}, id="30-days"
+        ),
+    ],
+)
+async def test_the_trend_finds_the_spike_and_only_the_spike(demo_url: str, arguments: dict[str, str]) -> None:
+    result = await call_tool(demo_url, "get_credit_usage_trend", arguments, headers=DEMO)
+    assert not result.is_error, text_of(result)
+    structured = result.structured_content
+    assert structured is not None and structured["granularity"] == "day"
+    spike_day = (TODAY - timedelta(days=SPIKE_DAYS_AGO)).isoformat()
+    assert [found["period"] for found in structured["unusual_periods"]] == [spike_day]
+    assert structured["unusual_periods"][0]["times_typical"] > 4
+    assert f"- {spike_day}: " in text_of(result)
+    rows, _, _ = workbook_rows(demo_url, result)
+    days = [row[0].date().isoformat() for row in rows]
+    assert days == sorted(days) and len(days) == len(set(days))  # one row per day, zero-filled, oldest first
+
+
 async def test_every_answer_and_workbook_says_demo(demo_url: str) -> None:
     result = await call_tool(demo_url, "get_credit_usage_summary", headers=DEMO)
     text = text_of(result)
@@ -140,6 +163,7 @@ async def test_every_answer_and_workbook_says_demo(demo_url: str) -> None:
     assert about["data"] == DEMO_ABOUT
     assert filename.startswith("DEMO_ai-credits_summary_demo_")
     assert all(len(row) == 6 for row in rows)  # the data sheet stays exactly the table
+    assert result.structured_content is not None and result.structured_content["demo"] is True
     bad = await call_tool(demo_url, "get_credit_events", {"from_date": "yesterday"}, headers=DEMO)
     assert bad.is_error and text_of(bad).startswith(DEMO_BANNER) and "from_date" in text_of(bad)
     async with (

@@ -51,7 +51,7 @@ async def test_download_serves_every_row_as_an_attachment(server_url: str, openm
         'attachment; filename="ai-credits_events_acme_2026-01-15_to_2026-01-16.xlsx"'
     )
     workbook = load_workbook(io.BytesIO(response.content))
-    data = workbook.worksheets[0]
+    data = workbook["Data"]
     rows = list(data.iter_rows(values_only=True))
     assert len(rows) == 58
     assert rows[1][1] == "@SUM(1+1)" and rows[2][1] == "=cmd|' /C calc'!A0"

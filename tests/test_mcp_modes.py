@@ -19,7 +19,7 @@ from ai_credit_usage.settings import load_settings
 from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, text_of
 
 pytestmark = pytest.mark.anyio
-TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events")
+TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,

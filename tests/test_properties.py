@@ -1,4 +1,4 @@
-"""Property-based checks (hypothesis) for the three places where arbitrary input meets a format."""
+"""Property-based checks (hypothesis) for the places where arbitrary input meets a format."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from openpyxl import load_workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-from ai_credit_usage.render import escape_cell, render_answer
+from ai_credit_usage.render import ELLIPSIS, MAX_PREVIEW_CHARS, escape_cell, render_answer, shorten_cell
 from ai_credit_usage.table import Table
 from ai_credit_usage.usage import SUMMARY_COLUMNS
 from ai_credit_usage.window import Window, WindowError, resolve_window
@@ -108,3 +108,30 @@ def test_any_string_round_trips_as_text_and_nothing_becomes_a_formula(texts: lis
         sheet_xml = archive.read("xl/worksheets/sheet1.xml")
     assert b"<f>" not in sheet_xml
     assert b"<f " not in sheet_xml
+
+
+@given(st.text(max_size=400), st.integers(min_value=2, max_value=120))
+def test_a_shortened_cell_fits_and_stays_markdown_safe(text: str, limit: int) -> None:
+    shown = shorten_cell(text, limit)
+    assert len(shown) <= limit
+    assert not re.search(r"[\r\n]", shown)
+    assert not re.search(r"(?<!\\)[|\[\]<>`]", shown.replace("<br>", ""))
+    if shown != escape_cell(text):
+        assert shown.endswith(ELLIPSIS)
+        assert escape_cell(text).startswith(shown[:-1])
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=4), st.integers(min_value=1, max_value=4000))
+def test_any_preview_stays_under_the_cap(pieces: list[str], repeat: int) -> None:
+    names = [(piece * repeat)[:20_000] for piece in pieces]
+    rows = [(names[i % len(names)], names[-1], "p", names[0], "s", float(i)) for i in range(60)]
+    window = Window(NOW - timedelta(days=1), NOW)
+    text = render_answer(
+        Table(SUMMARY_COLUMNS, rows), tenant=names[0], window=window, download_url="u", expires_at=NOW, now=NOW
+    )
+    assert len(text) <= MAX_PREVIEW_CHARS
+    lines = text.split("\n")
+    header = lines.index("| " + " | ".join(SUMMARY_COLUMNS) + " |")
+    assert all(len(gfm_cells(line)) == len(SUMMARY_COLUMNS) for line in lines[header : header + 52])
+    assert lines[header + 52] == ""

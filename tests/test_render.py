@@ -76,6 +76,7 @@ def test_layout_in_order_with_truncation() -> None:
         "",
         "Showing 50 of 60 rows; the Excel file has all 60.",
         "Total credits: 4,230.00",
+        "The 10 rows not shown hold 455.00 credits (with the rows shown, they make the total).",
         "[Download Excel](http://localhost:8765/download/tok) (link expires at 2026-01-20T12:10:00Z, in 10 minutes)",
     ]
 

@@ -35,15 +35,20 @@ def busy_day(openmeter: OpenMeterStandIn) -> None:
     )
 
 
-def requests_to(openmeter: OpenMeterStandIn, path: str) -> int:
-    return len([r for r in openmeter.requests if r.path == path])
+def requests_to(openmeter: OpenMeterStandIn, path: str, start: str | None = None) -> int:
+    """How many requests went to `path`; with `start`, only the meter queries over the window starting there (the
+    preceding window's comparison query runs beside them)."""
+    return len([r for r in openmeter.requests if r.path == path and start in (None, r.param("from"))])
+
+
+DEFAULT_START = "2026-01-13T12:00:00Z"  # the default window of the injected clock
 
 
 async def test_transient_503s_are_retried(server_url: str, openmeter: OpenMeterStandIn, busy_day: None) -> None:
     openmeter.fail(status=503, times=2, path_prefix=QUERY)
     result = await call_tool(server_url, "get_credit_usage_by_tenant", ONE_DAY)
     assert "| acme | 250.00 |" in text_of(result)
-    assert requests_to(openmeter, QUERY) == 3
+    assert requests_to(openmeter, QUERY) == 4  # the window's and the comparison's queries, two 503s between them
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 500])
@@ -51,14 +56,14 @@ async def test_permanent_errors_are_not_retried(server_url: str, openmeter: Open
     openmeter.fail(status=status, times=10, path_prefix=QUERY)
     result = await call_tool(server_url, "get_credit_usage_summary")
     assert result.is_error
-    assert requests_to(openmeter, QUERY) == 1
+    assert requests_to(openmeter, QUERY, DEFAULT_START) == 1
 
 
 async def test_retries_give_up_with_the_last_error(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.fail(status=503, times=100, path_prefix=QUERY)
     result = await call_tool(server_url, "get_credit_usage_summary")
     assert text_of(result) == "OpenMeter had an internal error (HTTP 503); try again in a few minutes."
-    assert requests_to(openmeter, QUERY) == RetryPolicy().attempts
+    assert requests_to(openmeter, QUERY, DEFAULT_START) == RetryPolicy().attempts
 
 
 async def test_retry_after_is_honoured_and_capped(
@@ -106,7 +111,7 @@ async def test_a_slow_openmeter_times_out_cleanly(start_server: ServerStarter, o
     openmeter.fail(status=200, delay=0.5, times=100, path_prefix=QUERY)
     result = await call_tool(url, "get_credit_usage_by_tenant")
     assert text_of(result) == "OpenMeter did not answer in time; try again in a minute, or ask for a shorter window."
-    assert requests_to(openmeter, QUERY) == RetryPolicy().attempts
+    assert requests_to(openmeter, QUERY, DEFAULT_START) == RetryPolicy().attempts
 
 
 async def test_the_whole_call_has_a_deadline(start_server: ServerStarter, openmeter: OpenMeterStandIn) -> None:
@@ -130,7 +135,7 @@ async def test_concurrency_towards_openmeter_is_bounded(
             headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
             tasks.start_soon(lambda h=headers: call_tool(url, "get_credit_usage_summary", headers=h))
     assert openmeter.max_in_flight == 2
-    assert requests_to(openmeter, QUERY) == 8
+    assert requests_to(openmeter, QUERY) == 16  # each call: its window and the preceding one
 
 
 @pytest.mark.parametrize(
@@ -278,5 +283,7 @@ async def test_line_breaks_in_a_tenant_name_cannot_escape(
     assert "acme-user" not in text
     assert "| evil | row |" not in text
     assert text.splitlines()[0].startswith("Tenant acme<br>\\| evil \\| row \\|<br>")
-    (query,) = openmeter.requests_to(QUERY)
-    assert json.loads(query.param("advancedMeterGroupByFilters")) == {"tenant": {"$eq": tenant}}
+    queries = openmeter.requests_to(QUERY)
+    assert len(queries) == 2  # the window and the preceding one
+    for query in queries:
+        assert json.loads(query.param("advancedMeterGroupByFilters")) == {"tenant": {"$eq": tenant}}

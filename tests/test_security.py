@@ -21,7 +21,7 @@ from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn
 from tests.conftest import API_KEY, NOW, call_tool, text_of
 
 pytestmark = pytest.mark.anyio
-TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events")
+TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
 REFUSED_ROLE = "Only tenant administrators can see AI credit usage"
 
 

@@ -131,7 +131,7 @@ async def test_a_tool_call_is_a_tool_span_under_the_sdk_span_with_openmeter_and_
     (duration,) = captured.metric("ai_credits.tool.duration", ai_credits__outcome="ok")
     assert duration.count == 1 and 0 < duration.value < 30
     openmeter_points = captured.metric("ai_credits.openmeter.request.duration", http__response__status_code=200)
-    assert sum(point.count for point in openmeter_points) == 2
+    assert sum(point.count for point in openmeter_points) == 3  # the meter, the window, the preceding window
     assert captured.metric("ai_credits.openmeter.request.errors") == []
     (size,) = captured.metric("ai_credits.workbook.size")
     assert (size.count, size.value) == (1, attributes(tool)["ai_credits.workbook.bytes"])
@@ -171,7 +171,8 @@ async def test_log_records_carry_the_trace_of_the_tool_call_and_never_the_key(
 async def test_a_failed_call_marks_the_spans_and_counts_the_retries_and_the_status(
     otel: TelemetryCapture, server_url: str, openmeter: OpenMeterStandIn
 ) -> None:
-    openmeter.fail(status=503, times=10, path_prefix=QUERY)
+    # Only the window's own query fails (it groups by skill); the preceding window's comparison query succeeds.
+    openmeter.fail(status=503, times=10, path_prefix=QUERY, query={"groupBy": "skill"})
     with otel.capture() as captured:
         result = await call_tool(server_url, "get_credit_usage_summary")
     assert result.is_error
@@ -180,7 +181,11 @@ async def test_a_failed_call_marks_the_spans_and_counts_the_retries_and_the_stat
     assert attributes(tool)["ai_credits.outcome"] == "error"
     assert attributes(tool)["error.type"] == "OpenMeterError"
     assert (tool.status.status_code, tool.status.description) == (StatusCode.ERROR, "OpenMeterError")
-    query = captured.span("openmeter GET /api/v1/meters/{meter}/query")
+    (query,) = [
+        span
+        for span in captured.spans_named("openmeter GET /api/v1/meters/{meter}/query")
+        if attributes(span)["http.response.status_code"] == 503
+    ]
     assert query.parent is not None and query.parent.span_id == tool.context.span_id
     assert query.status.status_code == StatusCode.ERROR
     assert attributes(query)["http.response.status_code"] == 503

@@ -1,4 +1,4 @@
-"""The three tools end to end: SDK client over HTTP with TAIS headers -> server -> stand-in OpenMeter."""
+"""The tools end to end: SDK client over HTTP with TAIS headers -> server -> stand-in OpenMeter."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from tests.conftest import NOW, call_tool, text_of
 
 pytestmark = pytest.mark.anyio
-TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events")
+TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
+WINDOW_ARGUMENTS = {"from_date", "to_date"}
+TREND_ARGUMENTS = WINDOW_ARGUMENTS | {"granularity", "group_by", "time_zone"}
 
 
 def utc(*args: int) -> datetime:
@@ -40,7 +42,7 @@ def download_rows(server_url: str, text: str) -> list[tuple]:
     response = httpx2.get(server_url + match.group(1))
     assert response.status_code == 200
     workbook = load_workbook(io.BytesIO(response.content))
-    return list(workbook.worksheets[0].iter_rows(values_only=True))
+    return list(workbook["Data"].iter_rows(values_only=True))
 
 
 def query_params(openmeter: OpenMeterStandIn) -> list[dict[str, list[str]]]:
@@ -55,6 +57,12 @@ def query_params(openmeter: OpenMeterStandIn) -> list[dict[str, list[str]]]:
     return found
 
 
+def window_query(openmeter: OpenMeterStandIn, start: str) -> dict[str, list[str]]:
+    """The one meter query over the window starting at `start` (the preceding window's query is apart)."""
+    (params,) = [params for params in query_params(openmeter) if params["from"] == [start]]
+    return params
+
+
 async def test_tools_are_listed_without_headers(server_url: str) -> None:
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
@@ -63,7 +71,8 @@ async def test_tools_are_listed_without_headers(server_url: str) -> None:
         tools = (await c.list_tools()).tools
     assert sorted(tool.name for tool in tools) == sorted(TOOLS)
     for tool in tools:
-        assert set(tool.input_schema["properties"]) == {"from_date", "to_date"}
+        expected = TREND_ARGUMENTS if tool.name == "get_credit_usage_trend" else WINDOW_ARGUMENTS
+        assert set(tool.input_schema["properties"]) == expected
         assert not tool.input_schema.get("required")
         assert "last 7 days" in (tool.description or "")
         assert "\n " not in (tool.description or "")
@@ -90,10 +99,15 @@ async def test_tenant_total_counts_only_the_tenant_the_meter_type_and_the_window
     assert table_rows(text) == [["acme", "14.75"]]
     assert "Total credits: 14.75" in text
     assert download_rows(server_url, text) == [("tenant", "credits"), ("acme", 14.75)]
-    (params,) = query_params(openmeter)
-    assert params["groupBy"] == ["tenant"]
+    params = window_query(openmeter, "2026-01-01T00:00:00Z")
+    assert params["groupBy"] == ["user", "module", "product", "tenant", "skill"]  # for the Summary sheet's top 5s
     assert json.loads(params["advancedMeterGroupByFilters"][0]) == {"tenant": {"$eq": "acme"}}
-    assert (params["from"], params["to"]) == (["2026-01-01T00:00:00Z"], ["2026-02-01T00:00:00Z"])
+    assert params["to"] == ["2026-02-01T00:00:00Z"]
+    previous = window_query(openmeter, "2025-12-01T00:00:00Z")  # the 31 days before, for the comparison
+    assert previous["to"] == ["2026-01-01T00:00:00Z"]
+    assert previous["groupBy"] == ["tenant", "user"]
+    assert json.loads(previous["advancedMeterGroupByFilters"][0]) == {"tenant": {"$eq": "acme"}}
+    assert len(query_params(openmeter)) == 2
 
 
 async def test_tenant_total_is_one_row_at_zero_usage(server_url: str) -> None:
@@ -110,8 +124,7 @@ async def test_default_window_is_the_last_seven_days(server_url: str, openmeter:
     )
     text = text_of(await call_tool(server_url, "get_credit_usage_by_tenant"))
     assert table_rows(text) == [["acme", "8.00"]]
-    (params,) = query_params(openmeter)
-    assert (params["from"], params["to"]) == (["2026-01-13T12:00:00Z"], ["2026-01-20T12:00:00Z"])
+    assert window_query(openmeter, "2026-01-13T12:00:00Z")["to"] == ["2026-01-20T12:00:00Z"]
 
 
 @pytest.mark.parametrize(
@@ -154,8 +167,7 @@ async def test_explicit_windows(
 ) -> None:
     result = await call_tool(server_url, "get_credit_usage_summary", arguments)
     assert not result.is_error, text_of(result)
-    (params,) = query_params(openmeter)
-    assert (params["from"], params["to"]) == ([sent_from], [sent_to])
+    assert window_query(openmeter, sent_from)["to"] == [sent_to]
 
 
 @pytest.mark.parametrize(
@@ -220,7 +232,7 @@ async def test_summary_breaks_down_largest_first_and_cuts_at_50(server_url: str,
     assert sheet[0] == ("user", "module", "product", "tenant", "skill", "credits")
     assert [(*row[:5],) for row in sheet[1:]] == [key for key, _ in ranked]
     assert [row[5] for row in sheet[1:]] == pytest.approx([value for _, value in ranked])
-    (params,) = query_params(openmeter)
+    params = window_query(openmeter, "2026-01-01T00:00:00Z")
     assert params["groupBy"] == ["user", "module", "product", "tenant", "skill"]
 
 

@@ -7,7 +7,7 @@ from openpyxl import load_workbook
 
 from ai_credit_usage.table import Table
 from ai_credit_usage.usage import EVENT_COLUMNS
-from ai_credit_usage.workbook import DATA_SHEET, build_workbook
+from ai_credit_usage.workbook import ABOUT_SHEET, DATA_SHEET, SUMMARY_SHEET, build_workbook
 
 
 def test_rows_types_and_formula_guard() -> None:
@@ -19,7 +19,7 @@ def test_rows_types_and_formula_guard() -> None:
     content = build_workbook(Table(EVENT_COLUMNS, rows), about=[("tenant", "acme"), ("note", "=1+1")])
 
     workbook = load_workbook(io.BytesIO(content))  # not read-only: we want data types
-    assert workbook.sheetnames[0] == DATA_SHEET
+    assert workbook.sheetnames == [SUMMARY_SHEET, DATA_SHEET, ABOUT_SHEET]
     sheet = workbook[DATA_SHEET]
     values = list(sheet.iter_rows(values_only=True))
     assert values[0] == EVENT_COLUMNS

@@ -1,0 +1,236 @@
+"""The structured result beside each answer's markdown: one pydantic model per tool, published as its outputSchema.
+
+It carries what the text says, as data: the window, the totals, the preview rows as objects, the link and its
+expiry, and what the tool found besides (comparison, movers, periods, unusual periods). Strings are shortened
+exactly where the text shortens them, so an app never gets a bigger preview than the model does.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ai_credit_usage.compare import Comparison, Mover
+from ai_credit_usage.findings import Findings
+from ai_credit_usage.render import period_text, shorten_plain
+from ai_credit_usage.table import TableSink
+from ai_credit_usage.trend import Trend
+from ai_credit_usage.window import Window
+
+UNUSUAL_KEPT = 50
+
+
+class WindowOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    start: datetime = Field(alias="from", description="Start of the window, inclusive, UTC.")
+    end: datetime = Field(alias="to", description="End of the window, exclusive, UTC.")
+
+    @classmethod
+    def of(cls, window: Window) -> WindowOut:
+        return cls(start=window.start, end=window.end)
+
+
+class ComparisonOut(BaseModel):
+    previous_window: WindowOut = Field(description="The preceding window of the same length, ending at this start.")
+    previous_credits: float
+    change_credits: float = Field(description="This window's total minus the previous window's.")
+    change_percent: float | None = Field(description="Null when the previous window had no usage.")
+
+    @classmethod
+    def of(cls, comparison: Comparison) -> ComparisonOut:
+        return cls(
+            previous_window=WindowOut.of(comparison.previous_window),
+            previous_credits=comparison.previous,
+            change_credits=comparison.change,
+            change_percent=comparison.percent,
+        )
+
+
+class UsageResult(BaseModel):
+    """What every tool returns beside its markdown."""
+
+    tenant: str
+    window: WindowOut
+    total_credits: float = Field(description="Credits over every row, exact (the text rounds to 2 decimals).")
+    row_count: int = Field(description="Rows in the Excel file's Data sheet.")
+    columns: list[str] = Field(description="The table's columns, in order.")
+    truncated: bool = Field(description="True when `rows` shows only the first 50 of `row_count` rows.")
+    credits_not_shown: float = Field(description="Credits of the rows not in `rows`; with them they make the total.")
+    cells_shortened: bool = Field(description="Some long text was cut with an ellipsis (never in the Excel file).")
+    download_url: str = Field(description="The Excel file with every row, a Summary and an About sheet.")
+    expires_at: datetime = Field(description="When the download link stops working.")
+    comparison: ComparisonOut | None = Field(
+        description="Against the preceding window of the same length; null when that could not be read."
+    )
+    demo: bool = Field(description="True when the server answers from generated demo data, not real usage.")
+
+
+class TenantRow(BaseModel):
+    tenant: str
+    credits: float
+
+
+class TenantTotalResult(UsageResult):
+    rows: list[TenantRow]
+
+
+class SummaryRow(BaseModel):
+    user: str
+    module: str
+    product: str
+    tenant: str
+    skill: str
+    credits: float
+
+
+class MoverOut(BaseModel):
+    user: str
+    status: Literal["new", "gone", "up", "down"]
+    credits: float
+    previous_credits: float
+    change_credits: float
+    change_percent: float | None = Field(description="Null for new and gone users.")
+
+    @classmethod
+    def of(cls, mover: Mover, limit: int) -> MoverOut:
+        return cls(
+            user=shorten_plain(mover.name, limit),
+            status=mover.status,
+            credits=mover.current,
+            previous_credits=mover.previous,
+            change_credits=mover.change,
+            change_percent=mover.percent,
+        )
+
+
+class SummaryResult(UsageResult):
+    rows: list[SummaryRow]
+    movers: list[MoverOut] | None = Field(
+        description="The three users whose credits changed most against the preceding window; null if unknown."
+    )
+
+
+class EventRow(BaseModel):
+    time: datetime
+    user: str
+    module: str
+    product: str
+    tenant: str
+    credits: float
+
+
+class EventsResult(UsageResult):
+    rows: list[EventRow]
+
+
+class TrendPeriodOut(BaseModel):
+    period: str = Field(description="The period's first local day (a month as YYYY-MM).")
+    start: datetime = Field(description="Start of the period, UTC.")
+    end: datetime = Field(description="End of the period, exclusive, UTC.")
+    partial: bool = Field(description="The window covers only part of the period.")
+    credits: float = Field(description="The period's total; with group_by, exactly the sum of `series_credits`.")
+    series_credits: list[float] = Field(description="Credits per series, in the order of `series` (or empty).")
+
+
+class UnusualOut(BaseModel):
+    period: str
+    credits: float
+    times_typical: float | None = Field(description="Credits over the median period; null if that is 0.")
+
+
+class TrendResult(UsageResult):
+    granularity: Literal["day", "week", "month"]
+    time_zone: str
+    group_by: Literal["user", "module", "product", "skill"] | None
+    series: list[str] = Field(description="The top 5 series, then Other for the rest; empty without group_by.")
+    rows: list[TrendPeriodOut] = Field(description="The periods, oldest first (the first 50).")
+    typical_credits: float | None = Field(description="The median complete period; null with too few of them.")
+    deviation_credits: float | None = Field(description="The median absolute deviation of the complete periods.")
+    unusual_periods: list[UnusualOut] = Field(description="More than 3 deviations above the median, largest first.")
+
+
+def build_result(
+    tool: str,
+    sink: TableSink,
+    findings: Findings,
+    *,
+    tenant: str,
+    window: Window,
+    download_url: str,
+    expires_at: datetime,
+    cell_limit: int,
+    shortened: bool,
+    demo: bool,
+) -> UsageResult:
+    shown = sink.preview_rows
+    common: dict[str, Any] = {
+        "tenant": shorten_plain(tenant, cell_limit),
+        "window": WindowOut.of(window),
+        "total_credits": sink.total_credits,
+        "row_count": sink.row_count,
+        "columns": [shorten_plain(name, cell_limit) for name in sink.columns],
+        "truncated": len(shown) < sink.row_count,
+        "credits_not_shown": sink.rest_credits,
+        "cells_shortened": shortened,
+        "download_url": download_url,
+        "expires_at": expires_at,
+        "comparison": ComparisonOut.of(findings.comparison) if findings.comparison is not None else None,
+        "demo": demo,
+    }
+
+    def text(value: Any) -> Any:
+        return shorten_plain(value, cell_limit) if isinstance(value, str) else value
+
+    if findings.trend is not None:
+        return _trend_result(findings.trend, len(shown), common, cell_limit)
+    if tool == "get_credit_usage_summary":
+        movers = findings.movers
+        return SummaryResult(
+            **common,
+            rows=[SummaryRow(**dict(zip(sink.columns, map(text, row), strict=True))) for row in shown],
+            movers=None if movers is None else [MoverOut.of(mover, cell_limit) for mover in movers],
+        )
+    if tool == "get_credit_events":
+        return EventsResult(
+            **common, rows=[EventRow(**dict(zip(sink.columns, map(text, row), strict=True))) for row in shown]
+        )
+    return TenantTotalResult(
+        **common, rows=[TenantRow(**dict(zip(sink.columns, map(text, row), strict=True))) for row in shown]
+    )
+
+
+def _trend_result(trend: Trend, shown: int, common: dict[str, Any], cell_limit: int) -> TrendResult:
+    def label(day: date) -> str:
+        return period_text(day, trend.granularity)
+
+    rows = [
+        TrendPeriodOut(
+            period=label(period.label),
+            start=period.start,
+            end=period.end,
+            partial=period.partial,
+            credits=total,
+            series_credits=values,
+        )
+        for period, values, total in list(zip(trend.periods, trend.values, trend.totals, strict=True))[:shown]
+    ]
+    unusual = sorted(trend.unusual, key=lambda found: -found.credits)[:UNUSUAL_KEPT]
+    return TrendResult(
+        **common,
+        granularity=trend.granularity,
+        time_zone=trend.time_zone,
+        group_by=trend.group_by,
+        series=[shorten_plain(name, cell_limit) for name in trend.series],
+        rows=rows,
+        typical_credits=trend.typical,
+        deviation_credits=trend.deviation,
+        unusual_periods=[
+            UnusualOut(
+                period=label(trend.periods[found.index].label), credits=found.credits, times_typical=found.times_typical
+            )
+            for found in unusual
+        ],
+    )

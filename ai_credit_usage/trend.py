@@ -1,0 +1,207 @@
+"""Credit trends: calendar periods in a time zone, zero-filled series, the top 5 plus "Other", unusual periods.
+
+OpenMeter buckets usage into calendar windows (`windowSize` DAY or MONTH, in `windowTimeZone`) but only returns
+windows that had events, and has no weeks. So the periods are laid out here, in the time zone (a day across a DST
+change is 23 or 25 hours long), and the query's rows are folded into them: days into ISO weeks starting on Monday,
+missing periods as 0. A period that the window cuts at either end is partial: it holds only the window's part.
+
+Unusual periods are those above the median of the complete periods by more than 3 median absolute deviations: the
+median and the MAD ignore a single spike, where a mean and a standard deviation would be dragged towards it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo, available_timezones
+
+from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.window import Window
+
+Granularity = Literal["day", "week", "month"]
+Dimension = Literal["user", "module", "product", "skill"]
+GRANULARITIES: tuple[Granularity, ...] = ("day", "week", "month")
+DIMENSIONS: tuple[Dimension, ...] = ("user", "module", "product", "skill")
+DAILY_UP_TO = timedelta(days=45)
+WEEKLY_UP_TO = timedelta(weeks=26)
+MAX_PERIODS = 1_000
+TOP_SERIES = 5
+OTHER = "Other"
+NO_VALUE = "(none)"  # the label of usage whose event had no value for the dimension
+MAD_LIMIT = 3
+MIN_BASELINE = 4  # complete periods needed before anything can be called unusual
+_OPENMETER_WINDOW = {"day": "DAY", "week": "DAY", "month": "MONTH"}  # OpenMeter has no WEEK: days are folded
+
+
+class TrendError(UserFacingError):
+    """A trend argument the caller can fix; the message names the parameter."""
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones()) | {"UTC"}
+
+
+def parse_time_zone(name: str | None) -> ZoneInfo:
+    """An IANA time zone by name ("UTC" when not given); anything else is an error naming `time_zone`."""
+    text = (name or "").strip() or "UTC"
+    if text not in _zone_names():
+        raise TrendError(
+            f"time_zone {name!r} is not an IANA time zone name: use one such as UTC, Europe/Paris or America/New_York."
+        )
+    return ZoneInfo(text)
+
+
+def choose_granularity(window: Window) -> Granularity:
+    """Daily up to 45 days, weekly up to 26 weeks, monthly beyond: a readable number of points either way."""
+    span = window.end - window.start
+    if span <= DAILY_UP_TO:
+        return "day"
+    return "week" if span <= WEEKLY_UP_TO else "month"
+
+
+def openmeter_window_size(granularity: Granularity) -> str:
+    return _OPENMETER_WINDOW[granularity]
+
+
+def period_label(day: date, granularity: Granularity) -> date:
+    """The first local day of the period holding `day`: itself, its week's Monday, or its month's 1st."""
+    if granularity == "week":
+        return day - timedelta(days=day.weekday())
+    if granularity == "month":
+        return day.replace(day=1)
+    return day
+
+
+def _following(label: date, granularity: Granularity) -> date:
+    if granularity == "day":
+        return label + timedelta(days=1)
+    if granularity == "week":
+        return label + timedelta(weeks=1)
+    return date(label.year + label.month // 12, label.month % 12 + 1, 1)
+
+
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    """Local midnight as a UTC instant; zoneinfo applies the offset in force that day, so DST is accounted for."""
+    return datetime.combine(day, time(), zone).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Period:
+    label: date  # the first local day of the period
+    start: datetime  # UTC, inclusive
+    end: datetime  # UTC, exclusive
+    partial: bool  # the window cuts it: it holds only the window's part
+
+
+def periods_of(window: Window, granularity: Granularity, zone: ZoneInfo) -> list[Period]:
+    """Every calendar period in `zone` that overlaps the window, oldest first."""
+    label = period_label(window.start.astimezone(zone).date(), granularity)
+    periods: list[Period] = []
+    while (start := _midnight(label, zone)) < window.end:
+        following = _following(label, granularity)
+        end = _midnight(following, zone)
+        periods.append(Period(label, start, end, start < window.start or end > window.end))
+        if len(periods) > MAX_PERIODS:
+            raise TrendError(
+                f"That is more than {MAX_PERIODS:,} {granularity}s; ask for a coarser granularity "
+                "(week or month) or a shorter window."
+            )
+        label = following
+    return periods
+
+
+@dataclass(frozen=True)
+class Unusual:
+    index: int  # into Trend.periods
+    credits: float
+    times_typical: float | None  # None when the typical period had no usage at all
+
+
+@dataclass
+class Trend:
+    granularity: Granularity
+    time_zone: str
+    group_by: Dimension | None
+    periods: list[Period]
+    series: list[str]  # the labels of the kept series, then OTHER when there were more; empty without group_by
+    values: list[list[float]]  # per period, per series
+    totals: list[float]  # per period: exactly the fsum of that period's series values
+    series_totals: dict[str, float] = field(default_factory=dict)  # every series over the window, before the cut
+    typical: float | None = None  # the median complete period
+    deviation: float | None = None  # the median absolute deviation of the complete periods
+    unusual: list[Unusual] = field(default_factory=list)
+    has_other: bool = False  # the last series sums every series beyond the top 5
+
+    @property
+    def judged(self) -> bool:
+        """Whether there were enough complete periods to say what is unusual."""
+        return self.typical is not None
+
+
+def other_label(names: Iterable[str]) -> str:
+    """ "Other", unless a kept series is itself called that; then "Other (rest)" keeps the two apart."""
+    return f"{OTHER} (rest)" if OTHER in set(names) else OTHER
+
+
+def series_label(name: str) -> str:
+    return name if name else NO_VALUE
+
+
+def build_trend(
+    periods: list[Period],
+    granularity: Granularity,
+    time_zone: str,
+    group_by: Dimension | None,
+    samples: Iterable[tuple[date, str, float]],
+) -> Trend:
+    """Zero-filled series from `(local day the OpenMeter window starts, series name, credits)` samples.
+
+    With `group_by`, the five series with the most credits over the window are kept and the rest are summed per
+    period as "Other"; every period's total is the exact sum of what its row shows.
+    """
+    index = {period.label: position for position, period in enumerate(periods)}
+    cells: dict[str, list[list[float]]] = {}
+    for day, name, value in samples:
+        position = index.get(period_label(day, granularity))
+        if position is None:  # outside the periods: cannot happen for windows OpenMeter aligns as documented
+            continue
+        cells.setdefault(name if group_by else "", [[] for _ in periods])[position].append(value)
+    per_series = {name: [math.fsum(values) for values in columns] for name, columns in cells.items()}
+    series_totals = {name: math.fsum(column) for name, column in per_series.items()}
+    if group_by is None:
+        column = per_series.get("", [0.0] * len(periods))
+        trend = Trend(granularity, time_zone, None, periods, [], [[] for _ in periods], column, series_totals)
+    else:
+        ranked = sorted(series_totals, key=lambda name: (-series_totals[name], name))
+        kept, rest = ranked[:TOP_SERIES], ranked[TOP_SERIES:]
+        labels = [series_label(name) for name in kept]
+        values = [[per_series[name][position] for name in kept] for position in range(len(periods))]
+        if rest:
+            labels.append(other_label(labels))
+            for position, row in enumerate(values):
+                row.append(math.fsum(per_series[name][position] for name in rest))
+        totals = [math.fsum(row) for row in values]
+        labelled = {series_label(name): total for name, total in series_totals.items()}
+        trend = Trend(granularity, time_zone, group_by, periods, labels, values, totals, labelled, has_other=bool(rest))
+    _judge(trend)
+    return trend
+
+
+def _judge(trend: Trend) -> None:
+    baseline = [total for period, total in zip(trend.periods, trend.totals, strict=True) if not period.partial]
+    if len(baseline) < MIN_BASELINE:
+        return
+    typical = statistics.median(baseline)
+    deviation = statistics.median(abs(total - typical) for total in baseline)
+    trend.typical, trend.deviation = typical, deviation
+    threshold = typical + MAD_LIMIT * deviation
+    for position, total in enumerate(trend.totals):
+        # "More than a visible cent above typical" keeps float dust on an all-equal series from counting.
+        if total > threshold and total - typical >= 0.01:
+            trend.unusual.append(Unusual(position, total, total / typical if typical > 0 else None))

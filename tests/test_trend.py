@@ -1,0 +1,327 @@
+"""Issue 7: the trend tool. Periods, zero-filling, partial periods, time zones across DST, the top 5 plus Other
+and the unusual-period rule, first as functions, then end to end through the real MCP client."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import zipfile
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import httpx2
+import pytest
+from openpyxl import load_workbook
+
+from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.trend import (
+    OTHER,
+    TrendError,
+    build_trend,
+    choose_granularity,
+    parse_time_zone,
+    periods_of,
+)
+from ai_credit_usage.window import Window
+from tests.conftest import call_tool, text_of
+
+PARIS = ZoneInfo("Europe/Paris")
+TREND = "get_credit_usage_trend"
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+
+
+def download(url: str, text: str) -> bytes:
+    match = re.search(r"\]\(http://localhost:8765(/download/[\w-]+)\)", text)
+    assert match, text
+    response = httpx2.get(url + match.group(1))
+    assert response.status_code == 200
+    return response.content
+
+
+# --- periods, as functions ----------------------------------------------------------------------------------------
+
+
+def test_a_paris_day_across_the_spring_dst_change_is_23_hours() -> None:
+    window = Window(utc(2026, 3, 28, 12), utc(2026, 3, 31))
+    periods = periods_of(window, "day", PARIS)
+    assert [p.label for p in periods] == [date(2026, 3, 28), date(2026, 3, 29), date(2026, 3, 30), date(2026, 3, 31)]
+    spring = periods[1]
+    assert (spring.start, spring.end) == (utc(2026, 3, 28, 23), utc(2026, 3, 29, 22))  # CET, then CEST
+    assert spring.end - spring.start == timedelta(hours=23)
+    assert [p.partial for p in periods] == [True, False, False, True]  # cut by 12:00Z and by 00:00Z (02:00 CEST)
+
+
+def test_a_paris_day_across_the_autumn_dst_change_is_25_hours() -> None:
+    (autumn,) = periods_of(Window(utc(2026, 10, 24, 22), utc(2026, 10, 25, 23)), "day", PARIS)
+    assert autumn.end - autumn.start == timedelta(hours=25)
+    assert not autumn.partial
+
+
+def test_weeks_start_on_monday_and_months_on_the_first() -> None:
+    window = Window(utc(2026, 1, 1), utc(2026, 2, 1))  # a Thursday to a Sunday
+    weeks = periods_of(window, "week", ZoneInfo("UTC"))
+    assert [p.label for p in weeks] == [date(2025, 12, 29), date(2026, 1, 5), date(2026, 1, 12), date(2026, 1, 19),
+                                        date(2026, 1, 26)]  # fmt: skip
+    assert all(p.label.weekday() == 0 for p in weeks)
+    assert [p.partial for p in weeks] == [True, False, False, False, True]
+    months = periods_of(Window(utc(2025, 11, 15), utc(2026, 2, 1)), "month", ZoneInfo("UTC"))
+    assert [(p.label, p.partial) for p in months] == [
+        (date(2025, 11, 1), True), (date(2025, 12, 1), False), (date(2026, 1, 1), False),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"), [(1, "day"), (45, "day"), (46, "week"), (182, "week"), (183, "month"), (800, "month")]
+)
+def test_the_default_granularity_follows_the_window(days: int, expected: str) -> None:
+    assert choose_granularity(Window(utc(2026, 1, 1), utc(2026, 1, 1) + timedelta(days=days))) == expected
+
+
+def test_too_many_periods_ask_for_a_coarser_granularity() -> None:
+    with pytest.raises(TrendError, match="coarser granularity"):
+        periods_of(Window(utc(2020, 1, 1), utc(2026, 1, 1)), "day", ZoneInfo("UTC"))
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus", "europe/paris", "../etc/passwd", "+02:00"])
+def test_unknown_time_zones_name_the_parameter(name: str) -> None:
+    with pytest.raises(TrendError, match="time_zone"):
+        parse_time_zone(name)
+    assert parse_time_zone(None) == ZoneInfo("UTC")
+    assert parse_time_zone(" Asia/Tokyo ") == ZoneInfo("Asia/Tokyo")
+
+
+# --- series, as functions -----------------------------------------------------------------------------------------
+
+
+def test_missing_periods_are_zero_filled() -> None:
+    periods = periods_of(Window(utc(2026, 1, 1), utc(2026, 1, 8)), "day", ZoneInfo("UTC"))
+    trend = build_trend(periods, "day", "UTC", None, [(date(2026, 1, 2), "", 5.0), (date(2026, 1, 6), "", 2.5)])
+    assert trend.totals == [0.0, 5.0, 0.0, 0.0, 0.0, 2.5, 0.0]
+    assert trend.series == []
+
+
+def test_the_top_five_and_other_add_up_to_each_total_exactly() -> None:
+    periods = periods_of(Window(utc(2026, 1, 1), utc(2026, 1, 11)), "day", ZoneInfo("UTC"))
+    samples = [
+        (date(2026, 1, 1 + day), f"user{user}", 0.1 * (user + 1) + day / 3 + 1e-9 * user)
+        for day in range(10)
+        for user in range(9)
+        if (day + user) % 4  # gaps, so some series are missing in some periods
+    ]
+    trend = build_trend(periods, "day", "UTC", "user", samples)
+    per_user = {name: math.fsum(v for _, n, v in samples if n == name) for name in {n for _, n, _ in samples}}
+    assert trend.series == [*sorted(per_user, key=lambda name: -per_user[name])[:5], OTHER]
+    assert trend.has_other
+    for values, total in zip(trend.values, trend.totals, strict=True):
+        assert math.fsum(values) == total  # exactly: the total is what the row shows
+    everything = math.fsum(value for _, _, value in samples)
+    assert math.fsum(trend.totals) == pytest.approx(everything, rel=1e-12)
+    assert set(trend.series_totals) == {f"user{i}" for i in range(9)}
+
+
+def test_a_series_called_other_is_kept_apart_from_the_rest() -> None:
+    periods = periods_of(Window(utc(2026, 1, 1), utc(2026, 1, 2)), "day", ZoneInfo("UTC"))
+    names = ["Other", "a", "b", "c", "d", "e", ""]
+    trend = build_trend(periods, "day", "UTC", "user", [(date(2026, 1, 1), n, 10.0 - i) for i, n in enumerate(names)])
+    assert trend.series == ["Other", "a", "b", "c", "d", "Other (rest)"]
+    assert trend.values[0][-1] == 5.0 + 4.0  # "e" and the usage without a user
+    assert "(none)" in trend.series_totals
+
+
+def test_one_spike_is_unusual_and_the_rest_is_not() -> None:
+    periods = periods_of(Window(utc(2026, 1, 1), utc(2026, 1, 15)), "day", ZoneInfo("UTC"))
+    normal = [100, 104, 97, 101, 99, 103, 98, 102, 100, 96, 105, 101, 100]
+    credits = [*normal[:9], 900, *normal[9:]]
+    trend = build_trend(periods, "day", "UTC", None, [(p.label, "", c) for p, c in zip(periods, credits, strict=True)])
+    assert trend.typical == 100.5  # the median ignores the spike (mean: 157)
+    assert trend.deviation == 2.0
+    assert [found.index for found in trend.unusual] == [9]
+    assert trend.unusual[0].times_typical == pytest.approx(900 / 100.5)
+    # Median 100.5 and MAD 2.0 either way: above 106.5 counts, 106.5 itself does not.
+    for value, flagged in ((106.5, []), (106.75, [9])):
+        samples = [(p.label, "", c) for p, c in zip(periods, [*normal[:9], value, *normal[9:]], strict=True)]
+        edge = build_trend(periods, "day", "UTC", None, samples)
+        assert (edge.typical, edge.deviation) == (100.5, 2.0)
+        assert [found.index for found in edge.unusual] == flagged
+
+
+def test_flat_usage_has_nothing_unusual_and_few_periods_are_not_judged() -> None:
+    periods = periods_of(Window(utc(2026, 1, 1), utc(2026, 1, 11)), "day", ZoneInfo("UTC"))
+    flat = build_trend(periods, "day", "UTC", None, [(p.label, "", 0.1 + 0.2) for p in periods])
+    assert flat.judged and flat.unusual == []
+    short = periods_of(Window(utc(2026, 1, 1, 12), utc(2026, 1, 5, 12)), "day", ZoneInfo("UTC"))  # 3 complete days
+    assert not build_trend(short, "day", "UTC", None, [(short[1].label, "", 1000.0)]).judged
+
+
+# --- end to end ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_zero_filled_days_with_partial_ends(server_url: str, openmeter: OpenMeterStandIn) -> None:
+    openmeter.ingest(
+        make_event(tenant="acme", credits=1.5, time=utc(2026, 1, 10, 18)),  # the first, partial day
+        make_event(tenant="acme", credits=2, time=utc(2026, 1, 12, 9)),
+        make_event(tenant="acme", credits=3, time=utc(2026, 1, 12, 23, 59, 59)),
+        make_event(tenant="acme", credits=4, time=utc(2026, 1, 14, 5)),  # the last, partial day
+        make_event(tenant="acme", credits=99, time=utc(2026, 1, 14, 6)),  # the window has ended
+        make_event(tenant="globex", credits=50, time=utc(2026, 1, 11, 12)),
+    )
+    result = await call_tool(
+        server_url, TREND, {"from_date": "2026-01-10T12:00:00Z", "to_date": "2026-01-14T06:00:00Z"}
+    )
+    text = text_of(result)
+    assert not result.is_error, text
+    assert text.splitlines()[0] == (
+        "Tenant acme, 2026-01-10T12:00:00Z to 2026-01-14T06:00:00Z (end exclusive), daily in UTC:"
+    )
+    assert table_rows(text) == [
+        ["day", "partial", "credits"],
+        ["2026-01-10", "yes", "1.50"],
+        ["2026-01-11", "no", "0.00"],
+        ["2026-01-12", "no", "5.00"],
+        ["2026-01-13", "no", "0.00"],
+        ["2026-01-14", "yes", "4.00"],
+    ]
+    assert "Total credits: 10.50" in text
+    assert "2 days marked partial" in text
+    assert "Too few complete days (3) to say which are unusual" in text
+    structured = result.structured_content
+    assert structured is not None
+    assert [(p["period"], p["partial"], p["credits"]) for p in structured["rows"]] == [
+        ("2026-01-10", True, 1.5), ("2026-01-11", False, 0), ("2026-01-12", False, 5),
+        ("2026-01-13", False, 0), ("2026-01-14", True, 4),
+    ]  # fmt: skip
+    assert structured["rows"][0]["start"] == "2026-01-10T00:00:00Z"
+    assert (structured["granularity"], structured["time_zone"], structured["group_by"]) == ("day", "UTC", None)
+    workbook = load_workbook(io.BytesIO(download(server_url, text)))
+    data = list(workbook["Data"].iter_rows(values_only=True))
+    assert data[0] == ("day", "partial", "credits")
+    assert data[1] == (datetime(2026, 1, 10), "yes", 1.5)  # the day as a real Excel date
+    assert workbook["Data"]["A2"].number_format == "yyyy-mm-dd"
+    (trend_query,) = [r for r in openmeter.requests_to("/query") if r.param("windowSize")]
+    assert (trend_query.param("windowSize"), trend_query.param("windowTimeZone")) == ("DAY", "UTC")
+    assert trend_query.params("groupBy") == ["tenant"]
+
+
+@pytest.mark.anyio
+async def test_paris_days_across_dst_put_each_event_on_its_local_day(
+    server_url: str, openmeter: OpenMeterStandIn
+) -> None:
+    openmeter.ingest(
+        make_event(tenant="acme", credits=1, time=utc(2026, 3, 28, 22, 59)),  # 23:59 CET on the 28th
+        make_event(tenant="acme", credits=10, time=utc(2026, 3, 28, 23, 0)),  # 00:00 CET on the 29th
+        make_event(tenant="acme", credits=20, time=utc(2026, 3, 29, 21, 59)),  # 23:59 CEST on the 29th
+        make_event(tenant="acme", credits=100, time=utc(2026, 3, 29, 22, 0)),  # 00:00 CEST on the 30th
+    )
+    arguments = {"from_date": "2026-03-28", "to_date": "2026-03-30", "time_zone": "Europe/Paris"}
+    result = await call_tool(server_url, TREND, arguments)
+    text = text_of(result)
+    assert not result.is_error, text
+    # Dates without an offset are read in the trend's time zone: the window is three whole Paris days.
+    assert text.splitlines()[0].startswith("Tenant acme, 2026-03-27T23:00:00Z to 2026-03-30T22:00:00Z")
+    assert "daily in Europe/Paris" in text.splitlines()[0]
+    assert table_rows(text)[1:] == [
+        ["2026-03-28", "no", "1.00"],
+        ["2026-03-29", "no", "30.00"],
+        ["2026-03-30", "no", "100.00"],
+    ]
+    rows = result.structured_content["rows"]  # type: ignore[index]
+    assert [(row["start"], row["end"]) for row in rows] == [
+        ("2026-03-27T23:00:00Z", "2026-03-28T23:00:00Z"),
+        ("2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z"),  # 23 hours
+        ("2026-03-29T22:00:00Z", "2026-03-30T22:00:00Z"),
+    ]
+    (query,) = [r for r in openmeter.requests_to("/query") if r.param("windowSize")]
+    assert (query.param("windowTimeZone"), query.param("from")) == ("Europe/Paris", "2026-03-27T23:00:00Z")
+
+
+@pytest.mark.anyio
+async def test_weeks_fold_days_and_group_by_keeps_five_series_and_other(
+    server_url: str, openmeter: OpenMeterStandIn
+) -> None:
+    events = []
+    for day in range(21):  # 2026-01-05 is a Monday: three whole weeks
+        for user in range(7):
+            if (day + user) % 3:
+                events.append(
+                    make_event(
+                        tenant="acme",
+                        credits=round(1 + user * 0.7 + day * 0.01, 2),
+                        time=utc(2026, 1, 5 + day, 10),
+                        user=f"user{user}",
+                    )
+                )
+    openmeter.ingest(*events)
+    arguments = {"from_date": "2026-01-05", "to_date": "2026-01-25", "granularity": "week", "group_by": "user"}
+    result = await call_tool(server_url, TREND, arguments)
+    text = text_of(result)
+    assert not result.is_error, text
+    header, *rows = table_rows(text)
+    assert header == ["week", "partial", "user6", "user5", "user4", "user3", "user2", "Other", "total"]
+    assert [row[0] for row in rows] == ["2026-01-05", "2026-01-12", "2026-01-19"]
+    assert "by user (the top 5, the rest as Other)" in text.splitlines()[0]
+    structured = result.structured_content
+    assert structured is not None
+    assert structured["series"] == header[2:-1]
+    for row in structured["rows"]:
+        assert math.fsum(row["series_credits"]) == row["credits"]
+    expected_total = math.fsum(event["data"]["credits"] for event in events)
+    assert structured["total_credits"] == pytest.approx(expected_total)
+    content = download(server_url, text)
+    workbook = load_workbook(io.BytesIO(content))
+    assert workbook.sheetnames == ["Summary", "Data", "About"]
+    data = list(workbook["Data"].iter_rows(values_only=True))
+    assert data[0] == tuple(header)
+    assert math.fsum(row[-1] for row in data[1:]) == pytest.approx(expected_total)
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        charts = sorted(name for name in archive.namelist() if name.startswith("xl/charts/chart"))
+        line = next(archive.read(name).decode() for name in charts if "<lineChart>" in archive.read(name).decode())
+    refs = re.findall(r"<f>([^<]+)</f>", line)
+    assert "'Data'!$C$2:$C$4" in refs and "'Data'!$H$2:$H$4" in refs  # user6 .. Other, not the total
+    assert "'Data'!$I$2:$I$4" not in refs
+    about = dict(workbook["About"].iter_rows(values_only=True))
+    assert "windowSize DAY" in about["query"] and "ISO weeks" in about["granularity"]
+    (query,) = [r for r in openmeter.requests_to("/query") if r.param("windowSize")]
+    assert query.params("groupBy") == ["tenant", "user"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"time_zone": "Mars/Olympus"}, "time_zone"),
+        ({"granularity": "hourly"}, "granularity"),
+        ({"group_by": "tenant"}, "group_by"),
+    ],
+)
+async def test_bad_trend_arguments_are_one_sentence_naming_the_parameter(
+    server_url: str, openmeter: OpenMeterStandIn, arguments: dict[str, str], named: str
+) -> None:
+    result = await call_tool(server_url, TREND, arguments)
+    assert result.is_error
+    assert text_of(result).startswith(named)
+    assert len(text_of(result).splitlines()) == 1
+    assert not [r for r in openmeter.requests if r.path.endswith("/query")]
+
+
+@pytest.mark.anyio
+async def test_the_trend_input_schema_offers_the_choices(server_url: str) -> None:
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with httpx2.AsyncClient() as http, Client(streamable_http_client(f"{server_url}/mcp", http_client=http)) as c:
+        (trend,) = [tool for tool in (await c.list_tools()).tools if tool.name == TREND]
+    properties = trend.input_schema["properties"]
+    assert json.dumps(properties["granularity"]).count('"day", "week", "month"') == 1
+    assert ["user", "module", "product", "skill"] in [option.get("enum") for option in properties["group_by"]["anyOf"]]
+    assert "IANA" in properties["time_zone"]["description"]
