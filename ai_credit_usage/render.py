@@ -99,27 +99,9 @@ class Preview:
     shortened: bool  # some cell, name or header was cut
 
 
-def render_answer(
-    table: Table | TableSink,
-    *,
-    tenant: str,
-    window: Window,
-    download_url: str,
-    expires_at: datetime,
-    now: datetime,
-    findings: Findings | None = None,
-    budget: int = MAX_PREVIEW_CHARS,
-) -> str:
-    return render_preview(
-        table,
-        tenant=tenant,
-        window=window,
-        download_url=download_url,
-        expires_at=expires_at,
-        now=now,
-        findings=findings,
-        budget=budget,
-    ).text
+def render_answer(table: Table | TableSink, **options: Any) -> str:
+    """The answer text alone; `options` are `render_preview`'s."""
+    return render_preview(table, **options).text
 
 
 def render_preview(
