@@ -287,3 +287,13 @@ async def test_line_breaks_in_a_tenant_name_cannot_escape(
     assert len(queries) == 2  # the window and the preceding one
     for query in queries:
         assert json.loads(query.param("advancedMeterGroupByFilters")) == {"tenant": {"$eq": tenant}}
+
+
+def test_the_bench_writer_comparison_runs() -> None:
+    """scripts/bench.py takes half an hour at full size: its parts must not rot between runs."""
+    from scripts.bench import percentile, writer_ratio
+
+    figures = writer_ratio(200)
+    assert figures["xlsx_bytes"] > 5000
+    assert figures["csv_s"] > 0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
