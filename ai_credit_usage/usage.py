@@ -65,12 +65,10 @@ class UsageService:
     async def meter(self) -> Meter:
         return Meter.from_definition(await self._client.get_meter(self._meter_slug))
 
-    async def tenant_total(self, tenant: str, window: Window, sink: TableSink) -> Findings:
-        """One row, even at zero usage: the tenant's credits over the window.
-
-        Asked per user, module, product and skill (one query, summed here), so the Summary sheet can show who and
-        what the credits went to even for the plain total.
-        """
+    async def _combinations(
+        self, tenant: str, window: Window
+    ) -> tuple[Meter, list[str], list[QueryRow], Previous | None]:
+        """The tenant's credits per (user, module, product, tenant, skill) in the window, and the preceding window's."""
         meter = await self.meter()
         dimensions = [name for name in SUMMARY_COLUMNS[:-1] if name in meter.dimension_paths]
         rows, previous = await self._with_previous(
@@ -79,6 +77,15 @@ class UsageService:
             window,
             lambda: self._client.query_meter(meter.slug, window, dimensions, _tenant_filter(tenant)),
         )
+        return meter, dimensions, rows, previous
+
+    async def tenant_total(self, tenant: str, window: Window, sink: TableSink) -> Findings:
+        """One row, even at zero usage: the tenant's credits over the window.
+
+        Asked per user, module, product and skill (one query, summed here), so the Summary sheet can show who and
+        what the credits went to even for the plain total.
+        """
+        meter, dimensions, rows, previous = await self._combinations(tenant, window)
         mine = [row for row in rows if row.groupBy.get("tenant") == tenant]
         for dimension in BREAKDOWN_DIMENSIONS:
             if dimension in meter.dimension_paths:
@@ -90,14 +97,7 @@ class UsageService:
     async def summary(self, tenant: str, window: Window, sink: TableSink) -> Findings:
         """One row per (user, module, product, tenant, skill) combination, largest credits first, and the users
         whose credits moved most against the preceding window."""
-        meter = await self.meter()
-        dimensions = [name for name in SUMMARY_COLUMNS[:-1] if name in meter.dimension_paths]
-        rows, previous = await self._with_previous(
-            meter,
-            tenant,
-            window,
-            lambda: self._client.query_meter(meter.slug, window, dimensions, _tenant_filter(tenant)),
-        )
+        meter, dimensions, rows, previous = await self._combinations(tenant, window)
         table = [
             (*(row.groupBy.get(name) or "" for name in SUMMARY_COLUMNS[:-1]), row.value)
             for row in rows

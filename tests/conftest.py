@@ -4,6 +4,7 @@ client with the TAIS headers, talking to a stand-in OpenMeter that is itself a r
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -137,3 +138,12 @@ async def call_tool(
 
 def text_of(result: CallToolResult) -> str:
     return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+def download_bytes(url: str, text: str) -> bytes:
+    """Fetch the workbook an answer links to, from the server at `url` (the link names PUBLIC_BASE_URL's host)."""
+    match = re.search(r"\]\(http://localhost:8765(/download/[\w-]+)\)", text)
+    assert match, text
+    response = httpx2.get(url + match.group(1))
+    assert response.status_code == 200
+    return response.content

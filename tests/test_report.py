@@ -18,7 +18,7 @@ from openpyxl import load_workbook
 
 from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from ai_credit_usage.render import MAX_PREVIEW_CHARS, escape_cell
-from tests.conftest import NOW, ServerStarter, call_tool, text_of
+from tests.conftest import NOW, ServerStarter, call_tool, download_bytes, text_of
 
 pytestmark = pytest.mark.anyio
 JANUARY = {"from_date": "2026-01-01", "to_date": "2026-01-31"}
@@ -35,14 +35,6 @@ def cells(line: str) -> list[str]:
 
 def table_rows(text: str) -> list[list[str]]:
     return [cells(line) for line in text.splitlines() if line.startswith("| ")][1:]
-
-
-def download(url: str, text: str) -> bytes:
-    match = re.search(r"\]\(http://localhost:8765(/download/[\w-]+)\)", text)
-    assert match, text
-    response = httpx2.get(url + match.group(1))
-    assert response.status_code == 200
-    return response.content
 
 
 def charts_of(content: bytes) -> dict[str, str]:
@@ -82,7 +74,7 @@ async def test_the_total_is_compared_with_the_preceding_window(server_url: str, 
         "change_credits": 2.0,
         "change_percent": 25.0,
     }
-    summary = dict(row[:2] for row in summary_sheet(download(server_url, text)) if row[0])
+    summary = dict(row[:2] for row in summary_sheet(download_bytes(server_url, text)) if row[0])
     assert summary["Previous window (UTC)"] == "2025-12-01T00:00:00Z to 2026-01-01T00:00:00Z"
     assert summary["Previous 31 days: credits"] == 8
     assert summary["Change (%)"] == 0.25
@@ -137,7 +129,7 @@ async def test_movers_are_users_with_new_and_gone(server_url: str, openmeter: Op
         ("erin", "new", 25, None),
         ("carol", "gone", -20, None),
     ]
-    summary = summary_sheet(download(server_url, text))
+    summary = summary_sheet(download_bytes(server_url, text))
     heading = summary.index(("user", "status", "credits", "before", "change"))
     assert summary[heading + 1] == ("alice", "up", 40, 10, 30)
 
@@ -177,7 +169,7 @@ async def test_the_summary_workbook_reads_like_a_report(server_url: str, openmet
         ]
     )
     text = text_of(await call_tool(server_url, "get_credit_usage_summary", JANUARY))
-    content = download(server_url, text)
+    content = download_bytes(server_url, text)
     workbook = load_workbook(io.BytesIO(content))
     assert workbook.sheetnames == ["Summary", "Data", "About"]
 
@@ -226,7 +218,7 @@ async def test_events_and_totals_get_a_summary_sheet_too(server_url: str, openme
     )
     day = {"from_date": "2026-01-15", "to_date": "2026-01-15"}
     for tool in ("get_credit_events", "get_credit_usage_by_tenant"):
-        content = download(server_url, text_of(await call_tool(server_url, tool, day)))
+        content = download_bytes(server_url, text_of(await call_tool(server_url, tool, day)))
         rows = summary_sheet(content)
         skills = rows.index(("Top 2 skills by credits", None, None))  # the events table has no skill column
         assert rows[skills + 2][:2] == ("translate", 3)
@@ -247,8 +239,8 @@ async def test_the_workbook_process_writes_the_same_report(
     )
     day = {"from_date": "2026-01-15", "to_date": "2026-01-15"}
     threaded_url, process_url = start_server(), start_server(workbook_process_rows=40)
-    threaded = download(threaded_url, text_of(await call_tool(threaded_url, "get_credit_events", day)))
-    streamed = download(process_url, text_of(await call_tool(process_url, "get_credit_events", day)))
+    threaded = download_bytes(threaded_url, text_of(await call_tool(threaded_url, "get_credit_events", day)))
+    streamed = download_bytes(process_url, text_of(await call_tool(process_url, "get_credit_events", day)))
     assert summary_sheet(streamed) == summary_sheet(threaded)
     assert charts_of(streamed) == charts_of(threaded) != {}
     data = [list(load_workbook(io.BytesIO(c))["Data"].iter_rows(values_only=True)) for c in (streamed, threaded)]
@@ -339,7 +331,7 @@ async def test_the_preview_stays_under_20000_characters_whatever_the_names(
     structured = result.structured_content
     assert structured is not None and structured["cells_shortened"] is True
     assert structured["rows"][0]["user"].endswith("…") and len(structured["rows"][0]["user"]) < 250
-    workbook = load_workbook(io.BytesIO(download(server_url, text)))
+    workbook = load_workbook(io.BytesIO(download_bytes(server_url, text)))
     users = [row[0] for row in workbook["Data"].iter_rows(min_row=2, values_only=True)]
     assert users == long_names  # whole in the workbook
 

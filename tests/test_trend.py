@@ -25,7 +25,7 @@ from ai_credit_usage.trend import (
     periods_of,
 )
 from ai_credit_usage.window import Window
-from tests.conftest import call_tool, text_of
+from tests.conftest import call_tool, download_bytes, text_of
 
 PARIS = ZoneInfo("Europe/Paris")
 TREND = "get_credit_usage_trend"
@@ -38,14 +38,6 @@ def utc(*args: int) -> datetime:
 def table_rows(text: str) -> list[list[str]]:
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
-
-
-def download(url: str, text: str) -> bytes:
-    match = re.search(r"\]\(http://localhost:8765(/download/[\w-]+)\)", text)
-    assert match, text
-    response = httpx2.get(url + match.group(1))
-    assert response.status_code == 200
-    return response.content
 
 
 # --- periods, as functions ----------------------------------------------------------------------------------------
@@ -203,7 +195,7 @@ async def test_zero_filled_days_with_partial_ends(server_url: str, openmeter: Op
     ]  # fmt: skip
     assert structured["rows"][0]["start"] == "2026-01-10T00:00:00Z"
     assert (structured["granularity"], structured["time_zone"], structured["group_by"]) == ("day", "UTC", None)
-    workbook = load_workbook(io.BytesIO(download(server_url, text)))
+    workbook = load_workbook(io.BytesIO(download_bytes(server_url, text)))
     data = list(workbook["Data"].iter_rows(values_only=True))
     assert data[0] == ("day", "partial", "credits")
     assert data[1] == (datetime(2026, 1, 10), "yes", 1.5)  # the day as a real Excel date
@@ -277,7 +269,7 @@ async def test_weeks_fold_days_and_group_by_keeps_five_series_and_other(
         assert math.fsum(row["series_credits"]) == row["credits"]
     expected_total = math.fsum(event["data"]["credits"] for event in events)
     assert structured["total_credits"] == pytest.approx(expected_total)
-    content = download(server_url, text)
+    content = download_bytes(server_url, text)
     workbook = load_workbook(io.BytesIO(content))
     assert workbook.sheetnames == ["Summary", "Data", "About"]
     data = list(workbook["Data"].iter_rows(values_only=True))
