@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             port=settings.mcp_port,
             access_log=False,
             log_level="info",
+            # Uvicorn's own config would give its loggers private handlers; without it their lines (start-up, and
+            # "Exception in ASGI application") reach the root handlers: the console format and OpenTelemetry.
+            log_config=None,
         )
     finally:
         if telemetry is not None:

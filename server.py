@@ -372,9 +372,19 @@ def _check_arguments(tool: str, arguments: Any, declared_arguments: dict[str, di
             f"so leave out {', '.join(repr(name) for name in unexpected)}."
         )
     for name, value in arguments.items():
+        if value is None:
+            continue
         choices = _choices(properties[name])
-        if choices is not None and value is not None and value not in choices:
-            raise Refusal(f"{name} must be one of {_listed(choices)} (or left out); {value!r} is not one of them.")
+        if choices is not None and value not in choices:
+            raise Refusal(f"{name} must be one of {_listed(choices)} (or left out); {value!r:.40} is not one of them.")
+        if choices is None and not isinstance(value, str) and "string" in _types(properties[name]):
+            example = "2026-01-15" if name.endswith("_date") else "Europe/Paris" if name == "time_zone" else "a name"
+            raise Refusal(f"{name} must be text such as {example} (or left out); {value!r:.40} is not.")
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a parameter's schema allows (`type`, or the `anyOf` of an optional one)."""
+    return {str(option.get("type")) for option in [schema, *schema.get("anyOf", [])] if isinstance(option, dict)}
 
 
 def _choices(schema: dict[str, Any]) -> list[Any] | None:

@@ -13,12 +13,14 @@ class BearerTokenGate:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self._app = app
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             supplied = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-            if not hmac.compare_digest(supplied, self._expected):
+            scheme, _, credentials = supplied.strip().partition(b" ")
+            # The scheme is case-insensitive (RFC 9110 §11.1); the token is compared in constant time.
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self._expected):
                 response = JSONResponse(
                     {"error": "unauthorized", "detail": "this MCP endpoint needs Authorization: Bearer <token>"},
                     status_code=401,

@@ -42,6 +42,12 @@ def identify_caller(
         raise Refusal(
             "Only tenant administrators can see AI credit usage; ask an administrator of your tenant for these figures."
         )
+    if tenant_override is None and len({value.strip() for value in header_values(headers, TENANT_HEADER)}) > 1:
+        # Fail closed: which of two tenants is meant is not ours to guess.
+        raise Refusal(
+            "The chat service sent more than one tenant (X-Tenant-Name), so no usage can be shown; "
+            "ask the TAIS operator to check the tool's configuration."
+        )
     tenant = (tenant_override if tenant_override is not None else header_value(headers, TENANT_HEADER)).strip()
     if not tenant:
         raise Refusal(
@@ -52,9 +58,19 @@ def identify_caller(
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str:
-    """A header as text. HTTP carries bytes and Starlette decodes them as Latin-1; TAIS sends UTF-8, so a
-    non-ASCII tenant such as "Müller" arrives as "MÃ¼ller" unless we decode it back."""
-    value = headers.get(name, "")
+    """A header as text; a header sent on several lines is their comma list, as HTTP defines it."""
+    return ", ".join(header_values(headers, name))
+
+
+def header_values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every line of a header, as text. HTTP carries bytes and Starlette decodes them as Latin-1; TAIS sends UTF-8,
+    so a non-ASCII tenant such as "Müller" arrives as "MÃ¼ller" unless we decode it back."""
+    getlist = getattr(headers, "getlist", None)
+    values = list(getlist(name)) if getlist is not None else [headers[name]] if name in headers else []
+    return [_utf8(value) for value in values]
+
+
+def _utf8(value: str) -> str:
     try:
         return value.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):

@@ -3,6 +3,7 @@ the structured result beside it."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -34,6 +35,11 @@ from ai_credit_usage.workbook import (
 )
 
 Question = Callable[[str, Window, TableSink], Awaitable[Findings]]
+UNEXPECTED = (
+    "Something went wrong while preparing this answer; try again in a minute, and if it keeps failing, "
+    "ask the TAIS operator to look at the ai-credits-mcp log."
+)
+logger = logging.getLogger(__name__)
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -104,6 +110,10 @@ class ReportMaker:
         except UserFacingError as exc:
             record.fail("error", type(exc).__name__)
             return self._error(str(exc))
+        except Exception as exc:  # a bug or a failure nobody foresaw: the log gets the traceback, the chat a sentence
+            logger.exception("%s failed unexpectedly for tenant %r", tool, caller.tenant)
+            record.fail("error", type(exc).__name__)
+            return self._error(UNEXPECTED)
         finally:
             sink.close()  # a failed or abandoned call leaves no workbook process and no rows behind
         download_url = f"{self._download_base_url}/download/{token}"

@@ -7,6 +7,7 @@ and stop without a traceback. The API key is a `SecretStr`: its repr is masked a
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -14,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXCEL_MAX_DATA_ROWS = 1_048_575  # 1,048,576 rows a sheet, less the header
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# A host name or IPv4 address, or a bracketed IPv6 address, with an optional port: what a Host header carries.
+_ALLOWED_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?:\d{1,5}|\*))?$")
 
 
 class ConfigError(Exception):
@@ -48,10 +51,26 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
+        expected = "expected an http(s) URL such as https://openmeter.cloud or http://localhost:8888"
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # a port that is not a number, or not in 0-65535, raises ValueError here
+        except ValueError:
+            raise ValueError(expected) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("expected an http(s) URL such as https://openmeter.cloud")
+            raise ValueError(expected)
+        if parts.username is not None or parts.password is not None:
+            # The URL is logged at start-up and shown in links; credentials belong in OPENMETER_API_KEY.
+            raise ValueError("must not carry a user name or password")
         return value.rstrip("/")
+
+    @field_validator("mcp_allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: str) -> str:
+        for host in (host.strip() for host in value.split(",")):
+            if host and not _ALLOWED_HOST.match(host):
+                raise ValueError(f"{host!r} is not a host name: use names like mcp.example.com or 10.0.0.5:8765")
+        return value
 
     @field_validator("openmeter_api_key", "mcp_auth_token")
     @classmethod
@@ -120,10 +139,7 @@ def _describe(exc: ValidationError) -> str:
             return "OPENMETER_API_KEY is not set: put your OpenMeter API key in the environment or in .env."
         return f"{name} is not set."
     reason = str(error["msg"]).removeprefix("Value error, ")
-    if name in (
-        "OPENMETER_API_KEY",
-        "MCP_AUTH_TOKEN",
-        "DOWNLOAD_STORE_URL",
-    ):  # never echo a secret, even a malformed one
+    secret = name in ("OPENMETER_API_KEY", "MCP_AUTH_TOKEN", "DOWNLOAD_STORE_URL")
+    if secret or "@" in str(error.get("input")):  # never echo a secret, even a malformed one, nor URL credentials
         return f"{name} is not valid: {reason}."
     return f"{name}={error.get('input')!r} is not valid: {reason}."

@@ -12,6 +12,9 @@ from ai_credit_usage.errors import UserFacingError
 Clock = Callable[[], datetime]
 DEFAULT_SPAN = timedelta(days=7)
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Calendar date, a time to at least the minute, an optional offset. Python's fromisoformat also takes forms such as
+# 20260131 or 2026-W05-6 that would then be read as midnight, silently dropping the day a date-only to_date includes.
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?$", re.I)
 
 
 class WindowError(UserFacingError):
@@ -46,11 +49,18 @@ def resolve_window(from_date: str | None, to_date: str | None, now: datetime, zo
     "March" should mean March there.
     """
     end = _parse("to_date", to_date, whole_day=True, zone=zone) if _given(to_date) else now.astimezone(UTC)
-    start = _parse("from_date", from_date, whole_day=False, zone=zone) if _given(from_date) else end - DEFAULT_SPAN
+    if _given(from_date):
+        start = _parse("from_date", from_date, whole_day=False, zone=zone)
+    else:
+        try:
+            start = end - DEFAULT_SPAN
+        except OverflowError:  # a to_date in the first week of year 1
+            raise WindowError(f"to_date {to_date!r} is too early: use a later date.") from None
     if start.replace(microsecond=0) >= end.replace(microsecond=0):
+        # Quote what the caller wrote: the resolved end of a date-only to_date is the next midnight.
+        until = f"to_date {to_date!r} (end {format_utc(end)}, exclusive)" if _given(to_date) else "now"
         raise WindowError(
-            f"from_date ({format_utc(start)}) must be before to_date ({format_utc(end)}, end exclusive): "
-            "swap them or widen the window."
+            f"from_date {from_date!r} ({format_utc(start)}) must be before {until}: swap them or widen the window."
         )
     # OpenMeter keeps whole seconds; truncating here keeps what we show and what we ask for the same.
     return Window(start=start.replace(microsecond=0), end=end.replace(microsecond=0))
@@ -67,7 +77,9 @@ def _parse(name: str, raw: str | None, *, whole_day: bool, zone: tzinfo = UTC) -
             day = date.fromisoformat(text) + timedelta(days=1 if whole_day else 0)
             # Midnight in the zone, then to UTC: a zone's day is 23 or 25 hours long across a DST change.
             return datetime.combine(day, datetime.min.time(), tzinfo=zone).astimezone(UTC)
-        moment = datetime.fromisoformat(text.replace("z", "Z"))
+        if not _DATE_TIME.match(text):
+            raise ValueError(text)
+        moment = datetime.fromisoformat(text.replace("z", "Z").replace(",", "."))
         if moment.tzinfo is None:  # a time without an offset is UTC (or the trend's time zone)
             moment = moment.replace(tzinfo=zone)
         return moment.astimezone(UTC)

@@ -125,7 +125,7 @@ async def call_tool(
     tool: str,
     arguments: dict[str, Any] | None = None,
     *,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | httpx2.Headers | None = None,
     mode: str = "auto",
 ) -> CallToolResult:
     """One tool call as TAIS makes it: a fresh MCP connection carrying the caller's headers."""

@@ -40,10 +40,11 @@ async def test_download_serves_every_row_as_an_attachment(server_url: str, openm
         ],
         make_event(tenant="acme", credits=1, time=datetime(2026, 1, 15, 2, tzinfo=UTC), user="=cmd|' /C calc'!A0"),
         make_event(tenant="acme", credits=1, time=datetime(2026, 1, 15, 3, tzinfo=UTC), user="@SUM(1+1)"),
+        make_event(tenant="acme", credits=1, time=datetime(2026, 1, 15, 4, tzinfo=UTC), user="+1+1", module="-2+3"),
     )
     result = await call_tool(server_url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"})
     text = text_of(result)
-    assert "Showing 50 of 57 rows" in text
+    assert "Showing 50 of 58 rows" in text
     response = httpx2.get(server_url + download_path(text))
     assert response.status_code == 200
     assert response.headers["content-type"] == XLSX
@@ -53,11 +54,12 @@ async def test_download_serves_every_row_as_an_attachment(server_url: str, openm
     workbook = load_workbook(io.BytesIO(response.content))
     data = workbook["Data"]
     rows = list(data.iter_rows(values_only=True))
-    assert len(rows) == 58
-    assert rows[1][1] == "@SUM(1+1)" and rows[2][1] == "=cmd|' /C calc'!A0"
-    assert data["B2"].data_type == "s" and data["B3"].data_type == "s"
+    assert len(rows) == 59
+    assert rows[1][1:3] == ("+1+1", "-2+3")
+    assert rows[2][1] == "@SUM(1+1)" and rows[3][1] == "=cmd|' /C calc'!A0"
+    assert all(data[cell].data_type == "s" for cell in ("B2", "C2", "B3", "B4"))  # text, never a formula
     assert rows[-1] == (datetime(2026, 1, 15, 0, 0), "u0", "chat", "p1", "acme", 0)
-    assert rows[3][5] == pytest.approx(0.054)  # exact in the workbook, "0.05" in the text
+    assert rows[4][5] == pytest.approx(0.054)  # exact in the workbook, "0.05" in the text
     about = dict(workbook["About"].iter_rows(values_only=True))
     assert about["tenant"] == "acme" and about["from (UTC)"] == "2026-01-15T00:00:00Z"
 

@@ -87,6 +87,31 @@ async def test_a_tenant_argument_cannot_change_the_scope(
     assert not openmeter.requests
 
 
+async def test_a_tenant_header_sent_twice_is_refused(server_url: str, openmeter: OpenMeterStandIn, two_tenants) -> None:
+    # Two header lines are one comma list in HTTP; taking the first one silently would be a guess about the scope.
+    headers = httpx2.Headers([("X-Tenant-Name", "globex"), ("X-Tenant-Name", "acme"), ("X-User-UserRole", "admin")])
+    result = await call_tool(server_url, "get_credit_usage_by_tenant", headers=headers)
+    assert result.is_error
+    assert text_of(result).startswith("The chat service sent more than one tenant")
+    assert not openmeter.requests
+
+
+@pytest.mark.parametrize("lines", [("user", "admin"), ("admin", "user")])
+async def test_role_header_lines_are_one_list(server_url: str, two_tenants: None, lines: tuple[str, str]) -> None:
+    headers = httpx2.Headers([("X-Tenant-Name", "acme"), *(("X-User-UserRole", role) for role in lines)])
+    result = await call_tool(server_url, "get_credit_usage_by_tenant", headers=headers)
+    assert not result.is_error, text_of(result)
+    assert "| acme | 465.00 |" in text_of(result)
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+async def test_a_date_that_is_not_text_gets_one_sentence(server_url: str, openmeter: OpenMeterStandIn, tool) -> None:
+    result = await call_tool(server_url, tool, {"from_date": 20260101})
+    assert result.is_error
+    assert text_of(result) == "from_date must be text such as 2026-01-15 (or left out); 20260101 is not."
+    assert not openmeter.requests
+
+
 async def test_the_tenant_is_matched_case_sensitively(server_url: str, two_tenants: None) -> None:
     other_case = await call_tool(
         server_url, "get_credit_events", headers={"X-Tenant-Name": "ACME", "X-User-UserRole": "admin"}
@@ -239,3 +264,28 @@ async def test_openmeter_down_is_a_clean_error(start_server: Callable[..., str])
     assert result.is_error
     assert "cannot be reached" in text_of(result)
     assert httpx2.get(f"{url}/health").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        pytest.param("Bearer tais-shared-secret", 200, id="bearer"),
+        pytest.param("bearer tais-shared-secret", 200, id="scheme-in-lower-case"),
+        pytest.param("Bearer tais-shared-secreT", 401, id="token-differs-in-case"),
+        pytest.param("Basic tais-shared-secret", 401, id="other-scheme"),
+        pytest.param("tais-shared-secret", 401, id="no-scheme"),
+        pytest.param("Bearer", 401, id="no-token"),
+    ],
+)
+def test_the_auth_token_scheme_is_case_insensitive_and_the_token_is_not(
+    start_server: Callable[..., str], authorization: str, status: int
+) -> None:
+    url = start_server(mcp_auth_token="tais-shared-secret")
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    headers = {"Authorization": authorization, "Accept": "application/json, text/event-stream"}
+    assert httpx2.post(f"{url}/mcp", json=body, headers=headers).status_code == status

@@ -58,6 +58,31 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pyte
         pytest.param({"openmeter_api_key": KEY, "openmeter_url": "openmeter"}, "OPENMETER_URL='openmeter'", id="url"),
         pytest.param({"openmeter_api_key": KEY, "download_ttl_seconds": "0"}, "DOWNLOAD_TTL_SECONDS='0'", id="ttl"),
         pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "http://openmeter:abc"},
+            "OPENMETER_URL='http://openmeter:abc' is not valid",
+            id="url-port-not-a-number",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "http://127.0.0.1:99999"},
+            "OPENMETER_URL='http://127.0.0.1:99999' is not valid",
+            id="url-port-out-of-range",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "public_base_url": "http://x:abc"},
+            "PUBLIC_BASE_URL='http://x:abc' is not valid",
+            id="public-url-port",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": f"https://user:{KEY}@openmeter.cloud"},
+            "OPENMETER_URL is not valid: must not carry a user name or password",
+            id="url-credentials",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "mcp_allowed_hosts": "a.example, b c"},
+            "MCP_ALLOWED_HOSTS='a.example, b c' is not valid: 'b c' is not a host name",
+            id="allowed-host-with-blank",
+        ),
+        pytest.param(
             {"openmeter_api_key": KEY, "mcp_host": "0.0.0.0", "tenant_override": "acme"},
             "TENANT_OVERRIDE/ROLE_OVERRIDE are for local development only",
             id="override-off-loopback",
@@ -76,6 +101,11 @@ def test_bad_configuration_is_one_clear_line(overrides: dict[str, str], message:
     [
         pytest.param({}, "ai-credits-mcp: OPENMETER_API_KEY is not set", id="missing-key"),
         pytest.param({"OPENMETER_API_KEY": KEY, "MCP_PORT": "abc"}, "ai-credits-mcp: MCP_PORT='abc'", id="bad-port"),
+        pytest.param(
+            {"OPENMETER_API_KEY": KEY, "OPENMETER_URL": "http://openmeter:abc"},
+            "ai-credits-mcp: OPENMETER_URL='http://openmeter:abc' is not valid",
+            id="bad-openmeter-port",
+        ),
         pytest.param(
             {"OPENMETER_API_KEY": KEY, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
             | {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},

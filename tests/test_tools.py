@@ -116,15 +116,30 @@ async def test_tenant_total_is_one_row_at_zero_usage(server_url: str) -> None:
     assert "Total credits: 0.00" in text
 
 
-async def test_default_window_is_the_last_seven_days(server_url: str, openmeter: OpenMeterStandIn) -> None:
+@pytest.mark.parametrize("tool", TOOLS)
+async def test_default_window_is_the_last_seven_days(server_url: str, openmeter: OpenMeterStandIn, tool: str) -> None:
     openmeter.ingest(
         make_event(tenant="acme", credits=3, time=NOW - timedelta(days=7)),
         make_event(tenant="acme", credits=5, time=NOW - timedelta(seconds=1)),
         make_event(tenant="acme", credits=100, time=NOW - timedelta(days=7, seconds=1)),
+        make_event(tenant="acme", credits=1000, time=NOW),  # `to` is exclusive
     )
-    text = text_of(await call_tool(server_url, "get_credit_usage_by_tenant"))
-    assert table_rows(text) == [["acme", "8.00"]]
-    assert window_query(openmeter, "2026-01-13T12:00:00Z")["to"] == ["2026-01-20T12:00:00Z"]
+    text = text_of(await call_tool(server_url, tool))
+    assert "2026-01-13T12:00:00Z to 2026-01-20T12:00:00Z (end exclusive)" in text
+    assert "Total credits: 8.00" in text
+    assert_window_sent(openmeter, tool, "2026-01-13T12:00:00Z", "2026-01-20T12:00:00Z")
+
+
+def assert_window_sent(openmeter: OpenMeterStandIn, tool: str, sent_from: str, sent_to: str) -> None:
+    """OpenMeter was asked for exactly the window: the meter query's from/to, or the events filter's time range."""
+    if tool == "get_credit_events":
+        pages = [request for request in openmeter.requests if request.path == "/api/v2/events"]
+        assert pages, "no events were asked for"
+        # Sliced pages ask for parts of the window; their union is the window.
+        ranges = [json.loads(dict(page.query)["filter"])["time"]["$and"] for page in pages]
+        assert min(r[0]["$gte"] for r in ranges) == sent_from and max(r[1]["$lt"] for r in ranges) == sent_to
+    else:
+        assert window_query(openmeter, sent_from)["to"] == [sent_to]
 
 
 @pytest.mark.parametrize(
@@ -162,12 +177,17 @@ async def test_default_window_is_the_last_seven_days(server_url: str, openmeter:
         ),
     ],
 )
+@pytest.mark.parametrize("tool", TOOLS)
 async def test_explicit_windows(
-    server_url: str, openmeter: OpenMeterStandIn, arguments: dict[str, str], sent_from: str, sent_to: str
+    server_url: str, openmeter: OpenMeterStandIn, tool: str, arguments: dict[str, str], sent_from: str, sent_to: str
 ) -> None:
-    result = await call_tool(server_url, "get_credit_usage_summary", arguments)
-    assert not result.is_error, text_of(result)
-    assert window_query(openmeter, sent_from)["to"] == [sent_to]
+    openmeter.ingest(make_event(tenant="acme", credits=2, time=datetime.fromisoformat(sent_from)))
+    result = await call_tool(server_url, tool, arguments)
+    text = text_of(result)
+    assert not result.is_error, text
+    assert f"{sent_from} to {sent_to} (end exclusive)" in text
+    assert "Total credits: 2.00" in text
+    assert_window_sent(openmeter, tool, sent_from, sent_to)
 
 
 @pytest.mark.parametrize(
@@ -254,18 +274,26 @@ async def test_events_follow_every_cursor_and_keep_only_the_tenant(
         )
         for i in range(40)
     ]
+    # Other tenants' events under acme's own subjects, and one whose subject is the tenant's name: the subject
+    # narrowing lets them through, so only the check of each event's tenant dimension keeps them out.
+    noise += [
+        make_event(tenant="globex", credits=1, time=start + timedelta(minutes=5 * i + 3), user="spy", subject=subject)
+        for i, subject in enumerate(["user-u0", "user-u4", "acme"] * 10)
+    ]
+    noise.append(make_event(tenant="acme", credits=0.5, time=start + timedelta(minutes=4), user="u0", subject="acme"))
+    acme.append(noise.pop())
     openmeter.ingest(*acme, *noise)
 
     result = await call_tool(server_url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"})
     text = text_of(result)
     assert header_of(text) == "| time | user | module | product | tenant | credits |"
-    assert "Showing 50 of 230 rows" in text
+    assert "Showing 50 of 231 rows" in text
     assert f"Total credits: {math.fsum(e['data']['credits'] for e in acme):,.2f}" in text
 
     sheet = download_rows(server_url, text)
     assert sheet[0] == ("time", "user", "module", "product", "tenant", "credits")
     times = [row[0] for row in sheet[1:]]
-    assert len(times) == 230
+    assert len(times) == 231
     assert times == sorted(times, reverse=True)  # newest first
     assert {row[1] for row in sheet[1:]} == {f"u{i}" for i in range(9)}
     assert {row[4] for row in sheet[1:]} == {"acme"}

@@ -37,6 +37,9 @@ def test_blank_strings_count_as_absent() -> None:
             id="offsets",
         ),
         pytest.param("2026-01-01T08:00:00", "2026-01-01T09:00:00", utc(2026, 1, 1, 8), utc(2026, 1, 1, 9), id="naive"),
+        pytest.param(
+            "2026-01-01 08:00", "2026-01-01T09:00:00.5z", utc(2026, 1, 1, 8), utc(2026, 1, 1, 9), id="space-fraction"
+        ),
     ],
 )
 def test_accepted_forms(from_date: str, to_date: str, start: datetime, end: datetime) -> None:
@@ -60,6 +63,12 @@ def test_only_from_date_runs_to_now() -> None:
         pytest.param("yesterday", None, "from_date", id="words"),
         pytest.param(None, "2026-13-01", "to_date", id="bad-month"),
         pytest.param("2026-01-01", "2026/01/02", "to_date", id="slashes"),
+        # Forms Python's fromisoformat takes but SPEC does not: read as midnight, they would drop to_date's day.
+        pytest.param(None, "20260131", "to_date", id="basic-format"),
+        pytest.param(None, "2026-W05-6", "to_date", id="week-date"),
+        pytest.param("2026-01-31T12", None, "from_date", id="hour-only"),
+        pytest.param(None, "0001-01-01", "to_date", id="default-start-before-year-1"),
+        pytest.param("9999-12-31T23:59:59-05:00", None, "from_date", id="past-year-9999-in-utc"),
     ],
 )
 def test_unparseable_values_name_the_parameter(from_date: str | None, to_date: str | None, named: str) -> None:
@@ -72,8 +81,13 @@ def test_unparseable_values_name_the_parameter(from_date: str | None, to_date: s
     [("2026-01-10", "2026-01-09"), ("2026-01-10T00:00:00Z", "2026-01-10T00:00:00Z")],
 )
 def test_start_must_be_before_end(from_date: str, to_date: str) -> None:
-    with pytest.raises(WindowError, match=r"from_date .* must be before to_date"):
+    with pytest.raises(WindowError, match=rf"from_date '{from_date}' .* must be before to_date '{to_date}'"):
         resolve_window(from_date, to_date, NOW)
+
+
+def test_a_future_from_date_without_to_date_is_compared_with_now() -> None:
+    with pytest.raises(WindowError, match=r"from_date '2026-02-01' \(2026-02-01T00:00:00Z\) must be before now:"):
+        resolve_window("2026-02-01", None, NOW)
 
 
 def test_format_utc_uses_z() -> None:
