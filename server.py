@@ -279,6 +279,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with mcp.session_manager.run(), anyio.create_task_group() as tasks:
             tasks.start_soon(_sweep_downloads, downloads)
+            if not await downloads.healthy():  # say it now, not at the first tool call; the store may come back
+                logger.warning(
+                    "the download store (DOWNLOAD_STORE_URL) is unreachable at start-up: tool calls fail and /health "
+                    "answers 503 until it answers"
+                )
             try:
                 yield
             finally:

@@ -9,6 +9,7 @@ must run (`.ci/run` installs it).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -36,7 +37,7 @@ from ai_credit_usage.downloads import (
 )
 from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.settings import ConfigError, load_settings
-from tests.conftest import API_KEY, NOW, FakeClock, call_tool, text_of
+from tests.conftest import API_KEY, NOW, FakeClock, ServerStarter, call_tool, text_of
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -223,6 +224,15 @@ async def test_an_outage_is_a_quick_clear_error_and_a_restart_heals(redis_server
         assert (await store.get(token)).content == b"after"  # type: ignore[union-attr]
     finally:
         await store.aclose()
+
+
+async def test_an_unreachable_store_is_named_at_start_up(
+    start_server: ServerStarter, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ai_credit_usage.server"):
+        url = start_server(download_store_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert "the download store (DOWNLOAD_STORE_URL) is unreachable at start-up" in caplog.text
+    assert httpx2.get(f"{url}/health").status_code == 503
 
 
 async def test_a_redis_that_stops_answering_never_hangs_a_call(redis_server: RedisServer) -> None:
