@@ -17,6 +17,8 @@ _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 class WindowError(UserFacingError):
     """A date argument the caller can fix; the message names the parameter and says what is accepted."""
 
+    outcome = "invalid"
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
