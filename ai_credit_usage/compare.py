@@ -23,13 +23,29 @@ def preceding(window: Window) -> Window:
 
 
 def describe_span(span: timedelta) -> str:
-    """ "7 days", "36 hours", "90 minutes": how long the windows are, in the largest unit that divides them."""
-    seconds = int(span.total_seconds())
-    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
-        if seconds % size == 0:
-            count = seconds // size
-            return f"{count:,} {unit}{'' if count == 1 else 's'}"
-    return "window of the same length"  # pragma: no cover - every whole number of seconds divides by 1
+    """How long the windows are, readable at any length: "31 days", "36 hours", "90 minutes" when exact, else one
+    decimal of the largest unit that fits twice ("21.2 days", "5.5 hours"), never "1,835,792 seconds"."""
+    seconds = span.total_seconds()
+    if seconds % 86_400 == 0:
+        return _count(int(seconds // 86_400), "day")
+    if seconds % 3_600 == 0 and seconds <= 3 * 86_400:
+        return _count(int(seconds // 3_600), "hour")
+    if seconds % 60 == 0 and seconds <= 3 * 3_600:
+        return _count(int(seconds // 60), "minute")
+    if seconds < 120:
+        return _count(round(seconds), "second")
+    unit, size = next((unit, size) for unit, size in _UNITS if seconds >= 2 * size)
+    amount = f"{seconds / size:,.1f}"
+    if amount.endswith(".0"):  # 21 days and 5 minutes: "about 21 days", not a "21.0" that looks exact
+        return f"about {_count(round(seconds / size), unit)}"
+    return f"{amount} {unit}s"
+
+
+_UNITS = (("day", 86_400), ("hour", 3_600), ("minute", 60))
+
+
+def _count(count: int, unit: str) -> str:
+    return f"{count:,} {unit}{'' if count == 1 else 's'}"
 
 
 @dataclass(frozen=True)

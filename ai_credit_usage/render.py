@@ -8,16 +8,18 @@ when it would not, long cells are shortened with an ellipsis, here only, never i
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from ai_credit_usage.compare import Comparison, Mover
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.table import PREVIEW_ROWS, Table, TableSink
-from ai_credit_usage.trend import MAD_LIMIT, MIN_BASELINE, Granularity, Trend
+from ai_credit_usage.trend import MAD_LIMIT, MIN_BASELINE, MIN_TIMES_TYPICAL, Granularity, Trend
 from ai_credit_usage.window import Window, format_utc
 
 MAX_PREVIEW_CHARS = 20_000
@@ -92,6 +94,33 @@ def period_text(label: date, granularity: Granularity) -> str:
     return label.strftime("%Y-%m") if granularity == "month" else label.isoformat()
 
 
+def shown_cents(value: float) -> Decimal:
+    """The amount `format_credits` shows, as an exact number of cents (`<0.01` counts as the 0.00 it rounds to)."""
+    return Decimal(f"{value:.2f}")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The rows a preview shows and what it leaves out (its credits exact, as the structured result gives them)."""
+
+    rows: list[tuple[Any, ...]]
+    hidden: int
+    hidden_credits: float
+    newest: bool = False  # a trend shows its newest periods (still oldest first); the hidden ones are older
+
+
+def shown_rows(table: Table | TableSink, findings: Findings) -> Shown:
+    """The first 50 rows; for a trend with more periods, the newest 50, the end that says where usage is going."""
+    trend = findings.trend
+    if trend is not None and len(trend.periods) > PREVIEW_ROWS:
+        first = len(trend.periods) - PREVIEW_ROWS
+        rows = [trend.row(position) for position in range(first, len(trend.periods))]
+        return Shown(rows, first, math.fsum(trend.totals[:first]), newest=True)
+    rows = table.preview_rows[:PREVIEW_ROWS]
+    hidden = table.row_count - len(rows)
+    return Shown(rows, hidden, table.rest_credits if hidden else 0.0)
+
+
 @dataclass(frozen=True)
 class Preview:
     text: str
@@ -148,7 +177,8 @@ def _render(
     findings: Findings,
 ) -> str:
     trend = findings.trend
-    shown = table.preview_rows[:PREVIEW_ROWS]
+    preview = shown_rows(table, findings)
+    shown = preview.rows
     first_amount = len(table.columns) - table.amounts
     heading = f"Tenant {cell(tenant)}, {window.describe()}"
     if trend is not None:
@@ -171,15 +201,11 @@ def _render(
     for row in shown:
         lines.append("| " + " | ".join(show(index, value) for index, value in enumerate(row)) + " |")
     lines.append("")
-    if len(shown) < table.row_count:
-        lines.append(f"Showing {len(shown):,} of {table.row_count:,} rows; the Excel file has all {table.row_count:,}.")
+    if preview.hidden:
+        lines.append(_cut_line(preview, table.row_count, trend))
     lines.append(f"Total credits: {format_credits(table.total_credits)}")
-    if len(shown) < table.row_count:
-        hidden = table.row_count - len(shown)
-        lines.append(
-            f"The {hidden:,} row{'' if hidden == 1 else 's'} not shown hold {format_credits(table.rest_credits)} "
-            "credits (with the rows shown, they make the total)."
-        )
+    if preview.hidden:
+        lines.append(_hidden_line(preview, table.total_credits, trend))
     if findings.comparison_in_text:
         lines.append(_comparison_line(findings.comparison))
     if findings.movers is not None and findings.comparison is not None:
@@ -192,6 +218,34 @@ def _render(
         f"in {minutes} minute{'' if minutes == 1 else 's'})"
     )
     return "\n".join(lines)
+
+
+def _cut_line(preview: Shown, count: int, trend: Trend | None) -> str:
+    if trend is None or not preview.newest:
+        return f"Showing {len(preview.rows):,} of {count:,} rows; the Excel file has all {count:,}."
+    unit = trend.granularity
+    first, last = (period_text(preview.rows[index][0], unit) for index in (0, -1))
+    return (
+        f"Showing the newest {len(preview.rows):,} of {count:,} {unit}s ({first} to {last}); "
+        f"the Excel file has all {count:,}, from {period_text(trend.periods[0].label, unit)}."
+    )
+
+
+def _hidden_line(preview: Shown, total: float, trend: Trend | None) -> str:
+    """The credits of the rows not shown, such that the amounts as shown add up to the total as shown: each row is
+    rounded to cents, so the exact rest (in the structured result) can be off by a few cents from that."""
+    rest = shown_cents(total) - sum((shown_cents(row[-1]) for row in preview.rows), Decimal(0))
+    hidden = preview.hidden
+    if trend is not None and preview.newest:
+        what, shown = f"older {trend.granularity}{'' if hidden == 1 else 's'}", f"{trend.granularity}s shown"
+    else:
+        what, shown = f"row{'' if hidden == 1 else 's'}", "rows shown"
+    if rest < 0:  # only when many rows round up and the rest is tiny: then say the rest as it is, and why
+        return (
+            f"The {hidden:,} {what} not shown hold {format_credits(preview.hidden_credits)} credits (the {shown} are "
+            "rounded to cents, so with them this makes the total only approximately)."
+        )
+    return f"The {hidden:,} {what} not shown hold {rest:,.2f} credits (with the {shown}, they make the total)."
 
 
 def _comparison_line(comparison: Comparison | None) -> str:
@@ -237,14 +291,30 @@ def _trend_lines(trend: Trend) -> list[str]:
             else f"{partial} {unit}s marked partial: the window covers only part of them, so they look lower "
             "than they are."
         )
-    if not trend.judged:
-        complete = len(trend.periods) - partial
+    if trend.too_few_with_usage:
         lines.append(
-            f"Too few complete {unit}s ({complete}) to say which are unusual; at least {MIN_BASELINE} are needed."
+            f"Most complete {unit}s had no usage and only {trend.complete_with_usage} had some: too few {unit}s with "
+            f"usage to say which are unusual; at least {MIN_BASELINE} are needed."
+        )
+        return lines
+    if not trend.judged:
+        lines.append(
+            f"Too few complete {unit}s ({trend.complete}) to say which are unusual; at least {MIN_BASELINE} are needed."
         )
         return lines
     typical, deviation = format_credits(trend.typical or 0.0), format_credits(trend.deviation or 0.0)
-    rule = f"more than {MAD_LIMIT} median absolute deviations ({deviation}) above the median {unit} ({typical})"
+    if trend.typical_with_usage:
+        lines.append(
+            f"Most complete {unit}s had no usage, so the {trend.typical_name()} is the median of the "
+            f"{trend.complete_with_usage} complete {unit}s that had some."
+        )
+        typical_is = f"the {trend.typical_name()} ({typical})"
+    else:
+        typical_is = f"the {trend.typical_name()} ({typical}, the median complete {unit})"
+    rule = (
+        f"more than {MAD_LIMIT} median absolute deviations ({deviation}) above {typical_is} and at least "
+        f"{MIN_TIMES_TYPICAL:g} times it"
+    )
     if not trend.unusual:
         lines.append(f"No unusual {unit}s: none is {rule}.")
         return lines
@@ -253,13 +323,9 @@ def _trend_lines(trend: Trend) -> list[str]:
     for found in ranked[:UNUSUAL_LISTED]:
         period = trend.periods[found.index]
         label = ("week of " if unit == "week" else "") + period_text(period.label, trend.granularity)
-        times = (
-            f"{found.times_typical:,.1f} times the typical {unit}"
-            if found.times_typical is not None
-            else f"where the typical {unit} had no usage"
-        )
         lines.append(
-            f"- {label}{' (partial)' if period.partial else ''}: {format_credits(found.credits)} credits, {times}"
+            f"- {label}{' (partial)' if period.partial else ''}: {format_credits(found.credits)} credits, "
+            f"{found.times_typical:,.1f} times the {trend.typical_name()}"
         )
     if len(ranked) > UNUSUAL_LISTED:
         lines.append(f"- and {len(ranked) - UNUSUAL_LISTED} more (the Excel file's Summary sheet lists them all)")

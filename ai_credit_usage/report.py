@@ -22,7 +22,7 @@ from ai_credit_usage.render import MAX_PREVIEW_CHARS, period_text, render_previe
 from ai_credit_usage.structured import build_result
 from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, PROCESS_WRITER_ROWS, Progress, TableSink
 from ai_credit_usage.telemetry import traced_workbook
-from ai_credit_usage.trend import NO_VALUE, Trend, parse_time_zone
+from ai_credit_usage.trend import MAD_LIMIT, MIN_BASELINE, MIN_TIMES_TYPICAL, NO_VALUE, Trend, parse_time_zone
 from ai_credit_usage.window import Clock, Window, format_utc, resolve_window
 from ai_credit_usage.workbook import (
     CREDITS_FORMAT,
@@ -108,7 +108,7 @@ class ReportMaker:
                 "try again in a few minutes, or ask for a shorter window."
             )
         except UserFacingError as exc:
-            record.fail("error", type(exc).__name__)
+            record.fail(exc.outcome, type(exc).__name__)
             return self._error(str(exc))
         except Exception as exc:  # a bug or a failure nobody foresaw: the log gets the traceback, the chat a sentence
             logger.exception("%s failed unexpectedly for tenant %r", tool, caller.tenant)
@@ -207,11 +207,16 @@ class ReportMaker:
 
 
 def _trend_facts(trend: Trend) -> list[Fact]:
-    if trend.unusual:
-        unusual = f"{len(trend.unusual)} (listed below)"
+    unit = trend.granularity
+    facts = [Fact("Granularity", unit)]
+    if trend.judged:
+        facts.append(Fact(trend.typical_name().capitalize(), trend.typical, CREDITS_FORMAT))
+        unusual = f"{len(trend.unusual)} (listed below)" if trend.unusual else "none"
+    elif trend.too_few_with_usage:
+        unusual = f"too few {unit}s with usage to judge ({trend.complete_with_usage}; {MIN_BASELINE} needed)"
     else:
-        unusual = "none" if trend.judged else "too few complete periods to judge"
-    return [Fact("Granularity", trend.granularity), Fact(f"Unusual {trend.granularity}s", unusual)]
+        unusual = f"too few complete {unit}s to judge ({trend.complete}; {MIN_BASELINE} needed)"
+    return [*facts, Fact(f"Unusual {unit}s", unusual)]
 
 
 def _movers_block(movers: list[Mover], comparison: Comparison) -> Block:
@@ -224,15 +229,17 @@ def _movers_block(movers: list[Mover], comparison: Comparison) -> Block:
 
 
 def _unusual_block(trend: Trend) -> Block:
-    unit = trend.granularity
+    unit, typical = trend.granularity, trend.typical_name()
     rows = []
     for found in sorted(trend.unusual, key=lambda found: -found.credits):
         period = trend.periods[found.index]
         partial = "yes" if period.partial else "no"
         rows.append((period_text(period.label, unit), found.credits, found.times_typical, partial))
+    basis = f"the median complete {unit}" + (" that had some" if trend.typical_with_usage else "")
     return Block(
-        f"Unusual {unit}s (more than 3 median absolute deviations above the median complete {unit})",
-        (unit, "credits", "times typical", "partial"),
+        f"Unusual {unit}s: at least {MIN_TIMES_TYPICAL:g} times and more than {MAD_LIMIT} median absolute "
+        f"deviations above the {typical} ({basis})",
+        (unit, "credits", f"times the {typical}", "partial"),
         tuple(rows),
         (None, CREDITS_FORMAT, "0.0", None),
     )

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ai_credit_usage.compare import Comparison, Mover
 from ai_credit_usage.findings import Findings
-from ai_credit_usage.render import period_text, shorten_plain
+from ai_credit_usage.render import period_text, shorten_plain, shown_rows
 from ai_credit_usage.table import TableSink
 from ai_credit_usage.trend import Trend
 from ai_credit_usage.window import Window
@@ -57,7 +57,9 @@ class UsageResult(BaseModel):
     total_credits: float = Field(description="Credits over every row, exact (the text rounds to 2 decimals).")
     row_count: int = Field(description="Rows in the Excel file's Data sheet.")
     columns: list[str] = Field(description="The table's columns, in order.")
-    truncated: bool = Field(description="True when `rows` shows only the first 50 of `row_count` rows.")
+    truncated: bool = Field(
+        description="True when `rows` shows only 50 of `row_count` rows (the first 50; a trend's newest 50 periods)."
+    )
     credits_not_shown: float = Field(description="Credits of the rows not in `rows`; with them they make the total.")
     cells_shortened: bool = Field(description="Some long text was cut with an ellipsis (never in the Excel file).")
     download_url: str = Field(description="The Excel file with every row, a Summary and an About sheet.")
@@ -138,7 +140,7 @@ class TrendPeriodOut(BaseModel):
 class UnusualOut(BaseModel):
     period: str
     credits: float
-    times_typical: float | None = Field(description="Credits over the median period; null if that is 0.")
+    times_typical: float = Field(description="Credits over `typical_credits`.")
 
 
 class TrendResult(UsageResult):
@@ -146,10 +148,18 @@ class TrendResult(UsageResult):
     time_zone: str
     group_by: Literal["user", "module", "product", "skill"] | None
     series: list[str] = Field(description="The top 5 series, then Other for the rest; empty without group_by.")
-    rows: list[TrendPeriodOut] = Field(description="The periods, oldest first (the first 50).")
-    typical_credits: float | None = Field(description="The median complete period; null with too few of them.")
-    deviation_credits: float | None = Field(description="The median absolute deviation of the complete periods.")
-    unusual_periods: list[UnusualOut] = Field(description="More than 3 deviations above the median, largest first.")
+    rows: list[TrendPeriodOut] = Field(description="The periods, oldest first; with more than 50, the newest 50.")
+    typical_credits: float | None = Field(
+        description="The typical period: the median complete period, or, when that had no usage, the median complete "
+        "period with usage (see `typical_basis`); null when too few periods to judge."
+    )
+    typical_basis: Literal["complete periods", "complete periods with usage"] | None = Field(
+        description="Which periods `typical_credits` and `deviation_credits` are taken over; null when not judged."
+    )
+    deviation_credits: float | None = Field(description="The median absolute deviation of those periods.")
+    unusual_periods: list[UnusualOut] = Field(
+        description="More than 3 deviations above the typical period and at least 1.5 times it, largest first."
+    )
 
 
 def build_result(
@@ -165,15 +175,16 @@ def build_result(
     shortened: bool,
     demo: bool,
 ) -> UsageResult:
-    shown = sink.preview_rows
+    preview = shown_rows(sink, findings)
+    shown = preview.rows
     common: dict[str, Any] = {
         "tenant": shorten_plain(tenant, cell_limit),
         "window": WindowOut.of(window),
         "total_credits": sink.total_credits,
         "row_count": sink.row_count,
         "columns": [shorten_plain(name, cell_limit) for name in sink.columns],
-        "truncated": len(shown) < sink.row_count,
-        "credits_not_shown": sink.rest_credits,
+        "truncated": preview.hidden > 0,
+        "credits_not_shown": preview.hidden_credits,
         "cells_shortened": shortened,
         "download_url": download_url,
         "expires_at": expires_at,
@@ -185,7 +196,7 @@ def build_result(
         return shorten_plain(value, cell_limit) if isinstance(value, str) else value
 
     if findings.trend is not None:
-        return _trend_result(findings.trend, len(shown), common, cell_limit)
+        return _trend_result(findings.trend, preview.hidden, common, cell_limit)
     if tool == "get_credit_usage_summary":
         movers = findings.movers
         return SummaryResult(
@@ -202,7 +213,7 @@ def build_result(
     )
 
 
-def _trend_result(trend: Trend, shown: int, common: dict[str, Any], cell_limit: int) -> TrendResult:
+def _trend_result(trend: Trend, hidden: int, common: dict[str, Any], cell_limit: int) -> TrendResult:
     def label(day: date) -> str:
         return period_text(day, trend.granularity)
 
@@ -215,7 +226,7 @@ def _trend_result(trend: Trend, shown: int, common: dict[str, Any], cell_limit: 
             credits=total,
             series_credits=values,
         )
-        for period, values, total in list(zip(trend.periods, trend.values, trend.totals, strict=True))[:shown]
+        for period, values, total in list(zip(trend.periods, trend.values, trend.totals, strict=True))[hidden:]
     ]
     unusual = sorted(trend.unusual, key=lambda found: -found.credits)[:UNUSUAL_KEPT]
     return TrendResult(
@@ -226,6 +237,11 @@ def _trend_result(trend: Trend, shown: int, common: dict[str, Any], cell_limit: 
         series=[shorten_plain(name, cell_limit) for name in trend.series],
         rows=rows,
         typical_credits=trend.typical,
+        typical_basis=None
+        if not trend.judged
+        else "complete periods with usage"
+        if trend.typical_with_usage
+        else "complete periods",
         deviation_credits=trend.deviation,
         unusual_periods=[
             UnusualOut(

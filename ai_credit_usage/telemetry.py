@@ -62,7 +62,9 @@ tracer = trace.get_tracer(INSTRUMENTATION_NAME)
 meter = metrics.get_meter(INSTRUMENTATION_NAME)
 
 tool_calls = meter.create_counter(
-    "ai_credits.tool.calls", unit="{call}", description="Tool calls, by tool and outcome (ok, refused, error, timeout)"
+    "ai_credits.tool.calls",
+    unit="{call}",
+    description="Tool calls, by tool and outcome (ok, refused, invalid, error, timeout)",
 )
 tool_duration = meter.create_histogram(
     "ai_credits.tool.duration",
@@ -303,7 +305,7 @@ def record_tool_call(record: ToolCallRecord, seconds: float) -> None:
         "ai_credits.outcome": record.outcome,
     }
     span.set_attributes({key: value for key, value in details.items() if value is not None})
-    # A refusal is the caller's doing (like a 403), not the server failing: it keeps an unset status.
+    # A refusal or an invalid argument is the caller's doing (like a 4xx), not the server failing: unset status.
     if record.outcome == "timeout":
         _fail(span, "timeout")
     elif record.outcome == "error":  # the reason is a class name or a fixed phrase, never a message

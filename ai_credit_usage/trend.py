@@ -6,7 +6,11 @@ change is 23 or 25 hours long), and the query's rows are folded into them: days 
 missing periods as 0. A period that the window cuts at either end is partial: it holds only the window's part.
 
 Unusual periods are those above the median of the complete periods by more than 3 median absolute deviations: the
-median and the MAD ignore a single spike, where a mean and a standard deviation would be dragged towards it.
+median and the MAD ignore a single spike, where a mean and a standard deviation would be dragged towards it. Two edges
+need more: on a very steady series the MAD is about 0, so anything a cent above typical would count; an unusual
+period must therefore also be at least 1.5 times the typical one. And when most complete periods had no usage (the
+median is 0), every period with usage would count; the typical period is then the median of the complete periods
+that had usage, and with too few of those nothing is judged.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
 from ai_credit_usage.errors import UserFacingError
@@ -34,12 +38,15 @@ TOP_SERIES = 5
 OTHER = "Other"
 NO_VALUE = "(none)"  # the label of usage whose event had no value for the dimension
 MAD_LIMIT = 3
-MIN_BASELINE = 4  # complete periods needed before anything can be called unusual
+MIN_BASELINE = 4  # complete periods (or complete periods with usage) needed before anything can be called unusual
+MIN_TIMES_TYPICAL = 1.5  # an unusual period is also at least this many times the typical one
 _OPENMETER_WINDOW = {"day": "DAY", "week": "DAY", "month": "MONTH"}  # OpenMeter has no WEEK: days are folded
 
 
 class TrendError(UserFacingError):
     """A trend argument the caller can fix; the message names the parameter."""
+
+    outcome = "invalid"
 
 
 @functools.cache
@@ -57,12 +64,20 @@ def parse_time_zone(name: str | None) -> ZoneInfo:
     return ZoneInfo(text)
 
 
-def choose_granularity(window: Window) -> Granularity:
-    """Daily up to 45 days, weekly up to 26 weeks, monthly beyond: a readable number of points either way."""
-    span = window.end - window.start
+def choose_granularity(window: Window, zone: ZoneInfo) -> Granularity:
+    """Daily up to 45 days, weekly up to 26 weeks, monthly beyond: a readable number of points either way.
+
+    Measured on the local clock in `zone`: 45 Paris days across the October DST change are 45 days 1 hour in UTC.
+    """
+    span = _local(window.end, zone) - _local(window.start, zone)
     if span <= DAILY_UP_TO:
         return "day"
     return "week" if span <= WEEKLY_UP_TO else "month"
+
+
+def _local(moment: datetime, zone: ZoneInfo) -> datetime:
+    """The wall-clock time in `zone`, without its offset, so differences count calendar time there."""
+    return moment.astimezone(zone).replace(tzinfo=None)
 
 
 def openmeter_window_size(granularity: Granularity) -> str:
@@ -120,7 +135,7 @@ def periods_of(window: Window, granularity: Granularity, zone: ZoneInfo) -> list
 class Unusual:
     index: int  # into Trend.periods
     credits: float
-    times_typical: float | None  # None when the typical period had no usage at all
+    times_typical: float  # credits over the typical period
 
 
 @dataclass
@@ -133,15 +148,32 @@ class Trend:
     values: list[list[float]]  # per period, per series
     totals: list[float]  # per period: exactly the fsum of that period's series values
     series_totals: dict[str, float] = field(default_factory=dict)  # every series over the window, before the cut
-    typical: float | None = None  # the median complete period
-    deviation: float | None = None  # the median absolute deviation of the complete periods
+    typical: float | None = None  # the median complete period (with usage, when `typical_with_usage`)
+    deviation: float | None = None  # the median absolute deviation of the same periods
+    typical_with_usage: bool = False  # most complete periods had no usage: judged against those that had some
+    complete: int = 0  # complete periods in the window
+    complete_with_usage: int = 0  # of which had usage
     unusual: list[Unusual] = field(default_factory=list)
     has_other: bool = False  # the last series sums every series beyond the top 5
 
     @property
     def judged(self) -> bool:
-        """Whether there were enough complete periods to say what is unusual."""
+        """Whether there were enough complete periods (with usage, if the median had none) to say what is unusual."""
         return self.typical is not None
+
+    @property
+    def too_few_with_usage(self) -> bool:
+        """Not judged because most complete periods had no usage and too few had some (not for lack of periods)."""
+        return not self.judged and self.complete >= MIN_BASELINE
+
+    def typical_name(self) -> str:
+        """ "typical day", or "typical day with usage" when the typical period is among those with usage."""
+        return f"typical {self.granularity}" + (" with usage" if self.typical_with_usage else "")
+
+    def row(self, position: int) -> tuple[Any, ...]:
+        """The Data sheet's row for a period: its first day, partial yes/no, the series (if any), the total."""
+        partial = "yes" if self.periods[position].partial else "no"
+        return (self.periods[position].label, partial, *self.values[position], self.totals[position])
 
 
 def other_label(names: Iterable[str]) -> str:
@@ -195,13 +227,19 @@ def build_trend(
 
 def _judge(trend: Trend) -> None:
     baseline = [total for period, total in zip(trend.periods, trend.totals, strict=True) if not period.partial]
+    with_usage = [total for total in baseline if total > 0]
+    trend.complete, trend.complete_with_usage = len(baseline), len(with_usage)
     if len(baseline) < MIN_BASELINE:
         return
     typical = statistics.median(baseline)
+    if typical <= 0:  # most complete periods had no usage: against 0, every period with usage would stand out
+        if len(with_usage) < MIN_BASELINE:
+            return
+        baseline, typical, trend.typical_with_usage = with_usage, statistics.median(with_usage), True
     deviation = statistics.median(abs(total - typical) for total in baseline)
     trend.typical, trend.deviation = typical, deviation
     threshold = typical + MAD_LIMIT * deviation
     for position, total in enumerate(trend.totals):
         # "More than a visible cent above typical" keeps float dust on an all-equal series from counting.
-        if total > threshold and total - typical >= 0.01:
-            trend.unusual.append(Unusual(position, total, total / typical if typical > 0 else None))
+        if total > threshold and total >= MIN_TIMES_TYPICAL * typical and total - typical >= 0.01:
+            trend.unusual.append(Unusual(position, total, total / typical))

@@ -107,9 +107,9 @@ class UsageService:
         await sink.add(table)
         about = _about_query(meter, tenant, dimensions, SUMMARY_ROW)
         findings = self._findings(window, sink, previous, about=about, in_text=True)
-        current_users = sink.breakdown("user")
-        if previous is not None and previous.by_user is not None and current_users is not None:
-            findings.movers = top_movers(current_users, previous.by_user)
+        if previous is not None and previous.by_user is not None:
+            # No rows now is no breakdown in the sink, but movers still say who is gone.
+            findings.movers = top_movers(sink.breakdown("user") or {}, previous.by_user)
         return findings
 
     async def events(self, tenant: str, window: Window, sink: TableSink) -> Findings:
@@ -157,25 +157,45 @@ class UsageService:
         time_zone: str,
     ) -> Findings:
         """Credits per day, week or month in a time zone, zero-filled, optionally per user/module/product/skill
-        (the top 5 and Other): one meter query with windowSize and windowTimeZone."""
+        (the top 5 and Other): one meter query with windowSize and windowTimeZone. Beside it, at the same time, the
+        per-combination query without windowSize, for the Summary sheet's top 5 users, modules, products, skills."""
         meter = await self.meter()
         if group_by is not None and group_by not in meter.dimension_paths:
             raise MeterConfigError(
                 f"The meter '{meter.slug}' has no {group_by} dimension, so usage cannot be grouped by it; "
                 "leave group_by out or pick another."
             )
-        chosen, zone = granularity or choose_granularity(window), ZoneInfo(time_zone)
+        zone = ZoneInfo(time_zone)
+        chosen = granularity or choose_granularity(window, zone)
         periods = periods_of(window, chosen, zone)
         dimensions = ["tenant", *([group_by] if group_by else [])]
+        breakdown_dimensions = [name for name in SUMMARY_COLUMNS[:-1] if name in meter.dimension_paths]
         size = openmeter_window_size(chosen)
-        rows, previous = await self._with_previous(
-            meter,
-            tenant,
-            window,
-            lambda: self._client.query_meter(
-                meter.slug, window, dimensions, _tenant_filter(tenant), window_size=size, window_time_zone=time_zone
-            ),
-        )
+
+        async def trend_and_breakdown() -> tuple[list[QueryRow], list[QueryRow]]:
+            found: list[list[QueryRow]] = []
+
+            async def breakdown() -> None:
+                found.append(
+                    await self._client.query_meter(meter.slug, window, breakdown_dimensions, _tenant_filter(tenant))
+                )
+
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(breakdown)
+                    rows = await self._client.query_meter(
+                        meter.slug,
+                        window,
+                        dimensions,
+                        _tenant_filter(tenant),
+                        window_size=size,
+                        window_time_zone=time_zone,
+                    )
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
+            return rows, found[0]
+
+        (rows, combinations), previous = await self._with_previous(meter, tenant, window, trend_and_breakdown)
         samples = [
             (
                 _window_start(row).astimezone(zone).date(),
@@ -188,15 +208,19 @@ class UsageService:
         trend = build_trend(periods, chosen, time_zone, group_by, samples)
         series = trend.series if group_by else []
         sink.define((chosen, "partial", *series, "total" if group_by else "credits"), amounts=len(series) + 1)
-        await sink.add(
-            [
-                (period.label, "yes" if period.partial else "no", *values, total)
-                for period, values, total in zip(trend.periods, trend.values, trend.totals, strict=True)
-            ]
-        )
-        if group_by is not None:
-            sink.tally(group_by, trend.series_totals)
+        await sink.add([trend.row(position) for position in range(len(trend.periods))])
+        mine = [row for row in combinations if row.groupBy.get("tenant") == tenant]
+        for dimension in BREAKDOWN_DIMENSIONS:
+            if dimension in meter.dimension_paths:
+                sink.tally(dimension, _sums((row.groupBy.get(dimension) or "", row.value) for row in mine))
         about = _trend_about(meter, tenant, dimensions, size, chosen, time_zone, grouped=group_by is not None)
+        about.append(
+            (
+                "Summary query",
+                f"the top 5s: GET /api/v1/meters/{meter.slug}/query without windowSize, grouped by "
+                f"{', '.join(breakdown_dimensions)}; filter tenant = {tenant!r}; from and to = the window",
+            )
+        )
         findings = self._findings(window, sink, previous, about=about)
         findings.trend = trend
         return findings
@@ -295,7 +319,12 @@ def _trend_about(
             f"one {granularity} in {time_zone}, oldest first, with 0 where there was no usage; partial = the window "
             f"covers only part of it{series}",
         ),
-        ("unusual", "a period above the median complete period by more than 3 median absolute deviations"),
+        (
+            "unusual",
+            "a period above the typical one by more than 3 median absolute deviations and at least 1.5 times it; "
+            "the typical period is the median complete period, or, when that had no usage, the median complete "
+            "period with usage",
+        ),
     ]
 
 

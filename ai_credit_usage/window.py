@@ -20,6 +20,8 @@ _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,
 class WindowError(UserFacingError):
     """A date argument the caller can fix; the message names the parameter and says what is accepted."""
 
+    outcome = "invalid"
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -86,3 +88,39 @@ def test_no_cut_line_when_everything_fits() -> None:
     text = render_answer(table, tenant="acme", window=WINDOW, download_url="u", expires_at=NOW, now=NOW)
     assert "Showing" not in text
     assert "| acme | 0.00 |" in text
+
+
+def amounts_as_shown(text: str) -> tuple[list[Decimal], Decimal, Decimal]:
+    """The rows' credits, the total and the rest, as the text shows them."""
+
+    def amount(pattern: str) -> Decimal:
+        match = re.search(pattern, text, re.MULTILINE)
+        assert match, pattern
+        return Decimal(match.group(1).replace(",", ""))
+
+    rows = [Decimal(split_row(line)[-1].replace(",", "")) for line in text.splitlines()[4:] if line.startswith("| ")]
+    return rows, amount(r"^Total credits: ([\d,.]+)$"), amount(r"not shown hold ([\d,.]+) credits")
+
+
+def test_the_rest_as_shown_makes_the_total_as_shown() -> None:
+    # 60 rows of 1.004: each shows as 1.00, the total as 60.24, so the rest must show as 10.24 (exactly: 10.04).
+    table = Table(SUMMARY_COLUMNS, [(f"user{i:02d}", "m", "p", "acme", "s", 1.004) for i in range(60)])
+    text = render_answer(table, tenant="acme", window=WINDOW, download_url="u", expires_at=NOW, now=NOW)
+    shown, total, rest = amounts_as_shown(text)
+    assert (len(shown), total, rest) == (50, Decimal("60.24"), Decimal("10.24"))
+    assert sum(shown) + rest == total
+    assert "The 10 rows not shown hold 10.24 credits (with the rows shown, they make the total)." in text
+
+
+def test_a_rest_that_rounding_would_make_negative_is_said_as_it_is() -> None:
+    # 50 rows of 0.006 show as 0.01 each (0.50), but the total is 0.301: no rest as shown can make 0.30.
+    rows = [(f"user{i:02d}", "m", "p", "acme", "s", 0.006) for i in range(50)]
+    rows += [(f"rest{i}", "m", "p", "acme", "s", 0.0001) for i in range(10)]
+    text = render_answer(
+        Table(SUMMARY_COLUMNS, rows), tenant="acme", window=WINDOW, download_url="u", expires_at=NOW, now=NOW
+    )
+    assert "Total credits: 0.30" in text
+    assert (
+        "The 10 rows not shown hold <0.01 credits (the rows shown are rounded to cents, so with them this makes the "
+        "total only approximately)."
+    ) in text

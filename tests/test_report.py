@@ -16,6 +16,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from openpyxl import load_workbook
 
+from ai_credit_usage.compare import describe_span
 from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from ai_credit_usage.render import MAX_PREVIEW_CHARS, escape_cell
 from tests.conftest import NOW, ServerStarter, call_tool, download_bytes, text_of
@@ -38,7 +39,8 @@ def table_rows(text: str) -> list[list[str]]:
 
 
 def charts_of(content: bytes) -> dict[str, str]:
-    """openpyxl does not read charts back, so look into the xlsx itself: chart part -> its XML."""
+    """Chart part -> its XML, to compare two workbooks' charts byte for byte (openpyxl 3.1 also reads charts back,
+    as `sheet._charts`, which the tests use to check what a chart shows)."""
     with zipfile.ZipFile(io.BytesIO(content)) as archive:
         return {name: archive.read(name).decode() for name in archive.namelist() if name.startswith("xl/charts/")}
 
@@ -134,6 +136,57 @@ async def test_movers_are_users_with_new_and_gone(server_url: str, openmeter: Op
     assert summary[heading + 1] == ("alice", "up", 40, 10, 30)
 
 
+async def test_an_odd_window_is_compared_in_readable_units(server_url: str, openmeter: OpenMeterStandIn) -> None:
+    openmeter.ingest(
+        make_event(tenant="acme", credits=6, time=utc(2026, 1, 3)),
+        make_event(tenant="acme", credits=2, time=utc(2025, 12, 20)),
+    )
+    odd = {"from_date": "2025-12-29T05:03:27Z"}  # to now, 2026-01-20T12:00:00Z: 22 days 6:56:33
+    text = text_of(await call_tool(server_url, "get_credit_usage_by_tenant", odd))
+    assert (
+        "Compared with the previous 22.3 days (2025-12-06T22:06:54Z to 2025-12-29T05:03:27Z, 2.00 credits): "
+        "+4.00 (+200.0%)."
+    ) in text
+    trend = text_of(await call_tool(server_url, "get_credit_usage_trend", odd))
+    facts = {row[0]: row[1] for row in summary_sheet(download_bytes(server_url, trend)) if row[0]}
+    assert facts["Previous 22.3 days: credits"] == 2
+    assert facts["Previous window (UTC)"] == "2025-12-06T22:06:54Z to 2025-12-29T05:03:27Z"
+
+
+@pytest.mark.parametrize(
+    ("span", "text"),
+    [
+        (timedelta(days=31), "31 days"),
+        (timedelta(days=1), "1 day"),
+        (timedelta(hours=36), "36 hours"),
+        (timedelta(minutes=90), "90 minutes"),
+        (timedelta(seconds=45), "45 seconds"),
+        (timedelta(seconds=1_835_792), "21.2 days"),
+        (timedelta(days=21, minutes=5), "about 21 days"),
+        (timedelta(hours=100), "4.2 days"),
+        (timedelta(hours=3, minutes=20), "3.3 hours"),
+        (timedelta(minutes=2, seconds=30), "2.5 minutes"),
+    ],
+)
+async def test_spans_are_described_readably(span: timedelta, text: str) -> None:
+    assert describe_span(span) == text
+
+
+async def test_a_summary_without_usage_now_still_names_who_is_gone(
+    server_url: str, openmeter: OpenMeterStandIn
+) -> None:
+    before = NOW - timedelta(days=10)
+    openmeter.ingest(*[make_event(tenant="acme", credits=c, time=before, user=u) for u, c in (("ann", 7), ("bob", 3))])
+    result = await call_tool(server_url, "get_credit_usage_summary")
+    text = text_of(result)
+    assert not result.is_error, text
+    lines = text.splitlines()
+    start = lines.index("Biggest changes by user against the previous 7 days:")
+    assert lines[start + 1 : start + 3] == ["- ann: gone, 7.00 credits before", "- bob: gone, 3.00 credits before"]
+    movers = result.structured_content["movers"]  # type: ignore[index]
+    assert [(m["user"], m["status"]) for m in movers] == [("ann", "gone"), ("bob", "gone")]
+
+
 async def test_the_rows_not_shown_make_up_the_total(server_url: str, openmeter: OpenMeterStandIn) -> None:
     events = [
         make_event(tenant="acme", credits=round(0.37 + i * 1.13, 2), time=utc(2026, 1, 2 + i % 20), user=f"u{i:02d}")
@@ -203,6 +256,9 @@ async def test_the_summary_workbook_reads_like_a_report(server_url: str, openmet
     first = top_users + 3  # 1-based row of the first user
     refs = re.findall(r"<f>([^<]+)</f>", chart)
     assert f"'Summary'!$A${first}:$A${first + 4}" in refs and f"'Summary'!$B${first}:$B${first + 4}" in refs
+    (bar,) = workbook["Summary"]._charts  # the same chart, as openpyxl reads it back
+    assert type(bar).__name__ == "BarChart" and bar.type == "bar"
+    assert bar.series[0].val.numRef.f == f"'Summary'!$B${first}:$B${first + 4}"
 
     about = dict(workbook["About"].iter_rows(values_only=True))
     assert "groupBy" not in about["query"] and "grouped by user, module, product, tenant, skill" in about["query"]

@@ -220,7 +220,7 @@ async def test_one_audit_line_per_call_without_credits_or_names(
     assert [(line["tool"], line["outcome"]) for line in lines] == [
         ("get_credit_usage_summary", "ok"),
         ("get_credit_events", "refused"),
-        ("get_credit_events", "error"),
+        ("get_credit_events", "invalid"),  # a date the caller can fix: not a server error
     ]
     ok = lines[0]
     assert ok["tenant"] == "acme"

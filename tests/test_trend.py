@@ -8,26 +8,30 @@ import json
 import math
 import re
 import zipfile
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx2
 import pytest
 from openpyxl import load_workbook
+from opentelemetry.trace import StatusCode
 
 from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from ai_credit_usage.trend import (
     OTHER,
+    Trend,
     TrendError,
     build_trend,
     choose_granularity,
     parse_time_zone,
     periods_of,
 )
-from ai_credit_usage.window import Window
+from ai_credit_usage.window import Window, resolve_window
 from tests.conftest import call_tool, download_bytes, text_of
+from tests.otel_capture import telemetry_capture
 
 PARIS = ZoneInfo("Europe/Paris")
+UTC_ZONE = ZoneInfo("UTC")
 TREND = "get_credit_usage_trend"
 
 
@@ -76,7 +80,16 @@ def test_weeks_start_on_monday_and_months_on_the_first() -> None:
     ("days", "expected"), [(1, "day"), (45, "day"), (46, "week"), (182, "week"), (183, "month"), (800, "month")]
 )
 def test_the_default_granularity_follows_the_window(days: int, expected: str) -> None:
-    assert choose_granularity(Window(utc(2026, 1, 1), utc(2026, 1, 1) + timedelta(days=days))) == expected
+    window = Window(utc(2026, 1, 1), utc(2026, 1, 1) + timedelta(days=days))
+    assert choose_granularity(window, ZoneInfo("UTC")) == expected
+
+
+def test_the_default_granularity_counts_local_calendar_days() -> None:
+    # 45 Paris days across the October DST change are 45 days and 1 hour in UTC: still daily.
+    autumn = resolve_window("2026-10-01", "2026-11-14", utc(2026, 12, 1), PARIS)
+    assert autumn.end - autumn.start == timedelta(days=45, hours=1)
+    assert choose_granularity(autumn, PARIS) == "day"
+    assert choose_granularity(resolve_window("2026-10-01", "2026-11-15", utc(2026, 12, 1), PARIS), PARIS) == "week"
 
 
 def test_too_many_periods_ask_for_a_coarser_granularity() -> None:
@@ -139,12 +152,47 @@ def test_one_spike_is_unusual_and_the_rest_is_not() -> None:
     assert trend.deviation == 2.0
     assert [found.index for found in trend.unusual] == [9]
     assert trend.unusual[0].times_typical == pytest.approx(900 / 100.5)
-    # Median 100.5 and MAD 2.0 either way: above 106.5 counts, 106.5 itself does not.
-    for value, flagged in ((106.5, []), (106.75, [9])):
-        samples = [(p.label, "", c) for p, c in zip(periods, [*normal[:9], value, *normal[9:]], strict=True)]
-        edge = build_trend(periods, "day", "UTC", None, samples)
-        assert (edge.typical, edge.deviation) == (100.5, 2.0)
-        assert [found.index for found in edge.unusual] == flagged
+    assert not trend.typical_with_usage
+
+
+def daily(credits: list[float]) -> Trend:
+    periods = periods_of(Window(utc(2026, 1, 1), utc(2026, 1, 1) + timedelta(days=len(credits))), "day", UTC_ZONE)
+    return build_trend(periods, "day", "UTC", None, [(p.label, "", c) for p, c in zip(periods, credits, strict=True)])
+
+
+@pytest.mark.parametrize(("value", "flagged"), [(152.5, False), (152.75, True)])
+def test_on_a_noisy_series_the_limit_is_three_deviations(value: float, flagged: bool) -> None:
+    trend = daily([70, 130, 100, 80, 120, 100, 75, 125, 100, 85, 115, 100, 100, value])
+    assert (trend.typical, trend.deviation) == (100, 17.5)  # 3 deviations above: 152.5, more than 1.5 times 100
+    assert [found.index for found in trend.unusual] == ([13] if flagged else [])
+
+
+@pytest.mark.parametrize(("value", "flagged"), [(101, False), (149.99, False), (150, True)])
+def test_on_a_steady_series_an_unusual_period_is_at_least_one_and_a_half_times_typical(
+    value: float, flagged: bool
+) -> None:
+    trend = daily([100] * 13 + [value])
+    assert (trend.typical, trend.deviation) == (100, 0)  # any value above 100 is "more than 3 deviations" above
+    assert [found.index for found in trend.unusual] == ([13] if flagged else [])
+
+
+def test_when_most_days_had_no_usage_the_typical_day_is_one_with_usage() -> None:
+    usage = {2: 8, 5: 9, 6: 10, 9: 11, 12: 12, 15: 10, 16: 9, 19: 11, 22: 10, 25: 10, 27: 12, 29: 8}
+    credits = [float(usage.get(day, 0)) for day in range(30)]
+    quiet = daily(credits)
+    assert quiet.judged and quiet.typical_with_usage
+    assert (quiet.typical, quiet.deviation, quiet.complete_with_usage) == (10, 1, 12)
+    assert quiet.unusual == []  # before: all 12 days with usage "where the typical day had no usage"
+    assert quiet.typical_name() == "typical day with usage"
+    spiky = daily([50.0 if day == 15 else value for day, value in enumerate(credits)])
+    assert [(found.index, found.times_typical) for found in spiky.unusual] == [(15, 5.0)]
+
+
+def test_too_few_days_with_usage_are_not_judged() -> None:
+    sparse = daily([0.0] * 27 + [5.0, 6.0, 90.0])
+    assert not sparse.judged and sparse.too_few_with_usage and sparse.unusual == []
+    assert (sparse.complete, sparse.complete_with_usage) == (30, 3)
+    assert daily([0.0] * 26 + [5.0, 6.0, 5.0, 90.0]).unusual[0].index == 29  # 4 with usage are enough
 
 
 def test_flat_usage_has_nothing_unusual_and_few_periods_are_not_judged() -> None:
@@ -317,3 +365,139 @@ async def test_the_trend_input_schema_offers_the_choices(server_url: str) -> Non
     assert json.dumps(properties["granularity"]).count('"day", "week", "month"') == 1
     assert ["user", "module", "product", "skill"] in [option.get("enum") for option in properties["group_by"]["anyOf"]]
     assert "IANA" in properties["time_zone"]["description"]
+
+
+@pytest.mark.anyio
+async def test_sparse_usage_is_judged_against_the_days_with_usage(server_url: str, openmeter: OpenMeterStandIn) -> None:
+    usage = {2: 8, 5: 9, 6: 10, 9: 11, 12: 12, 15: 50, 16: 9, 19: 11, 22: 10, 25: 10, 27: 12, 29: 8}
+    first = utc(2025, 12, 21, 9)
+    openmeter.ingest(*[make_event(tenant="acme", credits=c, time=first + timedelta(days=d)) for d, c in usage.items()])
+    result = await call_tool(server_url, TREND, {"from_date": "2025-12-21", "to_date": "2026-01-19"})
+    text = text_of(result)
+    assert not result.is_error, text
+    assert (
+        "Most complete days had no usage, so the typical day with usage is the median of the 12 complete days that "
+        "had some."
+    ) in text
+    assert "above the typical day with usage (10.00) and at least 1.5 times it:" in text
+    assert "- 2026-01-05: 50.00 credits, 5.0 times the typical day with usage" in text
+    assert "where the typical day had no usage" not in text
+    structured = result.structured_content
+    assert structured is not None
+    assert (structured["typical_credits"], structured["typical_basis"]) == (10, "complete periods with usage")
+    assert [(u["period"], u["times_typical"]) for u in structured["unusual_periods"]] == [("2026-01-05", 5.0)]
+    workbook = load_workbook(io.BytesIO(download_bytes(server_url, text)))
+    summary = list(workbook["Summary"].iter_rows(values_only=True))
+    facts = {row[0]: row[1] for row in summary if row[0]}
+    assert facts["Typical day with usage"] == 10 and facts["Unusual days"] == "1 (listed below)"
+    heading = [row[:4] for row in summary].index(("day", "credits", "times the typical day with usage", "partial"))
+    assert summary[heading - 1][0].endswith("above the typical day with usage (the median complete day that had some)")
+    assert summary[heading + 1][:4] == ("2026-01-05", 50, 5, "no")
+
+
+@pytest.mark.anyio
+async def test_too_few_days_with_usage_say_so(server_url: str, openmeter: OpenMeterStandIn) -> None:
+    openmeter.ingest(*[make_event(tenant="acme", credits=c, time=utc(2026, 1, d, 9)) for d, c in ((3, 5), (9, 80))])
+    result = await call_tool(server_url, TREND, {"from_date": "2026-01-01", "to_date": "2026-01-19"})
+    text = text_of(result)
+    assert (
+        "Most complete days had no usage and only 2 had some: too few days with usage to say which are unusual; "
+        "at least 4 are needed."
+    ) in text
+    assert result.structured_content["typical_basis"] is None  # type: ignore[index]
+    facts = {row[0]: row[1] for row in load_workbook(io.BytesIO(download_bytes(server_url, text)))["Summary"].values}
+    assert facts["Unusual days"] == "too few days with usage to judge (2; 4 needed)"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("group_by", [None, "module"])
+async def test_the_trend_workbook_summary_has_every_top_five_and_both_charts(
+    server_url: str, openmeter: OpenMeterStandIn, group_by: str | None
+) -> None:
+    openmeter.ingest(
+        *[
+            make_event(
+                tenant="acme",
+                credits=float(7 - i),
+                time=utc(2026, 1, 5 + i, 10),
+                user=f"user{i}",
+                module=f"module{i % 3}",
+                product=f"product{i % 2}",
+                skill=f"skill{i % 4}",
+            )
+            for i in range(7)
+        ],
+        make_event(tenant="globex", credits=1000, time=utc(2026, 1, 6), user="intruder"),
+    )
+    arguments = {"from_date": "2026-01-05", "to_date": "2026-01-18", **({"group_by": group_by} if group_by else {})}
+    result = await call_tool(server_url, TREND, arguments)
+    text = text_of(result)
+    assert not result.is_error, text
+    workbook = load_workbook(io.BytesIO(download_bytes(server_url, text)))
+    sheet = workbook["Summary"]
+    rows = list(sheet.iter_rows(values_only=True))
+    top = {row[0]: index for index, row in enumerate(rows) if row[0] and str(row[0]).startswith("Top ")}
+    assert set(top) == {
+        "Top 5 users by credits", "Top 3 modules by credits", "Top 2 products by credits", "Top 4 skills by credits",
+    }  # fmt: skip
+    users = rows[top["Top 5 users by credits"] + 2 : top["Top 5 users by credits"] + 7]
+    assert [row[:3] for row in users] == [(f"user{i}", 7 - i, pytest.approx((7 - i) / 28)) for i in range(5)]
+    modules = rows[top["Top 3 modules by credits"] + 2 : top["Top 3 modules by credits"] + 5]
+    assert [row[:2] for row in modules] == [("module0", 12), ("module1", 9), ("module2", 7)]
+    # openpyxl 3.1 reads charts back: the trend's line chart and the bar chart of the top users.
+    kinds = sorted(type(chart).__name__ for chart in sheet._charts)
+    assert kinds == ["BarChart", "LineChart"]
+    (bar,) = [chart for chart in sheet._charts if type(chart).__name__ == "BarChart"]
+    first = top["Top 5 users by credits"] + 3  # 1-based row of the first user
+    assert bar.series[0].val.numRef.f == f"'Summary'!$B${first}:$B${first + 4}"
+    queries = openmeter.requests_to("/query")
+    (breakdown,) = [r for r in queries if not r.param("windowSize") and r.param("from") == "2026-01-05T00:00:00Z"]
+    assert breakdown.params("groupBy") == ["user", "module", "product", "tenant", "skill"]
+    about = dict(workbook["About"].iter_rows(values_only=True))
+    assert "without windowSize" in about["Summary query"]
+
+
+@pytest.mark.anyio
+async def test_more_than_50_periods_preview_the_newest(server_url: str, openmeter: OpenMeterStandIn) -> None:
+    start = date(2025, 10, 22)
+    days = [start + timedelta(days=offset) for offset in range(90)]
+    noon = [datetime.combine(day, time(12), UTC) for day in days]
+    openmeter.ingest(*[make_event(tenant="acme", credits=1 + i % 5, time=moment) for i, moment in enumerate(noon)])
+    arguments = {"from_date": "2025-10-22", "to_date": "2026-01-19", "granularity": "day"}
+    result = await call_tool(server_url, TREND, arguments)
+    text = text_of(result)
+    assert not result.is_error, text
+    shown = table_rows(text)[1:]
+    assert [row[0] for row in shown] == [d.isoformat() for d in days[40:]]  # the newest 50, oldest first
+    assert (
+        "Showing the newest 50 of 90 days (2025-12-01 to 2026-01-19); the Excel file has all 90, from 2025-10-22."
+    ) in text
+    older = math.fsum(1 + i % 5 for i in range(40))
+    assert f"The 40 older days not shown hold {older:,.2f} credits (with the days shown, they make the total)." in text
+    structured = result.structured_content
+    assert structured is not None and structured["truncated"] and structured["row_count"] == 90
+    assert [row["period"] for row in structured["rows"]] == [d.isoformat() for d in days[40:]]
+    assert structured["credits_not_shown"] == older
+    assert math.fsum(row["credits"] for row in structured["rows"]) + older == structured["total_credits"]
+    data = list(load_workbook(io.BytesIO(download_bytes(server_url, text)))["Data"].iter_rows(values_only=True))
+    assert len(data) == 91 and data[1][0] == datetime(2025, 10, 22) and data[-1][0] == datetime(2026, 1, 19)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [({"from_date": "someday"}, "WindowError"), ({"time_zone": "Mars/Olympus"}, "TrendError")],
+)
+async def test_a_caller_mistake_is_an_invalid_call_not_a_server_error(
+    server_url: str, arguments: dict[str, str], error: str
+) -> None:
+    otel = telemetry_capture()
+    with otel.capture() as captured:
+        result = await call_tool(server_url, TREND, arguments)
+    assert result.is_error
+    tool = captured.span(f"tool {TREND}")
+    assert dict(tool.attributes or {})["ai_credits.outcome"] == "invalid"
+    assert tool.status.status_code == StatusCode.UNSET
+    calls = captured.metric("ai_credits.tool.calls", ai_credits__outcome="invalid")
+    assert [point.value for point in calls] == [1]
+    assert captured.metric("ai_credits.tool.calls", ai_credits__outcome="error") == []
