@@ -14,7 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.openmeter import unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,16 @@ _STEP = re.compile(r"""\.([A-Za-z_][\w-]*)|\[(\d+)\]|\['([^']*)'\]|\["([^"]*)"\]
 
 class MeterConfigError(UserFacingError):
     """The meter's definition does not let us answer safely; the operator has to fix the meter or the settings."""
+
+
+class _Definition(BaseModel):
+    """The fields of OpenMeter's Meter schema we use; anything else in the body is ignored."""
+
+    slug: str = "?"
+    aggregation: str
+    eventType: str = ""
+    valueProperty: str | None = None
+    groupBy: dict[str, str] | None = None
 
 
 def compile_jsonpath(path: str) -> JsonPath:
@@ -93,21 +106,25 @@ class Meter:
     @classmethod
     def from_definition(cls, definition: dict[str, Any]) -> Meter:
         """Validate what `GET /api/v1/meters/{meter}` returned; a meter we cannot scope by tenant is refused."""
-        slug = str(definition.get("slug", "?"))
-        if definition.get("aggregation") != "SUM":
+        try:
+            parsed = _Definition.model_validate(definition)
+        except ValidationError as exc:  # e.g. groupBy as a list: not OpenMeter's documented shape
+            raise unreadable("meter definition", exc) from None
+        slug = parsed.slug
+        if parsed.aggregation != "SUM":
             raise MeterConfigError(
                 f"The meter '{slug}' is not a SUM meter, so it does not hold credit totals; "
                 "ask the operator to point OPENMETER_METER at the AI-credits meter."
             )
-        group_by = definition.get("groupBy") or {}
+        group_by = parsed.groupBy or {}
         if "tenant" not in group_by:
             raise MeterConfigError(
                 f"The meter '{slug}' has no tenant dimension, so usage cannot be limited to your tenant; "
                 "ask the operator to add 'tenant' to the meter's groupBy."
             )
         try:
-            value_path = compile_jsonpath(str(definition.get("valueProperty", "")))
-            dimension_paths = {name: compile_jsonpath(str(group_by[name])) for name in DIMENSIONS if name in group_by}
+            value_path = compile_jsonpath(parsed.valueProperty or "")
+            dimension_paths = {name: compile_jsonpath(group_by[name]) for name in DIMENSIONS if name in group_by}
         except ValueError as exc:
             raise MeterConfigError(
                 f"The meter '{slug}' uses a JSONPath this server cannot read ({exc}); ask the operator to check it."
@@ -118,7 +135,7 @@ class Meter:
                 logger.warning("meter %s has no %r dimension; that column stays empty", slug, name)
         return cls(
             slug=slug,
-            event_type=str(definition.get("eventType", "")),
+            event_type=parsed.eventType,
             value_path=value_path,
             dimension_paths=dimension_paths,
         )

@@ -10,22 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import anyio
 import httpx2
 from pydantic import BaseModel, ValidationError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.telemetry import note_openmeter_status, openmeter_request
@@ -37,6 +32,11 @@ EVENTS_PAGE_SIZE = 100  # the most /api/v2/events hands out per page
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_CONCURRENCY = 8
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# Proxies and load balancers commonly refuse request lines near 8 KB; an events query (its filter names the subjects)
+# stays under this, with room for the cursor that later pages add.
+MAX_QUERY_BYTES = 6000
+CURSOR_ROOM = 200
+UNREADABLE = "OpenMeter sent an answer that could not be read; try again, and report it if it persists."
 
 
 class OpenMeterError(UserFacingError):
@@ -57,15 +57,19 @@ class RetryPolicy:
     """How hard one OpenMeter request is retried before its error reaches the user.
 
     Waits grow exponentially with jitter (`first_wait` doubling up to `max_wait`); a 429's `Retry-After` is
-    honoured up to `max_retry_after`. No retry starts a wait that would end later than `give_up_after` seconds
-    after the first attempt. The tool call as a whole has its own deadline on top (report.py).
+    honoured up to `max_retry_after`, and a longer one is reported at once rather than retried early. Only the
+    waits count against `max_total_wait`: neither the wait for a free request slot nor the attempts themselves
+    do, so a timed-out attempt is retried whatever OPENMETER_TIMEOUT_SECONDS is. What bounds the time in the end
+    is the tool call's deadline (report.py): no retry starts unless its wait leaves `attempt_room` seconds for the
+    attempt before it, so the user reads OpenMeter's own trouble rather than a bare "took too long".
     """
 
     attempts: int = 4
     first_wait: float = 0.5
     max_wait: float = 5.0
     max_retry_after: float = 10.0
-    give_up_after: float = 20.0
+    max_total_wait: float = 20.0
+    attempt_room: float = 1.0
 
 
 class QueryRow(BaseModel):
@@ -115,7 +119,8 @@ class OpenMeterClient:
     ) -> None:
         self._http = httpx2.AsyncClient(
             base_url=base_url,
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            # Stripped: a key pasted with a trailing newline would make every request an illegal header.
+            headers={"Authorization": f"Bearer {api_key.strip()}", "Accept": "application/json"},
             timeout=httpx2.Timeout(timeout_seconds, connect=min(timeout_seconds, 5.0)),
             transport=transport,
             follow_redirects=False,
@@ -123,6 +128,7 @@ class OpenMeterClient:
         self._in_flight = asyncio.Semaphore(max_concurrency)
         self._retry = retry or RetryPolicy()
         self._wait = _wait_for(self._retry)
+        self._stop = _stop_for(self._retry)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -130,7 +136,7 @@ class OpenMeterClient:
     async def get_meter(self, meter: str) -> dict[str, Any]:
         body = await self._get_json(f"/api/v1/meters/{meter}", {}, meter=meter)
         if not isinstance(body, dict):
-            raise _unreadable("/api/v1/meters/{meter}", "not an object")
+            raise unreadable("/api/v1/meters/{meter}", "not an object")
         return body
 
     async def query_meter(
@@ -156,27 +162,45 @@ class OpenMeterClient:
         try:
             return _QueryResult.model_validate(body).data
         except ValidationError as exc:
-            raise _unreadable("meter query", exc) from None
+            raise unreadable("meter query", exc) from None
 
     async def event_page(
         self, window: Window, event_type: str, subjects: Sequence[str] | None, cursor: str | None
     ) -> tuple[list[CloudEvent], str | None]:
         """One page (at most 100 events, newest first) and the cursor of the next, if OpenMeter gave one."""
-        event_filter: dict[str, Any] = {"type": {"$eq": event_type}}
-        if subjects is not None:
-            event_filter["subject"] = {"$in": list(subjects)}
-        # One operator per object: real OpenMeter answers 400 to {"$gte": a, "$lt": b}.
-        event_filter["time"] = {"$and": [{"$gte": format_utc(window.start)}, {"$lt": format_utc(window.end)}]}
-        params = {"limit": str(EVENTS_PAGE_SIZE), "filter": json.dumps(event_filter, ensure_ascii=False)}
-        if cursor is not None:
-            params["cursor"] = cursor
+        params = _events_params(window, event_type, subjects, cursor)
         body = await self._get_json("/api/v2/events", params, meter=None)
         try:
             page = _EventsPage.model_validate(body)
         except ValidationError as exc:
-            raise _unreadable("events page", exc) from None
+            raise unreadable("events page", exc) from None
         # OpenMeter sets nextCursor only when the page is full; a last full page is followed by an empty one.
         return [item.event for item in page.items], page.nextCursor or None
+
+    @staticmethod
+    def subject_chunks(window: Window, event_type: str, subjects: Sequence[str], *, max_count: int) -> list[list[str]]:
+        """`subjects` in order, cut into `$in` lists of at most `max_count` whose events query (with a cursor) stays
+        under MAX_QUERY_BYTES once URL-encoded. A subject too long for any query is an error the user can relay."""
+        base = len(_encoded_query(_events_params(window, event_type, [], "c" * CURSOR_ROOM)))
+        separator = _encoded_length(", ")  # json.dumps puts this between list items
+        chunks: list[list[str]] = []
+        size = 0
+        for subject in subjects:
+            cost = _encoded_length(json.dumps(subject, ensure_ascii=False))
+            if base + cost > MAX_QUERY_BYTES:
+                logger.warning("subject of %d characters is too long for an events query", len(subject))
+                raise OpenMeterError(
+                    f"One of the names OpenMeter files your tenant's usage under (its subject) is {len(subject):,} "
+                    "characters long, too long to ask OpenMeter for its events; the credit totals and the summary "
+                    "still work, and the operator should check how usage is reported to OpenMeter."
+                )
+            if chunks and len(chunks[-1]) < max_count and size + separator + cost <= MAX_QUERY_BYTES:
+                chunks[-1].append(subject)
+                size += separator + cost
+            else:
+                chunks.append([subject])
+                size = base + cost
+        return chunks
 
     async def iter_event_pages(
         self,
@@ -198,9 +222,8 @@ class OpenMeterClient:
             events, cursor = await self.event_page(window, event_type, subjects, cursor)
 
     async def _get_json(self, path: str, params: Any, *, meter: str | None) -> Any:
-        policy = self._retry
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.give_up_after),
+            stop=self._stop,
             wait=self._wait,
             retry=retry_if_exception(lambda exc: isinstance(exc, OpenMeterError) and exc.retryable),
             before_sleep=lambda state: _log_retry(path, state),
@@ -224,23 +247,67 @@ class OpenMeterClient:
                 "OpenMeter did not answer in time; try again in a minute, or ask for a shorter window.",
                 retryable=True,
             ) from None
-        except httpx2.TransportError as exc:
+        except httpx2.DecodingError:  # e.g. `Content-Encoding: gzip` over a body that is not gzip
+            raise unreadable(path, "a body that does not decode as its Content-Encoding says") from None
+        except httpx2.HTTPError as exc:  # transport trouble may pass; anything else (e.g. redirects) will not
             logger.warning("OpenMeter GET %s failed: %s", path, type(exc).__name__)
             raise OpenMeterError(
                 "OpenMeter cannot be reached right now; try again in a few minutes, "
                 "and tell the operator if it persists.",
-                retryable=True,
+                retryable=isinstance(exc, httpx2.TransportError),
+            ) from None
+        except httpx2.InvalidURL as exc:  # not an HTTPError: the request could not even be built
+            logger.warning("OpenMeter GET %s could not be sent: %s", path, exc)
+            raise OpenMeterError(
+                "The credits server could not build its request to OpenMeter; this is a fault in the credits "
+                "server, please report it to the operator."
             ) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
         note_openmeter_status(response.status_code)
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             _log_problem(path, response, elapsed_ms)
-            raise _status_error(response, meter)
+            raise _status_error(response, meter, self._retry)
         logger.info("OpenMeter GET %s -> %d in %.0f ms", path, response.status_code, elapsed_ms)
         try:
             return response.json()
-        except ValueError:
-            raise _unreadable(path, "invalid JSON") from None
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
+            raise unreadable(path, "invalid JSON") from None
+
+
+def _events_params(
+    window: Window, event_type: str, subjects: Sequence[str] | None, cursor: str | None
+) -> dict[str, str]:
+    event_filter: dict[str, Any] = {"type": {"$eq": event_type}}
+    if subjects is not None:
+        event_filter["subject"] = {"$in": list(subjects)}
+    # One operator per object: real OpenMeter answers 400 to {"$gte": a, "$lt": b}.
+    event_filter["time"] = {"$and": [{"$gte": format_utc(window.start)}, {"$lt": format_utc(window.end)}]}
+    params = {"limit": str(EVENTS_PAGE_SIZE), "filter": json.dumps(event_filter, ensure_ascii=False)}
+    if cursor is not None:
+        params["cursor"] = cursor
+    return params
+
+
+def _encoded_query(params: Mapping[str, str]) -> str:
+    return str(httpx2.QueryParams(params))  # the encoding the request itself gets
+
+
+def _encoded_length(text: str) -> int:
+    """Bytes `text` takes in a URL-encoded query value (percent-encoding works character by character)."""
+    return len(_encoded_query({"v": text})) - len("v=")
+
+
+def _stop_for(policy: RetryPolicy):
+    def stop(state: RetryCallState) -> bool:
+        if state.attempt_number >= policy.attempts or state.idle_for + state.upcoming_sleep > policy.max_total_wait:
+            return True
+        left = anyio.current_effective_deadline() - anyio.current_time()  # inf outside a tool call
+        if state.upcoming_sleep + policy.attempt_room > left:
+            logger.warning("OpenMeter: not retrying, the tool call's deadline is %.1f s away", left)
+            return True
+        return False
+
+    return stop
 
 
 def _wait_for(policy: RetryPolicy):
@@ -266,31 +333,46 @@ def _log_retry(path: str, state: RetryCallState) -> None:
 def _log_problem(path: str, response: httpx2.Response, elapsed_ms: float) -> None:
     try:
         problem = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         problem = {}
     if not isinstance(problem, dict):
         problem = {}
+    detail = problem.get("detail") or problem.get("title") or "no detail"
+    if 300 <= response.status_code < 400:
+        detail = f"redirect to {response.headers.get('location', '?')}"
     logger.warning(
         "OpenMeter GET %s -> %d in %.0f ms: %s (request %s)",
         path,
         response.status_code,
         elapsed_ms,
-        str(problem.get("detail") or problem.get("title") or "no detail")[:300],
-        problem.get("instance", "unknown"),
+        repr(str(detail)[:300]),
+        repr(str(problem.get("instance", "unknown"))[:200]),  # repr: one log line, whatever OpenMeter sent
     )
 
 
-def _status_error(response: httpx2.Response, meter: str | None) -> OpenMeterError:
+def _status_error(response: httpx2.Response, meter: str | None, policy: RetryPolicy) -> OpenMeterError:
     status = response.status_code
+    if status < 400:  # redirects are not followed: OPENMETER_URL points at the wrong place (http for https?)
+        return OpenMeterError(
+            f"OpenMeter answered with a redirect (HTTP {status}); ask the operator to check OPENMETER_URL."
+        )
     if status in (401, 403):
         return OpenMeterError("OpenMeter refused this server's API key; ask the operator to check OPENMETER_API_KEY.")
     if status == 404 and meter is not None:
         return OpenMeterError(f"OpenMeter has no meter '{meter}'; ask the operator to check OPENMETER_METER.")
     if status == 429:
+        retry_after = _retry_after(response)
+        if retry_after is not None and retry_after > policy.max_retry_after:  # retrying sooner would be refused
+            seconds = math.ceil(retry_after)
+            return OpenMeterError(
+                f"OpenMeter is rate-limiting requests right now and asked to wait {seconds:,} "
+                f"second{'' if seconds == 1 else 's'}; try again after that.",
+                retry_after=retry_after,
+            )
         return OpenMeterError(
             "OpenMeter is rate-limiting requests right now; try again in a minute.",
             retryable=True,
-            retry_after=_retry_after(response),
+            retry_after=retry_after,
         )
     if status >= 500:
         return OpenMeterError(
@@ -309,9 +391,10 @@ def _retry_after(response: httpx2.Response) -> float | None:
         seconds = float(response.headers.get("retry-after", ""))
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _unreadable(what: str, reason: object) -> OpenMeterError:
+def unreadable(what: str, reason: object) -> OpenMeterError:
+    """OpenMeter's answer is not JSON, or not the documented shape."""
     logger.warning("OpenMeter sent an unreadable %s: %s", what, str(reason)[:300])
-    return OpenMeterError("OpenMeter sent an answer that could not be read; try again, and report it if it persists.")
+    return OpenMeterError(UNREADABLE)

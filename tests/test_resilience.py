@@ -16,9 +16,11 @@ import httpx2
 import pytest
 from mcp import MCPError
 
-from ai_credit_usage.openmeter import RetryPolicy
-from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
-from tests.conftest import NOW, ServerStarter, call_tool, text_of
+from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.openmeter import MAX_QUERY_BYTES, OpenMeterClient, RetryPolicy
+from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
+from ai_credit_usage.window import Window
+from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, text_of
 
 pytestmark = pytest.mark.anyio
 QUERY = "/api/v1/meters/ai_credits/query"
@@ -66,22 +68,85 @@ async def test_retries_give_up_with_the_last_error(server_url: str, openmeter: O
     assert requests_to(openmeter, QUERY, DEFAULT_START) == RetryPolicy().attempts
 
 
-async def test_retry_after_is_honoured_and_capped(
+async def test_retry_after_is_honoured_up_to_the_cap(
     start_server: ServerStarter, openmeter: OpenMeterStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = start_server(retry=RetryPolicy(first_wait=0.001, max_retry_after=0.05))
     openmeter.fail(status=429, times=1, path_prefix=QUERY, headers={"Retry-After": "0.03"})
-    openmeter.fail(status=429, times=1, path_prefix=QUERY, headers={"Retry-After": "3600"})
     result = await call_tool(url, "get_credit_usage_by_tenant")
     assert not result.is_error, text_of(result)
     waits = re.findall(r"query: retrying in ([\d.]+) s", caplog.text)
-    assert waits == ["0.03", "0.05"]
+    assert waits == ["0.03"]
+
+
+async def test_a_retry_after_beyond_the_cap_is_reported_at_once(
+    server_url: str, openmeter: OpenMeterStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retrying before OpenMeter's Retry-After would only be refused again: say how long it asked for instead."""
+    openmeter.fail(status=429, times=100, path_prefix=QUERY, headers={"Retry-After": "3600"})
+    result = await call_tool(server_url, "get_credit_usage_by_tenant")
+    assert text_of(result) == (
+        "OpenMeter is rate-limiting requests right now and asked to wait 3,600 seconds; try again after that."
+    )
+    assert requests_to(openmeter, QUERY, DEFAULT_START) == 1
+    assert "retrying" not in caplog.text
 
 
 async def test_rate_limit_that_persists_is_its_own_sentence(server_url: str, openmeter: OpenMeterStandIn) -> None:
-    openmeter.fail(status=429, times=100, path_prefix=QUERY, headers={"Retry-After": "1"})
+    openmeter.fail(status=429, times=100, path_prefix=QUERY, headers={"Retry-After": "0.001"})
     result = await call_tool(server_url, "get_credit_usage_by_tenant")
     assert text_of(result) == "OpenMeter is rate-limiting requests right now; try again in a minute."
+    assert requests_to(openmeter, QUERY, DEFAULT_START) == RetryPolicy().attempts
+
+
+async def test_a_timed_out_attempt_is_retried_however_long_the_timeout(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn
+) -> None:
+    """The defaults had a 30 s timeout and gave up retrying 20 s after the first try: a timeout was never retried.
+    Here the timeout (0.2 s) is again longer than all the waits allowed (0.1 s); only the waits count."""
+    retry = RetryPolicy(first_wait=0.001, max_wait=0.005, max_total_wait=0.1)
+    url = start_server(retry=retry, openmeter_timeout_seconds=0.2)
+    openmeter.fail(status=200, delay=1, times=1, path_prefix=QUERY, query={"from": DEFAULT_START})
+    result = await call_tool(url, "get_credit_usage_summary")
+    assert not result.is_error, text_of(result)
+    assert requests_to(openmeter, QUERY, DEFAULT_START) == 2
+
+
+async def test_waiting_for_a_request_slot_does_not_use_up_the_retries(
+    openmeter: OpenMeterStandIn, openmeter_url: str
+) -> None:
+    """Under load a request may wait long for one of the OPENMETER_MAX_CONCURRENCY slots; a 503 it then meets is
+    retried all the same."""
+    retry = RetryPolicy(first_wait=0.001, max_wait=0.005, max_total_wait=0.1)
+    client = OpenMeterClient(openmeter_url, API_KEY, max_concurrency=1, retry=retry)
+    openmeter.fail(status=200, delay=0.5, times=1, path_prefix=QUERY)  # holds the only slot for 0.5 s
+    openmeter.fail(status=503, times=1, path_prefix=QUERY)  # what the request that waited meets first
+    window = Window(NOW - timedelta(days=1), NOW)
+    answers: list[object] = []
+
+    async def ask() -> None:
+        answers.append(await client.query_meter("ai_credits", window, ["tenant"], {"tenant": {"$eq": "acme"}}))
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(ask)
+            tasks.start_soon(ask)
+    finally:
+        await client.aclose()
+    assert answers == [[], []]
+    assert requests_to(openmeter, QUERY) == 3
+
+
+async def test_no_retry_waits_past_the_tool_calls_deadline(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn
+) -> None:
+    """A wait that would end at the deadline is not started: the user reads what OpenMeter said, not a bare
+    "took longer than"."""
+    url = start_server(retry=RetryPolicy(first_wait=0.001, max_retry_after=30), tool_deadline_seconds=5)
+    openmeter.fail(status=429, times=100, path_prefix=QUERY, headers={"Retry-After": "10"})
+    result = await call_tool(url, "get_credit_usage_by_tenant")
+    assert text_of(result) == "OpenMeter is rate-limiting requests right now; try again in a minute."
+    assert requests_to(openmeter, QUERY, DEFAULT_START) == 1
 
 
 async def test_a_cut_connection_mid_paging_is_retried_and_nothing_is_lost(
@@ -297,3 +362,113 @@ def test_the_bench_writer_comparison_runs() -> None:
     assert figures["xlsx_bytes"] > 5000
     assert figures["csv_s"] > 0
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+
+
+UNREADABLE = "OpenMeter sent an answer that could not be read; try again, and report it if it persists."
+DEEP_JSON = b"[" * 200_000 + b"]" * 200_000  # deeper than Python's parser can go: RecursionError, not ValueError
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        pytest.param(b"this is not gzip", {"Content-Encoding": "gzip"}, id="gzip-that-is-not"),
+        pytest.param(DEEP_JSON, {}, id="json-200k-deep"),
+        pytest.param(b'{"data": [{"value": "x"', {}, id="cut-json"),
+    ],
+)
+async def test_a_body_that_cannot_be_decoded_is_the_unreadable_sentence(
+    server_url: str, openmeter: OpenMeterStandIn, body: bytes, headers: dict[str, str]
+) -> None:
+    openmeter.fail(
+        status=200, body=body, headers=headers, content_type="application/json", times=100, path_prefix=QUERY
+    )
+    result = await call_tool(server_url, "get_credit_usage_summary")
+    assert text_of(result) == UNREADABLE
+    assert requests_to(openmeter, QUERY, DEFAULT_START) == 1  # not retried
+
+
+async def test_an_error_status_with_a_body_too_deep_to_parse_keeps_its_sentence(
+    server_url: str, openmeter: OpenMeterStandIn
+) -> None:
+    openmeter.fail(status=503, body=DEEP_JSON, content_type="application/problem+json", times=100, path_prefix=QUERY)
+    result = await call_tool(server_url, "get_credit_usage_summary")
+    assert text_of(result) == "OpenMeter had an internal error (HTTP 503); try again in a few minutes."
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"groupBy": ["tenant", "user"]}, id="groupBy-list"),
+        pytest.param({"groupBy": {"tenant": 5}}, id="groupBy-value-number"),
+        pytest.param({"valueProperty": 5}, id="valueProperty-number"),
+        pytest.param({"eventType": ["ai_credits"]}, id="eventType-list"),
+        pytest.param({"aggregation": None}, id="aggregation-null"),
+    ],
+)
+async def test_a_meter_definition_of_the_wrong_shape_is_the_unreadable_sentence(
+    server_url: str, openmeter: OpenMeterStandIn, change: dict[str, object]
+) -> None:
+    meter = {**AI_CREDITS_METER, **change}
+    openmeter.fail(
+        status=200, body=json.dumps(meter).encode(), content_type="application/json", path_prefix="/api/v1/meters"
+    )
+    result = await call_tool(server_url, "get_credit_usage_summary")
+    assert text_of(result) == UNREADABLE
+
+
+async def test_a_redirect_names_the_setting_to_check(server_url: str, openmeter: OpenMeterStandIn) -> None:
+    openmeter.fail(status=301, body=b"", headers={"Location": "https://openmeter.example/"}, path_prefix="/api")
+    result = await call_tool(server_url, "get_credit_usage_summary")
+    assert text_of(result) == "OpenMeter answered with a redirect (HTTP 301); ask the operator to check OPENMETER_URL."
+
+
+async def test_a_request_that_cannot_be_built_is_a_clear_sentence(openmeter_url: str) -> None:
+    client = OpenMeterClient(openmeter_url, API_KEY)
+    try:
+        with pytest.raises(UserFacingError) as raised:  # httpx2.InvalidURL is not an httpx2.HTTPError
+            await client.query_meter("ai_credits", Window(NOW - timedelta(days=1), NOW), [], {"x": "y" * 70_000})
+    finally:
+        await client.aclose()
+    assert str(raised.value) == (
+        "The credits server could not build its request to OpenMeter; this is a fault in the credits server, "
+        "please report it to the operator."
+    )
+
+
+async def test_a_subject_too_long_for_any_url_is_a_clear_sentence(server_url: str, openmeter: OpenMeterStandIn) -> None:
+    openmeter.ingest(
+        make_event(tenant="acme", credits=1, time=NOW - timedelta(hours=1), user="u" * MAX_QUERY_BYTES),
+        make_event(tenant="acme", credits=2, time=NOW - timedelta(hours=1), user="short"),
+    )
+    result = await call_tool(server_url, "get_credit_events")
+    assert text_of(result) == (
+        "One of the names OpenMeter files your tenant's usage under (its subject) is 6,005 characters long, too "
+        "long to ask OpenMeter for its events; the credit totals and the summary still work, and the operator "
+        "should check how usage is reported to OpenMeter."
+    )
+    assert openmeter.requests_to(EVENTS) == []
+    assert "| acme | 3.00 |" in text_of(await call_tool(server_url, "get_credit_usage_by_tenant"))
+
+
+async def test_the_warning_line_carries_openmeters_request_id(
+    server_url: str, openmeter: OpenMeterStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    problem = {"type": "about:blank", "title": "Service Unavailable", "status": 503, "detail": "clickhouse down"}
+    for instance in ("urn:request:om-7f3a9c", "forged\nWARNING injected line"):
+        openmeter.fail(status=503, body=json.dumps({**problem, "instance": instance}).encode(), path_prefix=QUERY)
+    await call_tool(server_url, "get_credit_usage_by_tenant")
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "-> 503" in r.getMessage()]
+    assert len(lines) == 2
+    assert "clickhouse down" in lines[0]
+    assert "(request 'urn:request:om-7f3a9c')" in lines[0]
+    assert "\n" not in lines[1]  # OpenMeter's text cannot forge a log line
+    assert API_KEY not in caplog.text
+
+
+async def test_an_api_key_with_a_trailing_newline_still_works(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn
+) -> None:
+    """Keys pasted from a secret file often end in a newline, which no HTTP header may carry."""
+    url = start_server(openmeter_api_key=API_KEY + "\n")
+    result = await call_tool(url, "get_credit_usage_by_tenant")
+    assert not result.is_error, text_of(result)
