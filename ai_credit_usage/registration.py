@@ -14,6 +14,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -40,6 +41,7 @@ DEFAULT_RENEW_SECONDS = 3000.0  # 50 minutes: renewed well before TAIS drops the
 MIN_RENEW_SECONDS = 1.0
 RETRY_SECONDS = 60.0  # after a failed renewal, try again sooner than the full interval
 TIMEOUT = httpx2.Timeout(15.0, connect=5.0)
+JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")  # JWS compact: base64url only
 TENANT_CLAIMS = ("tenant", "tenant_name", "tenantName", "tid")
 USER_CLAIMS = ("preferred_username", "email", "upn", "unique_name", "name", "sub")
 VARIABLES = (
@@ -127,6 +129,11 @@ def read_claims(jwt: str, now: datetime) -> tuple[dict[str, Any], datetime | Non
         raise RegistrationError(
             "TAIS_JWT is not a JWT (expected header.payload.signature): copy the whole access token."
         )
+    if not JWT_SHAPE.fullmatch(jwt):  # e.g. a trailing "…" copied with it, which cannot go into an HTTP header
+        raise RegistrationError(
+            "TAIS_JWT is malformed: it holds characters a JWT cannot (only letters, digits, '-', '_' and two dots); "
+            "copy the whole access token and nothing else."
+        )
     try:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except ValueError:  # bad base64, bad UTF-8 and bad JSON are all ValueErrors
@@ -174,13 +181,17 @@ def _pick(
     )
 
 
-def ask_session_id(stdin: TextIO, prompt_to: TextIO) -> str:
-    """Ask on the terminal; with no terminal (CI, a pipe) there is nobody to ask, so stop instead of hanging."""
+def require_terminal(stdin: TextIO) -> None:
+    """With no terminal (CI, a pipe) there is nobody to ask for the session id, so stop instead of hanging."""
     if not stdin.isatty():
         raise RegistrationError(
             "TAIS_SESSION_ID is not set and there is no terminal to ask for it: set TAIS_SESSION_ID in .env or "
             "the environment."
         )
+
+
+def ask_session_id(stdin: TextIO, prompt_to: TextIO) -> str:
+    require_terminal(stdin)
     print("TAIS session id to attach the tool to: ", end="", file=prompt_to, flush=True)
     return _session_id(stdin.readline(), "the session id")
 
@@ -196,14 +207,35 @@ def check_health(client: httpx2.Client, server_url: str) -> None:
     except httpx2.HTTPError as exc:
         raise RegistrationError(f"the MCP server does not answer at {url} ({_reason(exc)}): {hint}.") from None
     try:
-        healthy = response.status_code == 200 and response.json() == {"status": "ok"}
+        answer = response.json()
     except ValueError:
-        healthy = False
+        answer = None
+    healthy = response.status_code == 200 and answer == {"status": "ok"}
+    if not healthy and isinstance(answer, dict) and answer.get("status") == "degraded":
+        # Our server, up, but it could not hand out downloads: registering it would give the chat a broken tool.
+        raise RegistrationError(
+            f"the ai-credits-mcp server at {server_url} is running but its download store (Redis) is unreachable "
+            f"({url} answered {_status(response)}): start Redis or fix DOWNLOAD_STORE_URL, then run this again."
+        )
     if not healthy:
         raise RegistrationError(
             f'{url} answered {_status(response)}, not {{"status": "ok"}}: is the ai-credits-mcp server running '
             "there? Check PUBLIC_BASE_URL / MCP_PORT."
         )
+
+
+def check_tais_reachable(client: httpx2.Client, config: Config) -> None:
+    """Any HTTP answer from the TAIS API's address will do; only a network failure stops here. No token is sent."""
+    try:
+        client.get(config.api_url)
+    except httpx2.TimeoutException:
+        raise RegistrationError(
+            f"the TAIS API did not answer at {config.api_url} in time: is TAIS running and healthy? Check TAIS_API_URL."
+        ) from None
+    except httpx2.HTTPError as exc:
+        raise RegistrationError(
+            f"cannot reach the TAIS API at {config.api_url} ({_reason(exc)}): is TAIS running? Check TAIS_API_URL."
+        ) from None
 
 
 def register_tool(client: httpx2.Client, config: Config, identity: Identity) -> str:
@@ -306,9 +338,18 @@ def main(
             f"({identity.user_source}), {_expiry(identity.expires_at)}",
             flush=True,
         )
-        session_id = config.session_id or ask_session_id(sys.stdin, sys.stderr)
+        if not config.session_id:
+            require_terminal(sys.stdin)
         with httpx2.Client(timeout=TIMEOUT) as client:
-            tool_id = register_once(client, config, identity, session_id)
+            # Before asking for the session id, so the operator does not type it only to learn the server is down.
+            check_health(client, config.server_url)
+            check_tais_reachable(client, config)
+            session_id = config.session_id
+            if not session_id:
+                session_id = ask_session_id(sys.stdin, sys.stderr)
+                check_health(client, config.server_url)  # typing the id may have taken a while
+            tool_id = register_tool(client, config, identity)
+            attach_tool(client, config, session_id, tool_id)
             print(f"Registered {TOOL_NAME} for {config.server_url}/mcp: tool id {tool_id}.", flush=True)
             print(f"Attached tool {tool_id} to session {session_id}.", flush=True)
             if not args.keep_alive:
@@ -323,6 +364,9 @@ def main(
     except KeyboardInterrupt:
         print("\nregister: interrupted before the tool was registered and attached.", file=sys.stderr, flush=True)
         return 130
+    except Exception as exc:  # a bug or a surprise from a library: still one line, and never the token
+        print(f"register: {_unexpected(exc, jwt)}", file=sys.stderr, flush=True)
+        return 1
 
 
 def _keep_alive(
@@ -347,9 +391,9 @@ def _keep_alive(
                 identity = identify(config, _now())
                 with httpx2.Client(timeout=TIMEOUT) as client:
                     tool_id = register_once(client, config, identity, session_id)
-            except RegistrationError as exc:
+            except Exception as exc:  # keep renewing through anything, as through a TAIS hiccup
                 delay = min(interval, RETRY_SECONDS)
-                message = _redact(str(exc), jwt)
+                message = _redact(str(exc), jwt) if isinstance(exc, RegistrationError) else _unexpected(exc, jwt)
                 print(f"{_clock()} renewal failed: {message} Retrying in {_duration(delay)}.", flush=True)
                 continue
             delay = interval
@@ -450,6 +494,15 @@ def _detail(response: httpx2.Response, jwt: str) -> str:
 
 def _reason(exc: Exception) -> str:
     return " ".join(str(exc).split())[:160] or type(exc).__name__
+
+
+def _unexpected(exc: Exception, jwt: str) -> str:
+    # Redacted before cutting, so no piece of the token survives the cut.
+    text = _redact(" ".join(str(exc).split()), jwt)[:160]
+    return (
+        f"unexpected {type(exc).__name__}{': ' + text if text else ''}; nothing was registered by this attempt. "
+        "Check the settings in .env, and report this if it persists."
+    )
 
 
 def _redact(message: str, jwt: str) -> str:

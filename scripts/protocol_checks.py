@@ -63,6 +63,9 @@ ISOLATED_VARIABLES = (
     "OPENMETER_METER",
 )
 MUST_PASS = ("server-initialize", "ping", "tools-list", "dns-rebinding-protection")
+# The suite sends no TAIS headers, so these call our gate's refusal, and an isError refusal satisfies them.
+PASS_ON_REFUSAL = ("tools-call-simple-text", "tools-call-error")
+READ_ONLY_ANNOTATIONS = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
 TOOLS = {
     "get_credit_usage_by_tenant": "| tenant | credits |",
     "get_credit_usage_summary": "| user | module | product | tenant | skill | credits |",
@@ -339,7 +342,12 @@ def run_conformance(mcp_url: str, stateless: bool, env: dict[str, str], workdir:
         raise CheckFailed("; ".join(problems) + f" (log: {shown(workdir / 'conformance.log')})")
     if done.returncode != 0:
         raise CheckFailed(f"the suite exited with status {done.returncode} (log: {shown(workdir / 'conformance.log')})")
-    return f"{len(passed)} scenarios passed ({', '.join(passed)}); {len(failed)} failed as the baseline expects"
+    real = [name for name in passed if name not in PASS_ON_REFUSAL]
+    hollow = [name for name in passed if name in PASS_ON_REFUSAL]
+    detail = f"{len(passed)} scenarios passed ({', '.join(real)}"
+    if hollow:
+        detail += f"; {' and '.join(hollow)} passed on the refusal: the Inspector steps test the tools"
+    return detail + f"); {len(failed)} failed as the baseline expects"
 
 
 def first_problem(checks: list[dict[str, Any]]) -> str:
@@ -386,11 +394,16 @@ def check_tools_list(mcp_url: str, env: dict[str, str], workdir: Path) -> str:
         expected = WINDOW_ARGUMENTS | (TREND_ARGUMENTS if name == "get_credit_usage_trend" else set())
         if set(schema.get("properties", {})) != expected or schema.get("required"):
             raise CheckFailed(f"{name}: inputSchema is {json.dumps(schema)[:300]}")
-        if tool.get("annotations", {}).get("readOnlyHint") is not True or not tool.get("title"):
-            raise CheckFailed(f"{name}: title {tool.get('title')!r}, annotations {tool.get('annotations')}")
+        annotations = tool.get("annotations") or {}
+        hints = {hint: annotations.get(hint) for hint in READ_ONLY_ANNOTATIONS}
+        if hints != READ_ONLY_ANNOTATIONS or not tool.get("title"):
+            raise CheckFailed(f"{name}: title {tool.get('title')!r}, annotations {annotations}")
         if tool.get("outputSchema", {}).get("type") != "object":
             raise CheckFailed(f"{name}: no output schema")
-    return f"{len(tools)} tools, each with its optional arguments, a title, readOnlyHint and an output schema"
+    return (
+        f"{len(tools)} tools, each with its optional arguments, a title, readOnlyHint, idempotentHint, "
+        "openWorldHint false and an output schema"
+    )
 
 
 def check_admin_call(mcp_url: str, env: dict[str, str], workdir: Path, tool: str, port: int) -> str:

@@ -1,7 +1,8 @@
 """Soak: many concurrent MCP clients across several tenants against the real app and a faulty OpenMeter stand-in.
 
 Loopback only, bounded in calls and in time. Prints what an on-call engineer asks: how many calls failed, whether any
-answer showed another tenant's rows (must be 0) or a wrong total, latency percentiles, memory and download bytes.
+answer or any downloaded workbook showed another tenant's rows (must be 0) or a wrong total, latency percentiles,
+memory and download bytes.
 
     uv run python scripts/soak.py                      # 20 clients, 400 calls, 6 tenants
     uv run python scripts/soak.py --clients 50 --calls 1000 --fault-every 15 --latency 0.02
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import math
 import random
@@ -29,6 +31,7 @@ from pathlib import Path
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from openpyxl import load_workbook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,6 +42,9 @@ from tests.servers import serve_in_thread
 
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events")
 API_KEY = "soak-key"
+# Links name PUBLIC_BASE_URL's host (unset here: localhost:8765); the soak fetches them from its own server.
+DOWNLOAD_LINK = re.compile(r"\]\(http://localhost:\d+(/download/[\w-]+)\)")
+STORE_SAMPLE_SECONDS = 0.25
 
 
 def rss_mb() -> tuple[float, float]:
@@ -91,6 +97,31 @@ async def one_call(url: str, tenant: str, tool: str) -> tuple[float, bool, str]:
     return time.perf_counter() - started, bool(result.is_error), text
 
 
+def foreign_workbook_rows(content: bytes, tenant: str) -> int:
+    """Rows of the workbook's Data sheet whose tenant column names another tenant (every table has one)."""
+    workbook = load_workbook(io.BytesIO(content), read_only=True)
+    try:
+        rows = workbook["Data"].iter_rows(values_only=True)
+        column = list(next(rows)).index("tenant")
+        return sum(1 for row in rows if row[column] != tenant)
+    finally:
+        workbook.close()
+
+
+async def check_workbooks(url: str, links: list[tuple[str, str]]) -> tuple[int, int, int]:
+    """Download every linked workbook: (checked, not downloadable, rows of another tenant)."""
+    checked = missing = foreign = 0
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30.0)) as http:
+        for tenant, path in links:
+            response = await http.get(url + path)
+            if response.status_code != 200:
+                missing += 1
+                continue
+            checked += 1
+            foreign += await asyncio.to_thread(foreign_workbook_rows, response.content, tenant)
+    return checked, missing, foreign
+
+
 async def soak(args: argparse.Namespace) -> int:
     tenants = [f"tenant-{chr(ord('a') + i)}" for i in range(args.tenants)]
     now = datetime.now(UTC)
@@ -109,6 +140,16 @@ async def soak(args: argparse.Namespace) -> int:
             latencies: dict[str, list[float]] = {tool: [] for tool in TOOLS}
             outcomes: Counter[str] = Counter()
             cross_tenant = wrong_totals = 0
+            links: list[tuple[str, str]] = []
+            store = app.state.downloads
+            store_peak = [0, 0]  # links, bytes: sampled while the clients run
+
+            async def sample_store() -> None:
+                while True:
+                    store_peak[0] = max(store_peak[0], len(store))
+                    store_peak[1] = max(store_peak[1], store.bytes_held)
+                    await asyncio.sleep(STORE_SAMPLE_SECONDS)
+
             queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
             for index in range(args.calls):
                 queue.put_nowait((tenants[index % len(tenants)], TOOLS[index % len(TOOLS)]))
@@ -126,11 +167,14 @@ async def soak(args: argparse.Namespace) -> int:
                     outcomes["error" if is_error else "ok"] += 1
                     if any(other in text for other in tenants if other != tenant):
                         cross_tenant += 1
+                    if link := DOWNLOAD_LINK.search(text):
+                        links.append((tenant, link.group(1)))
                     match = re.search(r"Total credits: ([\d,.]+)", text)
                     if match and not is_error and match.group(1) != f"{expected[tenant]:,.2f}":
                         wrong_totals += 1
 
             started = time.perf_counter()
+            sampler = asyncio.create_task(sample_store())
             try:
                 await asyncio.wait_for(
                     asyncio.gather(*(client_loop() for _ in range(args.clients))), timeout=args.max_seconds
@@ -139,8 +183,12 @@ async def soak(args: argparse.Namespace) -> int:
             except TimeoutError:
                 timed_out = True
             wall = time.perf_counter() - started
+            sampler.cancel()
             rss_after, rss_peak = rss_mb()
-            store = app.state.downloads
+            # Read now: leaving the `with` shuts the app down, and its shutdown empties the store.
+            live_links, bytes_held = len(store), store.bytes_held
+            store_peak = [max(store_peak[0], live_links), max(store_peak[1], bytes_held)]
+            checked, missing, foreign_rows = await check_workbooks(url, links)
 
     made = sum(outcomes.values())
     print(
@@ -152,7 +200,8 @@ async def soak(args: argparse.Namespace) -> int:
         + ("  [stopped at --max-seconds]" if timed_out else "")
     )
     print(f"calls failed      {made - outcomes['ok']} ({dict(outcomes)})")
-    print(f"cross-tenant rows {cross_tenant}   (must be 0)")
+    print(f"cross-tenant rows {cross_tenant} in answers, {foreign_rows} in workbooks   (must be 0)")
+    print(f"workbooks         {checked} of {len(links)} linked downloaded and read, {missing} not downloadable")
     print(f"wrong totals      {wrong_totals}   (must be 0)")
     print("latency (s)       tool                          p50     p95     max")
     for tool, values in latencies.items():
@@ -169,10 +218,10 @@ async def soak(args: argparse.Namespace) -> int:
         f"(ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f})"
     )
     print(
-        f"download store    {len(store)} live links, {store.bytes_held / 1e6:.1f} MB "
-        f"(budget {settings.download_store_max_bytes / 1e6:.0f} MB)"
+        f"download store    {live_links} live links, {bytes_held / 1e6:.1f} MB at the end; peak {store_peak[0]} "
+        f"links, {store_peak[1] / 1e6:.1f} MB (budget {settings.download_store_max_bytes / 1e6:.0f} MB)"
     )
-    return 1 if cross_tenant or wrong_totals or timed_out else 0
+    return 1 if cross_tenant or foreign_rows or missing or wrong_totals or timed_out else 0
 
 
 def main() -> int:

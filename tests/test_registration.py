@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from ai_credit_usage import registration
 from ai_credit_usage.registration import identify, load_config, main, read_variables
 from ai_credit_usage.settings import load_settings
 from server import create_app
@@ -104,6 +105,19 @@ def tais_url(tais_server: tuple[FakeTais, str]) -> str:
 def mcp_url() -> Iterator[str]:
     """The real ai-credits-mcp app, for the /health check; /health never touches OpenMeter."""
     settings = load_settings(_env_file=None, openmeter_api_key="om-unused-key", openmeter_url=closed_url())
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def degraded_mcp_url() -> Iterator[str]:
+    """The real app with its Redis download store unreachable: /health answers 503 {"status": "degraded"}."""
+    settings = load_settings(
+        _env_file=None,
+        openmeter_api_key="om-unused-key",
+        openmeter_url=closed_url(),
+        download_store_url=closed_url().replace("http://", "redis://"),
+    )
     with serve_in_thread(create_app(settings)) as url:
         yield url
 
@@ -325,6 +339,56 @@ def test_checks_the_server_health_before_registering(
     assert tais.requests() == []
 
 
+def test_a_degraded_server_is_reported_as_running_without_its_download_store(
+    run_main: RunMain, env: dict[str, str], tais: FakeTais, degraded_mcp_url: str
+) -> None:
+    code, _, err = run_main(env | {"PUBLIC_BASE_URL": degraded_mcp_url})
+    assert code == 1 and err.count("\n") == 1
+    assert err == (
+        f"register: the ai-credits-mcp server at {degraded_mcp_url} is running but its download store (Redis) is "
+        f"unreachable ({degraded_mcp_url}/health answered 503 Service Unavailable): start Redis or fix "
+        "DOWNLOAD_STORE_URL, then run this again.\n"
+    )
+    assert tais.requests() == []
+
+
+def test_an_unexpected_error_is_one_redacted_line(
+    run_main: RunMain, env: dict[str, str], tais: FakeTais, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A surprise from a library (as httpx2's UnicodeEncodeError was), carrying the token in its message.
+    def surprise(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError(f"header value {JWT!r} cannot be sent\nsecond line")
+
+    monkeypatch.setattr(registration, "register_tool", surprise)
+    code, _, err = run_main(env)  # run_main also checks: no traceback, no piece of the token
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("register: unexpected RuntimeError: header value '***' cannot be sent second line;")
+    assert tais.requests() == []
+
+
+def test_keep_alive_survives_an_unexpected_error(
+    run_main: RunMain, env: dict[str, str], tais: FakeTais, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_register_tool = registration.register_tool
+    calls: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> str:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError(f"odd {JWT}")
+        return real_register_tool(*args, **kwargs)
+
+    def sleep(seconds: float) -> None:
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(registration, "register_tool", flaky)
+    code, out, err = run_main(env, "--keep-alive", "--interval", "120", sleep=sleep)
+    assert (code, err) == (0, "")
+    assert "renewal failed: unexpected RuntimeError: odd ***;" in out and "Retrying in 60 s." in out
+    assert "renewed: tool tool-2 attached to session sess-42" in out
+
+
 def test_health_check_does_not_receive_the_token(run_main: RunMain, env: dict[str, str], tais: FakeTais) -> None:
     seen: list[dict[str, str]] = []
 
@@ -348,6 +412,8 @@ def test_health_check_does_not_receive_the_token(run_main: RunMain, env: dict[st
         pytest.param({"TAIS_JWT": make_jwt(claims(exp=int(time.time()) - 600))}, "TAIS_JWT expired at", id="expired"),
         pytest.param({"TAIS_JWT": "not-a-token"}, "TAIS_JWT is not a JWT", id="one-part"),
         pytest.param({"TAIS_JWT": "aaa.!!!!.ccc"}, "TAIS_JWT is malformed", id="bad-base64"),
+        pytest.param({"TAIS_JWT": JWT + "\u2026"}, "TAIS_JWT is malformed: it holds characters", id="ellipsis"),
+        pytest.param({"TAIS_JWT": "eyJh.eyJ0 ZW5hbnQiOiJhIn0.sig"}, "it holds characters", id="inner-blank"),
         pytest.param({"TAIS_JWT": "eyJh.WzEsMl0.sig"}, "TAIS_JWT is malformed", id="payload-not-object"),
         pytest.param({"TAIS_JWT": make_jwt(claims(exp="tomorrow"))}, "exp claim", id="exp-not-number"),
         pytest.param({"TAIS_JWT": make_jwt({"sub": "u"})}, "names no tenant", id="no-tenant"),
@@ -469,6 +535,18 @@ def test_script_failure_is_one_line(env_file: Path, tais: FakeTais, tmp_path: Pa
     assert_no_jwt(result.stdout, result.stderr)
 
 
+def test_script_with_a_non_ascii_token_fails_in_one_line(env_file: Path, tais: FakeTais, tmp_path: Path) -> None:
+    # A token copied with a trailing ellipsis used to reach httpx2 and end in a 37-line UnicodeEncodeError.
+    copied = JWT + "\u2026"
+    env_file.write_text(env_file.read_text().replace(JWT, copied) + f"TAIS_SESSION_ID={SESSION}\n")
+    result = run_script(script_env(env_file), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("register: TAIS_JWT is malformed")
+    assert "Traceback" not in result.stderr
+    assert_no_jwt(result.stdout, result.stderr, jwt=copied)
+    assert tais.requests() == []
+
+
 def test_script_without_session_id_and_no_terminal_stops(env_file: Path, tais: FakeTais, tmp_path: Path) -> None:
     result = run_script(script_env(env_file), cwd=tmp_path)
     assert result.returncode == 1
@@ -506,6 +584,48 @@ def test_script_asks_for_the_session_id_on_a_terminal(env_file: Path, tais: Fake
     assert_no_jwt(text)
     assert "Attached tool tool-1 to session sess-typed." in text
     assert patches(tais)[0].path == "/api/v2/sessions-service/sess-typed"
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        pytest.param("PUBLIC_BASE_URL", "the MCP server does not answer at", id="server-down"),
+        pytest.param("degraded", "download store (Redis) is unreachable", id="server-degraded"),
+        pytest.param("TAIS_API_URL", "cannot reach the TAIS API at", id="tais-down"),
+    ],
+)
+def test_script_checks_the_server_and_tais_before_asking_for_the_session_id(
+    env_file: Path, tais: FakeTais, tmp_path: Path, degraded_mcp_url: str, where: str, expected: str
+) -> None:
+    if where == "degraded":
+        env = script_env(env_file, PUBLIC_BASE_URL=degraded_mcp_url)
+    else:
+        env = script_env(env_file, **{where: closed_url()})  # the environment wins over the env file
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [BASH, str(SCRIPT)],
+        env=env,
+        cwd=tmp_path,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        start_new_session=True,
+    )
+    os.close(secondary)
+    try:
+        screen = read_terminal(primary)  # until it exits; a prompt would wait for input and time out here
+        code = proc.wait(timeout=30)
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = screen.decode(errors="replace")
+    assert code == 1, text
+    assert "session id to attach" not in text
+    assert expected in text and "Traceback" not in text
+    assert_no_jwt(text)
+    assert tais.requests() == []
 
 
 def read_terminal(fd: int, until: bytes | None = None, timeout: float = 30) -> bytes:

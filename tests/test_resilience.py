@@ -331,8 +331,29 @@ def test_the_soak_script_runs_and_finds_no_leak() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "calls made        12 of 12" in result.stdout
-    assert "cross-tenant rows 0" in result.stdout
+    assert "cross-tenant rows 0 in answers, 0 in workbooks" in result.stdout
+    assert "workbooks         12 of 12 linked downloaded and read, 0 not downloadable" in result.stdout
     assert "wrong totals      0" in result.stdout
+    # Read before shutdown empties the store: one live link per call.
+    assert re.search(r"download store    12 live links, [\d.]+ MB at the end; peak 12 links", result.stdout)
+
+
+def test_the_soak_workbook_check_counts_another_tenants_rows() -> None:
+    import io
+
+    from openpyxl import Workbook
+
+    from scripts.soak import foreign_workbook_rows
+
+    workbook = Workbook()
+    data = workbook.active
+    data.title = "Data"
+    for row in [("user", "tenant", "credits"), ("u1", "acme", 1.0), ("u2", "globex", 2.0), ("u3", "acme", 3.0)]:
+        data.append(row)
+    content = io.BytesIO()
+    workbook.save(content)
+    assert foreign_workbook_rows(content.getvalue(), "acme") == 1
+    assert foreign_workbook_rows(content.getvalue(), "globex") == 2
 
 
 async def test_line_breaks_in_a_tenant_name_cannot_escape(
