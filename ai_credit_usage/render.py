@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -212,12 +212,19 @@ def _render(
         lines += _mover_lines(findings.movers, findings.comparison, cell)
     if trend is not None:
         lines += _trend_lines(trend)
-    minutes = max(1, round((expires_at - now).total_seconds() / 60))
     lines.append(
-        f"[Download Excel]({download_url}) (link expires at {format_utc(expires_at)}, "
-        f"in {minutes} minute{'' if minutes == 1 else 's'})"
+        f"[Download Excel]({download_url}) (link expires at {format_utc(expires_at)}, {_in(expires_at - now)})"
     )
     return "\n".join(lines)
+
+
+def _in(remaining: timedelta) -> str:
+    """ "in 10 minutes"; seconds below one minute, where rounding up to a minute would overstate a short TTL."""
+    seconds = max(0, round(remaining.total_seconds()))
+    if seconds < 60:
+        return f"in {seconds} second{'' if seconds == 1 else 's'}"
+    minutes = round(seconds / 60)
+    return f"in {minutes} minute{'' if minutes == 1 else 's'}"
 
 
 def _cut_line(preview: Shown, count: int, trend: Trend | None) -> str:

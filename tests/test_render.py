@@ -9,7 +9,7 @@ import pytest
 from ai_credit_usage.render import escape_cell, format_credits, render_answer
 from ai_credit_usage.table import PREVIEW_ROWS, Table
 from ai_credit_usage.usage import SUMMARY_COLUMNS
-from ai_credit_usage.window import Window
+from ai_credit_usage.window import Window, format_utc
 
 NOW = datetime(2026, 1, 20, 12, tzinfo=UTC)
 WINDOW = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
@@ -124,3 +124,19 @@ def test_a_rest_that_rounding_would_make_negative_is_said_as_it_is() -> None:
         "The 10 rows not shown hold <0.01 credits (the rows shown are rounded to cents, so with them this makes the "
         "total only approximately)."
     ) in text
+
+
+@pytest.mark.parametrize(
+    ("ttl", "said"),
+    [
+        pytest.param(timedelta(minutes=10), "in 10 minutes", id="default"),
+        pytest.param(timedelta(seconds=30), "in 30 seconds", id="short-ttl-not-rounded-up"),
+        pytest.param(timedelta(seconds=1), "in 1 second", id="one-second"),
+        pytest.param(timedelta(seconds=60), "in 1 minute", id="one-minute"),
+        pytest.param(timedelta(seconds=150), "in 2 minutes", id="minutes-from-one"),
+    ],
+)
+def test_the_link_says_how_long_it_lives(ttl: timedelta, said: str) -> None:
+    table = Table(("tenant", "credits"), [("acme", 0.0)])
+    text = render_answer(table, tenant="acme", window=WINDOW, download_url="u", expires_at=NOW + ttl, now=NOW)
+    assert text.endswith(f"(link expires at {format_utc(NOW + ttl)}, {said})")
