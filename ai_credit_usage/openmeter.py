@@ -207,14 +207,10 @@ class OpenMeterClient:
         window: Window,
         event_type: str,
         subjects: Sequence[str] | None = None,
-        *,
-        first: tuple[list[CloudEvent], str | None] | None = None,
     ) -> AsyncIterator[list[CloudEvent]]:
-        """Every event of `event_type` (of `subjects`, if given) in the window, newest first, a page at a time.
-
-        `first` is a page already fetched for exactly this walk, so it is not asked for twice.
-        """
-        events, cursor = first if first is not None else await self.event_page(window, event_type, subjects, None)
+        """Every event of `event_type` (of `subjects`, if given) in the window, newest first, a page at a time: the
+        plain sequential walk, which the sliced walk in usage.py must reproduce exactly (the tests compare them)."""
+        events, cursor = await self.event_page(window, event_type, subjects, None)
         while True:
             yield events
             if cursor is None:
