@@ -61,6 +61,7 @@ ISOLATED_VARIABLES = (
     "TENANT_OVERRIDE",
     "ROLE_OVERRIDE",
     "OPENMETER_METER",
+    "MCP_STATELESS",
 )
 MUST_PASS = ("server-initialize", "ping", "tools-list", "dns-rebinding-protection")
 # The suite sends no TAIS headers, so these call our gate's refusal, and an isError refusal satisfies them.
@@ -221,8 +222,9 @@ def free_port() -> int:
 class DemoServer:
     """`uv run main.py --demo` in its own process group, so stopping it stops uv and the server it started."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, stateless: bool = False) -> None:
         self.workdir = workdir
+        self.stateless = stateless
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "server.log"
@@ -231,6 +233,7 @@ class DemoServer:
     def start(self) -> str:
         env = {name: value for name, value in os.environ.items() if name not in ISOLATED_VARIABLES}
         env.update(MCP_HOST="127.0.0.1", MCP_PORT=str(self.port), PYTHONUNBUFFERED="1")
+        env["MCP_STATELESS"] = "true" if self.stateless else "false"
         command = [require_uv(), "run", "--project", str(ROOT), "python", str(ROOT / "main.py"), "--demo"]
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
@@ -446,24 +449,31 @@ def check_non_admin_call(mcp_url: str, env: dict[str, str], workdir: Path, tool:
 # --- main ---------------------------------------------------------------------------------------------------------
 
 
-def run_checks(report: Report, server: DemoServer, env: dict[str, str], workdir: Path) -> None:
-    report.check("server: uv run main.py --demo", server.start)
+def start_and_probe(report: Report, server: DemoServer) -> bool:
+    """Start the server and check it runs in the mode it was started in; False (and reported) if not."""
+    mode = "stateless" if server.stateless else "stateful"
+    report.check(f"server: MCP_STATELESS={str(server.stateless).lower()} uv run main.py --demo", server.start)
     if report.failed:
-        return
-    mcp_url = f"{server.base_url}/mcp"
-    mode: dict[str, bool] = {}
+        return False
 
     def probe_mode() -> str:
         try:
-            mode["stateless"] = session_id_of(mcp_url) is None
+            stateless = session_id_of(f"{server.base_url}/mcp") is None
         except httpx2.HTTPError as exc:
             raise CheckFailed(f"a raw initialize failed: {exc!r}") from exc
-        return "stateless (no Mcp-Session-Id)" if mode["stateless"] else "stateful (Mcp-Session-Id)"
+        if stateless != server.stateless:
+            raise CheckFailed(f"started {mode}, but initialize {'gave no' if stateless else 'gave an'} Mcp-Session-Id")
+        return "stateless (no Mcp-Session-Id)" if stateless else "stateful (Mcp-Session-Id)"
 
-    report.check("server mode (raw initialize)", probe_mode)
-    if report.failed:
+    report.check(f"{mode} mode (raw initialize)", probe_mode)
+    return not report.failed
+
+
+def run_checks(report: Report, server: DemoServer, stateless_server: DemoServer, env: dict[str, str]) -> None:
+    if not start_and_probe(report, server):
         return
-    report.check("conformance suite", lambda: run_conformance(mcp_url, mode["stateless"], env, workdir))
+    mcp_url, workdir = f"{server.base_url}/mcp", server.workdir
+    report.check("conformance suite (stateful)", lambda: run_conformance(mcp_url, False, env, workdir))
     report.check("inspector tools/list", lambda: check_tools_list(mcp_url, env, workdir))
     for tool in TOOLS:
         report.check(
@@ -471,6 +481,14 @@ def run_checks(report: Report, server: DemoServer, env: dict[str, str], workdir:
         )
         report.check(
             f"inspector {tool} (non-admin)", lambda tool=tool: check_non_admin_call(mcp_url, env, workdir, tool)
+        )
+    server.stop()
+    # Replicas run stateless (README: Several replicas), so the suite checks that mode too.
+    if start_and_probe(report, stateless_server):
+        stateless_url = f"{stateless_server.base_url}/mcp"
+        report.check(
+            "conformance suite (stateless)",
+            lambda: run_conformance(stateless_url, True, env, stateless_server.workdir),
         )
 
 
@@ -492,13 +510,17 @@ def main(argv: list[str] | None = None) -> int:
     path, node = node_path(cache)
     say(f"node: {node} ({time.monotonic() - started:.1f} s); {CONFORMANCE}, {INSPECTOR}")
     env = npx_environment(cache, path)
-    report, server = Report(), DemoServer(workdir)
+    (workdir / "stateless").mkdir()
+    report, server, stateless_server = Report(), DemoServer(workdir), DemoServer(workdir / "stateless", stateless=True)
     try:
-        run_checks(report, server, env, workdir)
+        run_checks(report, server, stateless_server, env)
     finally:
         server.stop()
+        stateless_server.stop()
     if report.failed:
-        say(f"server log ({shown(server.log_path)}), last lines:\n{server.log_tail()}")
+        for failed_server in (server, stateless_server):
+            if failed_server.log_path.exists():
+                say(f"server log ({shown(failed_server.log_path)}), last lines:\n{failed_server.log_tail()}")
     report.print_summary(time.monotonic() - started)
     return 1 if report.failed else 0
 
