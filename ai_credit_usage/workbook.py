@@ -298,11 +298,10 @@ class ProcessWorkbookWriter:
 
     def close(self) -> None:
         """Stop the child whatever state it is in (also after a failed or abandoned call) and delete its files."""
-        with self._lock:
+        with self._lock:  # closes happen under the lock: a second close of a reused fd would hit someone else's file
             self._closed = True
-            in_use = self._in_use
-        if not in_use:
-            self._connection.close()
+            if not self._in_use:
+                self._connection.close()
         if self._process.pid is not None:
             if self._process.is_alive():
                 self._process.kill()
@@ -328,9 +327,8 @@ class ProcessWorkbookWriter:
         finally:
             with self._lock:
                 self._in_use = False
-                closed = self._closed
-            if closed:  # close() left the pipe to this thread
-                self._connection.close()
+                if self._closed:  # close() left the pipe to this thread
+                    self._connection.close()
 
 
 class _ChildGone(Exception):
