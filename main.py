@@ -10,17 +10,15 @@ import logging
 import os
 import sys
 
-import uvicorn
-
-from ai_credit_usage.demo import DEMO_SETTINGS
-from ai_credit_usage.downloads import describe_store_url
-from ai_credit_usage.settings import ConfigError, load_settings
-from ai_credit_usage.telemetry import TraceIdFormatter, setup_telemetry
+# Everything else is imported inside the functions: each workbook process re-runs this module's top level
+# (multiprocessing's __main__ fix-up under forkserver), where these imports cost about a second per call.
 
 logger = logging.getLogger("ai_credit_usage")
 
 
 def configure_logging() -> None:
+    from ai_credit_usage.telemetry import TraceIdFormatter
+
     # Before the MCP SDK is imported: its server calls basicConfig() too, which is then a no-op.
     console = logging.StreamHandler()
     console.setFormatter(TraceIdFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -41,6 +39,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from ai_credit_usage.demo import DEMO_SETTINGS
+    from ai_credit_usage.downloads import describe_store_url
+    from ai_credit_usage.settings import ConfigError, load_settings
+    from ai_credit_usage.telemetry import setup_telemetry
+
     arguments = parse_arguments(argv)
     configure_logging()
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from ai_credit_usage.workbook import ProcessWorkbookWriter, Report, WorkbookBuilder
+from ai_credit_usage.workbook import ProcessWorkbookWriter, Report, build_workbook
 
 PREVIEW_ROWS = 50
 PROCESS_WRITER_ROWS = 20_000  # below this, a thread writes faster than a process starts and is fed
@@ -142,13 +142,10 @@ class TableSink:
     async def workbook(self, report: Report) -> bytes:
         if self._writer is not None:
             return await self._writer.finish(report)
-
-        def build() -> bytes:
-            builder = WorkbookBuilder(self.columns, amounts=self.amounts)
-            builder.append(self._buffer)
-            return builder.finish(report)
-
-        return await anyio.to_thread.run_sync(build)
+        table = Table(self.columns, self._buffer, self.amounts)
+        # A deadline or cancel does not wait for the thread: it finishes (or fails) on its own and cleans up after
+        # itself, and nothing else touches `table`.
+        return await anyio.to_thread.run_sync(lambda: build_workbook(table, report=report), abandon_on_cancel=True)
 
     def close(self) -> None:
         """Release the workbook process, if any (after a failure, nothing half-written is kept)."""

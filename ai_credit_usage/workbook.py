@@ -7,15 +7,22 @@
 
 Written with openpyxl in write-only mode (flat memory, streams rows). Each write-only sheet streams to its own
 temporary file, so the Summary sheet is created first (sheet order is creation order) but filled only in `finish`,
-once the data sheet has seen every row and the totals are known. Text is guarded: a value starting with `=` would
-otherwise be stored as a formula, and XML-illegal control characters would make openpyxl raise.
+once the data sheet has seen every row and the totals are known. openpyxl deletes those files only on save or at
+a normal interpreter exit, so a workbook that is abandoned (a failed or cancelled call) removes them itself.
+Text is guarded: a value starting with `=` would otherwise be stored as a formula, and XML-illegal control
+characters would make openpyxl raise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import logging
 import multiprocessing
+import shutil
+import tempfile
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -33,6 +40,8 @@ from openpyxl.utils import get_column_letter
 from openpyxl.utils.datetime import to_excel
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
+from ai_credit_usage.errors import UserFacingError
+
 if TYPE_CHECKING:
     from ai_credit_usage.table import Table
 
@@ -44,7 +53,11 @@ TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 DATE_FORMAT = "yyyy-mm-dd"
 CREDITS_FORMAT = "#,##0.00####"
 SHARE_FORMAT = "0.0%"
+WORKBOOK_FAILED = "The Excel file for this answer could not be written; try again, or ask for a shorter window."
+logger = logging.getLogger(__name__)
 _CONTEXT = multiprocessing.get_context("forkserver")  # fork() in a threaded server is unsafe; spawn is slow
+# Not "__main__": CPython 3.11-3.13 never pass its path to the forkserver (it asks for a key named "main_path"), so a
+# child re-runs the main script's top level anyway; main.py keeps its imports inside main() for that reason.
 _CONTEXT.set_forkserver_preload(["ai_credit_usage.workbook"])
 _COLUMN_WIDTHS = {
     "time": 20,
@@ -152,6 +165,20 @@ class WorkbookBuilder:
         self._workbook.save(buffer)
         return buffer.getvalue()
 
+    def discard(self) -> None:
+        """Delete the sheets' temporary files now, after a failure (`finish` deletes them on success)."""
+        for sheet in self._workbook.worksheets:
+            writer = sheet._writer
+            if writer is None:
+                continue
+            # The row stream first, then the file it writes to; a half-written sheet may not close cleanly.
+            for stream in (sheet._rows, writer):
+                with contextlib.suppress(Exception):
+                    if stream is not None:
+                        stream.close()
+            with contextlib.suppress(OSError, ValueError):  # already deleted by a save that failed part-way
+                writer.cleanup()
+
     def _write_summary(self, report: Report) -> None:
         sheet = self._summary
         for column, width in zip("ABCDE", (30, 16, 16, 16, 10), strict=True):
@@ -208,8 +235,12 @@ def _bar_chart(sheet: WriteOnlyWorksheet, title: str, heading_row: int, last_row
 
 def build_workbook(table: Table, *, about: Sequence[tuple[str, Any]] = (), report: Report | None = None) -> bytes:
     builder = WorkbookBuilder(table.columns, amounts=table.amounts)
-    builder.append(table.rows)
-    return builder.finish(report if report is not None else Report(about=tuple(about)))
+    try:
+        builder.append(table.rows)
+        return builder.finish(report if report is not None else Report(about=tuple(about)))
+    except BaseException:
+        builder.discard()
+        raise
 
 
 class ProcessWorkbookWriter:
@@ -218,49 +249,103 @@ class ProcessWorkbookWriter:
     openpyxl holds the GIL for the whole write (about 4 s per 100,000 rows here), which in a thread would still stall
     the event loop and every other request; a process does not. Children fork from a forkserver that has already
     imported openpyxl, so starting one costs ~15 ms (the first, which starts the forkserver, about 1 s).
+
+    The child keeps its temporary files in a directory of its own, which `close` deletes: a killed child cannot.
+    Pipe operations run in a thread that a cancelled call abandons; that thread then still owns the pipe and closes
+    it when it returns (killing the child makes it return at once), so `close` never closes a pipe in use.
     """
 
-    def __init__(self, process: BaseProcess, connection: Connection) -> None:
+    def __init__(self, process: BaseProcess, connection: Connection, scratch: str) -> None:
         self._process = process
         self._connection = connection
+        self._scratch = scratch
+        self._lock = threading.Lock()
+        self._in_use = False
+        self._closed = False
 
     @classmethod
     async def start(cls, columns: Sequence[str], amounts: int = 1) -> ProcessWorkbookWriter:
+        scratch = tempfile.mkdtemp(prefix="ai-credits-workbook-")
         parent, child = _CONTEXT.Pipe()
-        process = _CONTEXT.Process(target=_serve_builder, args=(child, tuple(columns), amounts), daemon=True)
-        await anyio.to_thread.run_sync(process.start)
-        child.close()
-        return cls(process, parent)
+        process = _CONTEXT.Process(target=_serve_builder, args=(child, tuple(columns), amounts, scratch), daemon=True)
+        writer = cls(process, parent, scratch)
+        try:
+            await anyio.to_thread.run_sync(process.start)
+        except BaseException:
+            writer.close()
+            raise
+        finally:
+            child.close()
+        return writer
 
     async def append(self, rows: list[tuple[Any, ...]]) -> None:
         # send() blocks while the child is busy writing: wait in a thread, never on the event loop.
-        await anyio.to_thread.run_sync(self._connection.send, ("rows", rows))
+        await self._use_pipe(lambda connection: connection.send(("rows", rows)))
 
     async def finish(self, report: Report) -> bytes:
-        def finish_in_child() -> tuple[str, Any]:
-            self._connection.send(("finish", report))  # the Summary and About sheets are written in the child too
-            return self._connection.recv()
+        def finish_in_child(connection: Connection) -> tuple[str, Any]:
+            connection.send(("finish", report))  # the Summary and About sheets are written in the child too
+            return connection.recv()
 
         try:
-            status, payload = await anyio.to_thread.run_sync(finish_in_child)
-        except (EOFError, OSError) as exc:
-            raise RuntimeError("the workbook process died") from exc
+            status, payload = await self._use_pipe(finish_in_child)
         finally:
             self.close()
         if status != "ok":
-            raise RuntimeError(f"the workbook process failed: {payload}")
+            logger.warning("the workbook process failed: %s", payload)
+            raise UserFacingError(WORKBOOK_FAILED)
         return payload
 
     def close(self) -> None:
-        """Stop the child whatever state it is in (also after a failed or abandoned call)."""
-        self._connection.close()
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join(timeout=5)
+        """Stop the child whatever state it is in (also after a failed or abandoned call) and delete its files."""
+        with self._lock:  # closes happen under the lock: a second close of a reused fd would hit someone else's file
+            self._closed = True
+            if not self._in_use:
+                self._connection.close()
+        if self._process.pid is not None:
+            if self._process.is_alive():
+                self._process.kill()
+            self._process.join(timeout=5)
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    async def _use_pipe(self, operation: Callable[[Connection], Any]) -> Any:
+        try:
+            return await anyio.to_thread.run_sync(self._in_thread, operation, abandon_on_cancel=True)
+        except _ChildGone as gone:
+            logger.warning("the workbook process is gone (exit code %s): %s", self._process.exitcode, gone)
+            raise UserFacingError(WORKBOOK_FAILED) from gone
+
+    def _in_thread(self, operation: Callable[[Connection], Any]) -> Any:
+        with self._lock:
+            if self._closed:
+                raise _ChildGone("it was stopped")
+            self._in_use = True
+        try:
+            return operation(self._connection)
+        except (EOFError, OSError) as exc:  # killed (out of memory?), or it failed, said why and exited
+            raise _ChildGone(f"{exc!r}; its last message: {_last_word(self._connection)}") from exc
+        finally:
+            with self._lock:
+                self._in_use = False
+                if self._closed:  # close() left the pipe to this thread
+                    self._connection.close()
 
 
-def _serve_builder(connection: Connection, columns: tuple[str, ...], amounts: int) -> None:
+class _ChildGone(Exception):
+    """The workbook process can no longer be talked to."""
+
+
+def _last_word(connection: Connection) -> str:
+    """The error a child sent before exiting, if it did (it is still in the pipe)."""
+    with contextlib.suppress(Exception):
+        if connection.poll():
+            return str(connection.recv()[1])
+    return "none"
+
+
+def _serve_builder(connection: Connection, columns: tuple[str, ...], amounts: int, scratch: str) -> None:
     """The child's whole life: rows until "finish", then the bytes (or the error) back, then exit."""
+    tempfile.tempdir = scratch  # openpyxl's per-sheet temporary files go where the parent can delete them
     builder = WorkbookBuilder(columns, amounts=amounts)
     try:
         while True:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import multiprocessing
+import os
 import re
+import signal
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from openpyxl import load_workbook
@@ -20,6 +25,7 @@ from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
 from ai_credit_usage.table import TableSink
 from ai_credit_usage.usage import EVENT_COLUMNS, UsageService
 from ai_credit_usage.window import Window
+from ai_credit_usage.workbook import WORKBOOK_FAILED, ProcessWorkbookWriter
 from tests.conftest import API_KEY, FAST_RETRY, ServerStarter, call_tool, text_of
 
 pytestmark = pytest.mark.anyio
@@ -151,8 +157,77 @@ def download(url: str, text: str) -> list[tuple]:
     return list(workbook["Data"].iter_rows(values_only=True))
 
 
+@pytest.fixture
+def temporary_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
+    """Where this process's temporary files go (a workbook process's own directory is made here)."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+def leftovers(directory: Any) -> list[str]:
+    """What is left in the temporary directory, besides the forkserver's socket directory if it started here."""
+    return [path.name for path in directory.iterdir() if not path.name.startswith("pymp-")]
+
+
+def signal_workbook_process_before(monkeypatch: pytest.MonkeyPatch, method: str, signum: int) -> list[int]:
+    """Signal the workbook process just before the server's next `ProcessWorkbookWriter.<method>` call."""
+    signalled: list[int] = []
+    original = getattr(ProcessWorkbookWriter, method)
+
+    async def signal_then_call(self: ProcessWorkbookWriter, *args: Any) -> Any:
+        if not signalled:
+            (child,) = multiprocessing.active_children()
+            os.kill(child.pid, signum)
+            if signum == signal.SIGKILL:
+                child.join()
+            signalled.append(signum)
+        return await original(self, *args)
+
+    monkeypatch.setattr(ProcessWorkbookWriter, method, signal_then_call)
+    return signalled
+
+
+@pytest.mark.parametrize("moment", ["append", "finish"])
+async def test_a_killed_workbook_process_is_a_clear_error(
+    start_server: ServerStarter,
+    openmeter: OpenMeterStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    temporary_directory: Any,
+    moment: str,
+) -> None:
+    openmeter.ingest(*[make_event(tenant="acme", credits=1, time=START + timedelta(seconds=i)) for i in range(900)])
+    url = start_server(workbook_process_rows=100)
+    killed = signal_workbook_process_before(monkeypatch, moment, signal.SIGKILL)  # as the OOM killer would
+    with caplog.at_level(logging.WARNING, logger="ai_credit_usage.workbook"):
+        result = await call_tool(url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"})
+    assert killed
+    assert result.is_error
+    assert text_of(result) == WORKBOOK_FAILED
+    assert "the workbook process is gone" in caplog.text
+    assert multiprocessing.active_children() == []
+    assert leftovers(temporary_directory) == []
+
+
+async def test_the_deadline_does_not_wait_for_a_stuck_workbook_process(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn, monkeypatch: pytest.MonkeyPatch, temporary_directory: Any
+) -> None:
+    openmeter.ingest(*[make_event(tenant="acme", credits=1, time=START + timedelta(seconds=i)) for i in range(300)])
+    url = start_server(workbook_process_rows=100, tool_deadline_seconds=3)
+    stopped = signal_workbook_process_before(monkeypatch, "finish", signal.SIGSTOP)  # never answers "finish"
+    with anyio.fail_after(60):  # only so that a regression fails instead of hanging; the deadline is 3 s
+        result = await call_tool(url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"})
+    assert stopped
+    assert result.is_error
+    assert "took longer than 3 seconds" in text_of(result)
+    assert multiprocessing.active_children() == []  # close() killed the stopped child
+    assert leftovers(temporary_directory) == []
+
+
 async def test_big_results_stream_into_a_workbook_process(
-    start_server: ServerStarter, openmeter: OpenMeterStandIn
+    start_server: ServerStarter, openmeter: OpenMeterStandIn, temporary_directory: Any
 ) -> None:
     openmeter.ingest(
         *[
@@ -168,10 +243,11 @@ async def test_big_results_stream_into_a_workbook_process(
     assert streamed == in_thread
     assert streamed[1][1] == "=u8"  # still text, never a formula
     assert multiprocessing.active_children() == []
+    assert leftovers(temporary_directory) == []
 
 
-async def test_a_failed_walk_leaves_no_process_and_no_download(
-    start_server: ServerStarter, openmeter: OpenMeterStandIn
+async def test_a_failed_walk_leaves_no_process_no_files_and_no_download(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn, temporary_directory: Any
 ) -> None:
     openmeter.ingest(*[make_event(tenant="acme", credits=1, time=START + timedelta(seconds=i)) for i in range(900)])
     url = start_server(workbook_process_rows=100)
@@ -180,6 +256,7 @@ async def test_a_failed_walk_leaves_no_process_and_no_download(
     assert result.is_error
     assert "internal error (HTTP 500)" in text_of(result)
     assert multiprocessing.active_children() == []
+    assert leftovers(temporary_directory) == []
     assert len(start_server.apps[url].state.downloads) == 0
 
 

@@ -105,9 +105,12 @@ def test_any_string_round_trips_as_text_and_nothing_becomes_a_formula(texts: lis
         assert cell.data_type != "f"
         assert (cell.value or "") == expected  # an empty string reads back as an empty cell
     with zipfile.ZipFile(io.BytesIO(content)) as archive:
-        sheet_xml = archive.read("xl/worksheets/sheet1.xml")
-    assert b"<f>" not in sheet_xml
-    assert b"<f " not in sheet_xml
+        sheets = [name for name in archive.namelist() if re.fullmatch(r"xl/worksheets/sheet\d+\.xml", name)]
+        assert len(sheets) == 3  # Summary, Data, About
+        for name in sheets:
+            sheet_xml = archive.read(name)
+            assert b"<f>" not in sheet_xml
+            assert b"<f " not in sheet_xml
 
 
 @given(st.text(max_size=400), st.integers(min_value=2, max_value=120))
