@@ -20,6 +20,8 @@ from starlette.applications import Starlette
 from ai_credit_usage.openmeter import RetryPolicy
 from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn
 from ai_credit_usage.settings import Settings, load_settings
+from ai_credit_usage.table import TableSink
+from ai_credit_usage.usage import EVENT_COLUMNS
 from server import create_app
 from tests.servers import serve_in_thread
 
@@ -147,3 +149,28 @@ def download_bytes(url: str, text: str) -> bytes:
     response = httpx2.get(url + match.group(1))
     assert response.status_code == 200
     return response.content
+
+
+def raw_initialize(url: str, headers: dict[str, str]) -> int:
+    """The HTTP status of a bare `initialize` POST to `/mcp` with these headers (for the gates in front of MCP)."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    return httpx2.post(
+        f"{url}/mcp", json=body, headers={"Accept": "application/json, text/event-stream", **headers}
+    ).status_code
+
+
+class CollectingSink(TableSink):
+    """A sink that also keeps every row it was given, in order (the workbook stays in this process)."""
+
+    def __init__(self) -> None:
+        super().__init__(EVENT_COLUMNS, process_rows=10**9)
+        self.rows: list[tuple[Any, ...]] = []
+
+    async def add(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows.extend(rows)
+        await super().add(rows)

@@ -22,25 +22,14 @@ from openpyxl import load_workbook
 
 from ai_credit_usage.openmeter import OpenMeterClient
 from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
-from ai_credit_usage.table import TableSink
-from ai_credit_usage.usage import EVENT_COLUMNS, UsageService
+from ai_credit_usage.usage import UsageService
 from ai_credit_usage.window import Window
 from ai_credit_usage.workbook import WORKBOOK_FAILED, ProcessWorkbookWriter
-from tests.conftest import API_KEY, FAST_RETRY, ServerStarter, call_tool, text_of
+from tests.conftest import API_KEY, FAST_RETRY, CollectingSink, ServerStarter, call_tool, text_of
 
 pytestmark = pytest.mark.anyio
 START = datetime(2026, 1, 15, tzinfo=UTC)
 WINDOW = Window(START, START + timedelta(seconds=1000))
-
-
-class CollectingSink(TableSink):
-    def __init__(self) -> None:
-        super().__init__(EVENT_COLUMNS, process_rows=10**9)
-        self.rows: list[tuple[Any, ...]] = []
-
-    async def add(self, rows: list[tuple[Any, ...]]) -> None:
-        self.rows.extend(rows)
-        await super().add(rows)
 
 
 @pytest.fixture

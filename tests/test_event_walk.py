@@ -17,10 +17,9 @@ import pytest
 
 from ai_credit_usage.openmeter import MAX_QUERY_BYTES, OpenMeterClient
 from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
-from ai_credit_usage.table import TableSink
-from ai_credit_usage.usage import EVENT_COLUMNS, UsageService
+from ai_credit_usage.usage import UsageService
 from ai_credit_usage.window import Window
-from tests.conftest import API_KEY, FAST_RETRY
+from tests.conftest import API_KEY, FAST_RETRY, CollectingSink
 
 pytestmark = pytest.mark.anyio
 EVENTS = "/api/v2/events"
@@ -49,16 +48,6 @@ class CountingTransport(httpx2.AsyncBaseTransport):
 
     def filters(self) -> list[dict[str, Any]]:
         return [json.loads(httpx2.QueryParams(query.decode())["filter"]) for query in self.queries]
-
-
-class CollectingSink(TableSink):
-    def __init__(self) -> None:
-        super().__init__(EVENT_COLUMNS, process_rows=10**9)
-        self.rows: list[tuple[Any, ...]] = []
-
-    async def add(self, rows: list[tuple[Any, ...]]) -> None:
-        self.rows.extend(rows)
-        await super().add(rows)
 
 
 @pytest.fixture

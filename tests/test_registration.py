@@ -8,6 +8,7 @@ and a missing `uv`. Every run checks that the JWT never reaches the output.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pty
@@ -558,12 +559,14 @@ def test_script_without_session_id_and_no_terminal_stops(env_file: Path, tais: F
     assert_no_jwt(result.stdout, result.stderr)
 
 
-def test_script_asks_for_the_session_id_on_a_terminal(env_file: Path, tais: FakeTais, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def on_terminal(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`bash scripts/register.sh` with a pseudo-terminal as stdin, stdout and stderr: yields it and the terminal."""
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
         [BASH, str(SCRIPT)],
-        env=script_env(env_file),
-        cwd=tmp_path,
+        env=env,
+        cwd=cwd,
         stdin=secondary,
         stdout=secondary,
         stderr=secondary,
@@ -571,15 +574,20 @@ def test_script_asks_for_the_session_id_on_a_terminal(env_file: Path, tais: Fake
     )
     os.close(secondary)
     try:
-        screen = read_terminal(primary, until=b"session id to attach the tool to: ")
-        os.write(primary, b"sess-typed\n")
-        screen += read_terminal(primary)
-        assert proc.wait(timeout=30) == 0
+        yield proc, primary
     finally:
         os.close(primary)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_script_asks_for_the_session_id_on_a_terminal(env_file: Path, tais: FakeTais, tmp_path: Path) -> None:
+    with on_terminal(script_env(env_file), tmp_path) as (proc, primary):
+        screen = read_terminal(primary, until=b"session id to attach the tool to: ")
+        os.write(primary, b"sess-typed\n")
+        screen += read_terminal(primary)
+        assert proc.wait(timeout=30) == 0
     text = screen.decode(errors="replace")
     assert_no_jwt(text)
     assert "Attached tool tool-1 to session sess-typed." in text
@@ -601,25 +609,9 @@ def test_script_checks_the_server_and_tais_before_asking_for_the_session_id(
         env = script_env(env_file, PUBLIC_BASE_URL=degraded_mcp_url)
     else:
         env = script_env(env_file, **{where: closed_url()})  # the environment wins over the env file
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen(
-        [BASH, str(SCRIPT)],
-        env=env,
-        cwd=tmp_path,
-        stdin=secondary,
-        stdout=secondary,
-        stderr=secondary,
-        start_new_session=True,
-    )
-    os.close(secondary)
-    try:
+    with on_terminal(env, tmp_path) as (proc, primary):
         screen = read_terminal(primary)  # until it exits; a prompt would wait for input and time out here
         code = proc.wait(timeout=30)
-    finally:
-        os.close(primary)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     text = screen.decode(errors="replace")
     assert code == 1, text
     assert "session id to attach" not in text

@@ -20,7 +20,7 @@ from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.openmeter import MAX_QUERY_BYTES, OpenMeterClient, RetryPolicy
 from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.window import Window
-from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, text_of
+from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, raw_initialize, text_of
 
 pytestmark = pytest.mark.anyio
 QUERY = "/api/v1/meters/ai_credits/query"
@@ -250,14 +250,7 @@ async def test_bearer_token_guards_mcp_only(start_server: ServerStarter) -> None
 
 
 def initialize_with_host(url: str, host: str) -> int:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    headers = {"Host": host, "Accept": "application/json, text/event-stream"}
-    return httpx2.post(f"{url}/mcp", json=body, headers=headers).status_code
+    return raw_initialize(url, {"Host": host})
 
 
 async def test_dns_rebinding_protection_stays_on(start_server: ServerStarter) -> None:

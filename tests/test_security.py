@@ -18,7 +18,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
-from tests.conftest import API_KEY, NOW, call_tool, text_of
+from tests.conftest import API_KEY, NOW, call_tool, raw_initialize, text_of
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
@@ -281,11 +281,4 @@ def test_the_auth_token_scheme_is_case_insensitive_and_the_token_is_not(
     start_server: Callable[..., str], authorization: str, status: int
 ) -> None:
     url = start_server(mcp_auth_token="tais-shared-secret")
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    headers = {"Authorization": authorization, "Accept": "application/json, text/event-stream"}
-    assert httpx2.post(f"{url}/mcp", json=body, headers=headers).status_code == status
+    assert raw_initialize(url, {"Authorization": authorization}) == status
