@@ -203,6 +203,7 @@ class RedisDownloadStore:
         self._max_bytes = max_bytes
         self._timeout = timeout_seconds
         self._prefix = key_prefix
+        self._reachable = True  # as the last health check found it; it only decides what is logged
         # One immediate retry: after a Redis restart the pooled connection is dead, and the retry reconnects. During
         # an outage that is two quick refusals (or two timeouts), not the client's default backoff of many seconds.
         self._redis = aioredis.Redis.from_url(
@@ -251,21 +252,29 @@ class RedisDownloadStore:
     async def healthy(self) -> bool:
         try:
             # One attempt's worth of time: load balancers' health checks have short timeouts of their own.
-            await self._call("ping", self._redis.ping, bound_seconds=self._timeout)
+            await self._call("ping", self._redis.ping, bound_seconds=self._timeout, quiet=not self._reachable)
         except DownloadStoreUnavailable:
+            self._reachable = False
             return False
+        if not self._reachable:
+            logger.warning("download store: Redis answers again")
+            self._reachable = True
         return True
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    async def _call(self, what: str, command: Callable[[], Awaitable[T]], *, bound_seconds: float | None = None) -> T:
+    async def _call(
+        self, what: str, command: Callable[[], Awaitable[T]], *, bound_seconds: float | None = None, quiet: bool = False
+    ) -> T:
         # The socket timeouts bound each attempt; this bounds the whole command, retry included. A builtin
         # TimeoutError must not escape either: report.py reads that as its own tool deadline.
         try:
             with anyio.fail_after(bound_seconds or self._timeout * 3):
                 return await command()
         except (RedisError, OSError, TimeoutError) as exc:
-            # redis-py's messages name host and port, never the password from the URL.
-            logger.warning("download store: Redis %s failed (%s: %s)", what, type(exc).__name__, exc)
+            # redis-py's messages name host and port, never the password from the URL. A health check that fails
+            # again during a known outage stays quiet: load balancers poll every few seconds.
+            if not quiet:
+                logger.warning("download store: Redis %s failed (%s: %s)", what, type(exc).__name__, exc)
             raise DownloadStoreUnavailable() from None

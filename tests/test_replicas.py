@@ -226,6 +226,23 @@ async def test_an_outage_is_a_quick_clear_error_and_a_restart_heals(redis_server
         await store.aclose()
 
 
+async def test_health_checks_during_an_outage_log_once_and_the_recovery_once(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW))
+    try:
+        redis_server.stop()
+        with caplog.at_level(logging.WARNING, logger="ai_credit_usage.downloads"):
+            assert [await store.healthy() for _ in range(5)] == [False] * 5
+            redis_server.start()
+            assert await store.healthy() and await store.healthy()
+        lines = [record.getMessage() for record in caplog.records]
+        assert len([line for line in lines if line.startswith("download store: Redis ping failed")]) == 1, lines
+        assert lines.count("download store: Redis answers again") == 1
+    finally:
+        await store.aclose()
+
+
 async def test_an_unreachable_store_is_named_at_start_up(
     start_server: ServerStarter, caplog: pytest.LogCaptureFixture
 ) -> None:
