@@ -323,10 +323,12 @@ def main(
     """Register, attach and (with --keep-alive) renew until interrupted. Returns the exit status."""
     environ = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
-    env_file = Path(args.env_file or environ.get("TAIS_ENV_FILE") or ".env")
+    chosen = args.env_file or environ.get("TAIS_ENV_FILE")
+    # The default .env is the repository's (register.sh runs from there); a path the operator gives is theirs.
+    env_file = Path(environ.get("REGISTER_CALLER_DIR") or ".") / chosen if chosen else Path(".env")
     jwt = ""
     try:
-        if (args.env_file or environ.get("TAIS_ENV_FILE")) and not env_file.exists():
+        if chosen and not env_file.exists():
             raise RegistrationError(f"the env file {str(env_file)!r} does not exist.")
         if args.interval is not None and not args.keep_alive:
             raise RegistrationError("--interval only applies with --keep-alive.")

@@ -527,6 +527,15 @@ def test_script_registers_from_its_env_file(env_file: Path, tais: FakeTais, tmp_
     assert "Attached tool tool-1 to session sess-42." in result.stdout
 
 
+def test_a_relative_env_file_is_read_from_where_the_operator_is(env_file: Path, tais: FakeTais, tmp_path: Path) -> None:
+    env_file.write_text(env_file.read_text() + f"TAIS_SESSION_ID={SESSION}\n")
+    env = script_env(env_file) | {"TAIS_ENV_FILE": env_file.name}  # relative to cwd, not to the repository
+    result = run_script(env, cwd=env_file.parent)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "Attached tool tool-1 to session sess-42." in result.stdout
+    assert [r.method for r in tais.requests()] == ["POST", "PATCH"]
+
+
 def test_script_failure_is_one_line(env_file: Path, tais: FakeTais, tmp_path: Path) -> None:
     tais.tool_replies.append(Reply(401, {"title": "Unauthorized"}))
     result = run_script(script_env(env_file, TAIS_SESSION_ID=SESSION), cwd=tmp_path)
