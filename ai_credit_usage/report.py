@@ -13,7 +13,7 @@ from mcp.types import CallToolResult, TextContent
 
 from ai_credit_usage.audit import ToolCallRecord, current_record
 from ai_credit_usage.caller import Caller
-from ai_credit_usage.compare import Comparison, Mover, describe_span
+from ai_credit_usage.compare import Comparison, Mover
 from ai_credit_usage.demo import DEMO_ABOUT, DEMO_BANNER
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.errors import UserFacingError
@@ -252,7 +252,7 @@ def _comparison_facts(findings: Findings) -> list[Fact]:
     before = comparison.previous_window
     facts = [
         Fact("Previous window (UTC)", f"{format_utc(before.start)} to {format_utc(before.end)}"),
-        Fact(f"Previous {describe_span(before.end - before.start)}: credits", comparison.previous, CREDITS_FORMAT),
+        Fact(f"Previous {comparison.span}: credits", comparison.previous, CREDITS_FORMAT),
         Fact("Change (credits)", comparison.change, CREDITS_FORMAT),
     ]
     if comparison.percent is None:

@@ -494,15 +494,16 @@ class _EventWalk:
         if parts < 2:
             return
         bounds = [piece.start] + [top - timedelta(seconds=seconds * (parts - k) // parts) for k in range(1, parts)]
-        handed = [_older_than(rows, bounds[-1]) for rows in piece.per_chunk[:chunk]]  # finished chunks' old rows
+        finished = piece.per_chunk[:chunk]
+        handed = [_older_than(rows, bounds[-1]) for rows in finished]  # finished chunks' rows of the part given away
+        for rows, given in zip(finished, handed, strict=True):
+            del rows[len(rows) - len(given) :]
         new: list[_Slice] = []
         for k in reversed(range(parts - 1)):  # newest first
             lower, upper = bounds[k], bounds[k + 1]
             own = [[row for row in rows if row[0] >= lower] for rows in handed]
             handed = [rows[len(mine) :] for rows, mine in zip(handed, own, strict=True)]
             new.append(_Slice(lower, upper, chunk, own))
-        for rows in piece.per_chunk[:chunk]:
-            del rows[len(rows) - len(_older_than(rows, bounds[-1])) :]
         for newer_slice, older_slice in itertools.pairwise([*new, piece.next]):
             newer_slice.next = older_slice
         piece.next, piece.start = new[0], bounds[-1]

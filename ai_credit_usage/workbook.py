@@ -233,11 +233,11 @@ def _bar_chart(sheet: WriteOnlyWorksheet, title: str, heading_row: int, last_row
     return chart
 
 
-def build_workbook(table: Table, *, about: Sequence[tuple[str, Any]] = (), report: Report | None = None) -> bytes:
+def build_workbook(table: Table, *, report: Report = Report()) -> bytes:
     builder = WorkbookBuilder(table.columns, amounts=table.amounts)
     try:
         builder.append(table.rows)
-        return builder.finish(report if report is not None else Report(about=tuple(about)))
+        return builder.finish(report)
     except BaseException:
         builder.discard()
         raise

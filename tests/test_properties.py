@@ -17,7 +17,7 @@ from ai_credit_usage.render import ELLIPSIS, MAX_PREVIEW_CHARS, escape_cell, ren
 from ai_credit_usage.table import Table
 from ai_credit_usage.usage import SUMMARY_COLUMNS
 from ai_credit_usage.window import Window, WindowError, resolve_window
-from ai_credit_usage.workbook import DATA_SHEET, build_workbook
+from ai_credit_usage.workbook import DATA_SHEET, Report, build_workbook
 
 NOW = datetime(2026, 1, 20, 12, tzinfo=UTC)
 moments = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)).map(
@@ -97,7 +97,7 @@ def test_a_row_never_gains_or_loses_cells(values: list[str], credits: float) -> 
 @given(st.lists(st.text(max_size=40), min_size=1, max_size=8))
 def test_any_string_round_trips_as_text_and_nothing_becomes_a_formula(texts: list[str]) -> None:
     rows = [(text, "m", "p", "acme", "s", 1.0) for text in texts]
-    content = build_workbook(Table(SUMMARY_COLUMNS, rows), about=[("note", texts[0])])
+    content = build_workbook(Table(SUMMARY_COLUMNS, rows), report=Report(about=(("note", texts[0]),)))
     sheet = load_workbook(io.BytesIO(content))[DATA_SHEET]
     cells = [row[0] for row in sheet.iter_rows(min_row=2)]
     for cell, text in zip(cells, texts, strict=True):

@@ -13,7 +13,7 @@ from openpyxl import load_workbook
 
 from ai_credit_usage.table import Table
 from ai_credit_usage.usage import EVENT_COLUMNS
-from ai_credit_usage.workbook import ABOUT_SHEET, DATA_SHEET, SUMMARY_SHEET, build_workbook
+from ai_credit_usage.workbook import ABOUT_SHEET, DATA_SHEET, SUMMARY_SHEET, Report, build_workbook
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ def test_rows_types_and_formula_guard() -> None:
         (datetime(2026, 1, 15, 10, i, tzinfo=UTC), text, "chat", "p1", "acme", 0.125 * i)
         for i, text in enumerate(hostile)
     ]
-    content = build_workbook(Table(EVENT_COLUMNS, rows), about=[("tenant", "acme"), ("note", "=1+1")])
+    content = build_workbook(Table(EVENT_COLUMNS, rows), report=Report(about=(("tenant", "acme"), ("note", "=1+1"))))
 
     workbook = load_workbook(io.BytesIO(content))  # not read-only: we want data types
     assert workbook.sheetnames == [SUMMARY_SHEET, DATA_SHEET, ABOUT_SHEET]
@@ -47,7 +47,7 @@ def test_rows_types_and_formula_guard() -> None:
 
 
 def test_empty_table_still_has_the_header() -> None:
-    content = build_workbook(Table(("tenant", "credits"), []), about=[])
+    content = build_workbook(Table(("tenant", "credits"), []))
     sheet = load_workbook(io.BytesIO(content))[DATA_SHEET]
     assert list(sheet.iter_rows(values_only=True)) == [("tenant", "credits")]
 
