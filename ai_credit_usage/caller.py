@@ -42,13 +42,15 @@ def identify_caller(
         raise Refusal(
             "Only tenant administrators can see AI credit usage; ask an administrator of your tenant for these figures."
         )
-    if tenant_override is None and len({value.strip() for value in header_values(headers, TENANT_HEADER)}) > 1:
+    # Every line the header came in, trimmed; the same tenant sent twice is still that one tenant.
+    tenants = {value.strip() for value in header_values(headers, TENANT_HEADER)}
+    if tenant_override is None and len(tenants) > 1:
         # Fail closed: which of two tenants is meant is not ours to guess.
         raise Refusal(
             "The chat service sent more than one tenant (X-Tenant-Name), so no usage can be shown; "
             "ask the TAIS operator to check the tool's configuration."
         )
-    tenant = (tenant_override if tenant_override is not None else header_value(headers, TENANT_HEADER)).strip()
+    tenant = tenant_override.strip() if tenant_override is not None else next(iter(tenants), "")
     if not tenant:
         raise Refusal(
             "Your tenant is not known (the chat service sent no X-Tenant-Name), so no usage can be shown; "

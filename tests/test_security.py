@@ -96,6 +96,13 @@ async def test_a_tenant_header_sent_twice_is_refused(server_url: str, openmeter:
     assert not openmeter.requests
 
 
+async def test_the_same_tenant_sent_twice_is_that_tenant(server_url: str, two_tenants: None) -> None:
+    headers = httpx2.Headers([("X-Tenant-Name", "acme"), ("X-Tenant-Name", "acme"), ("X-User-UserRole", "admin")])
+    result = await call_tool(server_url, "get_credit_usage_by_tenant", headers=headers)
+    assert not result.is_error, text_of(result)
+    assert "| acme | 465.00 |" in text_of(result)
+
+
 @pytest.mark.parametrize("lines", [("user", "admin"), ("admin", "user")])
 async def test_role_header_lines_are_one_list(server_url: str, two_tenants: None, lines: tuple[str, str]) -> None:
     headers = httpx2.Headers([("X-Tenant-Name", "acme"), *(("X-User-UserRole", role) for role in lines)])
