@@ -6,7 +6,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -40,6 +40,8 @@ from ai_credit_usage.report import Question, ReportMaker, error_result
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
 from ai_credit_usage.structured import EventsResult, SummaryResult, TenantTotalResult, TrendResult
 from ai_credit_usage.telemetry import Telemetry, trace_tool_calls, traced_download, watch_download_store
+from ai_credit_usage.trend import Dimension
+from ai_credit_usage.trend import Granularity as TrendGranularity
 from ai_credit_usage.usage import EVENT_COLUMNS, SUMMARY_COLUMNS, TENANT_COLUMNS, UsageService
 from ai_credit_usage.window import Clock, utc_now
 
@@ -73,14 +75,14 @@ ToDate = Annotated[
     ),
 ]
 Granularity = Annotated[
-    Literal["day", "week", "month"] | None,
+    TrendGranularity | None,
     Field(
         description="Length of one period. Default from the window: up to 45 days daily, up to 26 weeks weekly, "
         "else monthly. Weeks start on Monday."
     ),
 ]
 GroupBy = Annotated[
-    Literal["user", "module", "product", "skill"] | None,
+    Dimension | None,
     Field(description="Split each period by this dimension (the top 5, the rest as Other). Default: the total only."),
 ]
 TimeZone = Annotated[

@@ -16,6 +16,7 @@ from ai_credit_usage.window import Window
 
 MOVERS = 3
 MoverStatus = Literal["new", "gone", "up", "down"]
+VISIBLE_CENT = 0.005  # a change smaller than this rounds to 0.00: not a change an admin can see
 
 
 def preceding(window: Window) -> Window:
@@ -109,6 +110,6 @@ class Mover:
 def top_movers(current: Mapping[str, float], previous: Mapping[str, float], count: int = MOVERS) -> list[Mover]:
     """The `count` users whose credits changed most in absolute terms (a visible cent at least), largest first."""
     movers = [Mover(name, current.get(name, 0.0), previous.get(name, 0.0)) for name in {*current, *previous}]
-    movers = [mover for mover in movers if abs(mover.change) >= 0.005]
+    movers = [mover for mover in movers if abs(mover.change) >= VISIBLE_CENT]
     movers.sort(key=lambda mover: (-abs(mover.change), mover.name))
     return movers[:count]

@@ -191,7 +191,7 @@ def require_terminal(stdin: TextIO) -> None:
 
 
 def ask_session_id(stdin: TextIO, prompt_to: TextIO) -> str:
-    require_terminal(stdin)
+    """Ask on the terminal (main has checked, before any network call, that there is one)."""
     print("TAIS session id to attach the tool to: ", end="", file=prompt_to, flush=True)
     return _session_id(stdin.readline(), "the session id")
 

@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ai_credit_usage.compare import Comparison, Mover
+from ai_credit_usage.compare import VISIBLE_CENT, Comparison, Mover
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.table import PREVIEW_ROWS, Table, TableSink
 from ai_credit_usage.trend import MAD_LIMIT, MIN_BASELINE, MIN_TIMES_TYPICAL, Granularity, Trend
@@ -81,7 +81,7 @@ def format_credits(value: float) -> str:
 
 def format_change(value: float) -> str:
     """A signed change in credits: +12.50, -3.00, or "no change" below a visible cent."""
-    if abs(value) < 0.005:
+    if abs(value) < VISIBLE_CENT:
         return "no change"
     return ("+" if value > 0 else "") + format_credits(value)
 
@@ -326,7 +326,7 @@ def _trend_lines(trend: Trend) -> list[str]:
         lines.append(f"No unusual {unit}s: none is {rule}.")
         return lines
     lines.append(f"Unusual {unit}s, {rule}:")
-    ranked = sorted(trend.unusual, key=lambda found: -found.credits)
+    ranked = trend.unusual
     for found in ranked[:UNUSUAL_LISTED]:
         period = trend.periods[found.index]
         label = ("week of " if unit == "week" else "") + period_text(period.label, trend.granularity)

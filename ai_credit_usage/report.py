@@ -231,7 +231,7 @@ def _movers_block(movers: list[Mover], comparison: Comparison) -> Block:
 def _unusual_block(trend: Trend) -> Block:
     unit, typical = trend.granularity, trend.typical_name()
     rows = []
-    for found in sorted(trend.unusual, key=lambda found: -found.credits):
+    for found in trend.unusual:
         period = trend.periods[found.index]
         partial = "yes" if period.partial else "no"
         rows.append((period_text(period.label, unit), found.credits, found.times_typical, partial))

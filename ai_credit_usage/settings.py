@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     @field_validator("mcp_allowed_hosts")
     @classmethod
     def _host_names(cls, value: str) -> str:
-        for host in (host.strip() for host in value.split(",")):
-            if host and not _ALLOWED_HOST.match(host):
+        for host in _host_list(value):
+            if not _ALLOWED_HOST.match(host):
                 raise ValueError(f"{host!r} is not a host name: use names like mcp.example.com or 10.0.0.5:8765")
         return value
 
@@ -105,7 +105,7 @@ class Settings(BaseSettings):
 
     @property
     def extra_allowed_hosts(self) -> list[str]:
-        return [host.strip() for host in self.mcp_allowed_hosts.split(",") if host.strip()]
+        return _host_list(self.mcp_allowed_hosts)
 
     @property
     def binds_loopback(self) -> bool:
@@ -115,6 +115,10 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(self.mcp_host).is_loopback
         except ValueError:
             return False
+
+
+def _host_list(value: str) -> list[str]:
+    return [host.strip() for host in value.split(",") if host.strip()]
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ai_credit_usage.compare import Comparison, Mover
+from ai_credit_usage.compare import Comparison, Mover, MoverStatus
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.render import period_text, shorten_plain, shown_rows
 from ai_credit_usage.table import TableSink
-from ai_credit_usage.trend import Trend
+from ai_credit_usage.trend import Dimension, Granularity, Trend
 from ai_credit_usage.window import Window
 
 UNUSUAL_KEPT = 50
@@ -90,7 +90,7 @@ class SummaryRow(BaseModel):
 
 class MoverOut(BaseModel):
     user: str
-    status: Literal["new", "gone", "up", "down"]
+    status: MoverStatus
     credits: float
     previous_credits: float
     change_credits: float
@@ -144,9 +144,9 @@ class UnusualOut(BaseModel):
 
 
 class TrendResult(UsageResult):
-    granularity: Literal["day", "week", "month"]
+    granularity: Granularity
     time_zone: str
-    group_by: Literal["user", "module", "product", "skill"] | None
+    group_by: Dimension | None
     series: list[str] = Field(description="The top 5 series, then Other for the rest; empty without group_by.")
     rows: list[TrendPeriodOut] = Field(description="The periods, oldest first; with more than 50, the newest 50.")
     typical_credits: float | None = Field(
@@ -228,7 +228,7 @@ def _trend_result(trend: Trend, hidden: int, common: dict[str, Any], cell_limit:
         )
         for period, values, total in list(zip(trend.periods, trend.values, trend.totals, strict=True))[hidden:]
     ]
-    unusual = sorted(trend.unusual, key=lambda found: -found.credits)[:UNUSUAL_KEPT]
+    unusual = trend.unusual[:UNUSUAL_KEPT]
     return TrendResult(
         **common,
         granularity=trend.granularity,

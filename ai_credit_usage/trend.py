@@ -20,17 +20,15 @@ import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.window import Window
+from ai_credit_usage.window import Window, local_midnight
 
 Granularity = Literal["day", "week", "month"]
 Dimension = Literal["user", "module", "product", "skill"]
-GRANULARITIES: tuple[Granularity, ...] = ("day", "week", "month")
-DIMENSIONS: tuple[Dimension, ...] = ("user", "module", "product", "skill")
 DAILY_UP_TO = timedelta(days=45)
 WEEKLY_UP_TO = timedelta(weeks=26)
 MAX_PERIODS = 1_000
@@ -101,11 +99,6 @@ def _following(label: date, granularity: Granularity) -> date:
     return date(label.year + label.month // 12, label.month % 12 + 1, 1)
 
 
-def _midnight(day: date, zone: ZoneInfo) -> datetime:
-    """Local midnight as a UTC instant; zoneinfo applies the offset in force that day, so DST is accounted for."""
-    return datetime.combine(day, time(), zone).astimezone(UTC)
-
-
 @dataclass(frozen=True)
 class Period:
     label: date  # the first local day of the period
@@ -118,9 +111,9 @@ def periods_of(window: Window, granularity: Granularity, zone: ZoneInfo) -> list
     """Every calendar period in `zone` that overlaps the window, oldest first."""
     label = period_label(window.start.astimezone(zone).date(), granularity)
     periods: list[Period] = []
-    while (start := _midnight(label, zone)) < window.end:
+    while (start := local_midnight(label, zone)) < window.end:
         following = _following(label, granularity)
-        end = _midnight(following, zone)
+        end = local_midnight(following, zone)
         periods.append(Period(label, start, end, start < window.start or end > window.end))
         if len(periods) > MAX_PERIODS:
             raise TrendError(
@@ -153,7 +146,7 @@ class Trend:
     typical_with_usage: bool = False  # most complete periods had no usage: judged against those that had some
     complete: int = 0  # complete periods in the window
     complete_with_usage: int = 0  # of which had usage
-    unusual: list[Unusual] = field(default_factory=list)
+    unusual: list[Unusual] = field(default_factory=list)  # largest credits first
     has_other: bool = False  # the last series sums every series beyond the top 5
 
     @property
@@ -243,3 +236,4 @@ def _judge(trend: Trend) -> None:
         # "More than a visible cent above typical" keeps float dust on an all-equal series from counting.
         if total > threshold and total >= MIN_TIMES_TYPICAL * typical and total - typical >= 0.01:
             trend.unusual.append(Unusual(position, total, total / typical))
+    trend.unusual.sort(key=lambda found: -found.credits)  # stable: equal credits stay in period order

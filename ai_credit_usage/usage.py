@@ -89,10 +89,7 @@ class UsageService:
         what the credits went to even for the plain total.
         """
         meter, dimensions, rows, previous = await self._combinations(tenant, window)
-        mine = [row for row in rows if row.groupBy.get("tenant") == tenant]
-        for dimension in BREAKDOWN_DIMENSIONS:
-            if dimension in meter.dimension_paths:
-                sink.tally(dimension, _sums((row.groupBy.get(dimension) or "", row.value) for row in mine))
+        mine = _tally_breakdowns(meter, tenant, rows, sink)
         await sink.add([(tenant, math.fsum(row.value for row in mine))])
         about = _about_query(meter, tenant, dimensions, TENANT_ROW)
         return self._findings(window, sink, previous, about=about, in_text=True)
@@ -212,10 +209,7 @@ class UsageService:
         series = trend.series if group_by else []
         sink.define((chosen, "partial", *series, "total" if group_by else "credits"), amounts=len(series) + 1)
         await sink.add([trend.row(position) for position in range(len(trend.periods))])
-        mine = [row for row in combinations if row.groupBy.get("tenant") == tenant]
-        for dimension in BREAKDOWN_DIMENSIONS:
-            if dimension in meter.dimension_paths:
-                sink.tally(dimension, _sums((row.groupBy.get(dimension) or "", row.value) for row in mine))
+        _tally_breakdowns(meter, tenant, combinations, sink)
         about = _trend_about(meter, tenant, dimensions, size, chosen, time_zone, grouped=group_by is not None)
         about.append(
             (
@@ -561,6 +555,16 @@ class _EventWalk:
                 "hold; ask for a shorter window."
             )
         return rows
+
+
+def _tally_breakdowns(meter: Meter, tenant: str, rows: list[QueryRow], sink: TableSink) -> list[QueryRow]:
+    """Credits per user, module, product and skill from per-combination rows, for the Summary sheet's top 5s;
+    returns the tenant's rows (the filter already asked for them; checked again, as everywhere)."""
+    mine = [row for row in rows if row.groupBy.get("tenant") == tenant]
+    for dimension in BREAKDOWN_DIMENSIONS:
+        if dimension in meter.dimension_paths:
+            sink.tally(dimension, _sums((row.groupBy.get(dimension) or "", row.value) for row in mine))
+    return mine
 
 
 def _tenant_filter(tenant: str) -> dict[str, Any]:

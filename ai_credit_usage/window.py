@@ -72,13 +72,17 @@ def _given(value: str | None) -> bool:
     return value is not None and value.strip() != ""
 
 
+def local_midnight(day: date, zone: tzinfo) -> datetime:
+    """Midnight of `day` in `zone` as a UTC instant; zoneinfo applies the offset in force that day, so a day across
+    a DST change is 23 or 25 hours long."""
+    return datetime.combine(day, datetime.min.time(), zone).astimezone(UTC)
+
+
 def _parse(name: str, raw: str | None, *, whole_day: bool, zone: tzinfo = UTC) -> datetime:
     text = (raw or "").strip()
     try:
         if _DATE_ONLY.match(text):
-            day = date.fromisoformat(text) + timedelta(days=1 if whole_day else 0)
-            # Midnight in the zone, then to UTC: a zone's day is 23 or 25 hours long across a DST change.
-            return datetime.combine(day, datetime.min.time(), tzinfo=zone).astimezone(UTC)
+            return local_midnight(date.fromisoformat(text) + timedelta(days=1 if whole_day else 0), zone)
         if not _DATE_TIME.match(text):
             raise ValueError(text)
         moment = datetime.fromisoformat(text.replace("z", "Z").replace(",", "."))

@@ -61,7 +61,6 @@ ISOLATED_VARIABLES = (
     "TENANT_OVERRIDE",
     "ROLE_OVERRIDE",
     "OPENMETER_METER",
-    "MCP_STATELESS",
 )
 MUST_PASS = ("server-initialize", "ping", "tools-list", "dns-rebinding-protection")
 # The suite sends no TAIS headers, so these call our gate's refusal, and an isError refusal satisfies them.
