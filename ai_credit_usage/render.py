@@ -126,6 +126,7 @@ class Preview:
     text: str
     cell_limit: int  # the longest cell it shows; the structured result shortens its strings the same way
     shortened: bool  # some cell, name or header was cut
+    shown: Shown  # the rows it shows, which the structured result gives too
 
 
 def render_answer(table: Table | TableSink, **options: Any) -> str:
@@ -146,6 +147,7 @@ def render_preview(
 ) -> Preview:
     """The answer text with the longest cell limit that keeps it within `budget` characters."""
     findings = findings or Findings()
+    shown = shown_rows(table, findings)
     text = ""
     known: dict[tuple[str, int], tuple[str, bool]] = {}  # names repeat on many rows, and across the limits tried
     for limit in CELL_LIMITS:
@@ -160,14 +162,15 @@ def render_preview(
                 cut.append(True)
             return shown
 
-        text = _render(table, cell, tenant, window, download_url, expires_at, now, findings)
+        text = _render(table, shown, cell, tenant, window, download_url, expires_at, now, findings)
         if len(text) <= budget:
-            return Preview(text, limit, bool(cut))
-    return Preview(text, CELL_LIMITS[-1], True)  # pragma: no cover - only an absurd PUBLIC_BASE_URL gets here
+            return Preview(text, limit, bool(cut), shown)
+    return Preview(text, CELL_LIMITS[-1], True, shown)  # pragma: no cover - only an absurd PUBLIC_BASE_URL gets here
 
 
 def _render(
     table: Table | TableSink,
+    preview: Shown,
     cell: Callable[[str], str],
     tenant: str,
     window: Window,
@@ -177,7 +180,6 @@ def _render(
     findings: Findings,
 ) -> str:
     trend = findings.trend
-    preview = shown_rows(table, findings)
     shown = preview.rows
     first_amount = len(table.columns) - table.amounts
     heading = f"Tenant {cell(tenant)}, {window.describe()}"

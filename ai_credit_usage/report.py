@@ -135,8 +135,7 @@ class ReportMaker:
             window=window,
             download_url=download_url,
             expires_at=download.expires_at,
-            cell_limit=preview.cell_limit,
-            shortened=preview.shortened,
+            preview=preview,
             demo=self._demo,
         )
         return CallToolResult(

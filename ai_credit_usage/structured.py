@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ai_credit_usage.compare import Comparison, Mover, MoverStatus
 from ai_credit_usage.findings import Findings
-from ai_credit_usage.render import period_text, shorten_plain, shown_rows
+from ai_credit_usage.render import Preview, period_text, shorten_plain
 from ai_credit_usage.table import TableSink
 from ai_credit_usage.trend import Dimension, Granularity, Trend
 from ai_credit_usage.window import Window
@@ -171,20 +171,19 @@ def build_result(
     window: Window,
     download_url: str,
     expires_at: datetime,
-    cell_limit: int,
-    shortened: bool,
+    preview: Preview,
     demo: bool,
 ) -> UsageResult:
-    preview = shown_rows(sink, findings)
-    shown = preview.rows
+    cell_limit, shortened = preview.cell_limit, preview.shortened
+    shown = preview.shown.rows
     common: dict[str, Any] = {
         "tenant": shorten_plain(tenant, cell_limit),
         "window": WindowOut.of(window),
         "total_credits": sink.total_credits,
         "row_count": sink.row_count,
         "columns": [shorten_plain(name, cell_limit) for name in sink.columns],
-        "truncated": preview.hidden > 0,
-        "credits_not_shown": preview.hidden_credits,
+        "truncated": preview.shown.hidden > 0,
+        "credits_not_shown": preview.shown.hidden_credits,
         "cells_shortened": shortened,
         "download_url": download_url,
         "expires_at": expires_at,
@@ -196,7 +195,7 @@ def build_result(
         return shorten_plain(value, cell_limit) if isinstance(value, str) else value
 
     if findings.trend is not None:
-        return _trend_result(findings.trend, preview.hidden, common, cell_limit)
+        return _trend_result(findings.trend, preview.shown.hidden, common, cell_limit)
     if tool == "get_credit_usage_summary":
         movers = findings.movers
         return SummaryResult(
