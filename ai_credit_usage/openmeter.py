@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.telemetry import note_openmeter_status, openmeter_request
+from ai_credit_usage.telemetry import OpenMeterRequest, openmeter_request
 from ai_credit_usage.window import Window, format_utc
 
 logger = logging.getLogger(__name__)
@@ -230,10 +230,10 @@ class OpenMeterClient:
                 with attempt:
                     async with self._in_flight:
                         with traced.attempt():
-                            return await self._get_json_once(path, params, meter=meter)
+                            return await self._get_json_once(path, params, meter=meter, traced=traced)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _get_json_once(self, path: str, params: Any, *, meter: str | None) -> Any:
+    async def _get_json_once(self, path: str, params: Any, *, meter: str | None, traced: OpenMeterRequest) -> Any:
         started = time.perf_counter()
         try:
             response = await self._http.get(path, params=params)
@@ -259,7 +259,7 @@ class OpenMeterClient:
                 "server, please report it to the operator."
             ) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
-        note_openmeter_status(response.status_code)
+        traced.note_status(response.status_code)
         if response.status_code >= 300:
             _log_problem(path, response, elapsed_ms)
             raise _status_error(response, meter, self._retry)

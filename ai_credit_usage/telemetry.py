@@ -321,6 +321,11 @@ class OpenMeterRequest:
         self.attempts = 0
         self.status: int | None = None
 
+    def note_status(self, status: int) -> None:
+        """The HTTP status of the current attempt, once OpenMeter answered."""
+        self.status = status
+        self.span.set_attribute("http.response.status_code", status)
+
     @contextmanager
     def attempt(self) -> Iterator[None]:
         self.attempts += 1
@@ -345,9 +350,6 @@ class OpenMeterRequest:
             openmeter_duration.record(time.perf_counter() - started, attributes)
 
 
-_openmeter_request: ContextVar[OpenMeterRequest | None] = ContextVar("ai_credits_openmeter_request", default=None)
-
-
 @contextmanager
 def openmeter_request(path: str, meter: str | None) -> Iterator[OpenMeterRequest]:
     """Wraps `_get_json`: the path as a template, so no meter slug, tenant or query string reaches the span name."""
@@ -355,20 +357,10 @@ def openmeter_request(path: str, meter: str | None) -> Iterator[OpenMeterRequest
     attributes = {"http.request.method": "GET", "url.template": template}
     with _span(f"openmeter GET {template}", kind=SpanKind.CLIENT, attributes=attributes) as span:
         request = OpenMeterRequest(span, template)
-        token = _openmeter_request.set(request)
         try:
             yield request
         finally:
-            _openmeter_request.reset(token)
             span.set_attribute("ai_credits.openmeter.attempts", request.attempts)
-
-
-def note_openmeter_status(status: int) -> None:
-    """The HTTP status of the current attempt, from inside `_get_json_once`."""
-    request = _openmeter_request.get()
-    if request is not None:
-        request.status = status
-        request.span.set_attribute("http.response.status_code", status)
 
 
 async def traced_workbook(build: Awaitable[bytes], *, rows: int) -> bytes:
