@@ -226,16 +226,7 @@ def check_health(client: httpx2.Client, server_url: str) -> None:
 
 def check_tais_reachable(client: httpx2.Client, config: Config) -> None:
     """Any HTTP answer from the TAIS API's address will do; only a network failure stops here. No token is sent."""
-    try:
-        client.get(config.api_url)
-    except httpx2.TimeoutException:
-        raise RegistrationError(
-            f"the TAIS API did not answer at {config.api_url} in time: is TAIS running and healthy? Check TAIS_API_URL."
-        ) from None
-    except httpx2.HTTPError as exc:
-        raise RegistrationError(
-            f"cannot reach the TAIS API at {config.api_url} ({_reason(exc)}): is TAIS running? Check TAIS_API_URL."
-        ) from None
+    _to_tais(lambda: client.get(config.api_url), f"at {config.api_url}")
 
 
 def register_tool(client: httpx2.Client, config: Config, identity: Identity) -> str:
@@ -274,20 +265,26 @@ def attach_tool(client: httpx2.Client, config: Config, session_id: str, tool_id:
     _send(client, config, "PATCH", url, {"toolIds": [tool_id]}, not_found=not_found)
 
 
+def _to_tais(request: Callable[[], httpx2.Response], what: str, reach: str = "") -> httpx2.Response:
+    """A request to the TAIS API; a network failure is one line naming `what` was asked."""
+    try:
+        return request()
+    except httpx2.TimeoutException:
+        raise RegistrationError(
+            f"the TAIS API did not answer {what} in time: is TAIS running and healthy? Check TAIS_API_URL."
+        ) from None
+    except httpx2.HTTPError as exc:
+        raise RegistrationError(
+            f"cannot reach the TAIS API {reach}{what} ({_reason(exc)}): is TAIS running? Check TAIS_API_URL."
+        ) from None
+
+
 def _send(
     client: httpx2.Client, config: Config, method: str, url: str, body: object, *, not_found: str
 ) -> httpx2.Response:
     # The token goes only to TAIS, never to the MCP server's /health.
-    try:
-        response = client.request(method, url, json=body, headers={"Authorization": f"Bearer {config.jwt}"})
-    except httpx2.TimeoutException:
-        raise RegistrationError(
-            f"the TAIS API did not answer {method} {url} in time: is TAIS running and healthy? Check TAIS_API_URL."
-        ) from None
-    except httpx2.HTTPError as exc:
-        raise RegistrationError(
-            f"cannot reach the TAIS API for {method} {url} ({_reason(exc)}): is TAIS running? Check TAIS_API_URL."
-        ) from None
+    headers = {"Authorization": f"Bearer {config.jwt}"}
+    response = _to_tais(lambda: client.request(method, url, json=body, headers=headers), f"{method} {url}", "for ")
     if response.is_success:
         return response
     code = response.status_code
