@@ -7,7 +7,6 @@ one MCP session may carry calls for different tenants.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 from ai_credit_usage.errors import UserFacingError
@@ -25,10 +24,6 @@ class Refusal(UserFacingError):
 class Caller:
     tenant: str
     roles: tuple[str, ...]
-
-
-# Set by the server's gate for the duration of one tool call; the tool reads it instead of the headers.
-current_caller: ContextVar[Caller] = ContextVar("current_caller")
 
 
 def identify_caller(
@@ -57,6 +52,17 @@ def identify_caller(
             "ask the TAIS operator to check the tool's configuration."
         )
     return Caller(tenant=tenant, roles=roles)
+
+
+def claimed(
+    headers: Mapping[str, str] | None, *, tenant_override: str | None = None, role_override: str | None = None
+) -> tuple[str | None, str | None]:
+    """The tenant and role as the request states them, trimmed and cut to 200 characters, whether or not they
+    pass: what the audit line records of a call, refused or not."""
+    headers = headers or {}
+    tenant = tenant_override if tenant_override is not None else header_value(headers, TENANT_HEADER)
+    role = role_override if role_override is not None else header_value(headers, ROLE_HEADER)
+    return tenant.strip()[:200] or None, role.strip()[:200] or None
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str:

@@ -17,6 +17,9 @@ from ai_credit_usage.window import Window
 MOVERS = 3
 MoverStatus = Literal["new", "gone", "up", "down"]
 VISIBLE_CENT = 0.005  # a change smaller than this rounds to 0.00: not a change an admin can see
+COMPARISON_UNAVAILABLE = (
+    "not available right now (OpenMeter did not answer that query)"  # the preceding window's query failed
+)
 
 
 def preceding(window: Window) -> Window:

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx2
 
-from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, format_time
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, format_time
 
 logger = logging.getLogger(__name__)
 

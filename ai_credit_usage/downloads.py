@@ -25,12 +25,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.settings import DEFAULT_DOWNLOAD_STORE_MAX_BYTES
 from ai_credit_usage.telemetry import downloads_expired
 from ai_credit_usage.window import Clock
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 REDIS_KEY_PREFIX = "ai-credits:download:"
 # Short enough that a Redis outage turns into a clear error within seconds, never a hung tool call or download.
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -80,7 +80,7 @@ class DownloadStore(Protocol):
 
 
 def open_download_store(
-    url: str | None, ttl_seconds: int, clock: Clock, *, max_bytes: int = DEFAULT_MAX_BYTES
+    url: str | None, ttl_seconds: int, clock: Clock, *, max_bytes: int = DEFAULT_DOWNLOAD_STORE_MAX_BYTES
 ) -> DownloadStore:
     """The store `DOWNLOAD_STORE_URL` names: Redis for a URL, this process's memory without one."""
     if url is None:
@@ -113,7 +113,7 @@ class MemoryDownloadStore:
     threads, and no operation awaits while holding it.
     """
 
-    def __init__(self, ttl_seconds: int, clock: Clock, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, ttl_seconds: int, clock: Clock, *, max_bytes: int = DEFAULT_DOWNLOAD_STORE_MAX_BYTES) -> None:
         self._ttl = timedelta(seconds=ttl_seconds)
         self._clock = clock
         self._max_bytes = max_bytes
@@ -194,7 +194,7 @@ class RedisDownloadStore:
         ttl_seconds: int,
         clock: Clock,
         *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int = DEFAULT_DOWNLOAD_STORE_MAX_BYTES,
         timeout_seconds: float = REDIS_TIMEOUT_SECONDS,
         key_prefix: str = REDIS_KEY_PREFIX,
     ) -> None:
@@ -237,6 +237,8 @@ class RedisDownloadStore:
         if value is None:
             return None
         try:
+            if not isinstance(value, bytes):  # decode_responses is off: Redis hands back bytes
+                raise TypeError(type(value).__name__)
             header_line, content = value.split(b"\n", 1)
             header = json.loads(header_line)
             return Download(

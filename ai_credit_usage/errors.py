@@ -3,11 +3,18 @@
 UserFacingError          one sentence saying what went wrong and what to do; never internals, never secrets
  ├── WindowError         (window.py) a date argument the caller can fix            outcome "invalid"
  ├── TrendError          (trend.py) a time_zone or period count the caller can fix  outcome "invalid"
- ├── MeterConfigError    (meter.py) the meter cannot answer safely, e.g. it has no tenant dimension
- └── OpenMeterError      (openmeter.py) OpenMeter was unreachable, slow, refused us or answered nonsense
+ ├── MeterConfigError    (openmeter/meter.py) the meter cannot answer safely, e.g. it has no tenant dimension
+ └── OpenMeterError      (openmeter/http.py) OpenMeter was unreachable, slow, refused us or answered nonsense
 """
 
 from __future__ import annotations
+
+from typing import Literal
+
+from mcp.types import CallToolResult, TextContent
+
+# How a tool call ended, for the audit line and the telemetry.
+Outcome = Literal["ok", "refused", "invalid", "error", "timeout"]
 
 
 class UserFacingError(Exception):
@@ -15,4 +22,24 @@ class UserFacingError(Exception):
 
     # The audit/telemetry outcome: "error" marks the tool span as failed; a caller's mistake is "invalid" (like a
     # refusal, it is not the server failing, so the span keeps an unset status).
-    outcome = "error"
+    outcome: Outcome = "error"
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that ended a task group: a user-facing one if any, else the first (cancellations are echoes)."""
+    leaves: list[BaseException] = []
+
+    def collect(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                collect(inner)
+        else:
+            leaves.append(error)
+
+    collect(group)
+    return next((e for e in leaves if isinstance(e, UserFacingError)), leaves[0])
+
+
+def error_result(message: str) -> CallToolResult:
+    """A refusal or failure the chat can relay: a tool result with `isError`, not a protocol error."""
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)

@@ -16,10 +16,10 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ai_credit_usage.compare import VISIBLE_CENT, Comparison, Mover
+from ai_credit_usage.compare import COMPARISON_UNAVAILABLE, VISIBLE_CENT, Comparison, Mover
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.table import PREVIEW_ROWS, Table, TableSink
-from ai_credit_usage.trend import MAD_LIMIT, MIN_BASELINE, MIN_TIMES_TYPICAL, Granularity, Trend
+from ai_credit_usage.trend import Granularity, Trend, unusual_rule
 from ai_credit_usage.window import Window, format_utc
 
 MAX_PREVIEW_CHARS = 20_000
@@ -259,7 +259,7 @@ def _hidden_line(preview: Shown, total: float, trend: Trend | None) -> str:
 
 def _comparison_line(comparison: Comparison | None) -> str:
     if comparison is None:  # the preceding window's query failed; the rest of the answer stands
-        return "Compared with the preceding window: not available right now (OpenMeter did not answer that query)."
+        return f"Compared with the preceding window: {COMPARISON_UNAVAILABLE}."
     before = comparison.previous_window
     period = f"the previous {comparison.span} ({format_utc(before.start)} to {format_utc(before.end)}"
     if comparison.percent is None:
@@ -300,16 +300,8 @@ def _trend_lines(trend: Trend) -> list[str]:
             else f"{partial} {unit}s marked partial: the window covers only part of them, so they look lower "
             "than they are."
         )
-    if trend.too_few_with_usage:
-        lines.append(
-            f"Most complete {unit}s had no usage and only {trend.complete_with_usage} had some: too few {unit}s with "
-            f"usage to say which are unusual; at least {MIN_BASELINE} are needed."
-        )
-        return lines
     if not trend.judged:
-        lines.append(
-            f"Too few complete {unit}s ({trend.complete}) to say which are unusual; at least {MIN_BASELINE} are needed."
-        )
+        lines.append(trend.not_judged())
         return lines
     typical, deviation = format_credits(trend.typical or 0.0), format_credits(trend.deviation or 0.0)
     if trend.typical_with_usage:
@@ -320,10 +312,7 @@ def _trend_lines(trend: Trend) -> list[str]:
         typical_is = f"the {trend.typical_name()} ({typical})"
     else:
         typical_is = f"the {trend.typical_name()} ({typical}, the median complete {unit})"
-    rule = (
-        f"more than {MAD_LIMIT} median absolute deviations ({deviation}) above {typical_is} and at least "
-        f"{MIN_TIMES_TYPICAL:g} times it"
-    )
+    rule = unusual_rule(typical_is, deviation)
     if not trend.unusual:
         lines.append(f"No unusual {unit}s: none is {rule}.")
         return lines

@@ -14,6 +14,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXCEL_MAX_DATA_ROWS = 1_048_575  # 1,048,576 rows a sheet, less the header
+# The defaults, named once: modules that take these values use the same constants as their own defaults.
+DEFAULT_OPENMETER_TIMEOUT_SECONDS = 30.0
+DEFAULT_OPENMETER_MAX_CONCURRENCY = 8
+DEFAULT_TOOL_DEADLINE_SECONDS = 120.0
+DEFAULT_DOWNLOAD_STORE_MAX_BYTES = 512 * 1024 * 1024
+DEFAULT_WORKBOOK_PROCESS_ROWS = 20_000  # below this, a thread writes faster than a process starts and is fed
+DEFAULT_MAX_EVENT_ROWS = 1_000_000
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # A host name or IPv4 address, or a bracketed IPv6 address, with an optional port: what a Host header carries.
 _ALLOWED_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?:\d{1,5}|\*))?$")
@@ -34,13 +41,13 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     download_ttl_seconds: int = Field(default=600, ge=1, le=7 * 24 * 3600)
     mcp_allowed_hosts: str = ""
-    max_event_rows: int = Field(default=1_000_000, ge=1, le=EXCEL_MAX_DATA_ROWS)
-    openmeter_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
-    openmeter_max_concurrency: int = Field(default=8, ge=1, le=256)
-    tool_deadline_seconds: float = Field(default=120.0, gt=0, le=3600)
-    download_store_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    max_event_rows: int = Field(default=DEFAULT_MAX_EVENT_ROWS, ge=1, le=EXCEL_MAX_DATA_ROWS)
+    openmeter_timeout_seconds: float = Field(default=DEFAULT_OPENMETER_TIMEOUT_SECONDS, gt=0, le=600)
+    openmeter_max_concurrency: int = Field(default=DEFAULT_OPENMETER_MAX_CONCURRENCY, ge=1, le=256)
+    tool_deadline_seconds: float = Field(default=DEFAULT_TOOL_DEADLINE_SECONDS, gt=0, le=3600)
+    download_store_max_bytes: int = Field(default=DEFAULT_DOWNLOAD_STORE_MAX_BYTES, ge=1024 * 1024)
     mcp_auth_token: SecretStr | None = None
-    workbook_process_rows: int = Field(default=20_000, ge=1)
+    workbook_process_rows: int = Field(default=DEFAULT_WORKBOOK_PROCESS_ROWS, ge=1)
     mcp_stateless: bool = False
     download_store_url: SecretStr | None = None  # may carry the Redis password
     tenant_override: str | None = None

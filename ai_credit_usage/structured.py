@@ -7,8 +7,9 @@ exactly where the text shortens them, so an app never gets a bigger preview than
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,10 +17,32 @@ from ai_credit_usage.compare import Comparison, Mover, MoverStatus
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.render import Preview, period_text, shorten_plain
 from ai_credit_usage.table import TableSink
-from ai_credit_usage.trend import Dimension, Granularity, Trend
+from ai_credit_usage.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Dimension, Granularity
 from ai_credit_usage.window import Window
 
 UNUSUAL_KEPT = 50
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What a structured result is built from: the sink's rows and totals, the findings, and the answer around them."""
+
+    sink: TableSink
+    findings: Findings
+    tenant: str
+    window: Window
+    download_url: str
+    expires_at: datetime
+    preview: Preview
+    demo: bool
+
+    def text(self, value: Any) -> Any:
+        """Strings shortened exactly where the preview text shortens them."""
+        return shorten_plain(value, self.preview.cell_limit) if isinstance(value, str) else value
+
+    def rows_as(self, model: type[BaseModel]) -> list[Any]:
+        columns = self.sink.columns
+        return [model(**dict(zip(columns, map(self.text, row), strict=True))) for row in self.preview.shown.rows]
 
 
 class WindowOut(BaseModel):
@@ -50,7 +73,7 @@ class ComparisonOut(BaseModel):
 
 
 class UsageResult(BaseModel):
-    """What every tool returns beside its markdown."""
+    """What every tool returns beside its markdown; each tool's result adds its `rows` (and what else it found)."""
 
     tenant: str
     window: WindowOut
@@ -69,6 +92,32 @@ class UsageResult(BaseModel):
     )
     demo: bool = Field(description="True when the server answers from generated demo data, not real usage.")
 
+    @classmethod
+    def of(cls, answer: Answered) -> Self:
+        findings, preview, limit = answer.findings, answer.preview, answer.preview.cell_limit
+        return cls(
+            tenant=shorten_plain(answer.tenant, limit),
+            window=WindowOut.of(answer.window),
+            total_credits=answer.sink.total_credits,
+            row_count=answer.sink.row_count,
+            columns=[shorten_plain(name, limit) for name in answer.sink.columns],
+            truncated=preview.shown.hidden > 0,
+            credits_not_shown=preview.shown.hidden_credits,
+            cells_shortened=preview.shortened,
+            download_url=answer.download_url,
+            expires_at=answer.expires_at,
+            comparison=ComparisonOut.of(findings.comparison) if findings.comparison is not None else None,
+            demo=answer.demo,
+            **cls.details(answer),
+        )
+
+    @classmethod
+    def details(cls, answer: Answered) -> dict[str, Any]:
+        """The tool's own fields: its rows, as its row model, and what else it found."""
+        return {"rows": answer.rows_as(cls.row_model)}
+
+    row_model: ClassVar[type[BaseModel]]
+
 
 class TenantRow(BaseModel):
     tenant: str
@@ -76,6 +125,7 @@ class TenantRow(BaseModel):
 
 
 class TenantTotalResult(UsageResult):
+    row_model: ClassVar[type[BaseModel]] = TenantRow
     rows: list[TenantRow]
 
 
@@ -109,10 +159,19 @@ class MoverOut(BaseModel):
 
 
 class SummaryResult(UsageResult):
+    row_model: ClassVar[type[BaseModel]] = SummaryRow
     rows: list[SummaryRow]
     movers: list[MoverOut] | None = Field(
         description="The three users whose credits changed most against the preceding window; null if unknown."
     )
+
+    @classmethod
+    def details(cls, answer: Answered) -> dict[str, Any]:
+        movers, limit = answer.findings.movers, answer.preview.cell_limit
+        return {
+            **super().details(answer),
+            "movers": None if movers is None else [MoverOut.of(mover, limit) for mover in movers],
+        }
 
 
 class EventRow(BaseModel):
@@ -125,6 +184,7 @@ class EventRow(BaseModel):
 
 
 class EventsResult(UsageResult):
+    row_model: ClassVar[type[BaseModel]] = EventRow
     rows: list[EventRow]
 
 
@@ -158,94 +218,46 @@ class TrendResult(UsageResult):
     )
     deviation_credits: float | None = Field(description="The median absolute deviation of those periods.")
     unusual_periods: list[UnusualOut] = Field(
-        description="More than 3 deviations above the typical period and at least 1.5 times it, largest first."
+        description=f"More than {MAD_LIMIT} deviations above the typical period and at least {MIN_TIMES_TYPICAL:g} "
+        "times it, largest first."
     )
 
+    @classmethod
+    def details(cls, answer: Answered) -> dict[str, Any]:
+        trend = answer.findings.trend
+        if trend is None:  # pragma: no cover - the trend question always finds one
+            raise ValueError("a trend result needs a trend")
 
-def build_result(
-    tool: str,
-    sink: TableSink,
-    findings: Findings,
-    *,
-    tenant: str,
-    window: Window,
-    download_url: str,
-    expires_at: datetime,
-    preview: Preview,
-    demo: bool,
-) -> UsageResult:
-    cell_limit, shortened = preview.cell_limit, preview.shortened
-    shown = preview.shown.rows
-    common: dict[str, Any] = {
-        "tenant": shorten_plain(tenant, cell_limit),
-        "window": WindowOut.of(window),
-        "total_credits": sink.total_credits,
-        "row_count": sink.row_count,
-        "columns": [shorten_plain(name, cell_limit) for name in sink.columns],
-        "truncated": preview.shown.hidden > 0,
-        "credits_not_shown": preview.shown.hidden_credits,
-        "cells_shortened": shortened,
-        "download_url": download_url,
-        "expires_at": expires_at,
-        "comparison": ComparisonOut.of(findings.comparison) if findings.comparison is not None else None,
-        "demo": demo,
-    }
+        def label(day: date) -> str:
+            return period_text(day, trend.granularity)
 
-    def text(value: Any) -> Any:
-        return shorten_plain(value, cell_limit) if isinstance(value, str) else value
-
-    if findings.trend is not None:
-        return _trend_result(findings.trend, preview.shown.hidden, common, cell_limit)
-    if tool == "get_credit_usage_summary":
-        movers = findings.movers
-        return SummaryResult(
-            **common,
-            rows=[SummaryRow(**dict(zip(sink.columns, map(text, row), strict=True))) for row in shown],
-            movers=None if movers is None else [MoverOut.of(mover, cell_limit) for mover in movers],
-        )
-    if tool == "get_credit_events":
-        return EventsResult(
-            **common, rows=[EventRow(**dict(zip(sink.columns, map(text, row), strict=True))) for row in shown]
-        )
-    return TenantTotalResult(
-        **common, rows=[TenantRow(**dict(zip(sink.columns, map(text, row), strict=True))) for row in shown]
-    )
-
-
-def _trend_result(trend: Trend, hidden: int, common: dict[str, Any], cell_limit: int) -> TrendResult:
-    def label(day: date) -> str:
-        return period_text(day, trend.granularity)
-
-    rows = [
-        TrendPeriodOut(
-            period=label(period.label),
-            start=period.start,
-            end=period.end,
-            partial=period.partial,
-            credits=total,
-            series_credits=values,
-        )
-        for period, values, total in list(zip(trend.periods, trend.values, trend.totals, strict=True))[hidden:]
-    ]
-    unusual = trend.unusual[:UNUSUAL_KEPT]
-    return TrendResult(
-        **common,
-        granularity=trend.granularity,
-        time_zone=trend.time_zone,
-        group_by=trend.group_by,
-        series=[shorten_plain(name, cell_limit) for name in trend.series],
-        rows=rows,
-        typical_credits=trend.typical,
-        typical_basis=None
-        if not trend.judged
-        else "complete periods with usage"
-        if trend.typical_with_usage
-        else "complete periods",
-        deviation_credits=trend.deviation,
-        unusual_periods=[
-            UnusualOut(
-                period=label(trend.periods[found.index].label), credits=found.credits, times_typical=found.times_typical
-            )
-            for found in unusual
-        ],
-    )
+        periods = list(zip(trend.periods, trend.values, trend.totals, strict=True))[answer.preview.shown.hidden :]
+        typical_basis = "complete periods with usage" if trend.typical_with_usage else "complete periods"
+        return {
+            "granularity": trend.granularity,
+            "time_zone": trend.time_zone,
+            "group_by": trend.group_by,
+            "series": [shorten_plain(name, answer.preview.cell_limit) for name in trend.series],
+            "rows": [
+                TrendPeriodOut(
+                    period=label(period.label),
+                    start=period.start,
+                    end=period.end,
+                    partial=period.partial,
+                    credits=total,
+                    series_credits=values,
+                )
+                for period, values, total in periods
+            ],
+            "typical_credits": trend.typical,
+            "typical_basis": typical_basis if trend.judged else None,
+            "deviation_credits": trend.deviation,
+            "unusual_periods": [
+                UnusualOut(
+                    period=label(trend.periods[found.index].label),
+                    credits=found.credits,
+                    times_typical=found.times_typical,
+                )
+                for found in trend.unusual[:UNUSUAL_KEPT]
+            ],
+        }

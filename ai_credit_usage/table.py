@@ -2,9 +2,7 @@
 
 The sink sees every row once, in order: it keeps what the text and the Summary sheet need (the first rows, the count,
 the total, the credits of the rows not shown, running sums per user, module, product and skill) and hands the rows
-on to the workbook. Small results are buffered and written in a thread at the end; once a result grows past
-`PROCESS_WRITER_ROWS`, the rows stream into a workbook process while the pages are still arriving, so a large
-answer is never held twice and its writing never stalls the event loop.
+on to a `WorkbookWriter`, which decides where the workbook is written.
 """
 
 from __future__ import annotations
@@ -14,12 +12,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio.to_thread
-
-from ai_credit_usage.workbook import ProcessWorkbookWriter, Report, build_workbook
+from ai_credit_usage.settings import DEFAULT_WORKBOOK_PROCESS_ROWS
+from ai_credit_usage.workbook import Report
+from ai_credit_usage.workbook_writer import WorkbookWriter
 
 PREVIEW_ROWS = 50
-PROCESS_WRITER_ROWS = 20_000  # below this, a thread writes faster than a process starts and is fed
 BREAKDOWN_DIMENSIONS = ("user", "module", "product", "skill")
 TOP_ROWS = 5
 Progress = Callable[[float, float | None, str], Awaitable[None]]
@@ -63,7 +60,7 @@ class TableSink:
         *,
         amounts: int = 1,
         progress: Progress | None = None,
-        process_rows: int = PROCESS_WRITER_ROWS,
+        process_rows: int = DEFAULT_WORKBOOK_PROCESS_ROWS,
     ) -> None:
         self.preview_rows: list[tuple[Any, ...]] = []
         self.row_count = 0
@@ -72,9 +69,8 @@ class TableSink:
         self._shown_sums: list[float] = []
         self._rest_sums: list[float] = []
         self._breakdowns: dict[str, dict[str, float]] = {}
-        self._buffer: list[tuple[Any, ...]] = []
         self._process_rows = process_rows
-        self._writer: ProcessWorkbookWriter | None = None
+        self._writer: WorkbookWriter | None = None
         self.define(columns, amounts=amounts)
 
     def define(self, columns: Sequence[str], *, amounts: int = 1) -> None:
@@ -130,26 +126,19 @@ class TableSink:
             sums = self._breakdowns.setdefault(dimension, {})
             for row in rows:
                 sums[row[index]] = sums.get(row[index], 0.0) + row[-1]
-        if self._writer is not None:
-            await self._writer.append(rows)
-            return
-        self._buffer.extend(rows)
-        if len(self._buffer) >= self._process_rows:
-            self._writer = await ProcessWorkbookWriter.start(self.columns, self.amounts)
-            buffered, self._buffer = self._buffer, []
-            await self._writer.append(buffered)
+        await self._workbook().append(rows)
 
     async def workbook(self, report: Report) -> bytes:
-        if self._writer is not None:
-            return await self._writer.finish(report)
-        table = Table(self.columns, self._buffer, self.amounts)
-        # A deadline or cancel does not wait for the thread: it finishes (or fails) on its own and cleans up after
-        # itself, and nothing else touches `table`.
-        return await anyio.to_thread.run_sync(lambda: build_workbook(table, report=report), abandon_on_cancel=True)
+        return await self._workbook().finish(report)
 
     def close(self) -> None:
-        """Release the workbook process, if any (after a failure, nothing half-written is kept)."""
+        """Release the workbook's writer (after a failure, nothing half-written is kept)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        self._buffer = []
+
+    def _workbook(self) -> WorkbookWriter:
+        """The writer, created with the first row (or at the end): by then the columns are final."""
+        if self._writer is None:
+            self._writer = WorkbookWriter(self.columns, amounts=self.amounts, process_rows=self._process_rows)
+        return self._writer

@@ -25,7 +25,6 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -36,17 +35,14 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from ai_credit_usage.settings import ConfigError
+from ai_credit_usage.tool_call import ToolCall
 
 if TYPE_CHECKING:
-    from mcp.server import ServerRequestContext
-    from mcp.server.context import CallNext, HandlerResult
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
     from starlette.requests import Request
     from starlette.responses import Response
-
-    from ai_credit_usage.audit import ToolCallRecord
 
 DEFAULT_SERVICE_NAME = "ai-credits-mcp"
 DEFAULT_PROTOCOL = "http/protobuf"  # the OpenTelemetry spec's default; Aspire sets OTEL_EXPORTER_OTLP_PROTOCOL anyway
@@ -97,9 +93,6 @@ download_requests = meter.create_counter(
 downloads_expired = meter.create_counter(
     "ai_credits.download.expired", unit="{link}", description="Links the in-memory store freed at expiry"
 )
-
-_tool_span: ContextVar[Span | None] = ContextVar("ai_credits_tool_span", default=None)
-
 
 # --- set-up -------------------------------------------------------------------------------------------------------
 
@@ -273,43 +266,36 @@ def _fail(span: Span, error_type: str) -> None:
     span.set_status(StatusCode.ERROR, error_type)
 
 
-async def trace_tool_calls(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-    """MCP middleware: a `tool <name>` span around each tools/call, inside the SDK's span for the message."""
-    if ctx.method != "tools/call":
-        return await call_next(ctx)
-    name = (ctx.params or {}).get("name")
-    tool = name[:100] if isinstance(name, str) else "unknown"
+@contextmanager
+def tool_span(tool: str) -> Iterator[Span]:
+    """A `tool <name>` span around one tools/call, inside the SDK's span for the message (the gate opens it)."""
     with _span(f"tool {tool}", attributes={"gen_ai.tool.name": tool}) as span:
-        token = _tool_span.set(span)
-        try:
-            return await call_next(ctx)
-        finally:
-            _tool_span.reset(token)
+        yield span
 
 
-def record_tool_call(record: ToolCallRecord, seconds: float) -> None:
+def record_tool_call(call: ToolCall) -> None:
     """What the audit line says, as span attributes and metrics (no tenant on metrics: it is per-call detail)."""
-    attributes = {"gen_ai.tool.name": record.tool[:100], "ai_credits.outcome": record.outcome}
+    attributes = {"gen_ai.tool.name": call.tool, "ai_credits.outcome": call.outcome}
     tool_calls.add(1, attributes)
-    tool_duration.record(seconds, attributes)
-    span = _tool_span.get()
+    tool_duration.record(call.seconds, attributes)
+    span = call.span
     if span is None or not span.is_recording():
         return
     details = {
-        "tais.tenant": record.tenant,
-        "tais.role": record.role,
-        "ai_credits.window.from": record.window_from,
-        "ai_credits.window.to": record.window_to,
-        "ai_credits.rows": record.rows,
-        "ai_credits.workbook.bytes": record.bytes,
-        "ai_credits.outcome": record.outcome,
+        "tais.tenant": call.tenant,
+        "tais.role": call.role,
+        "ai_credits.window.from": call.window_from,
+        "ai_credits.window.to": call.window_to,
+        "ai_credits.rows": call.rows,
+        "ai_credits.workbook.bytes": call.bytes,
+        "ai_credits.outcome": call.outcome,
     }
     span.set_attributes({key: value for key, value in details.items() if value is not None})
     # A refusal or an invalid argument is the caller's doing (like a 4xx), not the server failing: unset status.
-    if record.outcome == "timeout":
+    if call.outcome == "timeout":
         _fail(span, "timeout")
-    elif record.outcome == "error":  # the reason is a class name or a fixed phrase, never a message
-        _fail(span, record.reason or "error")
+    elif call.outcome == "error":  # the reason is a class name or a fixed phrase, never a message
+        _fail(span, call.reason or "error")
 
 
 class OpenMeterRequest:
@@ -326,10 +312,13 @@ class OpenMeterRequest:
         self.status = status
         self.span.set_attribute("http.response.status_code", status)
 
-    @contextmanager
-    def attempt(self) -> Iterator[None]:
+    def _begin_attempt(self) -> None:
         self.attempts += 1
         self.status = None
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        self._begin_attempt()
         started = time.perf_counter()
         error_type: str | None = None
         try:

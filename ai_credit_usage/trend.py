@@ -24,7 +24,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
-from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.errors import Outcome, UserFacingError
 from ai_credit_usage.window import Window, local_midnight
 
 Granularity = Literal["day", "week", "month"]
@@ -38,13 +38,13 @@ NO_VALUE = "(none)"  # the label of usage whose event had no value for the dimen
 MAD_LIMIT = 3
 MIN_BASELINE = 4  # complete periods (or complete periods with usage) needed before anything can be called unusual
 MIN_TIMES_TYPICAL = 1.5  # an unusual period is also at least this many times the typical one
-_OPENMETER_WINDOW = {"day": "DAY", "week": "DAY", "month": "MONTH"}  # OpenMeter has no WEEK: days are folded
+_CALENDAR_UNIT: dict[Granularity, Literal["day", "month"]] = {"day": "day", "week": "day", "month": "month"}
 
 
 class TrendError(UserFacingError):
     """A trend argument the caller can fix; the message names the parameter."""
 
-    outcome = "invalid"
+    outcome: Outcome = "invalid"
 
 
 @functools.cache
@@ -78,8 +78,30 @@ def _local(moment: datetime, zone: ZoneInfo) -> datetime:
     return moment.astimezone(zone).replace(tzinfo=None)
 
 
-def openmeter_window_size(granularity: Granularity) -> str:
-    return _OPENMETER_WINDOW[granularity]
+def calendar_unit(granularity: Granularity) -> Literal["day", "month"]:
+    """The calendar window OpenMeter is asked for: it has no week, so weeks are folded from days."""
+    return _CALENDAR_UNIT[granularity]
+
+
+def unusual_rule(typical: str, deviation: str = "", *, times_first: bool = False) -> str:
+    """The rule in words, with the typical period as `typical` names it (and the deviation, when known);
+    `times_first` leads with the ratio, for a heading that ends on the typical period."""
+    deviations = f" ({deviation})" if deviation else ""
+    if times_first:
+        return (
+            f"at least {MIN_TIMES_TYPICAL:g} times and more than {MAD_LIMIT} median absolute deviations{deviations} "
+            f"above {typical}"
+        )
+    return (
+        f"more than {MAD_LIMIT} median absolute deviations{deviations} above {typical} and at least "
+        f"{MIN_TIMES_TYPICAL:g} times it"
+    )
+
+
+UNUSUAL_RULE = (
+    f"a period {unusual_rule('the typical period')}; the typical period is the median complete period, or, when "
+    "that had no usage, the median complete period with usage"
+)
 
 
 def period_label(day: date, granularity: Granularity) -> date:
@@ -158,6 +180,22 @@ class Trend:
     def too_few_with_usage(self) -> bool:
         """Not judged because most complete periods had no usage and too few had some (not for lack of periods)."""
         return not self.judged and self.complete >= MIN_BASELINE
+
+    def not_judged(self, *, short: bool = False) -> str:
+        """Why nothing is called unusual, when too few periods allow no judgement: a sentence, or a short note."""
+        unit = self.granularity
+        if self.too_few_with_usage:
+            if short:
+                return f"too few {unit}s with usage to judge ({self.complete_with_usage}; {MIN_BASELINE} needed)"
+            return (
+                f"Most complete {unit}s had no usage and only {self.complete_with_usage} had some: too few {unit}s "
+                f"with usage to say which are unusual; at least {MIN_BASELINE} are needed."
+            )
+        if short:
+            return f"too few complete {unit}s to judge ({self.complete}; {MIN_BASELINE} needed)"
+        return (
+            f"Too few complete {unit}s ({self.complete}) to say which are unusual; at least {MIN_BASELINE} are needed."
+        )
 
     def typical_name(self) -> str:
         """ "typical day", or "typical day with usage" when the typical period is among those with usage."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
-from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.errors import Outcome, UserFacingError
 
 Clock = Callable[[], datetime]
 DEFAULT_SPAN = timedelta(days=7)
@@ -20,7 +20,7 @@ _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,
 class WindowError(UserFacingError):
     """A date argument the caller can fix; the message names the parameter and says what is accepted."""
 
-    outcome = "invalid"
+    outcome: Outcome = "invalid"
 
 
 def utc_now() -> datetime:

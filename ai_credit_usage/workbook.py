@@ -5,7 +5,8 @@
 - Data: exactly the table's columns and every row, nothing else; frozen header, autofilter, number formats.
 - About: where every number comes from and what a row means.
 
-Written with openpyxl in write-only mode (flat memory, streams rows). Each write-only sheet streams to its own
+This module is the layout; `workbook_writer` decides where it is written (a thread, or a child process for big
+answers). Written with openpyxl in write-only mode (flat memory, streams rows). Each write-only sheet streams to its own
 temporary file, so the Summary sheet is created first (sheet order is creation order) but filled only in `finish`,
 once the data sheet has seen every row and the totals are known. openpyxl deletes those files only on save or at
 a normal interpreter exit, so a workbook that is abandoned (a failed or cancelled call) removes them itself.
@@ -18,32 +19,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import logging
-import multiprocessing
-import shutil
-import tempfile
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import anyio.to_thread
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, Cell
 from openpyxl.chart import BarChart, LineChart, Reference
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.utils.datetime import to_excel
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
-
-from ai_credit_usage.errors import UserFacingError
-
-if TYPE_CHECKING:
-    from ai_credit_usage.table import Table
 
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 SUMMARY_SHEET = "Summary"
@@ -53,12 +41,6 @@ TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 DATE_FORMAT = "yyyy-mm-dd"
 CREDITS_FORMAT = "#,##0.00####"
 SHARE_FORMAT = "0.0%"
-WORKBOOK_FAILED = "The Excel file for this answer could not be written; try again, or ask for a shorter window."
-logger = logging.getLogger(__name__)
-_CONTEXT = multiprocessing.get_context("forkserver")  # fork() in a threaded server is unsafe; spawn is slow
-# Not "__main__": CPython 3.11-3.13 never pass its path to the forkserver (it asks for a key named "main_path"), so a
-# child re-runs the main script's top level anyway; main.py keeps its imports inside main() for that reason.
-_CONTEXT.set_forkserver_preload(["ai_credit_usage.workbook"])
 _COLUMN_WIDTHS = {
     "time": 20,
     "user": 28,
@@ -168,11 +150,12 @@ class WorkbookBuilder:
     def discard(self) -> None:
         """Delete the sheets' temporary files now, after a failure (`finish` deletes them on success)."""
         for sheet in self._workbook.worksheets:
-            writer = sheet._writer
+            # openpyxl's private parts of a write-only sheet (its stubs do not name them): the file and its stream.
+            writer = getattr(sheet, "_writer", None)
             if writer is None:
                 continue
             # The row stream first, then the file it writes to; a half-written sheet may not close cleanly.
-            for stream in (sheet._rows, writer):
+            for stream in (getattr(sheet, "_rows", None), writer):
                 with contextlib.suppress(Exception):
                     if stream is not None:
                         stream.close()
@@ -233,7 +216,21 @@ def _bar_chart(sheet: WriteOnlyWorksheet, title: str, heading_row: int, last_row
     return chart
 
 
-def build_workbook(table: Table, *, report: Report = Report()) -> bytes:
+class Rows(Protocol):
+    """A table's columns and rows (a `table.Table`, say); the last `amounts` columns are credits."""
+
+    @property
+    def columns(self) -> Sequence[str]: ...
+
+    @property
+    def rows(self) -> Sequence[Sequence[Any]]: ...
+
+    @property
+    def amounts(self) -> int: ...
+
+
+def build_workbook(table: Rows, *, report: Report = Report()) -> bytes:
+    """The whole workbook at once, in this thread; a failure leaves no temporary file behind."""
     builder = WorkbookBuilder(table.columns, amounts=table.amounts)
     try:
         builder.append(table.rows)
@@ -241,124 +238,6 @@ def build_workbook(table: Table, *, report: Report = Report()) -> bytes:
     except BaseException:
         builder.discard()
         raise
-
-
-class ProcessWorkbookWriter:
-    """A `WorkbookBuilder` in a child process, fed rows over a pipe while the pages are still arriving.
-
-    openpyxl holds the GIL for the whole write (about 4 s per 100,000 rows here), which in a thread would still stall
-    the event loop and every other request; a process does not. Children fork from a forkserver that has already
-    imported openpyxl, so starting one costs ~15 ms (the first, which starts the forkserver, about 1 s).
-
-    The child keeps its temporary files in a directory of its own, which `close` deletes: a killed child cannot.
-    Pipe operations run in a thread that a cancelled call abandons; that thread then still owns the pipe and closes
-    it when it returns (killing the child makes it return at once), so `close` never closes a pipe in use.
-    """
-
-    def __init__(self, process: BaseProcess, connection: Connection, scratch: str) -> None:
-        self._process = process
-        self._connection = connection
-        self._scratch = scratch
-        self._lock = threading.Lock()
-        self._in_use = False
-        self._closed = False
-
-    @classmethod
-    async def start(cls, columns: Sequence[str], amounts: int = 1) -> ProcessWorkbookWriter:
-        scratch = tempfile.mkdtemp(prefix="ai-credits-workbook-")
-        parent, child = _CONTEXT.Pipe()
-        process = _CONTEXT.Process(target=_serve_builder, args=(child, tuple(columns), amounts, scratch), daemon=True)
-        writer = cls(process, parent, scratch)
-        try:
-            await anyio.to_thread.run_sync(process.start)
-        except BaseException:
-            writer.close()
-            raise
-        finally:
-            child.close()
-        return writer
-
-    async def append(self, rows: list[tuple[Any, ...]]) -> None:
-        # send() blocks while the child is busy writing: wait in a thread, never on the event loop.
-        await self._use_pipe(lambda connection: connection.send(("rows", rows)))
-
-    async def finish(self, report: Report) -> bytes:
-        def finish_in_child(connection: Connection) -> tuple[str, Any]:
-            connection.send(("finish", report))  # the Summary and About sheets are written in the child too
-            return connection.recv()
-
-        try:
-            status, payload = await self._use_pipe(finish_in_child)
-        finally:
-            self.close()
-        if status != "ok":
-            logger.warning("the workbook process failed: %s", payload)
-            raise UserFacingError(WORKBOOK_FAILED)
-        return payload
-
-    def close(self) -> None:
-        """Stop the child whatever state it is in (also after a failed or abandoned call) and delete its files."""
-        with self._lock:  # closes happen under the lock: a second close of a reused fd would hit someone else's file
-            self._closed = True
-            if not self._in_use:
-                self._connection.close()
-        if self._process.pid is not None:
-            if self._process.is_alive():
-                self._process.kill()
-            self._process.join(timeout=5)
-        shutil.rmtree(self._scratch, ignore_errors=True)
-
-    async def _use_pipe(self, operation: Callable[[Connection], Any]) -> Any:
-        try:
-            return await anyio.to_thread.run_sync(self._in_thread, operation, abandon_on_cancel=True)
-        except _ChildGone as gone:
-            logger.warning("the workbook process is gone (exit code %s): %s", self._process.exitcode, gone)
-            raise UserFacingError(WORKBOOK_FAILED) from gone
-
-    def _in_thread(self, operation: Callable[[Connection], Any]) -> Any:
-        with self._lock:
-            if self._closed:
-                raise _ChildGone("it was stopped")
-            self._in_use = True
-        try:
-            return operation(self._connection)
-        except (EOFError, OSError) as exc:  # killed (out of memory?), or it failed, said why and exited
-            raise _ChildGone(f"{exc!r}; its last message: {_last_word(self._connection)}") from exc
-        finally:
-            with self._lock:
-                self._in_use = False
-                if self._closed:  # close() left the pipe to this thread
-                    self._connection.close()
-
-
-class _ChildGone(Exception):
-    """The workbook process can no longer be talked to."""
-
-
-def _last_word(connection: Connection) -> str:
-    """The error a child sent before exiting, if it did (it is still in the pipe)."""
-    with contextlib.suppress(Exception):
-        if connection.poll():
-            return str(connection.recv()[1])
-    return "none"
-
-
-def _serve_builder(connection: Connection, columns: tuple[str, ...], amounts: int, scratch: str) -> None:
-    """The child's whole life: rows until "finish", then the bytes (or the error) back, then exit."""
-    tempfile.tempdir = scratch  # openpyxl's per-sheet temporary files go where the parent can delete them
-    builder = WorkbookBuilder(columns, amounts=amounts)
-    try:
-        while True:
-            kind, payload = connection.recv()
-            if kind == "rows":
-                builder.append(payload)
-            else:
-                connection.send(("ok", builder.finish(payload)))
-                return
-    except EOFError:  # the parent gave up on this call
-        return
-    except Exception as exc:
-        connection.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def _excel_time(moment: datetime) -> datetime:
@@ -397,7 +276,9 @@ def _amount_converter(sheet: WriteOnlyWorksheet) -> Callable[[Any], Any]:
     return convert
 
 
-def _styled(sheet: WriteOnlyWorksheet, value: Any, *, font: Font | None = None, number_format: str | None = None):
+def _styled(
+    sheet: WriteOnlyWorksheet, value: Any, *, font: Font | None = None, number_format: str | None = None
+) -> Cell:
     cell = WriteOnlyCell(sheet, value=value)
     if font is not None:
         cell.font = font

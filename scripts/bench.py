@@ -64,7 +64,7 @@ def serve_standin(port: int, events_per_tenant: int, tenants: int, delay: float)
     from starlette.responses import JSONResponse
     from starlette.routing import Mount, Route
 
-    from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+    from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 
     standin = OpenMeterStandIn(api_key=API_KEY, record_requests=False)
     standin.latency = delay

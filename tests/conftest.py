@@ -18,7 +18,10 @@ from mcp.types import CallToolResult
 from starlette.applications import Starlette
 
 from ai_credit_usage.openmeter import RetryPolicy
-from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn
+from ai_credit_usage.openmeter.http import OpenMeterHttp
+from ai_credit_usage.openmeter.meter import Meter
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn
+from ai_credit_usage.openmeter.v1 import OpenMeterV1
 from ai_credit_usage.settings import Settings, load_settings
 from ai_credit_usage.table import TableSink
 from ai_credit_usage.usage import EVENT_COLUMNS
@@ -46,6 +49,21 @@ SETTINGS_VARIABLES = (
     "MCP_STATELESS",
     "DOWNLOAD_STORE_URL",
 )
+
+
+# The stand-in's AI-credits meter as the server reads it.
+AI_METER = Meter.build(
+    key="ai_credits",
+    aggregation="SUM",
+    event_type="ai_credits",
+    value_property="$.credits",
+    dimensions=AI_CREDITS_METER["groupBy"],
+)
+
+
+def v1_client(url: str, **options: Any) -> OpenMeterV1:
+    """The production v1 client on its own HTTP core (`options` are OpenMeterHttp's)."""
+    return OpenMeterV1(OpenMeterHttp(url, API_KEY, **options))
 
 
 class FakeClock:

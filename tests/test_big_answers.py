@@ -20,12 +20,13 @@ import httpx2
 import pytest
 from openpyxl import load_workbook
 
-from ai_credit_usage.openmeter import OpenMeterClient
-from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.v1 import OpenMeterV1
+from ai_credit_usage.query import Query
 from ai_credit_usage.usage import UsageService
 from ai_credit_usage.window import Window
-from ai_credit_usage.workbook import WORKBOOK_FAILED, ProcessWorkbookWriter
-from tests.conftest import API_KEY, FAST_RETRY, CollectingSink, ServerStarter, call_tool, text_of
+from ai_credit_usage.workbook_writer import WORKBOOK_FAILED, ProcessWorkbookWriter
+from tests.conftest import AI_METER, FAST_RETRY, CollectingSink, ServerStarter, call_tool, text_of, v1_client
 
 pytestmark = pytest.mark.anyio
 START = datetime(2026, 1, 15, tzinfo=UTC)
@@ -33,24 +34,24 @@ WINDOW = Window(START, START + timedelta(seconds=1000))
 
 
 @pytest.fixture
-async def client(openmeter_url: str) -> AsyncIterator[OpenMeterClient]:
-    client = OpenMeterClient(openmeter_url, API_KEY, retry=FAST_RETRY)
+async def client(openmeter_url: str) -> AsyncIterator[OpenMeterV1]:
+    client = v1_client(openmeter_url, retry=FAST_RETRY)
     yield client
     await client.aclose()
 
 
-async def events_of(client: OpenMeterClient, tenant: str, window: Window = WINDOW, **options: int) -> list[tuple]:
+async def events_of(client: OpenMeterV1, tenant: str, window: Window = WINDOW, **options: int) -> list[tuple]:
     sink = CollectingSink()
     service = UsageService(client, "ai_credits", max_event_rows=10**6, **options)
-    await service.events(tenant, window, sink)
+    await service.events(tenant, Query(window), sink)
     assert sink.row_count == len(sink.rows)
     return sink.rows
 
 
-async def naive_walk(client: OpenMeterClient, tenant: str, window: Window = WINDOW) -> list[tuple]:
+async def naive_walk(client: OpenMeterV1, tenant: str, window: Window = WINDOW) -> list[tuple]:
     """The straightforward way: one cursor over every event of the type, filtered here."""
     rows = []
-    async for page in client.iter_event_pages(window, "ai_credits"):
+    async for page in client.iter_event_pages(AI_METER, window):
         for event in page:
             data = event.data
             if data["tenant"] == tenant:
@@ -63,7 +64,7 @@ def time_filters(openmeter: OpenMeterStandIn) -> set[str]:
 
 
 async def test_parallel_slices_return_exactly_the_sequential_walk(
-    client: OpenMeterClient, openmeter: OpenMeterStandIn
+    client: OpenMeterV1, openmeter: OpenMeterStandIn
 ) -> None:
     # Three acme events in every second of the window (so every slice boundary falls on occupied seconds, with
     # identical timestamps on both sides of it), interleaved with another tenant's.
@@ -86,9 +87,7 @@ async def test_parallel_slices_return_exactly_the_sequential_walk(
     assert len(time_filters(openmeter)) > 3  # the parallel walk really did slice the window
 
 
-async def test_many_subjects_are_chunked_and_still_complete(
-    client: OpenMeterClient, openmeter: OpenMeterStandIn
-) -> None:
+async def test_many_subjects_are_chunked_and_still_complete(client: OpenMeterV1, openmeter: OpenMeterStandIn) -> None:
     events = [
         make_event(tenant="acme", credits=1 + i % 5, time=START + timedelta(seconds=i % 997), user=f"user{i % 130}")
         for i in range(2600)
@@ -108,9 +107,7 @@ async def test_many_subjects_are_chunked_and_still_complete(
     assert len(subject_filters) == 3  # 130 subjects in chunks of 50
 
 
-async def test_one_tenants_call_reads_about_its_own_events(
-    client: OpenMeterClient, openmeter: OpenMeterStandIn
-) -> None:
+async def test_one_tenants_call_reads_about_its_own_events(client: OpenMeterV1, openmeter: OpenMeterStandIn) -> None:
     week = Window(START, START + timedelta(days=7))
     for tenant_index in range(20):
         tenant = f"tenant{tenant_index:02d}"
@@ -133,7 +130,7 @@ async def test_one_tenants_call_reads_about_its_own_events(
     assert sorted(query.params("groupBy") for query in queries) == [["subject"], ["tenant", "user"]]  # + comparison
 
 
-async def test_no_subjects_means_no_event_pages(client: OpenMeterClient, openmeter: OpenMeterStandIn) -> None:
+async def test_no_subjects_means_no_event_pages(client: OpenMeterV1, openmeter: OpenMeterStandIn) -> None:
     openmeter.ingest(make_event(tenant="globex", credits=1, time=START))
     assert await events_of(client, "acme") == []
     assert openmeter.requests_to("/api/v2/events") == []
@@ -190,7 +187,7 @@ async def test_a_killed_workbook_process_is_a_clear_error(
     openmeter.ingest(*[make_event(tenant="acme", credits=1, time=START + timedelta(seconds=i)) for i in range(900)])
     url = start_server(workbook_process_rows=100)
     killed = signal_workbook_process_before(monkeypatch, moment, signal.SIGKILL)  # as the OOM killer would
-    with caplog.at_level(logging.WARNING, logger="ai_credit_usage.workbook"):
+    with caplog.at_level(logging.WARNING, logger="ai_credit_usage.workbook_writer"):
         result = await call_tool(url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"})
     assert killed
     assert result.is_error

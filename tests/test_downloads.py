@@ -11,7 +11,7 @@ import pytest
 from openpyxl import load_workbook
 
 from ai_credit_usage.downloads import DownloadTooLarge, MemoryDownloadStore
-from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from tests.conftest import NOW, FakeClock, call_tool, text_of
 
 pytestmark = pytest.mark.anyio

@@ -15,11 +15,12 @@ from typing import Any
 import httpx2
 import pytest
 
-from ai_credit_usage.openmeter import MAX_QUERY_BYTES, OpenMeterClient
-from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.v1 import MAX_QUERY_BYTES, OpenMeterV1
+from ai_credit_usage.query import Query
 from ai_credit_usage.usage import UsageService
 from ai_credit_usage.window import Window
-from tests.conftest import API_KEY, FAST_RETRY, CollectingSink
+from tests.conftest import FAST_RETRY, CollectingSink, v1_client
 
 pytestmark = pytest.mark.anyio
 EVENTS = "/api/v2/events"
@@ -56,16 +57,16 @@ def transport(openmeter: OpenMeterStandIn) -> CountingTransport:
 
 
 @pytest.fixture
-async def client(transport: CountingTransport) -> AsyncIterator[OpenMeterClient]:
-    client = OpenMeterClient("http://openmeter.test", API_KEY, retry=FAST_RETRY, transport=transport)
+async def client(transport: CountingTransport) -> AsyncIterator[OpenMeterV1]:
+    client = v1_client("http://openmeter.test", retry=FAST_RETRY, transport=transport)
     yield client
     await client.aclose()
 
 
-async def events_of(client: OpenMeterClient, window: Window, **options: int) -> list[tuple[Any, ...]]:
+async def events_of(client: OpenMeterV1, window: Window, **options: int) -> list[tuple[Any, ...]]:
     sink = CollectingSink()
     service = UsageService(client, "ai_credits", max_event_rows=10**6, **options)
-    await service.events("acme", window, sink)
+    await service.events("acme", Query(window), sink)
     assert sink.row_count == len(sink.rows)
     return sink.rows
 
@@ -75,7 +76,7 @@ def slices_seen(transport: CountingTransport) -> int:
 
 
 async def test_a_burst_on_one_day_of_a_quiet_month_is_read_in_parallel(
-    client: OpenMeterClient, openmeter: OpenMeterStandIn, transport: CountingTransport
+    client: OpenMeterV1, openmeter: OpenMeterStandIn, transport: CountingTransport
 ) -> None:
     """5,000 events on the month's first day and 100 over the other 27: the first page (27 quiet days) says
     "one slice", so only splitting as the walk goes can find the burst."""
@@ -106,7 +107,7 @@ async def test_a_burst_on_one_day_of_a_quiet_month_is_read_in_parallel(
 
 
 async def test_splits_across_subject_chunks_keep_the_sequential_order(
-    client: OpenMeterClient, openmeter: OpenMeterStandIn, transport: CountingTransport
+    client: OpenMeterV1, openmeter: OpenMeterStandIn, transport: CountingTransport
 ) -> None:
     """130 subjects (three `$in` chunks): a slice that splits while reading its second or third chunk hands the
     rows of the chunks it finished over to the new slices; ties at one second stay ordered by chunk."""
@@ -131,7 +132,7 @@ async def test_splits_across_subject_chunks_keep_the_sequential_order(
 
 @pytest.mark.parametrize("seed", range(6))
 async def test_random_shapes_of_data_come_back_exactly_as_the_sequential_walk(
-    client: OpenMeterClient, openmeter: OpenMeterStandIn, seed: int
+    client: OpenMeterV1, openmeter: OpenMeterStandIn, seed: int
 ) -> None:
     rng = random.Random(seed)
     subjects = rng.choice([3, 60])
@@ -153,7 +154,7 @@ async def test_random_shapes_of_data_come_back_exactly_as_the_sequential_walk(
 
 
 async def test_long_subjects_are_cut_by_url_length(
-    client: OpenMeterClient, openmeter: OpenMeterStandIn, transport: CountingTransport
+    client: OpenMeterV1, openmeter: OpenMeterStandIn, transport: CountingTransport
 ) -> None:
     """60 users whose names (their subjects) run to 5,000 characters: 50 to a filter would make a 300 KB URL."""
     names = [f"{index:02d}" + "n" * 4998 for index in range(60)]
@@ -170,7 +171,7 @@ async def test_long_subjects_are_cut_by_url_length(
 
 
 async def test_short_subjects_still_share_a_filter_up_to_fifty(
-    client: OpenMeterClient, openmeter: OpenMeterStandIn, transport: CountingTransport
+    client: OpenMeterV1, openmeter: OpenMeterStandIn, transport: CountingTransport
 ) -> None:
     openmeter.ingest(
         *[make_event(tenant="acme", credits=1, time=START + timedelta(hours=i), user=f"user{i}") for i in range(120)]

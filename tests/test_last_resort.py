@@ -1,17 +1,21 @@
-"""The last line of defence in `ReportMaker.answer`: a failure nobody foresaw is one sentence, not a traceback."""
+"""The last line of defence in `Pipeline.answer`: a failure nobody foresaw is one sentence, not a traceback."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
 
 from ai_credit_usage.caller import Caller
 from ai_credit_usage.downloads import MemoryDownloadStore
-from ai_credit_usage.report import UNEXPECTED, ReportMaker
+from ai_credit_usage.findings import Findings
+from ai_credit_usage.pipeline import UNEXPECTED, Pipeline
+from ai_credit_usage.query import Query
 from ai_credit_usage.table import TableSink
-from ai_credit_usage.window import Window
-from tests.conftest import NOW, FakeClock
+from ai_credit_usage.tools import TOOLS
+from ai_credit_usage.usage import UsageService
+from tests.conftest import NOW, FakeClock, v1_client
 
 pytestmark = pytest.mark.anyio
 
@@ -19,16 +23,19 @@ pytestmark = pytest.mark.anyio
 async def test_an_unforeseen_failure_is_one_sentence_and_a_logged_traceback(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(NOW)
     downloads = MemoryDownloadStore(600, clock)
-    reports = ReportMaker(downloads, download_base_url="http://localhost:8765", meter_slug="ai_credits", clock=clock)
+    usage = UsageService(v1_client("http://openmeter.invalid"), "ai_credits", max_event_rows=10)
+    pipeline = Pipeline(
+        usage, downloads, download_base_url="http://localhost:8765", source="OpenMeter meter 'ai_credits'", clock=clock
+    )
 
-    async def broken_question(tenant: str, window: Window, sink: TableSink) -> None:
+    async def broken_question(service: UsageService, tenant: str, query: Query, sink: TableSink) -> Findings:
+        sink.define(("tenant", "credits"))
         await sink.add([("acme", 1.0)])
         raise KeyError("a bug")
 
-    with caplog.at_level(logging.ERROR, logger="ai_credit_usage.report"):
-        result = await reports.answer(
-            "get_credit_usage_by_tenant", Caller("acme", ("admin",)), ("tenant", "credits"), broken_question, None, None
-        )
+    spec = dataclasses.replace(TOOLS[0], question=broken_question)
+    with caplog.at_level(logging.ERROR, logger="ai_credit_usage.pipeline"):
+        result = await pipeline.answer(spec, Caller("acme", ("admin",)), {})
     assert result.is_error
     assert [block.text for block in result.content] == [UNEXPECTED]
     assert "Traceback" in caplog.text and "KeyError" in caplog.text

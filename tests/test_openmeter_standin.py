@@ -14,7 +14,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from tests.servers import serve_in_thread
 
 KEY = "fake-key-123"

@@ -16,7 +16,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from tests.conftest import ADMIN, CLIENT_TIMEOUT, ServerStarter
 
 VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")

@@ -1,4 +1,4 @@
-"""`scripts/register.sh` and `ai_credit_usage.registration` against a stand-in TAIS API and the real server.
+"""`scripts/register.sh` and `scripts.registration` against a stand-in TAIS API and the real server.
 
 Most cases call `main()` in-process (fast, output captured); the script itself runs as a subprocess for the paths
 that need a real process: reading `.env`, the terminal prompt, no terminal, `--keep-alive` stopped with Ctrl-C,
@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from ai_credit_usage import registration
-from ai_credit_usage.registration import identify, load_config, main, read_variables
 from ai_credit_usage.settings import load_settings
+from scripts import registration
+from scripts.registration import identify, load_config, main, read_variables
 from server import create_app
 from tests.fake_tais import TOOLS_PATH, FakeTais, Recorded, Reply
 from tests.servers import serve_in_thread

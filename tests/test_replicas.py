@@ -35,7 +35,7 @@ from ai_credit_usage.downloads import (
     RedisDownloadStore,
     describe_store_url,
 )
-from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.settings import ConfigError, load_settings
 from tests.conftest import API_KEY, NOW, FakeClock, ServerStarter, call_tool, text_of
 from tests.servers import serve_in_thread

@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from openpyxl import load_workbook
 
 from ai_credit_usage.compare import describe_span
-from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.render import MAX_PREVIEW_CHARS, escape_cell
 from tests.conftest import NOW, ServerStarter, call_tool, download_bytes, text_of
 

@@ -17,10 +17,12 @@ import pytest
 from mcp import MCPError
 
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.openmeter import MAX_QUERY_BYTES, OpenMeterClient, RetryPolicy
-from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter import RetryPolicy
+from ai_credit_usage.openmeter.interface import AggregateQuery
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.v1 import MAX_QUERY_BYTES
 from ai_credit_usage.window import Window
-from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, raw_initialize, text_of
+from tests.conftest import AI_METER, API_KEY, NOW, ServerStarter, call_tool, raw_initialize, text_of, v1_client
 
 pytestmark = pytest.mark.anyio
 QUERY = "/api/v1/meters/ai_credits/query"
@@ -118,14 +120,14 @@ async def test_waiting_for_a_request_slot_does_not_use_up_the_retries(
     """Under load a request may wait long for one of the OPENMETER_MAX_CONCURRENCY slots; a 503 it then meets is
     retried all the same."""
     retry = RetryPolicy(first_wait=0.001, max_wait=0.005, max_total_wait=0.1)
-    client = OpenMeterClient(openmeter_url, API_KEY, max_concurrency=1, retry=retry)
+    client = v1_client(openmeter_url, max_concurrency=1, retry=retry)
     openmeter.fail(status=200, delay=0.5, times=1, path_prefix=QUERY)  # holds the only slot for 0.5 s
     openmeter.fail(status=503, times=1, path_prefix=QUERY)  # what the request that waited meets first
     window = Window(NOW - timedelta(days=1), NOW)
     answers: list[object] = []
 
     async def ask() -> None:
-        answers.append(await client.query_meter("ai_credits", window, ["tenant"], {"tenant": {"$eq": "acme"}}))
+        answers.append(await client.query(AI_METER, AggregateQuery(window, ("tenant",), "acme")))
 
     try:
         async with anyio.create_task_group() as tasks:
@@ -437,10 +439,10 @@ async def test_a_redirect_names_the_setting_to_check(server_url: str, openmeter:
 
 
 async def test_a_request_that_cannot_be_built_is_a_clear_sentence(openmeter_url: str) -> None:
-    client = OpenMeterClient(openmeter_url, API_KEY)
+    client = v1_client(openmeter_url)
     try:
         with pytest.raises(UserFacingError) as raised:  # httpx2.InvalidURL is not an httpx2.HTTPError
-            await client.query_meter("ai_credits", Window(NOW - timedelta(days=1), NOW), [], {"x": "y" * 70_000})
+            await client.query(AI_METER, AggregateQuery(Window(NOW - timedelta(days=1), NOW), (), "y" * 70_000))
     finally:
         await client.aclose()
     assert str(raised.value) == (

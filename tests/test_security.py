@@ -17,7 +17,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from ai_credit_usage.openmeter_standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from tests.conftest import API_KEY, NOW, call_tool, raw_initialize, text_of
 
 pytestmark = pytest.mark.anyio

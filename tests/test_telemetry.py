@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ai_credit_usage import telemetry
-from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.settings import ConfigError
 from tests.conftest import ADMIN, API_KEY, FakeClock, ServerStarter, call_tool, text_of
 from tests.otel_capture import Captured, TelemetryCapture, telemetry_capture

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from openpyxl import load_workbook
 
-from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from tests.conftest import NOW, call_tool, text_of
 
 pytestmark = pytest.mark.anyio

@@ -16,7 +16,7 @@ import pytest
 from openpyxl import load_workbook
 from opentelemetry.trace import StatusCode
 
-from ai_credit_usage.openmeter_standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.trend import (
     OTHER,
     Trend,

@@ -72,7 +72,8 @@ from datetime import UTC, datetime
 import anyio
 from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.usage import EVENT_COLUMNS
-from ai_credit_usage.workbook import WORKBOOK_FAILED, ProcessWorkbookWriter, Report
+from ai_credit_usage.workbook import Report
+from ai_credit_usage.workbook_writer import WORKBOOK_FAILED, ProcessWorkbookWriter
 
 ROWS = [(datetime(2026, 1, 15, tzinfo=UTC), f"u{i % 7}", "chat", "p1", "acme", 1.5) for i in range(5000)]
 BAD_ROW = (ROWS[0][0], {"not": "a cell"}, "chat", "p1", "acme", 1.0)

@@ -11,13 +11,11 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.openmeter import unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +27,6 @@ _STEP = re.compile(r"""\.([A-Za-z_][\w-]*)|\[(\d+)\]|\['([^']*)'\]|\["([^"]*)"\]
 
 class MeterConfigError(UserFacingError):
     """The meter's definition does not let us answer safely; the operator has to fix the meter or the settings."""
-
-
-class _Definition(BaseModel):
-    """The fields of OpenMeter's Meter schema we use; anything else in the body is ignored."""
-
-    slug: str = "?"
-    aggregation: str
-    eventType: str = ""
-    valueProperty: str | None = None
-    groupBy: dict[str, str] | None = None
 
 
 def compile_jsonpath(path: str) -> JsonPath:
@@ -98,46 +86,54 @@ def credits_value(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class Meter:
+    """The AI-credits meter: its key (`slug`), the id the API addresses it by, and where an event holds what."""
+
     slug: str
     event_type: str
     value_path: JsonPath
     dimension_paths: dict[str, JsonPath]
+    id: str = ""
 
     @classmethod
-    def from_definition(cls, definition: dict[str, Any]) -> Meter:
-        """Validate what `GET /api/v1/meters/{meter}` returned; a meter we cannot scope by tenant is refused."""
-        try:
-            parsed = _Definition.model_validate(definition)
-        except ValidationError as exc:  # e.g. groupBy as a list: not OpenMeter's documented shape
-            raise unreadable("meter definition", exc) from None
-        slug = parsed.slug
-        if parsed.aggregation != "SUM":
+    def build(
+        cls,
+        *,
+        key: str,
+        aggregation: str,
+        event_type: str,
+        value_property: str | None,
+        dimensions: Mapping[str, str] | None,
+        id: str | None = None,
+    ) -> Meter:
+        """A meter from its definition (either API's spelling, already read); one we cannot scope is refused."""
+        if aggregation.upper() != "SUM":
             raise MeterConfigError(
-                f"The meter '{slug}' is not a SUM meter, so it does not hold credit totals; "
+                f"The meter '{key}' is not a SUM meter, so it does not hold credit totals; "
                 "ask the operator to point OPENMETER_METER at the AI-credits meter."
             )
-        group_by = parsed.groupBy or {}
+        group_by = dict(dimensions or {})
         if "tenant" not in group_by:
             raise MeterConfigError(
-                f"The meter '{slug}' has no tenant dimension, so usage cannot be limited to your tenant; "
+                f"The meter '{key}' has no tenant dimension, so usage cannot be limited to your tenant; "
                 "ask the operator to add 'tenant' to the meter's groupBy."
             )
         try:
-            value_path = compile_jsonpath(parsed.valueProperty or "")
+            value_path = compile_jsonpath(value_property or "")
             dimension_paths = {name: compile_jsonpath(group_by[name]) for name in DIMENSIONS if name in group_by}
         except ValueError as exc:
             raise MeterConfigError(
-                f"The meter '{slug}' uses a JSONPath this server cannot read ({exc}); ask the operator to check it."
+                f"The meter '{key}' uses a JSONPath this server cannot read ({exc}); ask the operator to check it."
             ) from None
         for name in DIMENSIONS:
-            if name not in dimension_paths and (slug, name) not in _warned_missing:
-                _warned_missing.add((slug, name))
-                logger.warning("meter %s has no %r dimension; that column stays empty", slug, name)
+            if name not in dimension_paths and (key, name) not in _warned_missing:
+                _warned_missing.add((key, name))
+                logger.warning("meter %s has no %r dimension; that column stays empty", key, name)
         return cls(
-            slug=slug,
-            event_type=parsed.eventType,
+            slug=key,
+            event_type=event_type,
             value_path=value_path,
             dimension_paths=dimension_paths,
+            id=id or key,
         )
 
     def dimension(self, data: Any, name: str) -> str:

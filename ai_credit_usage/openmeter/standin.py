@@ -24,7 +24,7 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -165,9 +165,14 @@ def _json_value(data: Any, steps: list[str | int]) -> str:
     for step in steps:
         if not isinstance(node, list | dict) or isinstance(step, int) != isinstance(node, list):
             return ""
-        if step not in (node if isinstance(node, dict) else range(len(node))):
+        if isinstance(node, dict):
+            if step not in node:
+                return ""
+            node = node[step]
+        elif isinstance(step, int) and step < len(node):
+            node = node[step]
+        else:
             return ""
-        node = node[step]
     if isinstance(node, str):
         return node
     return "" if isinstance(node, dict | list) else json.dumps(node)
@@ -185,7 +190,13 @@ def _aggregate(aggregation: str, values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     if not present:
         return None  # a NULL aggregate: the real server skips the row
-    return {"SUM": sum, "MIN": min, "MAX": max, "AVG": lambda v: sum(v) / len(v)}[aggregation](present)
+    if aggregation == "SUM":
+        return sum(present)
+    if aggregation == "MIN":
+        return min(present)
+    if aggregation == "MAX":
+        return max(present)
+    return sum(present) / len(present)  # AVG
 
 
 def _window(t: int, size: str, tz: ZoneInfo) -> tuple[int, int]:
@@ -225,23 +236,25 @@ class _Problem(Exception):
         self.status, self.detail = status, detail
 
 
-def _check_filter(f: Any, ops: frozenset[str], depth: int, where: str, parse: Any = None) -> dict[str, Any]:
+def _check_filter(
+    f: Any, ops: frozenset[str], depth: int, where: str, parse: Callable[[str], Any] | None = None
+) -> dict[str, Any]:
     """Validate like pkg/filter Validate (one operator, no '' operand, $and/$or depth); return a normalized copy."""
     if not isinstance(f, dict):
         raise _Problem(400, f"{where}: a filter must be a JSON object")
-    f = {op: operand for op, operand in f.items() if operand is not None}  # Go: a null operator is "not set"
-    unknown = sorted(set(f) - ops - {"$and", "$or"})
+    checked: dict[str, Any] = {op: operand for op, operand in f.items() if operand is not None}  # Go: null is unset
+    unknown = sorted(set(checked) - ops - {"$and", "$or"})
     if unknown:  # stricter than the server (it ignores unknown JSON keys), to catch client typos
         raise _Problem(400, f"{where}: unsupported filter operator {', '.join(unknown)}")
-    if len(f) > 1:
+    if len(checked) > 1:
         raise _Problem(400, f"{where}: filter is invalid: multiple operators are set")
-    for op, operand in f.items():
+    for op, operand in checked.items():
         if op in ("$and", "$or"):
             if depth <= 0:
                 raise _Problem(400, f"{where}: filter complexity exceeds maximum allowed depth")
             if not isinstance(operand, list):
                 raise _Problem(400, f"{where}: {op} must be an array")
-            f[op] = [_check_filter(child, ops, depth - 1, where, parse) for child in operand]
+            checked[op] = [_check_filter(child, ops, depth - 1, where, parse) for child in operand]
             continue
         items = operand if op in ("$in", "$nin") else [operand]
         if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
@@ -250,10 +263,10 @@ def _check_filter(f: Any, ops: frozenset[str], depth: int, where: str, parse: An
             raise _Problem(400, f"{where}: filter is invalid: format mismatch")
         if parse is not None:
             try:
-                f[op] = parse(operand)
+                checked[op] = parse(operand)
             except ValueError as exc:
                 raise _Problem(400, f"{where}: {exc}") from None
-    return f
+    return checked
 
 
 def _matches(f: dict[str, Any], value: Any) -> bool:
@@ -262,7 +275,7 @@ def _matches(f: dict[str, Any], value: Any) -> bool:
         return True
     ((op, operand),) = f.items()
     if op in _COMPARE:
-        return _COMPARE[op](value, operand)
+        return bool(_COMPARE[op](value, operand))
     if op in ("$in", "$nin"):
         return (value in operand) == (op == "$in")
     if op in ("$like", "$nlike"):
@@ -361,7 +374,7 @@ class OpenMeterStandIn:
         self,
         *,
         api_key: str | None = "test-openmeter-key",
-        meters: Iterable[dict] = (AI_CREDITS_METER,),
+        meters: Iterable[Mapping[str, Any]] = (AI_CREDITS_METER,),
         record_requests: bool = True,
     ) -> None:
         self.api_key = api_key
@@ -534,8 +547,10 @@ class OpenMeterStandIn:
 
     def _route(self, method: str, path: str, q: QueryParams) -> Any:
         parts = path.strip("/").split("/")
+        handler: Callable[..., Any]
         if parts[:3] == ["api", "v1", "meters"] and len(parts) <= 5 and parts[4:] in ([], ["query"]):
-            handler = {3: self._list_meters, 4: self._get_meter, 5: self._query_meter}[len(parts)]
+            by_depth: dict[int, Callable[..., Any]] = {3: self._list_meters, 4: self._get_meter, 5: self._query_meter}
+            handler = by_depth[len(parts)]
         elif parts == ["api", "v2", "events"]:
             handler = self._list_events
         else:
@@ -752,9 +767,9 @@ def _descending(rows: list[_Row], below: tuple[int, str] | None) -> Iterator[_Ro
 def _upper_bound(f: dict[str, Any]) -> int | None:
     """The exclusive upper time bound a validated time filter implies ($lt, $lte, or either inside $and)."""
     if "$lt" in f:
-        return f["$lt"]
+        return int(f["$lt"])
     if "$lte" in f:
-        return f["$lte"] + 1
+        return int(f["$lte"]) + 1
     if "$and" in f:
         bounds = [bound for child in f["$and"] if (bound := _upper_bound(child)) is not None]
         return min(bounds, default=None)

@@ -1,4 +1,4 @@
-"""A small read-only OpenMeter client on httpx2: the meter definition, the meter query and raw event pages.
+"""The HTTP side every OpenMeter API shares: one httpx2 client, bounded concurrency, retries, and errors in words.
 
 Every way OpenMeter can fail (unreachable, slow, key refused, unknown meter, rate limit, 5xx, unreadable JSON)
 becomes an `OpenMeterError` with one sentence for the chat user; the log gets the status and OpenMeter's request
@@ -8,34 +8,24 @@ id. The API key lives only in the client's default headers: no message or log li
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import anyio
 import httpx2
-from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.settings import DEFAULT_OPENMETER_MAX_CONCURRENCY, DEFAULT_OPENMETER_TIMEOUT_SECONDS
 from ai_credit_usage.telemetry import OpenMeterRequest, openmeter_request
-from ai_credit_usage.window import Window, format_utc
 
 logger = logging.getLogger(__name__)
 
-EVENTS_PAGE_SIZE = 100  # the most /api/v2/events hands out per page
-DEFAULT_TIMEOUT_SECONDS = 30.0
-DEFAULT_MAX_CONCURRENCY = 8
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-# Proxies and load balancers commonly refuse request lines near 8 KB; an events query (its filter names the subjects)
-# stays under this, with room for the cursor that later pages add.
-MAX_QUERY_BYTES = 6000
-CURSOR_ROOM = 200
 UNREADABLE = "OpenMeter sent an answer that could not be read; try again, and report it if it persists."
 
 
@@ -72,35 +62,7 @@ class RetryPolicy:
     attempt_room: float = 1.0
 
 
-class QueryRow(BaseModel):
-    value: float
-    subject: str | None = None
-    groupBy: dict[str, str | None] = {}
-    windowStart: datetime | None = None  # the calendar window's start when the query has a windowSize
-
-
-class _QueryResult(BaseModel):
-    data: list[QueryRow]
-
-
-class CloudEvent(BaseModel):
-    id: str
-    type: str
-    subject: str
-    time: datetime | None = None
-    data: Any = None
-
-
-class _IngestedEvent(BaseModel):
-    event: CloudEvent
-
-
-class _EventsPage(BaseModel):
-    items: list[_IngestedEvent]
-    nextCursor: str | None = None
-
-
-class OpenMeterClient:
+class OpenMeterHttp:
     """One shared `AsyncClient` for the process; `transport` is the seam tests and benchmarks may use.
 
     At most `max_concurrency` requests are in flight at once, whatever the number of tool calls, so a burst of
@@ -112,8 +74,8 @@ class OpenMeterClient:
         base_url: str,
         api_key: str,
         *,
-        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        timeout_seconds: float = DEFAULT_OPENMETER_TIMEOUT_SECONDS,
+        max_concurrency: int = DEFAULT_OPENMETER_MAX_CONCURRENCY,
         retry: RetryPolicy | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
@@ -133,91 +95,8 @@ class OpenMeterClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def get_meter(self, meter: str) -> dict[str, Any]:
-        body = await self._get_json(f"/api/v1/meters/{meter}", {}, meter=meter)
-        if not isinstance(body, dict):
-            raise unreadable("/api/v1/meters/{meter}", "not an object")
-        return body
-
-    async def query_meter(
-        self,
-        meter: str,
-        window: Window,
-        group_by: Sequence[str],
-        filters: Mapping[str, Any],
-        *,
-        window_size: str | None = None,
-        window_time_zone: str | None = None,
-    ) -> list[QueryRow]:
-        """One aggregate row per group over the whole window, or per group and calendar window (`window_size` DAY
-        or MONTH, in `window_time_zone`) when asked; only windows with usage come back. OpenMeter does not paginate.
-        """
-        params: list[tuple[str, str]] = [("from", format_utc(window.start)), ("to", format_utc(window.end))]
-        if window_size is not None:
-            params += [("windowSize", window_size), ("windowTimeZone", window_time_zone or "UTC")]
-        params += [("groupBy", key) for key in group_by]
-        # Built as data and JSON-encoded, so no tenant name can add operators or keys to the filter.
-        params.append(("advancedMeterGroupByFilters", json.dumps(filters, ensure_ascii=False)))
-        body = await self._get_json(f"/api/v1/meters/{meter}/query", params, meter=meter)
-        try:
-            return _QueryResult.model_validate(body).data
-        except ValidationError as exc:
-            raise unreadable("meter query", exc) from None
-
-    async def event_page(
-        self, window: Window, event_type: str, subjects: Sequence[str] | None, cursor: str | None
-    ) -> tuple[list[CloudEvent], str | None]:
-        """One page (at most 100 events, newest first) and the cursor of the next, if OpenMeter gave one."""
-        params = _events_params(window, event_type, subjects, cursor)
-        body = await self._get_json("/api/v2/events", params, meter=None)
-        try:
-            page = _EventsPage.model_validate(body)
-        except ValidationError as exc:
-            raise unreadable("events page", exc) from None
-        # OpenMeter sets nextCursor only when the page is full; a last full page is followed by an empty one.
-        return [item.event for item in page.items], page.nextCursor or None
-
-    @staticmethod
-    def subject_chunks(window: Window, event_type: str, subjects: Sequence[str], *, max_count: int) -> list[list[str]]:
-        """`subjects` in order, cut into `$in` lists of at most `max_count` whose events query (with a cursor) stays
-        under MAX_QUERY_BYTES once URL-encoded. A subject too long for any query is an error the user can relay."""
-        base = len(_encoded_query(_events_params(window, event_type, [], "c" * CURSOR_ROOM)))
-        separator = _encoded_length(", ")  # json.dumps puts this between list items
-        chunks: list[list[str]] = []
-        size = 0
-        for subject in subjects:
-            cost = _encoded_length(json.dumps(subject, ensure_ascii=False))
-            if base + cost > MAX_QUERY_BYTES:
-                logger.warning("subject of %d characters is too long for an events query", len(subject))
-                raise OpenMeterError(
-                    f"One of the names OpenMeter files your tenant's usage under (its subject) is {len(subject):,} "
-                    "characters long, too long to ask OpenMeter for its events; the credit totals and the summary "
-                    "still work, and the operator should check how usage is reported to OpenMeter."
-                )
-            if chunks and len(chunks[-1]) < max_count and size + separator + cost <= MAX_QUERY_BYTES:
-                chunks[-1].append(subject)
-                size += separator + cost
-            else:
-                chunks.append([subject])
-                size = base + cost
-        return chunks
-
-    async def iter_event_pages(
-        self,
-        window: Window,
-        event_type: str,
-        subjects: Sequence[str] | None = None,
-    ) -> AsyncIterator[list[CloudEvent]]:
-        """Every event of `event_type` (of `subjects`, if given) in the window, newest first, a page at a time: the
-        plain sequential walk, which the sliced walk in usage.py must reproduce exactly (the tests compare them)."""
-        events, cursor = await self.event_page(window, event_type, subjects, None)
-        while True:
-            yield events
-            if cursor is None:
-                return
-            events, cursor = await self.event_page(window, event_type, subjects, cursor)
-
-    async def _get_json(self, path: str, params: Any, *, meter: str | None) -> Any:
+    async def get_json(self, path: str, params: Any, *, meter: str | None) -> Any:
+        """GET `path` and its JSON body, retried as the policy says; `meter` names the meter a 404 is about."""
         retrying = AsyncRetrying(
             stop=self._stop,
             wait=self._wait,
@@ -270,30 +149,7 @@ class OpenMeterClient:
             raise unreadable(path, "invalid JSON") from None
 
 
-def _events_params(
-    window: Window, event_type: str, subjects: Sequence[str] | None, cursor: str | None
-) -> dict[str, str]:
-    event_filter: dict[str, Any] = {"type": {"$eq": event_type}}
-    if subjects is not None:
-        event_filter["subject"] = {"$in": list(subjects)}
-    # One operator per object: real OpenMeter answers 400 to {"$gte": a, "$lt": b}.
-    event_filter["time"] = {"$and": [{"$gte": format_utc(window.start)}, {"$lt": format_utc(window.end)}]}
-    params = {"limit": str(EVENTS_PAGE_SIZE), "filter": json.dumps(event_filter, ensure_ascii=False)}
-    if cursor is not None:
-        params["cursor"] = cursor
-    return params
-
-
-def _encoded_query(params: Mapping[str, str]) -> str:
-    return str(httpx2.QueryParams(params))  # the encoding the request itself gets
-
-
-def _encoded_length(text: str) -> int:
-    """Bytes `text` takes in a URL-encoded query value (percent-encoding works character by character)."""
-    return len(_encoded_query({"v": text})) - len("v=")
-
-
-def _stop_for(policy: RetryPolicy):
+def _stop_for(policy: RetryPolicy) -> Callable[[RetryCallState], bool]:
     def stop(state: RetryCallState) -> bool:
         if state.attempt_number >= policy.attempts or state.idle_for + state.upcoming_sleep > policy.max_total_wait:
             return True
@@ -306,7 +162,7 @@ def _stop_for(policy: RetryPolicy):
     return stop
 
 
-def _wait_for(policy: RetryPolicy):
+def _wait_for(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     backoff = wait_exponential_jitter(multiplier=policy.first_wait, max=policy.max_wait, jitter=policy.first_wait)
 
     def wait(state: RetryCallState) -> float:

@@ -1,6 +1,6 @@
 """Register the running server as a TAIS tool and attach it to a chat session: what `scripts/register.sh` runs.
 
-    python -m ai_credit_usage.registration [--keep-alive] [--interval SECONDS] [--env-file PATH]
+    python -m scripts.registration [--keep-alive] [--interval SECONDS] [--env-file PATH]
 
 TAIS forgets a registered tool after about an hour, so `--keep-alive` registers and attaches it again every
 50 minutes until interrupted. Every problem is a `RegistrationError` whose message is one line for the operator;

@@ -1,0 +1,115 @@
+"""The one gate every tool call passes: an admin of a named tenant, with only the declared arguments.
+
+`initialize`, `tools/list` and the rest pass untouched, so a client can connect and list tools without headers. A
+refusal is a tool result with `isError` and one sentence, so the chat can tell the user. The gate owns the call's
+`ToolCall` record: it opens the call's span, and once the call is over it writes the audit line and the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mcp.server import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware
+from mcp.server.mcpserver import MCPServer
+
+from ai_credit_usage.audit import audit
+from ai_credit_usage.caller import Refusal, claimed, identify_caller
+from ai_credit_usage.errors import error_result
+from ai_credit_usage.settings import Settings
+from ai_credit_usage.telemetry import record_tool_call, tool_span
+from ai_credit_usage.tool_call import ToolCall, current_call
+
+
+def caller_gate(settings: Settings, mcp: MCPServer) -> ServerMiddleware[Any]:
+    declared_arguments: dict[str, dict[str, Any]] = {}  # tool -> its input schema's properties
+
+    async def gate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        if not declared_arguments:
+            declared_arguments.update(
+                {tool.name: dict(tool.input_schema.get("properties", {})) for tool in await mcp.list_tools()}
+            )
+        params = ctx.params or {}
+        name = params.get("name")
+        tool = name[:100] if isinstance(name, str) else "unknown"
+        headers = ctx.request.headers if ctx.request is not None else {}
+        overrides = {"tenant_override": settings.tenant_override, "role_override": settings.role_override}
+        with tool_span(tool) as span:
+            tenant, role = claimed(headers, **overrides)
+            call = ToolCall(tool=tool, tenant=tenant, role=role, span=span)
+            try:
+                call.caller = identify_caller(headers, **overrides)
+                check_arguments(tool, params.get("arguments") or {}, declared_arguments)
+            except Refusal as refusal:
+                call.fail("refused", str(refusal))
+                _finish(call)
+                return error_result(str(refusal))
+            token = current_call.set(call)
+            try:
+                result = await call_next(ctx)
+            except BaseException:
+                call.fail("error", "exception")
+                raise
+            else:
+                if call.outcome == "ok" and _is_error(result):
+                    call.fail("error", "tool error")
+                return result
+            finally:
+                current_call.reset(token)
+                _finish(call)
+
+    return gate
+
+
+def _finish(call: ToolCall) -> None:
+    audit(call)
+    record_tool_call(call)  # the same facts as span attributes and metrics
+
+
+def _is_error(result: HandlerResult) -> bool:
+    if isinstance(result, dict):
+        return bool(result.get("isError"))
+    return bool(getattr(result, "is_error", False))
+
+
+def check_arguments(tool: str, arguments: Any, declared_arguments: Mapping[str, Mapping[str, Any]]) -> None:
+    """Undeclared arguments are refused (nothing may widen the tenant scope), and so are values outside a declared
+    choice, with one sentence naming the parameter rather than a validation dump."""
+    properties = declared_arguments.get(tool)
+    if properties is None or not isinstance(arguments, dict):
+        return  # unknown tools and malformed arguments get the SDK's own error
+    unexpected = sorted(set(arguments) - set(properties))
+    if unexpected:
+        raise Refusal(
+            f"{tool} takes only {_listed(sorted(properties))}; it always answers for your own tenant, "
+            f"so leave out {', '.join(repr(name) for name in unexpected)}."
+        )
+    for name, value in arguments.items():
+        if value is None:
+            continue
+        choices = _choices(properties[name])
+        if choices is not None and value not in choices:
+            raise Refusal(f"{name} must be one of {_listed(choices)} (or left out); {value!r:.40} is not one of them.")
+        if choices is None and not isinstance(value, str) and "string" in _types(properties[name]):
+            example = "2026-01-15" if name.endswith("_date") else "Europe/Paris" if name == "time_zone" else "a name"
+            raise Refusal(f"{name} must be text such as {example} (or left out); {value!r:.40} is not.")
+
+
+def _types(schema: Mapping[str, Any]) -> set[str]:
+    """The JSON types a parameter's schema allows (`type`, or the `anyOf` of an optional one)."""
+    return {str(option.get("type")) for option in [schema, *schema.get("anyOf", [])] if isinstance(option, dict)}
+
+
+def _choices(schema: Mapping[str, Any]) -> list[Any] | None:
+    """The values a `Literal[...] | None` parameter allows, from its JSON schema (`enum`, or inside `anyOf`)."""
+    for option in [schema, *schema.get("anyOf", [])]:
+        if isinstance(option, dict) and isinstance(option.get("enum"), list):
+            return list(option["enum"])
+    return None
+
+
+def _listed(names: list[Any]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

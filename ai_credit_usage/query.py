@@ -1,0 +1,39 @@
+"""A tool call's parameters, parsed once into one typed value that travels down to the question."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ai_credit_usage.trend import Dimension, Granularity, parse_time_zone
+from ai_credit_usage.window import Window, resolve_window
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a question is asked about: the window, and for the trend its time zone, granularity and grouping.
+
+    `zone` also reads dates and offset-less times of the window: UTC for every tool without a `time_zone`.
+    """
+
+    window: Window
+    zone: ZoneInfo = field(default=UTC_ZONE)
+    granularity: Granularity | None = None
+    group_by: Dimension | None = None
+
+    @property
+    def time_zone(self) -> str:
+        return self.zone.key
+
+
+def parse_query(arguments: Mapping[str, Any], now: datetime) -> Query:
+    """The tool's arguments (already checked against its declared parameters) as a `Query`; a value the caller
+    can fix raises a `UserFacingError` naming the parameter."""
+    zone = parse_time_zone(arguments.get("time_zone"))
+    window = resolve_window(arguments.get("from_date"), arguments.get("to_date"), now, zone)
+    return Query(window, zone, arguments.get("granularity"), arguments.get("group_by"))

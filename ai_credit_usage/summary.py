@@ -1,0 +1,149 @@
+"""The workbook's Summary and About sheets for one answer: the counterpart of render.py's text.
+
+Summary: the tenant, the window, the total, the comparison with the preceding window, a trend's typical period and
+unusual ones, the top 5 by user, module, product and skill with their shares, and the charts. About: where every
+number comes from and what a row means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from ai_credit_usage.compare import COMPARISON_UNAVAILABLE, Comparison, Mover
+from ai_credit_usage.demo import DEMO_ABOUT
+from ai_credit_usage.findings import Findings
+from ai_credit_usage.query import Query
+from ai_credit_usage.render import period_text
+from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, TableSink
+from ai_credit_usage.trend import NO_VALUE, Trend, unusual_rule
+from ai_credit_usage.window import format_utc
+from ai_credit_usage.workbook import CREDITS_FORMAT, SHARE_FORMAT, Block, Fact, LineChartSpec, Report
+
+
+@dataclass(frozen=True)
+class Asked:
+    """Which question was asked, of what, for whom."""
+
+    tool: str
+    title: str
+    tenant: str
+    query: Query
+    source: str  # where the numbers come from, e.g. "OpenMeter meter 'ai_credits'"
+    demo: bool
+    generated: datetime
+
+
+def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
+    window, time_zone, trend = asked.query.window, asked.query.time_zone, findings.trend
+    generated = format_utc(asked.generated)
+    facts = [Fact("Data", DEMO_ABOUT)] if asked.demo else []
+    facts += [
+        Fact("Tenant", asked.tenant),
+        Fact("Question", f"{asked.title} ({asked.tool})"),
+        Fact("From (UTC)", format_utc(window.start)),
+        Fact("To (UTC, exclusive)", format_utc(window.end)),
+        Fact("Time zone", time_zone),
+    ]
+    if trend is not None:
+        facts += _trend_facts(trend)
+    facts += [
+        Fact("Generated at (UTC)", generated),
+        Fact("Total credits", sink.total_credits, CREDITS_FORMAT),
+        Fact("Rows in Data", sink.row_count),
+    ]
+    facts += _comparison_facts(findings)
+    blocks = [_top_block(sink, dimension) for dimension in BREAKDOWN_DIMENSIONS if sink.breakdown(dimension)]
+    if findings.movers and findings.comparison is not None:
+        blocks.append(_movers_block(findings.movers, findings.comparison))
+    line_chart = None
+    if trend is not None:
+        if trend.unusual:
+            blocks.append(_unusual_block(trend))
+        last = 2 + max(1, len(trend.series))  # the series (or the single credits column), not the total
+        line_chart = LineChartSpec(f"Credits per {trend.granularity} ({trend.time_zone})", 3, last)
+    about: list[tuple[str, object]] = [("data", DEMO_ABOUT)] if asked.demo else []
+    about += [
+        ("tool", asked.tool),
+        ("tenant", asked.tenant),
+        ("from (UTC)", format_utc(window.start)),
+        ("to (UTC, exclusive)", format_utc(window.end)),
+        ("rows", sink.row_count),
+        ("total credits", sink.total_credits),
+        ("source", asked.source),
+        *findings.about,
+        ("times", "UTC" if trend is None else f"UTC; periods are calendar {trend.granularity}s in {time_zone}"),
+        ("credits", "exact, as OpenMeter sums them; the chat answer rounds them to 2 decimals"),
+        ("Summary sheet", "top 5s: the credits of each user, module, product or skill, and its share of the total"),
+        ("generated at (UTC)", generated),
+    ]
+    return Report(
+        facts=tuple(facts), blocks=tuple(blocks), about=tuple(about), line_chart=line_chart, title=asked.title
+    )
+
+
+def _trend_facts(trend: Trend) -> list[Fact]:
+    unit = trend.granularity
+    facts = [Fact("Granularity", unit)]
+    if trend.judged:
+        facts.append(Fact(trend.typical_name().capitalize(), trend.typical, CREDITS_FORMAT))
+        unusual = f"{len(trend.unusual)} (listed below)" if trend.unusual else "none"
+    else:
+        unusual = trend.not_judged(short=True)
+    return [*facts, Fact(f"Unusual {unit}s", unusual)]
+
+
+def _movers_block(movers: list[Mover], comparison: Comparison) -> Block:
+    return Block(
+        f"Biggest changes by user against the previous {comparison.span}",
+        ("user", "status", "credits", "before", "change"),
+        tuple((mover.name or NO_VALUE, mover.status, mover.current, mover.previous, mover.change) for mover in movers),
+        (None, None, CREDITS_FORMAT, CREDITS_FORMAT, CREDITS_FORMAT),
+    )
+
+
+def _unusual_block(trend: Trend) -> Block:
+    unit, typical = trend.granularity, trend.typical_name()
+    rows = []
+    for found in trend.unusual:
+        period = trend.periods[found.index]
+        partial = "yes" if period.partial else "no"
+        rows.append((period_text(period.label, unit), found.credits, found.times_typical, partial))
+    basis = f"the median complete {unit}" + (" that had some" if trend.typical_with_usage else "")
+    return Block(
+        f"Unusual {unit}s: {unusual_rule(f'the {typical} ({basis})', times_first=True)}",
+        (unit, "credits", f"times the {typical}", "partial"),
+        tuple(rows),
+        (None, CREDITS_FORMAT, "0.0", None),
+    )
+
+
+def _comparison_facts(findings: Findings) -> list[Fact]:
+    comparison = findings.comparison
+    if comparison is None:
+        return [Fact("Previous window", COMPARISON_UNAVAILABLE)]
+    before = comparison.previous_window
+    facts = [
+        Fact("Previous window (UTC)", f"{format_utc(before.start)} to {format_utc(before.end)}"),
+        Fact(f"Previous {comparison.span}: credits", comparison.previous, CREDITS_FORMAT),
+        Fact("Change (credits)", comparison.change, CREDITS_FORMAT),
+    ]
+    if comparison.percent is None:
+        facts.append(Fact("Change (%)", "no usage in the previous period"))
+    else:
+        facts.append(Fact("Change (%)", comparison.percent / 100, SHARE_FORMAT))
+    return facts
+
+
+def _top_block(sink: TableSink, dimension: str) -> Block:
+    total = sink.total_credits
+    rows = tuple(
+        (name or NO_VALUE, credits, credits / total if total else None) for name, credits in sink.top(dimension)
+    )
+    return Block(
+        f"Top {len(rows)} {dimension}{'' if len(rows) == 1 else 's'} by credits",
+        (dimension, "credits", "share"),
+        rows,
+        (None, CREDITS_FORMAT, SHARE_FORMAT),
+        chart="Top users by credits" if dimension == "user" else None,
+    )

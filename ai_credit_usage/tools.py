@@ -1,0 +1,147 @@
+"""The tools, one declaration each: name, title, description, parameters, the question it asks, its result model
+and its file label. server.py registers them in a loop; adding a tool is a `ToolSpec` here and its question."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from ai_credit_usage.findings import Findings
+from ai_credit_usage.query import Query
+from ai_credit_usage.structured import EventsResult, SummaryResult, TenantTotalResult, TrendResult, UsageResult
+from ai_credit_usage.table import TableSink
+from ai_credit_usage.trend import Dimension, Granularity
+from ai_credit_usage.usage import UsageService
+
+Question = Callable[[UsageService, str, Query, TableSink], Awaitable[Findings]]
+
+FromDate = Annotated[
+    str | None,
+    Field(
+        description="Start of the window, inclusive, ISO 8601: 2026-01-01, 2026-01-01T00:00:00Z or "
+        "2026-01-01T00:00:00+02:00 (no offset means UTC). Default: 7 days before to_date."
+    ),
+]
+ToDate = Annotated[
+    str | None,
+    Field(
+        description="End of the window, ISO 8601. A date alone includes that whole day (January: from_date "
+        "2026-01-01, to_date 2026-01-31); a timestamp is exclusive. Default: now."
+    ),
+]
+GranularityParameter = Annotated[
+    Granularity | None,
+    Field(
+        description="Length of one period. Default from the window: up to 45 days daily, up to 26 weeks weekly, "
+        "else monthly. Weeks start on Monday."
+    ),
+]
+GroupByParameter = Annotated[
+    Dimension | None,
+    Field(description="Split each period by this dimension (the top 5, the rest as Other). Default: the total only."),
+]
+TimeZoneParameter = Annotated[
+    str | None,
+    Field(
+        description="IANA time zone name (e.g. Europe/Paris) for the period boundaries, and for from_date/to_date "
+        "given without an offset. Default: UTC."
+    ),
+]
+# Every tool takes these two; a spec lists only what it takes besides.
+WINDOW_PARAMETERS: tuple[tuple[str, Any], ...] = (("from_date", FromDate), ("to_date", ToDate))
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    title: str
+    description: str
+    question: Question  # a UsageService method: (service, tenant, query, sink) -> Findings
+    result: type[UsageResult]  # the structured result, published as the tool's output schema
+    file_label: str  # names the workbook: ai-credits_<label>_<tenant>_<window>.xlsx
+    parameters: tuple[tuple[str, Any], ...] = ()  # (name, annotated type), beyond from_date and to_date
+
+    @property
+    def all_parameters(self) -> tuple[tuple[str, Any], ...]:
+        return WINDOW_PARAMETERS + self.parameters
+
+
+INSTRUCTIONS = """\
+Answers a tenant administrator's questions about their own tenant's AI credit usage, read from OpenMeter.
+Pick the tool by the question: totals and the change against the previous period -> get_credit_usage_by_tenant;
+who or what uses the most (breakdown by user, module, product, skill, and who changed most) ->
+get_credit_usage_summary; individual events ("what happened on Jan 15th?") -> get_credit_events; usage over time
+("is it going up?", per day, week or month, unusual periods) -> get_credit_usage_trend. Every tool takes from_date
+and to_date (ISO 8601, both optional; default: the last 7 days), the trend tool also granularity, group_by and
+time_zone, and always answers for the caller's own tenant. Each answer has a short table and a link to the full
+Excel report, which expires after a few minutes: give the user the link as it is."""
+
+WINDOW_HELP = (
+    " The window defaults to the last 7 days; a date-only to_date includes that whole day. The answer names the "
+    "window, shows a table of at most 50 rows and the total, and links an Excel file with every row."
+)
+
+TOOLS = (
+    ToolSpec(
+        name="get_credit_usage_by_tenant",
+        title="AI credits used by my tenant",
+        description=(
+            'Total AI credits the caller\'s tenant used in a time window: "How many credits did we use this month?", '
+            '"Compared to last month?". One row (tenant, credits), and the change against the preceding window of '
+            "the same length. For who or what used them use get_credit_usage_summary; over time, "
+            "get_credit_usage_trend; for individual events, get_credit_events." + WINDOW_HELP
+        ),
+        question=UsageService.tenant_total,
+        result=TenantTotalResult,
+        file_label="tenant",
+    ),
+    ToolSpec(
+        name="get_credit_usage_summary",
+        title="AI credit usage breakdown",
+        description=(
+            "Breakdown of the tenant's AI credits by user, module, product and skill, largest first: \"Who uses the "
+            'most?", "Which module costs the most?", "Who changed most since last week?". One row per combination, '
+            "and the three users whose credits changed most against the preceding window. For the plain total use "
+            "get_credit_usage_by_tenant; over time, get_credit_usage_trend; for individual events, "
+            "get_credit_events." + WINDOW_HELP
+        ),
+        question=UsageService.summary,
+        result=SummaryResult,
+        file_label="summary",
+    ),
+    ToolSpec(
+        name="get_credit_events",
+        title="AI credit events",
+        description=(
+            "Individual AI-credit events of the tenant, newest first: time (UTC), user, module, product, credits. "
+            'For "What happened on January 15th?" use from_date=to_date=2026-01-15. Prefer short windows; for '
+            "totals or breakdowns use get_credit_usage_by_tenant or get_credit_usage_summary." + WINDOW_HELP
+        ),
+        question=UsageService.events,
+        result=EventsResult,
+        file_label="events",
+    ),
+    ToolSpec(
+        name="get_credit_usage_trend",
+        title="AI credit usage over time",
+        description=(
+            'The tenant\'s AI credits over time: "Is our usage going up?", "Credits per week this quarter", "Which '
+            'module grew in March?", "Anything unusual this month?". One row per day, week or month, with 0 where '
+            "nothing was used; periods the window cuts are marked partial. With group_by, one column per user, "
+            "module, product or skill (the top 5, the rest as Other). The answer names unusual periods (far above "
+            "the typical one). For totals or breakdowns of the whole window use get_credit_usage_by_tenant or "
+            "get_credit_usage_summary." + WINDOW_HELP
+        ),
+        question=UsageService.trend,
+        result=TrendResult,
+        file_label="trend",
+        parameters=(
+            ("granularity", GranularityParameter),
+            ("group_by", GroupByParameter),
+            ("time_zone", TimeZoneParameter),
+        ),
+    ),
+)
