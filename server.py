@@ -25,10 +25,10 @@ from starlette.types import ASGIApp
 from ai_credit_usage.bearer_gate import BearerTokenGate
 from ai_credit_usage.demo import DEMO_INSTRUCTIONS, demo_transport
 from ai_credit_usage.downloads import UNAVAILABLE, DownloadStore, DownloadStoreUnavailable, open_download_store
-from ai_credit_usage.errors import error_result
 from ai_credit_usage.gate import caller_gate
 from ai_credit_usage.openmeter import RetryPolicy, connect
 from ai_credit_usage.pipeline import Pipeline
+from ai_credit_usage.results import error_result
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
 from ai_credit_usage.telemetry import Telemetry, traced_download, watch_download_store
 from ai_credit_usage.tool_call import current_call

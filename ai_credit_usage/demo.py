@@ -13,6 +13,7 @@ rhythm (weekends low), a slow growth trend, a quiet week and one spike day (a ru
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -99,7 +100,13 @@ class _User:
 
 
 def demo_events(now: datetime) -> list[dict[str, Any]]:
-    """Every demo CloudEvent up to `now`, oldest first; the same list for the same `now`."""
+    """Every demo CloudEvent up to `now`, oldest first; the same list for the same `now`. Treat them as read-only:
+    they are made once per `now` (about a second) and shared by every caller."""
+    return list(_demo_events(now))
+
+
+@functools.lru_cache(maxsize=2)
+def _demo_events(now: datetime) -> tuple[dict[str, Any], ...]:
     rng = random.Random(SEED)  # noqa: S311 - sample data, not security
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     first_day = today - timedelta(days=DAYS - 1)
@@ -123,7 +130,7 @@ def demo_events(now: datetime) -> list[dict[str, Any]]:
                 events += _spike(rng, tenant, people[4].email, day)
     events.sort(key=lambda event: event["time"])
     cutoff = format_time(now.astimezone(UTC).replace(microsecond=0))
-    return [event for event in events if event["time"] < cutoff]  # one format throughout: text order is time order
+    return tuple(event for event in events if event["time"] < cutoff)  # one format throughout: text order is time order
 
 
 def _working_hour(rng: random.Random, day_starts: int) -> float:

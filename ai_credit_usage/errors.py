@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mcp.types import CallToolResult, TextContent
-
 # How a tool call ended, for the audit line and the telemetry.
 Outcome = Literal["ok", "refused", "invalid", "error", "timeout"]
 
@@ -38,8 +36,3 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
     collect(group)
     return next((e for e in leaves if isinstance(e, UserFacingError)), leaves[0])
-
-
-def error_result(message: str) -> CallToolResult:
-    """A refusal or failure the chat can relay: a tool result with `isError`, not a protocol error."""
-    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)

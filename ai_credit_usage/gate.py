@@ -16,7 +16,7 @@ from mcp.server.mcpserver import MCPServer
 
 from ai_credit_usage.audit import audit
 from ai_credit_usage.caller import Refusal, claimed, identify_caller
-from ai_credit_usage.errors import error_result
+from ai_credit_usage.results import error_result
 from ai_credit_usage.settings import Settings
 from ai_credit_usage.telemetry import record_tool_call, tool_span
 from ai_credit_usage.tool_call import ToolCall, current_call

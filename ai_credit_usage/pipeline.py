@@ -11,14 +11,15 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 
 from ai_credit_usage.caller import Caller
 from ai_credit_usage.demo import DEMO_BANNER
 from ai_credit_usage.downloads import DownloadStore
-from ai_credit_usage.errors import UserFacingError, error_result
+from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.query import parse_query
 from ai_credit_usage.render import MAX_PREVIEW_CHARS, render_preview
+from ai_credit_usage.results import answer_result, error_result
 from ai_credit_usage.settings import DEFAULT_TOOL_DEADLINE_SECONDS, DEFAULT_WORKBOOK_PROCESS_ROWS
 from ai_credit_usage.structured import Answered
 from ai_credit_usage.summary import Asked, summary_report
@@ -115,10 +116,7 @@ class Pipeline:
             sink, findings, caller.tenant, window, download_url, download.expires_at, preview, self._demo
         )
         result = spec.result.of(answered)
-        return CallToolResult(
-            content=[TextContent(type="text", text=self._marked(preview.text))],  # first: TAIS reads the text
-            structured_content=result.model_dump(mode="json", by_alias=True),
-        )
+        return answer_result(self._marked(preview.text), result.model_dump(mode="json", by_alias=True))
 
     def _marked(self, text: str) -> str:
         return f"{DEMO_BANNER}\n\n{text}" if self._demo else text

@@ -23,7 +23,6 @@ from typing import Any
 import anyio.to_thread
 
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.settings import DEFAULT_WORKBOOK_PROCESS_ROWS
 from ai_credit_usage.workbook import Report, WorkbookBuilder, build_workbook
 
 WORKBOOK_FAILED = "The Excel file for this answer could not be written; try again, or ask for a shorter window."
@@ -38,7 +37,7 @@ Row = tuple[Any, ...]
 class WorkbookWriter:
     """One answer's workbook: rows in order through `append`, then `finish` for the bytes; `close` in any case."""
 
-    def __init__(self, columns: Sequence[str], *, amounts: int = 1, process_rows: int = DEFAULT_WORKBOOK_PROCESS_ROWS):
+    def __init__(self, columns: Sequence[str], *, amounts: int, process_rows: int) -> None:
         self._columns = tuple(columns)
         self._amounts = amounts
         self._process_rows = process_rows

@@ -224,7 +224,7 @@ async def soak(args: argparse.Namespace) -> int:
     return 1 if cross_tenant or foreign_rows or missing or wrong_totals or timed_out else 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # before the SDK's own
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=20, help="concurrent MCP clients (default 20)")
@@ -234,7 +234,7 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.01, help="seconds per OpenMeter answer (default 0.01)")
     parser.add_argument("--fault-every", type=int, default=20, help="every Nth OpenMeter request fails (default 20)")
     parser.add_argument("--max-seconds", type=float, default=300, help="stop after this long (default 300)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not (1 <= args.clients <= 500 and 1 <= args.calls <= 100_000 and args.fault_every >= 2):
         parser.error("keep it bounded: 1-500 clients, 1-100000 calls, --fault-every at least 2")
     return asyncio.run(soak(args))

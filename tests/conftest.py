@@ -4,12 +4,14 @@ client with the TAIS headers, talking to a stand-in OpenMeter that is itself a r
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpcore2
 import httpx2
 import pytest
 from mcp import Client
@@ -27,6 +29,11 @@ from ai_credit_usage.table import TableSink
 from ai_credit_usage.usage import EVENT_COLUMNS
 from server import create_app
 from tests.servers import serve_in_thread
+
+# Every httpx2 client loads the CA bundle into a new TLS context (about 30 ms of CPU), and the tests make thousands of
+# clients (one per MCP connection, download, health check) that only ever speak plain HTTP to loopback. One context
+# per process serves them all; the server's own OpenMeter client already keeps one (openmeter/http.py).
+httpcore2.default_ssl_context = functools.cache(httpcore2.default_ssl_context)  # type: ignore[assignment]
 
 API_KEY = "om-test-secret-4f9c2b7e1d"
 NOW = datetime(2026, 1, 20, 12, 0, 0, tzinfo=UTC)

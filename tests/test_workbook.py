@@ -147,3 +147,14 @@ def test_main_py_imports_nothing_heavy_at_its_top_level() -> None:
     loaded = done.stdout
     for heavy in ("'uvicorn'", "'ai_credit_usage.telemetry'", "'openpyxl'", "'mcp'", "'opentelemetry'"):
         assert heavy not in loaded
+
+
+def test_the_workbook_process_imports_nothing_heavy() -> None:
+    # The forkserver preloads workbook_writer once, and every child forks from it: MCP, OpenTelemetry or the
+    # settings machinery there would be seconds of start-up and megabytes in each child.
+    probe = "import sys, ai_credit_usage.workbook_writer; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for heavy in ("'mcp'", "'opentelemetry'", "'pydantic_settings'", "'httpx2'", "'starlette'"):
+        assert heavy not in done.stdout
+    assert "'openpyxl'" in done.stdout  # what the preload is for
