@@ -147,7 +147,10 @@ def _describe(exc: ValidationError) -> str:
     name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
     if error["type"] == "missing":
         if name == "OPENMETER_API_KEY":
-            return "OPENMETER_API_KEY is not set: put your OpenMeter API key in the environment or in .env."
+            return (
+                "OPENMETER_API_KEY is not set: put your OpenMeter API key in the environment or in .env, "
+                "or run `uv run main.py --demo` to try it with generated data."
+            )
         return f"{name} is not set."
     reason = str(error["msg"]).removeprefix("Value error, ")
     secret = name in ("OPENMETER_API_KEY", "MCP_AUTH_TOKEN", "DOWNLOAD_STORE_URL")

@@ -482,7 +482,7 @@ def run_checks(report: Report, server: DemoServer, stateless_server: DemoServer,
             f"inspector {tool} (non-admin)", lambda tool=tool: check_non_admin_call(mcp_url, env, workdir, tool)
         )
     server.stop()
-    # Replicas run stateless (README: Several replicas), so the suite checks that mode too.
+    # Replicas run stateless (docs/replicas.md), so the suite checks that mode too.
     if start_and_probe(report, stateless_server):
         stateless_url = f"{stateless_server.base_url}/mcp"
         report.check(

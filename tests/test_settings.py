@@ -121,3 +121,5 @@ def test_main_stops_with_one_line_and_no_traceback(env: dict[str, str], message:
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("ai-credits-mcp:")]) == 1
     assert KEY not in result.stderr + result.stdout
+    if not env:  # a newcomer's first try: the line also says how to run without a key
+        assert result.stderr.strip().endswith("or run `uv run main.py --demo` to try it with generated data.")
