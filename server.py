@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.tools import Tool
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, ToolAnnotations
 from starlette.applications import Starlette
@@ -85,16 +86,7 @@ def create_app(
         process_writer_rows=settings.workbook_process_rows,
     )
     instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
-    mcp = MCPServer("ai-credits-mcp", version=VERSION, instructions=instructions)
-    for spec in TOOLS:
-        # Markdown first (TAIS reads text) and a structured result that the output schema describes.
-        mcp.add_tool(
-            _tool_function(spec, pipeline),
-            name=spec.name,
-            title=spec.title,
-            description=spec.description,
-            annotations=READ_ONLY,
-        )
+    mcp = CreditsServer(pipeline, instructions=instructions, tools=[_registered(spec) for spec in TOOLS])
     mcp.middleware.append(caller_gate(settings, mcp))
 
     async def health(request: Request) -> Response:
@@ -160,15 +152,40 @@ def create_app(
     return app
 
 
-def _tool_function(spec: ToolSpec, pipeline: Pipeline) -> Callable[..., Awaitable[CallToolResult]]:
+class CreditsServer(MCPServer):
+    """The MCP server of one app, and the pipeline its tools answer through (they are shared by every app)."""
+
+    def __init__(self, pipeline: Pipeline, *, instructions: str, tools: list[Tool]) -> None:
+        super().__init__("ai-credits-mcp", version=VERSION, instructions=instructions, tools=tools)
+        self.pipeline = pipeline
+
+
+_built: dict[str, tuple[ToolSpec, Tool]] = {}
+
+
+def _registered(spec: ToolSpec) -> Tool:
+    """The SDK's tool for `spec`, built once per process: its argument model and schemas take ~10 ms to build, and
+    tests and benchmarks build many apps. Its function finds the app's pipeline through the server it runs in."""
+    built = _built.get(spec.name)
+    if built is None or built[0] is not spec:
+        tool = Tool.from_function(
+            _tool_function(spec), name=spec.name, title=spec.title, description=spec.description, annotations=READ_ONLY
+        )
+        _built[spec.name] = built = (spec, tool)
+    return built[1]
+
+
+def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
     """The function the SDK registers for `spec`: its signature is the spec's parameters (the SDK builds the input
-    schema from it) and its return annotation names the output schema."""
+    schema from it) and its return annotation names the output schema. Markdown first (TAIS reads text), and the
+    structured result that the output schema describes."""
 
     async def tool(ctx: Context, **arguments: Any) -> CallToolResult:
-        call = current_call.get()
-        if call is None or call.caller is None:  # the gate always sets it; refuse rather than guess if it ever does not
+        call, server = current_call.get(), ctx.mcp_server
+        if call is None or call.caller is None or not isinstance(server, CreditsServer):
+            # The gate always sets the caller; refuse rather than guess if it ever does not.
             return error_result("The caller could not be identified, so no usage can be shown.")
-        return await pipeline.answer(spec, call.caller, arguments, progress=ctx.report_progress)
+        return await server.pipeline.answer(spec, call.caller, arguments, progress=ctx.report_progress)
 
     parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
     parameters += [
