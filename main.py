@@ -39,23 +39,27 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
-    from ai_credit_usage.demo import DEMO_SETTINGS
-    from ai_credit_usage.downloads import describe_store_url
     from ai_credit_usage.settings import ConfigError, load_settings
     from ai_credit_usage.telemetry import setup_telemetry
 
     arguments = parse_arguments(argv)
     configure_logging()
     try:
-        # Demo mode only: a placeholder key and URL stand in for OpenMeter's; without --demo a missing key still stops.
-        settings = load_settings(**(DEMO_SETTINGS if arguments.demo else {}))
+        overrides: dict[str, str] = {}
+        if arguments.demo:  # a placeholder key and URL stand in for OpenMeter's; without --demo a missing key stops
+            from ai_credit_usage.demo import DEMO_SETTINGS
+
+            overrides = DEMO_SETTINGS
+        settings = load_settings(**overrides)
         telemetry = setup_telemetry(os.environ)  # only with OTEL_EXPORTER_OTLP_ENDPOINT, as Aspire sets it
     except ConfigError as exc:
         print(f"ai-credits-mcp: {exc}", file=sys.stderr)
         return 2
-    from server import create_app  # imported after logging is configured
+    # The rest only once the configuration is known good, so a mistake is reported at once; server after logging.
+    import uvicorn
+
+    from ai_credit_usage.downloads import describe_store_url
+    from server import create_app
 
     if settings.tenant_override or settings.role_override:
         logger.warning(
