@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpcore2
@@ -199,3 +202,12 @@ class CollectingSink(TableSink):
     async def add(self, rows: list[tuple[Any, ...]]) -> None:
         self.rows.extend(rows)
         await super().add(rows)
+
+
+@pytest.fixture
+def short_tmp_path() -> Iterator[Path]:
+    """A temporary directory with a short path. A forkserver started with TMPDIR here puts its AF_UNIX socket in
+    it, and a socket path may not exceed 107 bytes: pytest's tmp_path under xdist can come close (CI hit it)."""
+    directory = Path(tempfile.mkdtemp(prefix="aic-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)

@@ -13,6 +13,7 @@ import signal
 import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from multiprocessing import forkserver
 from typing import Any
 
 import anyio
@@ -146,6 +147,9 @@ def download(url: str, text: str) -> list[tuple]:
 @pytest.fixture
 def temporary_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
     """Where this process's temporary files go (a workbook process's own directory is made here)."""
+    # The forkserver starts first, with its socket in the usual temporary directory: started here, the socket's
+    # path under xdist's tmp_path can pass the 107 bytes AF_UNIX allows (CI hit it).
+    forkserver.ensure_running()
     directory = tmp_path / "tmp"
     directory.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(directory))

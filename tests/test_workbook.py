@@ -123,9 +123,8 @@ anyio.run(main)
 """
 
 
-def test_workbook_processes_leave_no_temporary_files(tmp_path: Path) -> None:
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+def test_workbook_processes_leave_no_temporary_files(short_tmp_path: Path) -> None:
+    scratch = short_tmp_path
     done = subprocess.run(
         [sys.executable, "-c", WORKBOOK_PROCESS_SCENARIOS],
         cwd=ROOT,
