@@ -9,7 +9,6 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -140,15 +139,14 @@ def create_app(
                     if telemetry is not None:  # now: next, uvicorn re-raises SIGTERM and the process just ends
                         await anyio.to_thread.run_sync(telemetry.shutdown)
 
-    app = Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/download/{token}", traced_download(download), methods=["GET"]),
-            Mount("/", app=mcp_app),
-        ],
-        lifespan=lifespan,
-    )
+    download_routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/download/{token}", traced_download(download), methods=["GET"]),
+    ]
+    app = Starlette(routes=[*download_routes, Mount("/", app=mcp_app)], lifespan=lifespan)
     app.state.downloads = downloads  # for operators' introspection and tests; never served
+    # DOWNLOAD_PORT's listener (main.py serves it beside the app, which owns the store's lifetime): no /mcp on it.
+    app.state.download_app = Starlette(routes=download_routes)
     return app
 
 
@@ -200,11 +198,13 @@ def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
 
 
 def _transport_security(settings: Settings) -> TransportSecuritySettings:
-    """DNS-rebinding protection stays on whatever the bind address; MCP_ALLOWED_HOSTS adds deployment names."""
+    """DNS-rebinding protection stays on whatever the bind address; MCP_ALLOWED_HOSTS adds deployment names.
+
+    The host of PUBLIC_BASE_URL is not among them: every chat user's browser reaches it for downloads, so it is a
+    download host, and it reaches `/mcp` only when an operator lists it (issue 16, F1)."""
     names = [f"[{name}]" if ":" in name else name for name in LOOPBACK_NAMES]
-    public_host = urlsplit(settings.download_base_url).netloc
     hosts: list[str] = [f"{name}:*" for name in names]
-    for extra in [*settings.extra_allowed_hosts, public_host]:
+    for extra in settings.extra_allowed_hosts:
         hosts += [extra] if ":" in extra.rsplit("]", 1)[-1] else [extra, f"{extra}:*"]
     hosts = list(dict.fromkeys(hosts))
     origins = [f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")]
