@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     mcp_jwt_roles_claim: str = Field(default="roles", min_length=1)
     mcp_resource_url: str | None = None  # this server's /mcp as clients reach it (RFC 9728 `resource`)
 
-    @field_validator("openmeter_url", "public_base_url", "mcp_jwt_jwks_url", "mcp_jwt_issuer", "mcp_resource_url")
+    @field_validator("openmeter_url", "public_base_url", "mcp_jwt_jwks_url", "mcp_resource_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -80,6 +80,16 @@ class Settings(BaseSettings):
             # The URL is logged at start-up and shown in links; credentials belong in OPENMETER_API_KEY.
             raise ValueError("must not carry a user name or password")
         return value.rstrip("/")
+
+    @field_validator("mcp_jwt_issuer")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        """Compared with the token's `iss` exactly, so kept exactly (a trailing slash included)."""
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError(
+                "expected the issuer's URL exactly as its tokens' iss claim has it, e.g. https://login.example.com"
+            )
+        return value
 
     @field_validator("mcp_allowed_hosts")
     @classmethod
@@ -174,9 +184,13 @@ def _check_mcp_guard(settings: Settings) -> None:
             raise ConfigError(
                 "MCP_AUTH_TOKEN and MCP_JWT_JWKS_URL are both set: a request carries one bearer token, so choose one."
             )
+        if settings.tenant_override or settings.role_override:
+            raise ConfigError(
+                "TENANT_OVERRIDE/ROLE_OVERRIDE cannot be used with MCP_JWT_JWKS_URL: the token says who calls."
+            )
     elif any(value is not None for value in jwt.values()):
         raise ConfigError("MCP_JWT_ISSUER/MCP_JWT_AUDIENCE are set without MCP_JWT_JWKS_URL, where the keys are.")
-    guarded = settings.mcp_auth_token is not None  # JWT mode guards too, once server.py enforces it
+    guarded = settings.mcp_auth_token is not None or settings.jwt_mode
     if not settings.binds_loopback and not guarded and not settings.mcp_allow_unauthenticated:
         raise ConfigError(
             f"MCP_AUTH_TOKEN is not set, and MCP_HOST={settings.mcp_host!r} is not loopback: anyone who reaches it "

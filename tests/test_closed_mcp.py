@@ -86,6 +86,14 @@ def test_a_public_bind_without_a_token_stops_start_up(host: str) -> None:
     [
         pytest.param({"mcp_auth_token": "tais-shared-secret"}, id="token"),
         pytest.param({"mcp_allow_unauthenticated": True}, id="private-network"),
+        pytest.param(
+            {
+                "mcp_jwt_jwks_url": "https://login.example.com/jwks",
+                "mcp_jwt_issuer": "https://login.example.com",
+                "mcp_jwt_audience": "ai-credits-mcp",
+            },
+            id="jwt",
+        ),
     ],
 )
 def test_a_public_bind_starts_with_a_guard_or_an_explicit_waiver(extra: dict[str, object]) -> None:
