@@ -402,3 +402,36 @@ def test_an_unreachable_jwks_is_a_clear_503(
     assert response.status_code == 503
     assert response.json()["error_description"].startswith("The identity provider's signing keys (MCP_JWT_JWKS_URL)")
     assert "Traceback" not in caplog.text
+
+
+def initialize(url: str, headers: dict[str, str]) -> httpx2.Response:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    return httpx2.post(f"{url}/mcp", json=body, headers={"Accept": "application/json, text/event-stream", **headers})
+
+
+def test_a_stateful_session_belongs_to_its_tokens_principal(jwt_server: str, rsa_key: SigningKey) -> None:
+    """The SDK binds a session to the (client, issuer, subject) of the token that opened it: another user's token
+    cannot call, or cancel calls, in it. A renewed token of the same user can."""
+    opened = initialize(jwt_server, bearer(rsa_key.sign(**claims())))
+    session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Accept": "application/json, text/event-stream"}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    other = bearer(rsa_key.sign(**claims(sub="u-2", tenant="globex")), **session)
+    assert httpx2.post(f"{jwt_server}/mcp", json=listing, headers=other).status_code == 404
+    renewed = bearer(rsa_key.sign(**claims(iat=int(time.time()) - 1)), **session)
+    assert httpx2.post(f"{jwt_server}/mcp", json=listing, headers=renewed).status_code == 200
+
+
+async def test_the_audit_line_names_the_tokens_tenant(
+    jwt_server: str, two_tenants: None, rsa_key: SigningKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ai_credit_usage.audit")
+    token = rsa_key.sign(**claims(roles=["reader", "admin"]))
+    await call_tool(jwt_server, "get_credit_usage_by_tenant", headers=bearer(token))
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "ai_credit_usage.audit"]
+    assert [(line["tenant"], line["role"], line["outcome"]) for line in lines] == [("acme", "reader, admin", "ok")]
+    assert token not in caplog.text
