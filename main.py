@@ -77,6 +77,18 @@ def main(argv: list[str] | None = None) -> int:
             "admin. !!!",
             settings.mcp_host,
         )
+    if settings.jwt_mode:
+        logger.info(
+            "identity: a bearer JWT on every /mcp request, issuer %s, audience %r, keys from %s; tenant claim %r, "
+            "roles claim %r",
+            settings.mcp_jwt_issuer,
+            settings.mcp_jwt_audience,
+            settings.mcp_jwt_jwks_url,
+            settings.mcp_jwt_tenant_claim,
+            settings.mcp_jwt_roles_claim,
+        )
+        if settings.mcp_jwt_jwks_url and settings.mcp_jwt_jwks_url.startswith("http://"):
+            logger.warning("MCP_JWT_JWKS_URL is plain http: whoever can change that traffic can forge tokens")
     if arguments.demo:
         logger.warning(
             "!!! DEMO MODE (--demo): every answer comes from generated sample data, not from OpenMeter; "

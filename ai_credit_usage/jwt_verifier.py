@@ -149,7 +149,7 @@ def _reason(exc: jwt.InvalidTokenError) -> str:
     if isinstance(exc, jwt.ExpiredSignatureError):
         return "The token has expired; sign in again."
     if isinstance(exc, jwt.ImmatureSignatureError):
-        return "The token is not valid yet (nbf)."
+        return "The token is not valid yet (nbf or iat is in the future)."
     if isinstance(exc, jwt.InvalidIssuerError):
         return "The token was issued by another issuer (iss)."
     if isinstance(exc, jwt.InvalidAudienceError):
