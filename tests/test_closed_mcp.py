@@ -207,3 +207,33 @@ async def test_main_runs_a_download_listener_without_mcp(demo_main: tuple[int, i
 
 
 ADMIN_ROLE = {"X-User-UserRole": "admin"}
+
+
+def documented_settings(page: str) -> list[dict[str, str]]:
+    """The `VARIABLE=value` lines of each bash block of a docs page, as an operator would copy them."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "docs" / page).read_text(), flags=re.DOTALL)
+    found = []
+    for block in blocks:
+        pairs = re.findall(r"^([A-Z][A-Z0-9_]+)=(.+?)(?:\s{2,}#.*)?$", block, flags=re.MULTILINE)
+        if pairs:
+            found.append({name.lower(): value.strip() for name, value in pairs})
+    return found
+
+
+@pytest.mark.parametrize("page", ["replicas.md", "deployment.md"])
+def test_the_documented_deployments_are_closed(page: str) -> None:
+    """Copied as written, every example starts with a guarded /mcp that the public download host cannot reach, and
+    without its token it would not start at all."""
+    examples = documented_settings(page)
+    assert examples, page
+    for example in examples:
+        settings = load_settings(_env_file=None, openmeter_api_key=API_KEY, **example)
+        assert settings.mcp_auth_token is not None or settings.jwt_mode, example
+        public = settings.public_base_url
+        if public is not None:
+            host = public.split("://", 1)[1]
+            assert host not in settings.extra_allowed_hosts, example
+        if not settings.binds_loopback and "mcp_auth_token" in example:
+            without = {k: v for k, v in example.items() if k != "mcp_auth_token"}
+            with pytest.raises(ConfigError, match="MCP_AUTH_TOKEN is not set"):
+                load_settings(_env_file=None, openmeter_api_key=API_KEY, **without)
