@@ -9,6 +9,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 # Everything else is imported inside the functions: each workbook process re-runs this module's top level
 # (multiprocessing's __main__ fix-up under forkserver), where these imports cost about a second per call.
@@ -68,6 +70,25 @@ def main(argv: list[str] | None = None) -> int:
             settings.tenant_override,
             settings.role_override,
         )
+    if not settings.binds_loopback and settings.mcp_auth_token is None and not settings.jwt_mode:
+        logger.warning(
+            "!!! /mcp IS OPEN: MCP_HOST=%r is not loopback and neither MCP_AUTH_TOKEN nor MCP_JWT_JWKS_URL is set; "
+            "MCP_ALLOW_UNAUTHENTICATED=true says only TAIS can reach it. Anyone else who can would be any tenant's "
+            "admin. !!!",
+            settings.mcp_host,
+        )
+    if settings.jwt_mode:
+        logger.info(
+            "identity: a bearer JWT on every /mcp request, issuer %s, audience %r, keys from %s; tenant claim %r, "
+            "roles claim %r",
+            settings.mcp_jwt_issuer,
+            settings.mcp_jwt_audience,
+            settings.mcp_jwt_jwks_url,
+            settings.mcp_jwt_tenant_claim,
+            settings.mcp_jwt_roles_claim,
+        )
+        if settings.mcp_jwt_jwks_url and settings.mcp_jwt_jwks_url.startswith("http://"):
+            logger.warning("MCP_JWT_JWKS_URL is plain http: whoever can change that traffic can forge tokens")
     if arguments.demo:
         logger.warning(
             "!!! DEMO MODE (--demo): every answer comes from generated sample data, not from OpenMeter; "
@@ -85,22 +106,63 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(
         "OpenTelemetry: %s", telemetry.description if telemetry else "off (OTEL_EXPORTER_OTLP_ENDPOINT is not set)"
     )
-    # No access log: download URLs carry their capability token, which must not end up in log files.
-    try:
-        uvicorn.run(
-            create_app(settings, demo=arguments.demo, telemetry=telemetry),
-            host=settings.mcp_host,
-            port=settings.mcp_port,
-            access_log=False,
-            log_level="info",
-            # Uvicorn's own config would give its loggers private handlers; without it their lines (start-up, and
-            # "Exception in ASGI application") reach the root handlers: the console format and OpenTelemetry.
-            log_config=None,
+    if settings.download_port is not None:
+        logger.info(
+            "serving downloads only on http://%s:%d (/download/..., /health; no /mcp)",
+            settings.download_host or settings.mcp_host,
+            settings.download_port,
         )
+    try:
+        app = create_app(settings, demo=arguments.demo, telemetry=telemetry)
+        if settings.download_port is None:
+            uvicorn.run(app, host=settings.mcp_host, port=settings.mcp_port, **UVICORN_OPTIONS)
+        else:
+            serve_with_download_listener(app, settings)
     finally:
         if telemetry is not None:
             telemetry.shutdown()  # when the app's lifespan did not get to it (e.g. the port was taken)
     return 0
+
+
+# No access log: download URLs carry their capability token, which must not end up in log files. Uvicorn's own log
+# config would give its loggers private handlers; without it their lines (start-up, and "Exception in ASGI
+# application") reach the root handlers: the console format and OpenTelemetry.
+UVICORN_OPTIONS: dict[str, Any] = {"access_log": False, "log_level": "info", "log_config": None}
+
+
+def serve_with_download_listener(app: Any, settings: Any) -> None:
+    """The app on MCP_PORT and its download routes alone on DOWNLOAD_PORT, in one event loop. The app's lifespan owns
+    the download store; the listener has none, and stops when the app's server does (its signals end both)."""
+    import asyncio
+    import contextlib
+
+    import uvicorn
+
+    class Listener(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # the main server takes the signals, and stops this one
+            yield
+
+    main_server = uvicorn.Server(uvicorn.Config(app, host=settings.mcp_host, port=settings.mcp_port, **UVICORN_OPTIONS))
+    listener = Listener(
+        uvicorn.Config(
+            app.state.download_app,
+            host=settings.download_host or settings.mcp_host,
+            port=settings.download_port,
+            lifespan="off",
+            **UVICORN_OPTIONS,
+        )
+    )
+
+    async def both() -> None:
+        downloads = asyncio.create_task(listener.serve())
+        try:
+            await main_server.serve()
+        finally:
+            listener.should_exit = True
+            await downloads
+
+    asyncio.run(both())
 
 
 if __name__ == "__main__":

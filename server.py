@@ -9,7 +9,6 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -23,10 +22,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from ai_credit_usage.bearer_gate import BearerTokenGate
+from ai_credit_usage.bearer_gate import BearerTokenGate, JwtBearerGate, protected_resource_routes
 from ai_credit_usage.demo import DEMO_INSTRUCTIONS, demo_transport
 from ai_credit_usage.downloads import UNAVAILABLE, DownloadStore, DownloadStoreUnavailable, open_download_store
 from ai_credit_usage.gate import caller_gate
+from ai_credit_usage.jwt_verifier import JwtRules, JwtVerifier
 from ai_credit_usage.openmeter import RetryPolicy, connect
 from ai_credit_usage.pipeline import Pipeline
 from ai_credit_usage.results import error_result
@@ -52,13 +52,17 @@ def create_app(
     openmeter_transport: httpx2.AsyncBaseTransport | None = None,
     demo: bool = False,
     telemetry: Telemetry | None = None,
+    jwt_verifier: JwtVerifier | None = None,
 ) -> Starlette:
     """Build the whole ASGI app; `clock`, `retry` and `openmeter_transport` are the seams for tests and benchmarks.
 
     `demo` answers from generated data: an in-process OpenMeter stand-in becomes the client's transport (so the
     production path runs unchanged below it) and every answer and workbook says it is demo data. `telemetry`, the
     process's OpenTelemetry (main.py owns it), is flushed and shut down when the app stops.
+    `jwt_verifier` (tests: no JWKS refetch cooldown) is built from MCP_JWT_* in JWT mode.
     """
+    if jwt_verifier is None and settings.jwt_mode:
+        jwt_verifier = JwtVerifier(jwt_rules_of(settings))
     if demo and openmeter_transport is None:
         openmeter_transport = demo_transport(
             clock(), api_key=settings.openmeter_api_key.get_secret_value(), meter_slug=settings.openmeter_meter
@@ -119,6 +123,10 @@ def create_app(
     )
     if settings.mcp_auth_token is not None:
         mcp_app = BearerTokenGate(mcp_app, settings.mcp_auth_token.get_secret_value())
+    metadata_routes: list[Route] = []
+    if jwt_verifier is not None:  # JWT mode: the token proves who calls; the metadata says where tokens come from
+        metadata_url, metadata_routes = protected_resource_routes(settings.resource_url, jwt_verifier.rules.issuer)
+        mcp_app = JwtBearerGate(mcp_app, jwt_verifier, metadata_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -140,15 +148,14 @@ def create_app(
                     if telemetry is not None:  # now: next, uvicorn re-raises SIGTERM and the process just ends
                         await anyio.to_thread.run_sync(telemetry.shutdown)
 
-    app = Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/download/{token}", traced_download(download), methods=["GET"]),
-            Mount("/", app=mcp_app),
-        ],
-        lifespan=lifespan,
-    )
+    download_routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/download/{token}", traced_download(download), methods=["GET"]),
+    ]
+    app = Starlette(routes=[*download_routes, *metadata_routes, Mount("/", app=mcp_app)], lifespan=lifespan)
     app.state.downloads = downloads  # for operators' introspection and tests; never served
+    # DOWNLOAD_PORT's listener (main.py serves it beside the app, which owns the store's lifetime): no /mcp on it.
+    app.state.download_app = Starlette(routes=download_routes)
     return app
 
 
@@ -199,12 +206,20 @@ def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
     return tool
 
 
+def jwt_rules_of(settings: Settings) -> JwtRules:
+    if settings.mcp_jwt_jwks_url is None or settings.mcp_jwt_issuer is None or settings.mcp_jwt_audience is None:
+        raise ValueError("JWT mode needs MCP_JWT_JWKS_URL, MCP_JWT_ISSUER and MCP_JWT_AUDIENCE")  # load_settings checks
+    return JwtRules(settings.mcp_jwt_jwks_url, settings.mcp_jwt_issuer, settings.mcp_jwt_audience)
+
+
 def _transport_security(settings: Settings) -> TransportSecuritySettings:
-    """DNS-rebinding protection stays on whatever the bind address; MCP_ALLOWED_HOSTS adds deployment names."""
+    """DNS-rebinding protection stays on whatever the bind address; MCP_ALLOWED_HOSTS adds deployment names.
+
+    The host of PUBLIC_BASE_URL is not among them: every chat user's browser reaches it for downloads, so it is a
+    download host, and it reaches `/mcp` only when an operator lists it (issue 16, F1)."""
     names = [f"[{name}]" if ":" in name else name for name in LOOPBACK_NAMES]
-    public_host = urlsplit(settings.download_base_url).netloc
     hosts: list[str] = [f"{name}:*" for name in names]
-    for extra in [*settings.extra_allowed_hosts, public_host]:
+    for extra in settings.extra_allowed_hosts:
         hosts += [extra] if ":" in extra.rsplit("]", 1)[-1] else [extra, f"{extra}:*"]
     hosts = list(dict.fromkeys(hosts))
     origins = [f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")]

@@ -11,14 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcp.server import ServerRequestContext
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware
 from mcp.server.mcpserver import MCPServer
 
 from ai_credit_usage.audit import audit
-from ai_credit_usage.caller import Refusal, claimed, identify_caller
+from ai_credit_usage.caller import Caller, Refusal, claimed, identify_caller
 from ai_credit_usage.results import error_result
 from ai_credit_usage.settings import Settings
 from ai_credit_usage.telemetry import record_tool_call, tool_span
+from ai_credit_usage.token_caller import caller_from_claims
 from ai_credit_usage.tool_call import ToolCall, current_call
 
 
@@ -41,7 +43,9 @@ def caller_gate(settings: Settings, mcp: MCPServer) -> ServerMiddleware[Any]:
             tenant, role = claimed(headers, **overrides)
             call = ToolCall(tool=tool, tenant=tenant, role=role, span=span)
             try:
-                call.caller = identify_caller(headers, **overrides)
+                call.caller = _identify(settings, ctx, headers, overrides)
+                if settings.jwt_mode:  # the audit line records who the token says called, not what headers claim
+                    call.tenant, call.role = call.caller.tenant[:200], ", ".join(call.caller.roles)[:200] or None
                 check_arguments(tool, params.get("arguments") or {}, declared_arguments)
             except Refusal as refusal:
                 call.fail("refused", str(refusal))
@@ -62,6 +66,22 @@ def caller_gate(settings: Settings, mcp: MCPServer) -> ServerMiddleware[Any]:
                 _finish(call)
 
     return gate
+
+
+def _identify(
+    settings: Settings, ctx: ServerRequestContext[Any, Any], headers: Mapping[str, str], overrides: dict[str, Any]
+) -> Caller:
+    """The caller from the headers, or in JWT mode from the verified token's claims (JwtBearerGate put it in the
+    request's scope) with the headers checked against them."""
+    if not settings.jwt_mode:
+        return identify_caller(headers, **overrides)
+    user = ctx.request.scope.get("user") if ctx.request is not None else None
+    claims = user.access_token.claims if isinstance(user, AuthenticatedUser) else None
+    if claims is None:  # the HTTP gate lets no request through without a verified token; refuse if one ever did
+        raise Refusal("The caller could not be identified, so no usage can be shown.")
+    return caller_from_claims(
+        claims, headers, tenant_claim=settings.mcp_jwt_tenant_claim, roles_claim=settings.mcp_jwt_roles_claim
+    )
 
 
 def _finish(call: ToolCall) -> None:

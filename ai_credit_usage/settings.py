@@ -52,8 +52,18 @@ class Settings(BaseSettings):
     download_store_url: SecretStr | None = None  # may carry the Redis password
     tenant_override: str | None = None
     role_override: str | None = None
+    # Issue 16: a closed /mcp off loopback, a download listener of its own, and verified identity (JWT mode).
+    mcp_allow_unauthenticated: bool = False  # the network in front of a non-loopback MCP_HOST is private
+    download_port: int | None = Field(default=None, ge=1, le=65535)  # serves /download/... and /health only
+    download_host: str | None = None  # bind address of DOWNLOAD_PORT; default: MCP_HOST
+    mcp_jwt_jwks_url: str | None = None  # set: every /mcp request needs a bearer JWT signed by a key from here
+    mcp_jwt_issuer: str | None = None
+    mcp_jwt_audience: str | None = None
+    mcp_jwt_tenant_claim: str = Field(default="tenant", min_length=1)
+    mcp_jwt_roles_claim: str = Field(default="roles", min_length=1)
+    mcp_resource_url: str | None = None  # this server's /mcp as clients reach it (RFC 9728 `resource`)
 
-    @field_validator("openmeter_url", "public_base_url")
+    @field_validator("openmeter_url", "public_base_url", "mcp_jwt_jwks_url", "mcp_resource_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -70,6 +80,16 @@ class Settings(BaseSettings):
             # The URL is logged at start-up and shown in links; credentials belong in OPENMETER_API_KEY.
             raise ValueError("must not carry a user name or password")
         return value.rstrip("/")
+
+    @field_validator("mcp_jwt_issuer")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        """Compared with the token's `iss` exactly, so kept exactly (a trailing slash included)."""
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError(
+                "expected the issuer's URL exactly as its tokens' iss claim has it, e.g. https://login.example.com"
+            )
+        return value
 
     @field_validator("mcp_allowed_hosts")
     @classmethod
@@ -115,6 +135,15 @@ class Settings(BaseSettings):
         return _host_list(self.mcp_allowed_hosts)
 
     @property
+    def jwt_mode(self) -> bool:
+        return self.mcp_jwt_jwks_url is not None
+
+    @property
+    def resource_url(self) -> str:
+        """This server's `/mcp` as its clients reach it: the `resource` of the protected resource metadata."""
+        return self.mcp_resource_url or f"http://localhost:{self.mcp_port}/mcp"
+
+    @property
     def binds_loopback(self) -> bool:
         if self.mcp_host == "localhost":
             return True
@@ -139,7 +168,37 @@ def load_settings(**overrides: object) -> Settings:
             "TENANT_OVERRIDE/ROLE_OVERRIDE are for local development only: unset them, "
             f"or bind MCP_HOST to a loopback address (it is {settings.mcp_host!r})."
         )
+    _check_mcp_guard(settings)
     return settings
+
+
+def _check_mcp_guard(settings: Settings) -> None:
+    """JWT mode is complete or off; off loopback, `/mcp` is guarded (a token or JWT) unless the operator says the
+    network is private. The host of PUBLIC_BASE_URL reaches `/mcp` only if MCP_ALLOWED_HOSTS lists it."""
+    jwt = {"MCP_JWT_ISSUER": settings.mcp_jwt_issuer, "MCP_JWT_AUDIENCE": settings.mcp_jwt_audience}
+    if settings.jwt_mode:
+        for name, value in jwt.items():
+            if value is None:
+                raise ConfigError(f"{name} is not set: JWT mode (MCP_JWT_JWKS_URL) checks every token against it.")
+        if settings.mcp_auth_token is not None:
+            raise ConfigError(
+                "MCP_AUTH_TOKEN and MCP_JWT_JWKS_URL are both set: a request carries one bearer token, so choose one."
+            )
+        if settings.tenant_override or settings.role_override:
+            raise ConfigError(
+                "TENANT_OVERRIDE/ROLE_OVERRIDE cannot be used with MCP_JWT_JWKS_URL: the token says who calls."
+            )
+    elif any(value is not None for value in jwt.values()):
+        raise ConfigError("MCP_JWT_ISSUER/MCP_JWT_AUDIENCE are set without MCP_JWT_JWKS_URL, where the keys are.")
+    guarded = settings.mcp_auth_token is not None or settings.jwt_mode
+    if not settings.binds_loopback and not guarded and not settings.mcp_allow_unauthenticated:
+        raise ConfigError(
+            f"MCP_AUTH_TOKEN is not set, and MCP_HOST={settings.mcp_host!r} is not loopback: anyone who reaches it "
+            "could call /mcp as any tenant's admin. Set MCP_AUTH_TOKEN (or MCP_JWT_JWKS_URL), or set "
+            "MCP_ALLOW_UNAUTHENTICATED=true if only TAIS can reach that address."
+        )
+    if settings.download_port is not None and settings.download_port == settings.mcp_port:
+        raise ConfigError("DOWNLOAD_PORT is MCP_PORT: the download listener needs a port of its own (or unset it).")
 
 
 def _describe(exc: ValidationError) -> str:

@@ -61,6 +61,8 @@ ISOLATED_VARIABLES = (
     "TENANT_OVERRIDE",
     "ROLE_OVERRIDE",
     "OPENMETER_METER",
+    "MCP_JWT_JWKS_URL",  # JWT mode would answer the suite's token-less requests with 401
+    "DOWNLOAD_PORT",
 )
 MUST_PASS = ("server-initialize", "ping", "tools-list", "dns-rebinding-protection")
 # The suite sends no TAIS headers, so these call our gate's refusal, and an isError refusal satisfies them.

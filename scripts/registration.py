@@ -52,6 +52,7 @@ VARIABLES = (
     "TAIS_TENANT",
     "TAIS_USER",
     "TAIS_RENEW_SECONDS",
+    "TAIS_SERVER_URL",
     "PUBLIC_BASE_URL",
     "MCP_PORT",
 )
@@ -101,7 +102,9 @@ def load_config(values: Mapping[str, str]) -> Config:
         raise RegistrationError("TAIS_JWT is not set: put your TAIS access token in .env or the environment.")
     api_url = _http_url("TAIS_API_URL", values.get("TAIS_API_URL", DEFAULT_API_URL))
     tools_path = "/" + values.get("TAIS_TOOLS_PATH", DEFAULT_TOOLS_PATH).lstrip("/")
-    if "PUBLIC_BASE_URL" in values:
+    if "TAIS_SERVER_URL" in values:  # where TAIS reaches /mcp; PUBLIC_BASE_URL is where browsers get downloads
+        server_url = _http_url("TAIS_SERVER_URL", values["TAIS_SERVER_URL"])
+    elif "PUBLIC_BASE_URL" in values:
         server_url = _http_url("PUBLIC_BASE_URL", values["PUBLIC_BASE_URL"])
     else:
         port = _number("MCP_PORT", values.get("MCP_PORT", str(DEFAULT_MCP_PORT)), int, 1, 65535)

@@ -690,3 +690,12 @@ def test_script_says_when_uv_is_missing(env_file: Path, tmp_path: Path) -> None:
 def test_script_is_executable() -> None:
     assert os.access(SCRIPT, os.X_OK)
     assert SCRIPT.read_text().startswith("#!/usr/bin/env bash\n")
+
+
+def test_the_server_url_for_tais_wins_over_the_download_host() -> None:
+    """PUBLIC_BASE_URL is where browsers fetch downloads and is refused on /mcp (issue 16); TAIS_SERVER_URL names
+    where TAIS reaches the server."""
+    values = {"TAIS_JWT": "a.b.c", "PUBLIC_BASE_URL": "https://ai-credits.example.com"}
+    assert load_config(values).server_url == "https://ai-credits.example.com"
+    values["TAIS_SERVER_URL"] = "http://ai-credits.internal:8765/"
+    assert load_config(values).server_url == "http://ai-credits.internal:8765"

@@ -123,3 +123,15 @@ def test_main_stops_with_one_line_and_no_traceback(env: dict[str, str], message:
     assert KEY not in result.stderr + result.stdout
     if not env:  # a newcomer's first try: the line also says how to run without a key
         assert result.stderr.strip().endswith("or run `uv run main.py --demo` to try it with generated data.")
+
+
+def test_every_setting_is_documented() -> None:
+    """Each variable the server reads is in .env.example and in README's configuration table."""
+    from ai_credit_usage.settings import Settings
+
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        variable = name.upper()
+        assert f"\n{variable}=" in example or f"\n#{variable}=" in example, f"{variable} is not in .env.example"
+        assert f"`{variable}`" in readme, f"{variable} is not in README's configuration table"
