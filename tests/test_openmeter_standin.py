@@ -87,6 +87,11 @@ def test_meter_by_slug_or_id_and_unknown_paths(om: httpx2.Client) -> None:
     problem(om.get("/api/v1/nothing"), 404)
 
 
+@pytest.mark.parametrize("path", ["/api/v1/meters/ai-credits", "/api/v1/meters/AI_CREDITS/query", "/api/v1/meters/a__"])
+def test_a_meter_key_outside_the_spec_pattern_is_a_400(om: httpx2.Client, path: str) -> None:
+    assert "meterIdOrSlug" in problem(om.get(path), 400)["detail"]
+
+
 def test_query_sums_one_tenant_per_group_with_exclusive_to(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.ingest(
         make_event(tenant="acme", credits=10.25, time=T0),  # from is inclusive

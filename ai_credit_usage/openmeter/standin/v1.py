@@ -19,6 +19,7 @@ from starlette.datastructures import QueryParams
 from ai_credit_usage.openmeter.standin.problems import Problem
 from ai_credit_usage.openmeter.standin.store import (
     EVENT_FILTER_KEYS,
+    METER_ID_OR_KEY,
     STRING_OPS,
     TIME_OPS,
     WINDOW_SIZES,
@@ -53,7 +54,9 @@ def route(standin: EventStore, request: StandInRequest) -> Handler | None:
     parts, q = request.parts, request.query
     handler: Handler
     if parts[:3] == ["api", "v1", "meters"] and len(parts) <= 5 and parts[4:] in ([], ["query"]):
-        if len(parts) == 3:
+        if len(parts) > 3 and (len(parts[3]) > 64 or not METER_ID_OR_KEY.fullmatch(parts[3])):
+            handler = lambda: _bad_meter_path(parts[3])  # noqa: E731
+        elif len(parts) == 3:
             handler = lambda: list_meters(standin, q)  # noqa: E731
         elif len(parts) == 4:
             handler = lambda: get_meter(standin, q, parts[3])  # noqa: E731
@@ -66,6 +69,14 @@ def route(standin: EventStore, request: StandInRequest) -> Handler | None:
     if request.method != "GET":
         raise Problem(405, f"the OpenMeter stand-in only models GET on {request.path}")
     return handler
+
+
+def _bad_meter_path(segment: str) -> Any:
+    """kin-openapi's request validation, before any handler: a key with a hyphen or capitals is a 400, not a 404."""
+    raise Problem(
+        400,
+        f'parameter "meterIdOrSlug" in path has an error: string {segment!r} does not match the regular expression',
+    )
 
 
 def list_meters(standin: EventStore, q: QueryParams) -> list[dict[str, Any]]:
