@@ -151,6 +151,14 @@ def test_query_rejects_what_the_server_rejects(om: httpx2.Client, params: dict[s
     assert detail in problem(om.get(QUERY, params=params), 400)["detail"]
 
 
+@pytest.mark.parametrize("keys", [["user", "user"], ["subject", "tenant", "subject"]])
+def test_a_repeated_group_by_fails_as_the_real_server_fails(om: httpx2.Client, keys: list[str]) -> None:
+    """Real OpenMeter does not deduplicate `groupBy`: each one becomes a column of the SQL, so a repeated key asks
+    ClickHouse for two columns of one alias (openmeter/meter/httphandler/mapping.go, streaming/clickhouse)."""
+    body = problem(om.get(QUERY, params=[("groupBy", key) for key in keys]), 500)
+    assert "detail" not in body  # Go's StatusProblem leaves it out of a 500
+
+
 def test_query_accepts_offsets_and_operator_trees(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.ingest(*(make_event(tenant=t, credits=1, time=T0) for t in ("acme", "acme-eu", "globex", "initech")))
     tree = {"$or": [{"$like": "acme%"}, {"$in": ["initech"]}]}

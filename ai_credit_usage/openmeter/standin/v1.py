@@ -93,7 +93,7 @@ def query_meter(standin: EventStore, q: QueryParams, id_or_slug: str) -> dict[st
     window_size, tz_name = single_param(q, "windowSize"), single_param(q, "windowTimeZone")
     if window_size is not None and window_size not in WINDOW_SIZES:
         raise Problem(400, f"Invalid format for parameter windowSize: {window_size!r} is not one of {WINDOW_SIZES}")
-    group_by, subjects = list(dict.fromkeys(q.getlist("groupBy"))), q.getlist("subject")
+    group_by, subjects = q.getlist("groupBy"), q.getlist("subject")
     simple: dict[str, str] = {}
     for key, value in q.multi_items():
         if key.startswith("filterGroupBy[") and key.endswith("]"):
@@ -109,6 +109,9 @@ def query_meter(standin: EventStore, q: QueryParams, id_or_slug: str) -> dict[st
             raise Problem(400, f"invalid group by: {key}")
     if subjects and "subject" not in group_by:
         group_by.append("subject")
+    repeated = sorted({key for key in group_by if group_by.count(key) > 1})
+    if repeated:  # the server appends every groupBy to the SQL: `JSON_VALUE(...) AS user` twice fails in ClickHouse
+        raise Problem(500, f"query meter: multiple expressions for alias {repeated[0]} (groupBy repeated)")
     if q.getlist("filterCustomerId"):  # the stand-in has no customers, so every id is unknown
         raise Problem(404, f"customer with id {q.getlist('filterCustomerId')[0]} not found")
     try:
