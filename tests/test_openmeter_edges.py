@@ -3,19 +3,24 @@ the real OpenMeter answers as the stand-in does."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ai_credit_usage.openmeter.interface import AggregateQuery
+from ai_credit_usage.openmeter.numbers import meter_value, to_float64_or_null
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin.store import compile_json_path, json_value
 from ai_credit_usage.window import Window
-from tests.conftest import AI_METER, v1_client
+from tests.conftest import AI_METER, call_tool, text_of, v1_client
 
-pytestmark = pytest.mark.anyio
 JANUARY = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
 
 
+@pytest.mark.anyio
 async def test_a_dimension_asked_twice_is_sent_once(openmeter: OpenMeterStandIn, openmeter_url: str) -> None:
     openmeter.ingest(make_event(tenant="acme", credits=3, time=datetime(2026, 1, 5, tzinfo=UTC), user="ann"))
     client = v1_client(openmeter_url)
@@ -25,3 +30,130 @@ async def test_a_dimension_asked_twice_is_sent_once(openmeter: OpenMeterStandIn,
         await client.aclose()
     assert [(row.value, row.dimensions) for row in rows] == [(3.0, {"user": "ann", "tenant": "acme"})]
     assert openmeter.requests_to("/query")[-1].params("groupBy") == ["user", "tenant"]
+
+
+# ---- a credits value is read as the meter reads it (openmeter/numbers.py) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("12", 12.0),
+        ("12.5", 12.5),
+        ("-3", -3.0),
+        ("+5", 5.0),  # the fast reader takes a leading plus
+        ("5.", 5.0),
+        (".5", 0.5),
+        (".", 0.0),  # "may parse some garbage": a lone point is 0
+        ("e3", 0.0),
+        ("1e3", 1000.0),
+        ("1E-2", 0.01),
+        ("1e+", 1.0),  # an exponent sign without digits: exponent 0
+        ("1e00005", 1.0),  # only the exponent's first four digits count
+        ("0000000000000000000012", 0.0),  # 22 digits: the first 19 (all zeros) scaled by 10**3
+        ("0.0000000000000000000000001", 1e-25),  # the fraction's leading zeros are skipped, not counted
+        (" 12 ", None),
+        (" 12", None),
+        ("12 ", None),
+        ("\t12", None),
+        ("1_000", None),
+        ("1,000", None),
+        ("1 000", None),
+        ("0x10", None),
+        ("1p3", None),
+        ("١٢", None),  # Arabic-Indic digits: only ASCII digits count
+        ("", None),
+        ("-", None),
+        ("+", None),
+        ("+-5", None),
+        ("--5", None),
+        ("1e", None),
+        ("1.2.3", None),
+        ("inf", None),  # parsed, but not finite
+        ("-Infinity", None),
+        ("nan", None),
+        ("1e400", None),
+        ("n/a", None),
+        ("true", None),
+    ],
+)
+def test_toFloat64OrNull_as_clickhouse_reads_text(text: str, value: float | None) -> None:
+    assert to_float64_or_null(text) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (12, 12.0),
+        (2.5, 2.5),
+        (True, None),  # JSON_VALUE gives "true"
+        (None, None),
+        ({"credits": 1}, None),
+        ([1], None),
+        (10**400, None),
+        (" 12 ", None),
+        ("1_000", None),
+        ("+7", 7.0),
+    ],
+)
+def test_a_json_value_as_the_meter_counts_it(value: object, expected: float | None) -> None:
+    assert meter_value(value) == expected
+
+
+simple_decimals = st.from_regex(r"\A[+-]?[0-9]{1,19}(\.[0-9]{0,19})?([eE][+-]?[0-9]{1,3})?\Z")
+number_like = st.text(alphabet="0123456789+-.eE _x,\t", max_size=14)
+
+
+@given(simple_decimals)
+def test_a_plain_decimal_reads_as_python_reads_it(text: str) -> None:
+    expected = float(text)
+    assert to_float64_or_null(text) == (expected if math.isfinite(expected) else None)
+
+
+@given(simple_decimals, st.sampled_from([" ", "\t", "\n", "_", ",", "x"]), st.data())
+def test_any_blank_or_separator_makes_it_no_value(text: str, junk: str, data: st.DataObject) -> None:
+    at = data.draw(st.integers(min_value=0, max_value=len(text)))
+    assert to_float64_or_null(text[:at] + junk + text[at:]) is None
+
+
+@given(number_like)
+def test_a_value_is_read_only_when_finite_and_only_from_the_number_alphabet(text: str) -> None:
+    value = to_float64_or_null(text)
+    if value is not None:
+        assert math.isfinite(value)
+        assert set(text) <= set("0123456789+-.eE")
+        assert to_float64_or_null("+" + text.lstrip("+")) == abs(value) or text.startswith("-")
+
+
+json_values = st.one_of(
+    number_like,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**25), max_value=10**25),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(st.lists(json_values, max_size=8))
+@settings(deadline=None)
+def test_our_reader_and_the_stand_ins_meter_count_the_same(values: list[object]) -> None:
+    """What `Meter.credits` reads from an event is what the stand-in's meter (as ClickHouse) sums for it."""
+    events = [{"credits": value} for value in values]
+    ours = [AI_METER.credits(data) for data in events]
+    theirs = [to_float64_or_null(json_value(data, compile_json_path("$.credits"))) for data in events]
+    assert ours == theirs
+
+
+@pytest.mark.anyio
+async def test_the_events_sum_equals_the_meters_total(server_url: str, openmeter: OpenMeterStandIn) -> None:
+    """Values only the meter's reading can sort out: the events answer counts exactly what the total counts."""
+    day = datetime(2026, 1, 15, tzinfo=UTC)
+    values: list[object] = [" 12 ", "1_000", "+5", "1e00005", ".5", "0x10", "7", 2.25, "inf", True]
+    openmeter.ingest(
+        *[make_event(tenant="acme", credits=value, time=day + timedelta(minutes=i)) for i, value in enumerate(values)]
+    )
+    window = {"from_date": "2026-01-15", "to_date": "2026-01-15"}
+    total = text_of(await call_tool(server_url, "get_credit_usage_by_tenant", window))
+    events = text_of(await call_tool(server_url, "get_credit_events", window))
+    assert "Total credits: 15.75" in total  # 5 + 1 + 0.5 + 7 + 2.25
+    assert "Total credits: 15.75" in events

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.openmeter.numbers import meter_value
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +66,6 @@ def dimension_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def credits_value(value: Any) -> float | None:
-    """A SUM meter's value: a number or a string that parses as one; None (not counted) for anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -141,4 +125,4 @@ class Meter:
         return "" if path is None else dimension_text(extract(data, path))
 
     def credits(self, data: Any) -> float | None:
-        return credits_value(extract(data, self.value_path))
+        return meter_value(extract(data, self.value_path))

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from starlette.datastructures import QueryParams
 
+from ai_credit_usage.openmeter.numbers import to_float64_or_null
 from ai_credit_usage.openmeter.standin.problems import Problem
 from ai_credit_usage.openmeter.standin.store import (
     EVENT_FILTER_KEYS,
@@ -35,7 +36,6 @@ from ai_credit_usage.openmeter.standin.store import (
     matches,
     parse_rfc3339,
     row_key,
-    to_number,
     tumble_window,
     unix,
     upper_bound,
@@ -174,7 +174,8 @@ def aggregate_rows(
         groups.setdefault(key, []).append(row)
     data_rows = []
     for (window, subject, values), rows in sorted(groups.items(), key=lambda item: item[0]):
-        value = aggregate(meter["aggregation"], [to_number(json_value(r.event.get("data"), value_path)) for r in rows])
+        values_read = [to_float64_or_null(json_value(r.event.get("data"), value_path)) for r in rows]
+        value = aggregate(meter["aggregation"], values_read)
         if value is None:
             continue
         if window_size:
