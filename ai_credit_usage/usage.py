@@ -123,14 +123,18 @@ class UsageService:
         ]
         skills: dict[str, float] = defaultdict(float)
 
+        counted = meter.counted(window)  # the meter counts nothing before its eventFrom: neither do the events
+
         async def walk() -> None:
-            rows = await self._ask(meter, AggregateQuery(window, ("subject",), tenant))
+            if counted is None:
+                return
+            rows = await self._ask(meter, AggregateQuery(counted, ("subject",), tenant))
             subjects = sorted({row.subject for row in rows if row.subject is not None})
             if not subjects:
                 return
-            chunks = self._openmeter.subject_chunks(meter, window, subjects)
+            chunks = self._openmeter.subject_chunks(meter, counted, subjects)
             walker = EventWalk(
-                self._openmeter, meter, tenant, window, chunks, sink, self._max_event_rows, self._max_slices, skills
+                self._openmeter, meter, tenant, counted, chunks, sink, self._max_event_rows, self._max_slices, skills
             )
             await walker.run(self._parallel_slices)
 

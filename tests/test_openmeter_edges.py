@@ -4,6 +4,7 @@ the real OpenMeter answers as the stand-in does."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,10 +13,10 @@ from hypothesis import strategies as st
 
 from ai_credit_usage.openmeter.interface import AggregateQuery
 from ai_credit_usage.openmeter.numbers import meter_value, to_float64_or_null
-from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.standin.store import compile_json_path, json_value
 from ai_credit_usage.window import Window
-from tests.conftest import AI_METER, call_tool, text_of, v1_client
+from tests.conftest import AI_METER, ServerStarter, call_tool, text_of, v1_client
 
 JANUARY = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
 
@@ -157,3 +158,40 @@ async def test_the_events_sum_equals_the_meters_total(server_url: str, openmeter
     events = text_of(await call_tool(server_url, "get_credit_events", window))
     assert "Total credits: 15.75" in total  # 5 + 1 + 0.5 + 7 + 2.25
     assert "Total credits: 15.75" in events
+
+
+# ---- the meter's eventFrom -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("event_from", "expected"), [("2026-01-15T12:00:00Z", "7.00"), ("2026-01-17T00:00:00Z", "0.00")]
+)
+async def test_the_events_answer_skips_what_the_meter_skips_before_its_event_from(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn, event_from: str, expected: str
+) -> None:
+    """The meter counts nothing before its `eventFrom` (meter_query.go `from()`); the events API still lists it."""
+    openmeter.add_meter({**AI_CREDITS_METER, "slug": "ai_credits_late", "eventFrom": event_from})
+    day = datetime(2026, 1, 15, tzinfo=UTC)
+    openmeter.ingest(
+        make_event(tenant="acme", credits=100, time=day + timedelta(hours=11, minutes=59, seconds=59), user="early"),
+        make_event(tenant="acme", credits=4, time=day + timedelta(hours=12), user="on_time"),
+        make_event(tenant="acme", credits=3, time=day + timedelta(hours=20), user="late"),
+    )
+    url = start_server(openmeter_meter="ai_credits_late")
+    window = {"from_date": "2026-01-15", "to_date": "2026-01-15"}
+    total = text_of(await call_tool(url, "get_credit_usage_by_tenant", window))
+    events = text_of(await call_tool(url, "get_credit_events", window))
+    assert f"Total credits: {expected}" in total
+    assert f"Total credits: {expected}" in events
+    assert "early" not in events
+
+
+def test_a_meter_counts_from_its_event_from() -> None:
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    window = Window(start, end)
+    at = datetime(2026, 1, 10, tzinfo=UTC)
+    assert AI_METER.counted(window) == window
+    assert replace(AI_METER, events_from=start - timedelta(days=1)).counted(window) == window
+    assert replace(AI_METER, events_from=at).counted(window) == Window(at, end)
+    assert replace(AI_METER, events_from=end).counted(window) is None
