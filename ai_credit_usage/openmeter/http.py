@@ -38,13 +38,16 @@ class OpenMeterError(UserFacingError):
     """OpenMeter could not answer; the message says so in one sentence the model can relay.
 
     `retryable` marks trouble that may pass (connection errors, timeouts and 408, 429, 502/503/504); `retry_after` is
-    OpenMeter's `Retry-After` in seconds, when it sent one.
+    OpenMeter's `Retry-After` in seconds, when it sent one; `status` is the HTTP status OpenMeter answered, if it did.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = False, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,9 @@ class OpenMeterHttp:
         traced.note_status(response.status_code)
         if response.status_code >= 300:
             _log_problem(path, response, elapsed_ms)
-            raise _status_error(response, meter, self._retry)
+            error = _status_error(response, meter, self._retry)
+            error.status = response.status_code
+            raise error
         logger.info("OpenMeter GET %s -> %d in %.0f ms", path, response.status_code, elapsed_ms)
         try:
             return response.json()
