@@ -74,6 +74,9 @@ async def test_a_dimension_asked_twice_is_sent_once(openmeter: OpenMeterStandIn,
         ("-Infinity", None),
         ("nan", None),
         ("1e400", None),
+        ("0e400", None),  # shift10 past 10^308 multiplies by infinity: NaN for a zero
+        ("0" * 330, None),  # 19 zeros scaled by 10^311: the same
+        ("5e-400", 0.0),  # shift10 below 10^-323 multiplies by zero
         ("n/a", None),
         ("true", None),
     ],
@@ -101,7 +104,7 @@ def test_a_json_value_as_the_meter_counts_it(value: object, expected: float | No
     assert meter_value(value) == expected
 
 
-simple_decimals = st.from_regex(r"\A[+-]?[0-9]{1,19}(\.[0-9]{0,19})?([eE][+-]?[0-9]{1,3})?\Z")
+simple_decimals = st.from_regex(r"\A[+-]?[0-9]{1,19}(\.[0-9]{0,19})?([eE][+-]?[0-9]{1,2})?\Z")
 number_like = st.text(alphabet="0123456789+-.eE _x,\t", max_size=14)
 
 
@@ -124,6 +127,89 @@ def test_a_value_is_read_only_when_finite_and_only_from_the_number_alphabet(text
         assert math.isfinite(value)
         assert set(text) <= set("0123456789+-.eE")
         assert to_float64_or_null("+" + text.lstrip("+")) == abs(value) or text.startswith("-")
+
+
+def clickhouse_fast_reader(text: str) -> float | None:
+    """An independent, statement-by-statement port of ClickHouse's `readFloatTextFastImpl` (src/IO/readFloatText.h),
+    `isAllRead` and `ifNotFinite`, in floats like the C++ (so values agree to a few ulps): the oracle for the rule."""
+    n, i, negative = len(text), 0, False
+
+    def shift10(x: float, exponent: int) -> float:  # base/shift10.cpp
+        if exponent < -323:
+            return x * 0
+        if exponent > 308:
+            return x * math.inf
+        return x * 10.0**exponent
+
+    def digits(i: int, limit: int) -> tuple[int, int]:  # readUIntTextUpToNSignificantDigits<limit>
+        value, start = 0, i
+        while i < n and i - start < limit and text[i] in "0123456789":
+            value, i = value * 10 + int(text[i]), i + 1
+        while i < n and text[i] in "0123456789":
+            i += 1
+        return value, i
+
+    def done(x: float, i: int) -> float | None:
+        return x if i == n and math.isfinite(x) else None
+
+    if n == 0:
+        return None
+    if text[0] == "-":
+        negative, i = True, 1
+    elif text[0] == "+":
+        i = 1
+    after_sign = i
+    before, j = digits(i, 19)
+    read, i = j - i, j
+    if read > 19:
+        x = shift10(float(before), read - 19)
+    else:
+        x = float(before)
+        if read and (i == n or text[i] < "."):
+            return done(-x if negative else x, i)
+    after, after_exponent = 0, 0
+    if i < n and text[i] == ".":
+        i += 1
+        start = i
+        while i < n and text[i] == "0":
+            i += 1
+        zeros = i - start
+        after, j = digits(i, 19)
+        read, i = j - i, j
+        after_exponent = (-19 if read > 19 else -read) - zeros
+    exponent = 0
+    if i < n and text[i] in "eE":
+        i += 1
+        if i == n:
+            return None
+        exponent_negative = text[i] == "-"
+        if text[i] in "+-":
+            i += 1
+        exponent, i = digits(i, 4)
+        exponent = -exponent if exponent_negative else exponent
+    if after:
+        x += shift10(float(after), after_exponent)
+    if exponent:
+        x = shift10(x, exponent)
+    if negative:
+        x = -x
+    if i == after_sign:  # nothing but a sign so far: only inf or nan may follow, and neither is finite
+        return None
+    return done(x, i)
+
+
+@given(st.one_of(number_like, simple_decimals, st.text(max_size=10)))
+def test_the_rule_agrees_with_a_port_of_clickhouses_reader(text: str) -> None:
+    ours, theirs = to_float64_or_null(text), clickhouse_fast_reader(text)
+    assert (ours is None) == (theirs is None), (text, ours, theirs)
+    if ours is not None and theirs is not None:
+        assert math.isclose(ours, theirs, rel_tol=1e-14, abs_tol=1e-300), (text, ours, theirs)
+
+
+@pytest.mark.parametrize("text", ["0" * 330, "0e400", "5e-400", "1" + "0" * 400, "." + "0" * 330 + "1", "1e-0"])
+def test_the_port_and_the_rule_agree_at_the_limits_of_shift10(text: str) -> None:
+    ours, theirs = to_float64_or_null(text), clickhouse_fast_reader(text)
+    assert ours == theirs or (ours is not None and theirs is not None and math.isclose(ours, theirs, abs_tol=1e-300))
 
 
 json_values = st.one_of(

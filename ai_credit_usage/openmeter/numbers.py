@@ -18,7 +18,8 @@ is off by default) followed by "the whole string was read" (src/Functions/Functi
   that overflow (`"1e400"`);
 - the fast reader keeps the first 19 digits before the point (the rest only scale it, so 22 digits starting with
   zeros are 0), skips the fraction's leading zeros and keeps its next 19 digits, and reads only the first 4 digits
-  of the exponent (`"1e00005"` is 1).
+  of the exponent (`"1e00005"` is 1); scaling by more than 10^308 is not finite even for zero (`"0e400"`), and by
+  less than 10^-323 is 0 whatever the digits (`shift10`).
 
 Values agree with ClickHouse's to within its fast reader's last-bit rounding (we round correctly).
 """
@@ -33,6 +34,8 @@ from typing import Any
 _FAST_FLOAT = re.compile(r"([+-]?)([0-9]*)(?:(\.)([0-9]*))?(?:[eE]([+-]?)([0-9]*))?")
 _SIGNIFICANT = 19  # std::numeric_limits<UInt64>::digits10
 _EXPONENT_DIGITS = 4
+_MIN_SHIFT, _MAX_SHIFT = -323, 308  # base/shift10.cpp: below, x * 0; above, x * infinity
+_PLAIN_FLOAT = 1e-300  # between this and its inverse, a float's shortest text reads back as the same float
 _TEXT_FROM = 10**_SIGNIFICANT  # integers up to 19 digits are read exactly as they are
 
 
@@ -46,16 +49,23 @@ def to_float64_or_null(text: str) -> float | None:
         return None
     if exponent_sign == "" and not exponent_digits:  # an `e` at the very end: "nothing after exponent"
         return None
-    number = Decimal(int(whole[:_SIGNIFICANT] or "0")).scaleb(max(len(whole) - _SIGNIFICANT, 0))
+    scale = max(len(whole) - _SIGNIFICANT, 0)
+    if scale > _MAX_SHIFT:  # shift10 multiplies by infinity: inf, or NaN for zeros; neither is finite
+        return None
+    number = Decimal(int(whole[:_SIGNIFICANT] or "0")).scaleb(scale)
     if point and fraction:
         digits = fraction.lstrip("0")
         zeros = len(fraction) - len(digits)
         kept = digits[:_SIGNIFICANT]
         if kept:
             number += Decimal(int(kept)).scaleb(-(zeros + len(kept)))
-    if exponent_digits:
-        power = int(exponent_digits[:_EXPONENT_DIGITS])
-        number = number.scaleb(-power if exponent_sign == "-" else power)
+    power = int((exponent_digits or "")[:_EXPONENT_DIGITS] or "0") * (-1 if exponent_sign == "-" else 1)
+    if power > _MAX_SHIFT:
+        return None
+    if power < _MIN_SHIFT:  # shift10 multiplies by zero, whatever the digits
+        number = Decimal(0)
+    elif power:
+        number = number.scaleb(power)
     value = float(-number if sign == "-" else number)
     return value if math.isfinite(value) else None
 
@@ -73,7 +83,10 @@ def meter_value(value: Any) -> float | None:
         except ValueError:  # more digits than Python converts to text: far beyond a double
             return None
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if value == 0 or _PLAIN_FLOAT < abs(value) < 1 / _PLAIN_FLOAT:
+            return value
+        # JSON_VALUE hands ClickHouse the number's text, and at the extremes its reader differs (5e-324 is 0).
+        return to_float64_or_null(repr(value)) if math.isfinite(value) else None
     if isinstance(value, str):
         return to_float64_or_null(value)
     return None
