@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event  # noqa: E402
-from ai_credit_usage.settings import load_settings  # noqa: E402
+from ai_credit_usage.settings import Settings, load_settings  # noqa: E402
 from server import create_app  # noqa: E402
 from tests.servers import serve_in_thread  # noqa: E402
 
@@ -125,9 +125,15 @@ def others_cpu(flights: InFlight) -> float:
     return thread_cpu(flights.thread) + time.thread_time()
 
 
-def standin_with_data() -> OpenMeterStandIn:
+def standin_with_data(api: str = "v1") -> OpenMeterStandIn:
     """A week of usage for three tenants: about 60 events a day for ours (one events page a day)."""
-    standin = OpenMeterStandIn(api_key=API_KEY, record_requests=False)
+    if api == "v1":
+        standin = OpenMeterStandIn(api_key=API_KEY, record_requests=False)
+    else:
+        try:
+            standin = OpenMeterStandIn(api_key=API_KEY, record_requests=False, api=api)  # type: ignore[call-arg]
+        except TypeError:
+            raise SystemExit(f"--api {api}: the stand-in on this branch serves only v1") from None
     events = []
     for tenant in (TENANT, "globex", "initech"):
         for hour in range(7 * 24):
@@ -142,20 +148,11 @@ def standin_with_data() -> OpenMeterStandIn:
 
 
 def settings_for(api: str, openmeter_url: str) -> Any:
+    """Our settings for the stand-in at `openmeter_url` (for v3, its base path: /api/v3)."""
     overrides: dict[str, Any] = {"openmeter_api_key": API_KEY, "openmeter_url": openmeter_url}
-    if api != "v1":
+    if "openmeter_api" in Settings.model_fields:
         overrides["openmeter_api"] = api
     return load_settings(_env_file=None, **overrides)
-
-
-def routers_for(api: str) -> Any:
-    if api == "v1":
-        return None
-    try:
-        from ai_credit_usage.openmeter.standin import v3  # type: ignore[attr-defined]
-    except ImportError:
-        raise SystemExit(f"--api {api}: no v3 stand-in on this branch (openmeter/standin/v3.py)") from None
-    return [v3.route]
 
 
 async def call(url: str, tool: str, arguments: dict[str, Any]) -> None:
@@ -169,10 +166,7 @@ async def call(url: str, tool: str, arguments: dict[str, Any]) -> None:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, Figures]]:
-    standin = standin_with_data()
-    routers = routers_for(args.api)
-    if routers is not None:
-        standin.routers = routers
+    standin = standin_with_data(args.api)
     standin.latency = args.latency
     flights = InFlight(standin.app)
     audit = AuditDurations()
@@ -193,7 +187,8 @@ async def _measure(
     args: argparse.Namespace, standin: OpenMeterStandIn, flights: InFlight, audit: AuditDurations
 ) -> dict[str, dict[str, Figures]]:
     results: dict[str, dict[str, Figures]] = {}
-    with serve_in_thread(flights) as openmeter_url:
+    with serve_in_thread(flights) as standin_url:
+        openmeter_url = standin_url + getattr(standin, "base_path", "")
         for label, tool, arguments in CALLS:
             figures = results.setdefault(label, {"cold": Figures(), "warm": Figures()})
             # A new server per tool: its first call is cold (no meter definition yet), the others warm.

@@ -96,7 +96,8 @@ async def test_past_its_max_age_the_call_waits_for_a_new_definition() -> None:
 
 @pytest.mark.parametrize("status", [404, 400])
 async def test_a_definitive_answer_to_a_refresh_evicts(status: int) -> None:
-    gone = OpenMeterError("OpenMeter has no meter 'ai_credits'", status=status)
+    gone = OpenMeterError("OpenMeter has no meter 'ai_credits'")
+    gone.status = status
     definitions, clock = Definitions(AI_METER, gone), Seconds()
     cache = cache_of(definitions, clock)
     await cache.get()

@@ -38,16 +38,15 @@ class OpenMeterError(UserFacingError):
     """OpenMeter could not answer; the message says so in one sentence the model can relay.
 
     `retryable` marks trouble that may pass (connection errors, timeouts and 408, 429, 502/503/504); `retry_after` is
-    OpenMeter's `Retry-After` in seconds, when it sent one; `status` is the HTTP status OpenMeter answered, if it did.
+    OpenMeter's `Retry-After` in seconds, when it sent one.
     """
 
-    def __init__(
-        self, message: str, *, retryable: bool = False, retry_after: float | None = None, status: int | None = None
-    ) -> None:
+    status: int | None = None  # OpenMeter's HTTP status, when it answered with an error
+
+    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
-        self.status = status
 
 
 @dataclass(frozen=True)
