@@ -5,6 +5,7 @@ own queries, and a changed or vanished meter is picked up."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import replace
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from tests.conftest import AI_METER, NOW, FakeClock, ServerStarter, call_tool, t
 
 pytestmark = pytest.mark.anyio
 METER_PATH = "/api/v1/meters/ai_credits"
+PROBE: contextvars.ContextVar[str] = contextvars.ContextVar("probe")  # stands in for the call's span context
 
 
 class Seconds:
@@ -35,9 +37,11 @@ class Definitions:
         self.answers = list(answers)
         self.asked = 0
         self.gate: asyncio.Event | None = None  # when set, an answer waits for it (to see concurrent callers)
+        self.seen: list[str | None] = []  # PROBE as each read saw it
 
     async def meter(self, key: str) -> Meter:
         self.asked += 1
+        self.seen.append(PROBE.get(None))
         if self.gate is not None:
             await self.gate.wait()
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
@@ -84,6 +88,20 @@ async def test_after_fresh_the_old_one_is_served_and_refreshed_in_the_background
     await cache.reading
     assert await cache.get() == CHANGED  # the changed definition is picked up
     assert definitions.asked == 2
+
+
+async def test_a_background_refresh_runs_outside_the_call_that_started_it() -> None:
+    """Its span is not filed under that call's trace: the read in the call's context, the refresh in its own."""
+    definitions, clock = Definitions(AI_METER), Seconds()
+    cache = cache_of(definitions, clock)
+    PROBE.set("first call")
+    await cache.get()
+    clock.now += FRESH_SECONDS
+    PROBE.set("later call")
+    await cache.get()
+    assert cache.reading is not None
+    await cache.reading
+    assert definitions.seen == ["first call", None]
 
 
 async def test_past_its_max_age_the_call_waits_for_a_new_definition() -> None:

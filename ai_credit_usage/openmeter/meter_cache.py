@@ -18,6 +18,7 @@ The cache holds only the definition (no tenant's data), one per meter key.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -90,10 +91,13 @@ class MeterCache:
 
     def _start_reading(self, *, background: bool) -> asyncio.Task[Meter]:
         if self._reading is None:
-            self._reading = asyncio.get_running_loop().create_task(self._read(self._generation))
+            # A background refresh outlives the call that noticed the age: it runs in a context of its own, so its
+            # span is not filed under that call's trace.
+            context = contextvars.Context() if background else None
+            self._reading = asyncio.get_running_loop().create_task(self._read(self._generation), context=context)
             self._reading.add_done_callback(self._finished)
-        if background:
-            logger.debug("meter %s: refreshing the definition in the background", self._key)
+            if background:
+                logger.debug("meter %s: refreshing the definition in the background", self._key)
         return self._reading
 
     async def _read(self, generation: int) -> Meter:
