@@ -64,10 +64,6 @@ class UsageService:
         self._parallel_slices = parallel_slices
         self._max_slices = max_slices
 
-    @property
-    def meters(self) -> MeterCache:
-        return self._meters
-
     async def meter(self) -> Meter:
         """The meter's definition, cached per process (openmeter/meter_cache.py): a warm call asks OpenMeter only
         its question's own requests, all at once."""
@@ -136,6 +132,8 @@ class UsageService:
         skills: dict[str, float] = defaultdict(float)
 
         counted = meter.counted(window)  # the meter counts nothing before its eventFrom: neither do the events
+        if counted != window and meter.events_from is not None:
+            about.append(("counted from", f"{format_utc(meter.events_from)}: the meter counts no earlier event"))
 
         async def walk() -> None:
             if counted is None:

@@ -3,6 +3,7 @@ the real OpenMeter answers as the stand-in does."""
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -10,13 +11,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openpyxl import load_workbook
 
 from ai_credit_usage.openmeter.interface import AggregateQuery
 from ai_credit_usage.openmeter.numbers import meter_value, to_float64_or_null
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.standin.store import compile_json_path, json_value
 from ai_credit_usage.window import Window
-from tests.conftest import AI_METER, ServerStarter, call_tool, text_of, v1_client
+from tests.conftest import AI_METER, ServerStarter, call_tool, download_bytes, text_of, v1_client
 
 JANUARY = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
 
@@ -271,6 +273,8 @@ async def test_the_events_answer_skips_what_the_meter_skips_before_its_event_fro
     assert f"Total credits: {expected}" in total
     assert f"Total credits: {expected}" in events
     assert "early" not in events
+    about = dict(load_workbook(io.BytesIO(download_bytes(url, events)))["About"].iter_rows(values_only=True))
+    assert about["counted from"] == f"{event_from}: the meter counts no earlier event"
 
 
 def test_a_meter_counts_from_its_event_from() -> None:
