@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -73,6 +74,8 @@ def create_app(
         settings.openmeter_meter,
         max_event_rows=settings.max_event_rows,
         parallel_slices=settings.openmeter_max_concurrency,
+        # The meter definition's cache ages by the injected clock when there is one (tests move it, never sleep).
+        meter_clock=time.monotonic if clock is utc_now else lambda: clock().timestamp(),
     )
     store_url = settings.download_store_url.get_secret_value() if settings.download_store_url else None
     downloads = open_download_store(
@@ -143,6 +146,7 @@ def create_app(
                 tasks.cancel_scope.cancel()
                 # Shielded: that cancel also covers this block, whose first await would otherwise end it.
                 with anyio.CancelScope(shield=True):
+                    await usage.aclose()  # a background refresh of the meter definition, if one is running
                     await openmeter.aclose()
                     await downloads.aclose()
                     if telemetry is not None:  # now: next, uvicorn re-raises SIGTERM and the process just ends

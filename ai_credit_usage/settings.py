@@ -23,6 +23,10 @@ DEFAULT_WORKBOOK_PROCESS_ROWS = 20_000  # below this, a thread writes faster tha
 DEFAULT_MAX_EVENT_ROWS = 1_000_000
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # A host name or IPv4 address, or a bracketed IPv6 address, with an optional port: what a Host header carries.
+# OpenMeter's meter key (`ResourceKey` in both APIs' specs: lower-case words joined by single underscores, at most
+# 64 characters) or a meter id (a ULID); anything else is a 400 from the real server's request validation.
+METER_KEY = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*|[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}")
+METER_KEY_MAX = 64
 _ALLOWED_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?:\d{1,5}|\*))?$")
 
 
@@ -35,7 +39,7 @@ class Settings(BaseSettings):
 
     openmeter_api_key: SecretStr
     openmeter_url: str = "https://openmeter.cloud"
-    openmeter_meter: str = Field(default="ai_credits", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    openmeter_meter: str = "ai_credits"
     mcp_host: str = "127.0.0.1"
     mcp_port: int = Field(default=8765, ge=1, le=65535)
     public_base_url: str | None = None
@@ -88,6 +92,16 @@ class Settings(BaseSettings):
         if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
             raise ValueError(
                 "expected the issuer's URL exactly as its tokens' iss claim has it, e.g. https://login.example.com"
+            )
+        return value
+
+    @field_validator("openmeter_meter")
+    @classmethod
+    def _meter_key(cls, value: str) -> str:
+        if len(value) > METER_KEY_MAX or not METER_KEY.fullmatch(value):
+            raise ValueError(
+                "a meter key is lower-case letters and digits, words joined by single underscores, at most "
+                f"{METER_KEY_MAX} characters (like ai_credits), or the meter's id (a ULID)"
             )
         return value
 

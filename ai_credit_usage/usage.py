@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
@@ -26,6 +27,7 @@ from ai_credit_usage.findings import Findings
 from ai_credit_usage.openmeter.http import UNREADABLE, OpenMeterError
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter, UsageRow
 from ai_credit_usage.openmeter.meter import Meter, MeterConfigError
+from ai_credit_usage.openmeter.meter_cache import DEFINITIVE_STATUSES, MeterCache
 from ai_credit_usage.query import Query
 from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, TableSink
 from ai_credit_usage.trend import UNUSUAL_RULE, build_trend, calendar_unit, choose_granularity, periods_of
@@ -54,15 +56,21 @@ class UsageService:
         max_event_rows: int,
         parallel_slices: int = 8,
         max_slices: int = MAX_SLICES,
+        meter_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._openmeter = openmeter
-        self._meter_key = meter_key
+        self._meters = MeterCache(openmeter, meter_key, clock=meter_clock)
         self._max_event_rows = max_event_rows
         self._parallel_slices = parallel_slices
         self._max_slices = max_slices
 
     async def meter(self) -> Meter:
-        return await self._openmeter.meter(self._meter_key)
+        """The meter's definition, cached per process (openmeter/meter_cache.py): a warm call asks OpenMeter only
+        its question's own requests, all at once."""
+        return await self._meters.get()
+
+    async def aclose(self) -> None:
+        await self._meters.aclose()
 
     async def tenant_total(self, tenant: str, query: Query, sink: TableSink) -> Findings:
         """One row, even at zero usage: the tenant's credits over the window.
@@ -123,14 +131,20 @@ class UsageService:
         ]
         skills: dict[str, float] = defaultdict(float)
 
+        counted = meter.counted(window)  # the meter counts nothing before its eventFrom: neither do the events
+        if counted != window and meter.events_from is not None:
+            about.append(("counted from", f"{format_utc(meter.events_from)}: the meter counts no earlier event"))
+
         async def walk() -> None:
-            rows = await self._ask(meter, AggregateQuery(window, ("subject",), tenant))
+            if counted is None:
+                return
+            rows = await self._ask(meter, AggregateQuery(counted, ("subject",), tenant))
             subjects = sorted({row.subject for row in rows if row.subject is not None})
             if not subjects:
                 return
-            chunks = self._openmeter.subject_chunks(meter, window, subjects)
+            chunks = self._openmeter.subject_chunks(meter, counted, subjects)
             walker = EventWalk(
-                self._openmeter, meter, tenant, window, chunks, sink, self._max_event_rows, self._max_slices, skills
+                self._openmeter, meter, tenant, counted, chunks, sink, self._max_event_rows, self._max_slices, skills
             )
             await walker.run(self._parallel_slices)
 
@@ -187,7 +201,13 @@ class UsageService:
         )
 
     async def _ask(self, meter: Meter, query: AggregateQuery) -> list[UsageRow]:
-        return await self._openmeter.query(meter, query)
+        try:
+            return await self._openmeter.query(meter, query)
+        except OpenMeterError as error:
+            if error.status in DEFINITIVE_STATUSES:  # the meter is gone or changed: read its definition anew, so a
+                self._meters.evict()  # meter now refused (e.g. no tenant dimension) says so in its own words
+                await self._meters.get()
+            raise
 
     def _about(self, meter: Meter, query: AggregateQuery, row: str) -> list[tuple[str, object]]:
         return [("query", self._openmeter.describe_query(meter, query)), ("a row", row)]

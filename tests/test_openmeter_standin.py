@@ -87,6 +87,11 @@ def test_meter_by_slug_or_id_and_unknown_paths(om: httpx2.Client) -> None:
     problem(om.get("/api/v1/nothing"), 404)
 
 
+@pytest.mark.parametrize("path", ["/api/v1/meters/ai-credits", "/api/v1/meters/AI_CREDITS/query", "/api/v1/meters/a__"])
+def test_a_meter_key_outside_the_spec_pattern_is_a_400(om: httpx2.Client, path: str) -> None:
+    assert "meterIdOrSlug" in problem(om.get(path), 400)["detail"]
+
+
 def test_query_sums_one_tenant_per_group_with_exclusive_to(om: httpx2.Client, fake: OpenMeterStandIn) -> None:
     fake.ingest(
         make_event(tenant="acme", credits=10.25, time=T0),  # from is inclusive
@@ -144,6 +149,14 @@ def test_query_groups_missing_and_numeric_dimensions_as_strings(om: httpx2.Clien
 )
 def test_query_rejects_what_the_server_rejects(om: httpx2.Client, params: dict[str, str], detail: str) -> None:
     assert detail in problem(om.get(QUERY, params=params), 400)["detail"]
+
+
+@pytest.mark.parametrize("keys", [["user", "user"], ["subject", "tenant", "subject"]])
+def test_a_repeated_group_by_fails_as_the_real_server_fails(om: httpx2.Client, keys: list[str]) -> None:
+    """Real OpenMeter does not deduplicate `groupBy`: each one becomes a column of the SQL, so a repeated key asks
+    ClickHouse for two columns of one alias (openmeter/meter/httphandler/mapping.go, streaming/clickhouse)."""
+    body = problem(om.get(QUERY, params=[("groupBy", key) for key in keys]), 500)
+    assert "detail" not in body  # Go's StatusProblem leaves it out of a 500
 
 
 def test_query_accepts_offsets_and_operator_trees(om: httpx2.Client, fake: OpenMeterStandIn) -> None:

@@ -99,6 +99,23 @@ async def test_rate_limit_that_persists_is_its_own_sentence(server_url: str, ope
     assert requests_to(openmeter, QUERY, DEFAULT_START) == RetryPolicy().attempts
 
 
+async def test_a_408_is_a_timeout_that_is_retried(server_url: str, openmeter: OpenMeterStandIn, busy_day: None) -> None:
+    """Real OpenMeter answers 408 when the request's context was cancelled (pkg/models/problem.go): it may pass."""
+    openmeter.fail(status=408, times=1, path_prefix=QUERY, query={"from": "2026-01-15T00:00:00Z"})
+    result = await call_tool(server_url, "get_credit_usage_by_tenant", ONE_DAY)
+    assert "| acme | 250.00 |" in text_of(result)
+    assert requests_to(openmeter, QUERY, "2026-01-15T00:00:00Z") == 2
+
+
+async def test_a_408_that_persists_says_openmeter_did_not_answer_in_time(
+    server_url: str, openmeter: OpenMeterStandIn
+) -> None:
+    openmeter.fail(status=408, times=100, path_prefix=QUERY)
+    result = await call_tool(server_url, "get_credit_usage_by_tenant")
+    assert text_of(result) == "OpenMeter did not answer in time; try again in a minute, or ask for a shorter window."
+    assert requests_to(openmeter, QUERY, DEFAULT_START) == RetryPolicy().attempts
+
+
 async def test_a_timed_out_attempt_is_retried_however_long_the_timeout(
     start_server: ServerStarter, openmeter: OpenMeterStandIn
 ) -> None:

@@ -83,6 +83,17 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pyte
             id="allowed-host-with-blank",
         ),
         pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_meter": "ai-credits"},
+            "OPENMETER_METER='ai-credits' is not valid: a meter key is lower-case letters and digits",
+            id="meter-key-with-hyphen",
+        ),
+        *[
+            pytest.param(
+                {"openmeter_api_key": KEY, "openmeter_meter": key}, f"OPENMETER_METER={key!r} is not valid", id=key
+            )
+            for key in ("AI_credits", "ai__credits", "_ai", "ai_", "a" * 65, "ai credits", "01J0000000000000000000000")
+        ],
+        pytest.param(
             {"openmeter_api_key": KEY, "mcp_host": "0.0.0.0", "tenant_override": "acme"},
             "TENANT_OVERRIDE/ROLE_OVERRIDE are for local development only",
             id="override-off-loopback",
@@ -97,10 +108,22 @@ def test_bad_configuration_is_one_clear_line(overrides: dict[str, str], message:
 
 
 @pytest.mark.parametrize(
+    "key", ["ai_credits", "credits2026", "a", "a" * 64, "01JABCDEFGHJKMNPQRSTVWXYZ0", "7zzzzzzzzzzzzzzzzzzzzzzzzz"]
+)
+def test_meter_keys_the_real_server_accepts_are_accepted(key: str) -> None:
+    assert load_settings(_env_file=None, openmeter_api_key=KEY, openmeter_meter=key).openmeter_meter == key
+
+
+@pytest.mark.parametrize(
     ("env", "message"),
     [
         pytest.param({}, "ai-credits-mcp: OPENMETER_API_KEY is not set", id="missing-key"),
         pytest.param({"OPENMETER_API_KEY": KEY, "MCP_PORT": "abc"}, "ai-credits-mcp: MCP_PORT='abc'", id="bad-port"),
+        pytest.param(
+            {"OPENMETER_API_KEY": KEY, "OPENMETER_METER": "ai-credits"},
+            "ai-credits-mcp: OPENMETER_METER='ai-credits' is not valid",
+            id="meter-key",
+        ),
         pytest.param(
             {"OPENMETER_API_KEY": KEY, "OPENMETER_URL": "http://openmeter:abc"},
             "ai-credits-mcp: OPENMETER_URL='http://openmeter:abc' is not valid",

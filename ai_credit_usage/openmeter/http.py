@@ -27,16 +27,21 @@ from ai_credit_usage.telemetry import OpenMeterRequest, openmeter_request
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+# Real OpenMeter answers 408 when the request's context ends before the answer (a cancelled or timed-out query,
+# pkg/models/problem.go): the same trouble as our own timeout, in the same words.
+TIMED_OUT = "OpenMeter did not answer in time; try again in a minute, or ask for a shorter window."
 UNREADABLE = "OpenMeter sent an answer that could not be read; try again, and report it if it persists."
 
 
 class OpenMeterError(UserFacingError):
     """OpenMeter could not answer; the message says so in one sentence the model can relay.
 
-    `retryable` marks trouble that may pass (connection errors, timeouts, 429, 502/503/504); `retry_after` is
+    `retryable` marks trouble that may pass (connection errors, timeouts and 408, 429, 502/503/504); `retry_after` is
     OpenMeter's `Retry-After` in seconds, when it sent one.
     """
+
+    status: int | None = None  # OpenMeter's HTTP status, when it answered with an error
 
     def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -121,10 +126,7 @@ class OpenMeterHttp:
             response = await self._http.get(path, params=params)
         except httpx2.TimeoutException:
             logger.warning("OpenMeter GET %s timed out", path)
-            raise OpenMeterError(
-                "OpenMeter did not answer in time; try again in a minute, or ask for a shorter window.",
-                retryable=True,
-            ) from None
+            raise OpenMeterError(TIMED_OUT, retryable=True) from None
         except httpx2.DecodingError:  # e.g. `Content-Encoding: gzip` over a body that is not gzip
             raise unreadable(path, "a body that does not decode as its Content-Encoding says") from None
         except httpx2.HTTPError as exc:  # transport trouble may pass; anything else (e.g. redirects) will not
@@ -144,7 +146,9 @@ class OpenMeterHttp:
         traced.note_status(response.status_code)
         if response.status_code >= 300:
             _log_problem(path, response, elapsed_ms)
-            raise _status_error(response, meter, self._retry)
+            error = _status_error(response, meter, self._retry)
+            error.status = response.status_code
+            raise error
         logger.info("OpenMeter GET %s -> %d in %.0f ms", path, response.status_code, elapsed_ms)
         try:
             return response.json()
@@ -221,6 +225,8 @@ def _status_error(response: httpx2.Response, meter: str | None, policy: RetryPol
         return OpenMeterError("OpenMeter refused this server's API key; ask the operator to check OPENMETER_API_KEY.")
     if status == 404 and meter is not None:
         return OpenMeterError(f"OpenMeter has no meter '{meter}'; ask the operator to check OPENMETER_METER.")
+    if status == 408:
+        return OpenMeterError(TIMED_OUT, retryable=True)
     if status == 429:
         retry_after = _retry_after(response)
         if retry_after is not None and retry_after > policy.max_retry_after:  # retrying sooner would be refused

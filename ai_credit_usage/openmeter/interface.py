@@ -23,13 +23,19 @@ CalendarUnit = Literal["day", "month"]  # OpenMeter's calendar windows; weeks ar
 @dataclass(frozen=True)
 class AggregateQuery:
     """The tenant's credits over `window`, one row per combination of `group_by` values (and per calendar `unit`
-    in `time_zone`, when given). The tenant filter is an exact match on the meter's `tenant` dimension, always."""
+    in `time_zone`, when given). The tenant filter is an exact match on the meter's `tenant` dimension, always.
+
+    `group_by` keeps each dimension once, in first-seen order: real OpenMeter appends a repeated `groupBy` to its
+    SQL instead of dropping it (openmeter/meter/httphandler/mapping.go), so no implementation may send one twice."""
 
     window: Window
     group_by: tuple[str, ...]
     tenant: str
     unit: CalendarUnit | None = None
     time_zone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "group_by", tuple(dict.fromkeys(self.group_by)))
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.openmeter.numbers import meter_value
+from ai_credit_usage.window import Window
 
 logger = logging.getLogger(__name__)
 
@@ -68,31 +70,19 @@ def dimension_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def credits_value(value: Any) -> float | None:
-    """A SUM meter's value: a number or a string that parses as one; None (not counted) for anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
-
-
 @dataclass(frozen=True)
 class Meter:
-    """The AI-credits meter: its key (`slug`), the id the API addresses it by, and where an event holds what."""
+    """The AI-credits meter: its key (`slug`), the id the API addresses it by, and where an event holds what.
+
+    `events_from` is the meter's `eventFrom` (v1) / `events_from` (v3): the meter counts no event before it, while
+    the events API still lists them, so the events walk starts there too (`counted`)."""
 
     slug: str
     event_type: str
     value_path: JsonPath
     dimension_paths: dict[str, JsonPath]
     id: str = ""
+    events_from: datetime | None = None
 
     @classmethod
     def build(
@@ -104,6 +94,7 @@ class Meter:
         value_property: str | None,
         dimensions: Mapping[str, str] | None,
         id: str | None = None,
+        events_from: datetime | None = None,
     ) -> Meter:
         """A meter from its definition (either API's spelling, already read); one we cannot scope is refused."""
         if aggregation.upper() != "SUM":
@@ -134,11 +125,20 @@ class Meter:
             value_path=value_path,
             dimension_paths=dimension_paths,
             id=id or key,
+            events_from=events_from,
         )
+
+    def counted(self, window: Window) -> Window | None:
+        """The part of `window` the meter counts events in (from `events_from` on); None when that part is empty."""
+        if self.events_from is None or self.events_from <= window.start:
+            return window
+        if self.events_from >= window.end:
+            return None
+        return Window(self.events_from, window.end)
 
     def dimension(self, data: Any, name: str) -> str:
         path = self.dimension_paths.get(name)
         return "" if path is None else dimension_text(extract(data, path))
 
     def credits(self, data: Any) -> float | None:
-        return credits_value(extract(data, self.value_path))
+        return meter_value(extract(data, self.value_path))

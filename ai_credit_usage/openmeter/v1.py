@@ -41,6 +41,7 @@ class _Definition(BaseModel):
     eventType: str = ""
     valueProperty: str | None = None
     groupBy: dict[str, str] | None = None
+    eventFrom: datetime | None = None
 
 
 class _QueryRow(BaseModel):
@@ -85,6 +86,7 @@ class OpenMeterV1:
             value_property=definition.valueProperty,
             dimensions=definition.groupBy,
             id=definition.id,
+            events_from=definition.eventFrom,
         )
 
     async def query(self, meter: Meter, query: AggregateQuery) -> list[UsageRow]:

@@ -1,12 +1,12 @@
 """How the real server stores events and reads them back: RFC 3339 times at second resolution, JSONPath values as
-ClickHouse's JSON_VALUE returns them, numbers as toFloat64OrNull reads them, tumbling windows, filters, cursors."""
+ClickHouse's JSON_VALUE returns them, tumbling windows, filters, cursors. Numbers are read as toFloat64OrNull reads
+them by `openmeter/numbers.py`, the rule our own event reader uses too."""
 
 from __future__ import annotations
 
 import base64
 import bisect
 import json
-import math
 import operator
 import re
 import uuid
@@ -21,9 +21,10 @@ from ai_credit_usage.openmeter.standin.problems import Problem
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _PATH_STEP = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# The path's meter id or key, as the spec's request validation checks it (api/openapi.yaml `meterIdOrSlug`).
+METER_ID_OR_KEY = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*|[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}")
 STRING_OPS = frozenset(
     {"$eq", "$ne", "$in", "$nin", "$like", "$nlike", "$ilike", "$nilike", "$gt", "$gte", "$lt", "$lte"}
 )
@@ -137,12 +138,6 @@ def json_value(data: Any, steps: list[str | int]) -> str:
     if isinstance(node, str):
         return node
     return "" if isinstance(node, dict | list) else json.dumps(node)
-
-
-def to_number(text: str) -> float | None:
-    """toFloat64OrNull + ifNotFinite: a number or NULL (ignored by the aggregate)."""
-    value = float(text) if _NUMBER.fullmatch(text) else math.nan
-    return value if math.isfinite(value) else None
 
 
 def aggregate(aggregation: str, values: list[float | None]) -> float | None:

@@ -16,9 +16,11 @@ from zoneinfo import ZoneInfo
 
 from starlette.datastructures import QueryParams
 
+from ai_credit_usage.openmeter.numbers import to_float64_or_null
 from ai_credit_usage.openmeter.standin.problems import Problem
 from ai_credit_usage.openmeter.standin.store import (
     EVENT_FILTER_KEYS,
+    METER_ID_OR_KEY,
     STRING_OPS,
     TIME_OPS,
     WINDOW_SIZES,
@@ -34,7 +36,6 @@ from ai_credit_usage.openmeter.standin.store import (
     matches,
     parse_rfc3339,
     row_key,
-    to_number,
     tumble_window,
     unix,
     upper_bound,
@@ -53,7 +54,9 @@ def route(standin: EventStore, request: StandInRequest) -> Handler | None:
     parts, q = request.parts, request.query
     handler: Handler
     if parts[:3] == ["api", "v1", "meters"] and len(parts) <= 5 and parts[4:] in ([], ["query"]):
-        if len(parts) == 3:
+        if len(parts) > 3 and (len(parts[3]) > 64 or not METER_ID_OR_KEY.fullmatch(parts[3])):
+            handler = lambda: _bad_meter_path(parts[3])  # noqa: E731
+        elif len(parts) == 3:
             handler = lambda: list_meters(standin, q)  # noqa: E731
         elif len(parts) == 4:
             handler = lambda: get_meter(standin, q, parts[3])  # noqa: E731
@@ -66,6 +69,14 @@ def route(standin: EventStore, request: StandInRequest) -> Handler | None:
     if request.method != "GET":
         raise Problem(405, f"the OpenMeter stand-in only models GET on {request.path}")
     return handler
+
+
+def _bad_meter_path(segment: str) -> Any:
+    """kin-openapi's request validation, before any handler: a key with a hyphen or capitals is a 400, not a 404."""
+    raise Problem(
+        400,
+        f'parameter "meterIdOrSlug" in path has an error: string {segment!r} does not match the regular expression',
+    )
 
 
 def list_meters(standin: EventStore, q: QueryParams) -> list[dict[str, Any]]:
@@ -82,7 +93,7 @@ def query_meter(standin: EventStore, q: QueryParams, id_or_slug: str) -> dict[st
     window_size, tz_name = single_param(q, "windowSize"), single_param(q, "windowTimeZone")
     if window_size is not None and window_size not in WINDOW_SIZES:
         raise Problem(400, f"Invalid format for parameter windowSize: {window_size!r} is not one of {WINDOW_SIZES}")
-    group_by, subjects = list(dict.fromkeys(q.getlist("groupBy"))), q.getlist("subject")
+    group_by, subjects = q.getlist("groupBy"), q.getlist("subject")
     simple: dict[str, str] = {}
     for key, value in q.multi_items():
         if key.startswith("filterGroupBy[") and key.endswith("]"):
@@ -98,6 +109,9 @@ def query_meter(standin: EventStore, q: QueryParams, id_or_slug: str) -> dict[st
             raise Problem(400, f"invalid group by: {key}")
     if subjects and "subject" not in group_by:
         group_by.append("subject")
+    repeated = sorted({key for key in group_by if group_by.count(key) > 1})
+    if repeated:  # the server appends every groupBy to the SQL: `JSON_VALUE(...) AS user` twice fails in ClickHouse
+        raise Problem(500, f"query meter: multiple expressions for alias {repeated[0]} (groupBy repeated)")
     if q.getlist("filterCustomerId"):  # the stand-in has no customers, so every id is unknown
         raise Problem(404, f"customer with id {q.getlist('filterCustomerId')[0]} not found")
     try:
@@ -160,7 +174,8 @@ def aggregate_rows(
         groups.setdefault(key, []).append(row)
     data_rows = []
     for (window, subject, values), rows in sorted(groups.items(), key=lambda item: item[0]):
-        value = aggregate(meter["aggregation"], [to_number(json_value(r.event.get("data"), value_path)) for r in rows])
+        values_read = [to_float64_or_null(json_value(r.event.get("data"), value_path)) for r in rows]
+        value = aggregate(meter["aggregation"], values_read)
         if value is None:
             continue
         if window_size:
