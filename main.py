@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ai-credits-mcp: {exc}", file=sys.stderr)
         return 2
+    from ai_credit_usage.redaction import redact_log_handlers
+
+    # Whatever a library or a traceback writes, the secrets' values never reach the console or OpenTelemetry.
+    redact_log_handlers(
+        secret.get_secret_value() for secret in (settings.openmeter_api_key, settings.mcp_auth_token) if secret
+    )
     # The rest only once the configuration is known good, so a mistake is reported at once; server after logging.
     import uvicorn
 

@@ -86,6 +86,17 @@ class Settings(BaseSettings):
             raise ValueError("is blank")
         return value
 
+    @field_validator("openmeter_api_key")
+    @classmethod
+    def _header_safe(cls, value: SecretStr) -> SecretStr:
+        # It is sent as `Authorization: Bearer <key>`: only visible ASCII (and inner spaces) can be (issue 16 F5).
+        if not all(" " <= character <= "~" for character in value.get_secret_value().strip()):
+            raise ValueError(
+                "it holds a character that cannot be sent in an HTTP header (only ASCII letters, digits and "
+                "punctuation can): copy the key again from OpenMeter"
+            )
+        return value
+
     @field_validator("download_store_url")
     @classmethod
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:

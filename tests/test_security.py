@@ -310,3 +310,28 @@ def test_the_auth_token_scheme_is_case_insensitive_and_the_token_is_not(
 ) -> None:
     url = start_server(mcp_auth_token="tais-shared-secret")
     assert raw_initialize(url, {"Authorization": authorization}) == status
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"to_date": "9999-12-31"}, "to_date"),
+        ({"to_date": "9999-12-31T23:59:59Z"}, "to_date"),
+        ({"from_date": "0001-01-01"}, "from_date"),
+    ],
+)
+async def test_far_windows_are_a_sentence_naming_the_parameter(
+    server_url: str,
+    openmeter: OpenMeterStandIn,
+    caplog: pytest.LogCaptureFixture,
+    tool: str,
+    arguments: dict[str, str],
+    named: str,
+) -> None:
+    """Issue 16 F5: the trend tool logged an OverflowError traceback for a to_date near 9999-12-31."""
+    result = await call_tool(server_url, tool, arguments)
+    assert result.is_error
+    assert text_of(result).startswith(f"{named} '")
+    assert not openmeter.requests
+    assert not [record for record in caplog.records if record.exc_info], caplog.text
