@@ -60,8 +60,11 @@ class DownloadStoreUnavailable(UserFacingError):
 
 
 class DownloadStore(Protocol):
-    async def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
-        """Keep `content` for the TTL; return the new token and what a `get` will return. May raise UserFacingError."""
+    async def put(self, content: bytes, *, filename: str, media_type: str, tenant: str) -> tuple[str, Download]:
+        """Keep `content` for the TTL; return the new token and what a `get` will return. May raise UserFacingError.
+
+        `tenant` is whose link it is: when the budget is reached, only links of tenants holding more than their
+        share of it give way (issue 16 F4)."""
         ...
 
     async def get(self, token: str) -> Download | None:
@@ -97,6 +100,13 @@ def describe_store_url(url: str | None) -> str:
     return f"{parts.scheme}://{where}"
 
 
+def _store_full() -> DownloadTooLarge:
+    return DownloadTooLarge(
+        "The download store is full with other tenants' recent files right now; try again in a few minutes, "
+        "or ask for a shorter window."
+    )
+
+
 def _too_large(content: bytes, max_bytes: int) -> DownloadTooLarge:
     return DownloadTooLarge(
         f"The Excel file for this window would be {len(content) / 1e6:,.0f} MB, more than this server can "
@@ -108,16 +118,26 @@ class MemoryDownloadStore:
     """In this process: an entry lives `ttl` seconds by the injected clock, and the store holds at most `max_bytes`.
 
     Expired entries are deleted (their bytes freed) whenever the store is touched and by `purge_expired()`, which the
-    server also runs periodically, so memory does not wait for the next request. The oldest links give way to the
-    newest when the budget is reached. A plain lock, not an asyncio one: tests and the soak script read it from other
-    threads, and no operation awaits while holding it.
+    server also runs periodically, so memory does not wait for the next request.
+
+    When a new link would take the store past its budget, links give way fairly (issue 16 F4): the budget is split
+    evenly among the tenants holding links (the one storing now included), and only a tenant holding more than its
+    share loses links, its oldest first, the largest holder first. A tenant's calls therefore never evict another
+    tenant's unexpired link while that tenant is within its share; when no one else is over, a link that would take
+    its own tenant past its share is refused with a sentence instead.
+
+    A plain lock, not an asyncio one: tests and the soak script read it from other threads, and no operation awaits
+    while holding it.
     """
 
     def __init__(self, ttl_seconds: int, clock: Clock, *, max_bytes: int = DEFAULT_DOWNLOAD_STORE_MAX_BYTES) -> None:
         self._ttl = timedelta(seconds=ttl_seconds)
         self._clock = clock
         self._max_bytes = max_bytes
-        self._entries: dict[str, Download] = {}
+        self._entries: dict[str, Download] = {}  # insertion order is expiry order
+        self._tenant_of: dict[str, str] = {}
+        self._links: dict[str, dict[str, None]] = {}  # tenant -> its tokens, oldest first
+        self._held: dict[str, int] = {}  # tenant -> bytes
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -125,19 +145,44 @@ class MemoryDownloadStore:
     def bytes_held(self) -> int:
         return self._bytes
 
-    async def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
+    def bytes_of(self, tenant: str) -> int:
+        with self._lock:
+            return self._held.get(tenant, 0)
+
+    async def put(self, content: bytes, *, filename: str, media_type: str, tenant: str) -> tuple[str, Download]:
         if len(content) > self._max_bytes:
             raise _too_large(content, self._max_bytes)
         token = secrets.token_urlsafe(32)  # 256 random bits
         download = Download(content, filename, media_type, self._clock() + self._ttl)
         with self._lock:
             self._purge_locked()
-            while self._entries and self._bytes + len(content) > self._max_bytes:
-                self._remove_locked(next(iter(self._entries)))  # the oldest link expires soonest anyway
-                logger.warning("download store at its %d-byte budget: dropped the oldest live link", self._max_bytes)
+            while self._bytes + len(content) > self._max_bytes:
+                victim = self._over_share_locked(tenant, len(content))
+                if victim is None:
+                    raise _store_full()
+                self._remove_locked(next(iter(self._links[victim])))  # its oldest link expires soonest anyway
+                logger.warning(
+                    "download store at its %d-byte budget: dropped the oldest link of a tenant over its share",
+                    self._max_bytes,
+                )
             self._entries[token] = download
+            self._tenant_of[token] = tenant
+            self._links.setdefault(tenant, {})[token] = None
+            self._held[tenant] = self._held.get(tenant, 0) + len(content)
             self._bytes += len(content)
         return token, download
+
+    def _over_share_locked(self, tenant: str, incoming: int) -> str | None:
+        """The tenant that should give up a link: of those holding links and more than their share of the budget
+        (counting the link `tenant` is storing), the largest holder, `tenant` itself on a tie; None if no one."""
+        holders = set(self._held) | {tenant}
+        share = self._max_bytes / len(holders)
+        candidates = [
+            (held + (incoming if holder == tenant else 0), holder == tenant, holder)
+            for holder, held in self._held.items()
+            if held + (incoming if holder == tenant else 0) > share
+        ]
+        return max(candidates)[2] if candidates else None
 
     async def get(self, token: str) -> Download | None:
         with self._lock:
@@ -154,6 +199,9 @@ class MemoryDownloadStore:
     async def aclose(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._tenant_of.clear()
+            self._links.clear()
+            self._held.clear()
             self._bytes = 0
 
     def __len__(self) -> int:
@@ -175,7 +223,13 @@ class MemoryDownloadStore:
         return len(expired)
 
     def _remove_locked(self, token: str) -> None:
-        self._bytes -= len(self._entries.pop(token).content)
+        size = len(self._entries.pop(token).content)
+        tenant = self._tenant_of.pop(token)
+        del self._links[tenant][token]
+        self._held[tenant] -= size
+        if not self._links[tenant]:  # a tenant without links no longer counts for the shares
+            del self._links[tenant], self._held[tenant]
+        self._bytes -= size
 
 
 class RedisDownloadStore:
@@ -216,7 +270,7 @@ class RedisDownloadStore:
     def key(self, token: str) -> str:
         return self._prefix + token
 
-    async def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
+    async def put(self, content: bytes, *, filename: str, media_type: str, tenant: str) -> tuple[str, Download]:
         if len(content) > self._max_bytes:
             raise _too_large(content, self._max_bytes)
         token = secrets.token_urlsafe(32)  # 256 random bits

@@ -85,6 +85,7 @@ class Pipeline:
                 content,
                 filename=("DEMO_" if self._demo else "") + _filename(spec.file_label, caller.tenant, window),
                 media_type=XLSX_MEDIA_TYPE,
+                tenant=caller.tenant,
             )
         except TimeoutError:
             call.fail("timeout", f"deadline of {self._deadline_seconds:g} s")

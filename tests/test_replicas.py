@@ -179,7 +179,7 @@ async def test_two_stores_share_every_link_and_redis_holds_the_expiry(redis_serv
     replica_a = RedisDownloadStore(redis_server.url, 600, clock)
     replica_b = RedisDownloadStore(redis_server.url, 600, clock)
     try:
-        token, made = await replica_a.put(b"PK workbook", filename="a.xlsx", media_type=XLSX)
+        token, made = await replica_a.put(b"PK workbook", filename="a.xlsx", media_type=XLSX, tenant="acme")
         assert len(token) >= 43 and made.expires_at == NOW + timedelta(seconds=600)
         assert await replica_b.get(token) == made
         assert await replica_b.get("A" * 43) is None
@@ -201,7 +201,7 @@ async def test_a_single_workbook_over_the_budget_is_refused(redis_server: RedisS
     store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW), max_bytes=1024 * 1024)
     try:
         with pytest.raises(DownloadTooLarge, match="shorter window"):
-            await store.put(b"x" * (1024 * 1024 + 1), filename="huge.xlsx", media_type=XLSX)
+            await store.put(b"x" * (1024 * 1024 + 1), filename="huge.xlsx", media_type=XLSX, tenant="acme")
     finally:
         await store.aclose()
 
@@ -209,18 +209,18 @@ async def test_a_single_workbook_over_the_budget_is_refused(redis_server: RedisS
 async def test_an_outage_is_a_quick_clear_error_and_a_restart_heals(redis_server: RedisServer) -> None:
     store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW))
     try:
-        token, _ = await store.put(b"before", filename="a.xlsx", media_type=XLSX)
+        token, _ = await store.put(b"before", filename="a.xlsx", media_type=XLSX, tenant="acme")
         redis_server.stop()
         with anyio.fail_after(OUTAGE_BOUND_SECONDS):
             with pytest.raises(DownloadStoreUnavailable, match=re.escape(UNAVAILABLE)):
-                await store.put(b"during", filename="b.xlsx", media_type=XLSX)
+                await store.put(b"during", filename="b.xlsx", media_type=XLSX, tenant="acme")
             with pytest.raises(DownloadStoreUnavailable):
                 await store.get(token)
             assert not await store.healthy()
         redis_server.start()  # same port, empty: a Redis without persistence forgets its links
         assert await store.healthy()  # the pool's dead connection is replaced, not reported
         assert await store.get(token) is None
-        token, _ = await store.put(b"after", filename="c.xlsx", media_type=XLSX)
+        token, _ = await store.put(b"after", filename="c.xlsx", media_type=XLSX, tenant="acme")
         assert (await store.get(token)).content == b"after"  # type: ignore[union-attr]
     finally:
         await store.aclose()
@@ -258,7 +258,7 @@ async def test_a_redis_that_stops_answering_never_hangs_a_call(redis_server: Red
     store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW), timeout_seconds=0.3)
     assert redis_server.process is not None
     try:
-        token, _ = await store.put(b"before", filename="a.xlsx", media_type=XLSX)
+        token, _ = await store.put(b"before", filename="a.xlsx", media_type=XLSX, tenant="acme")
         redis_server.process.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
@@ -266,7 +266,7 @@ async def test_a_redis_that_stops_answering_never_hangs_a_call(redis_server: Red
             with pytest.raises(DownloadStoreUnavailable):
                 await store.get(token)
             with pytest.raises(DownloadStoreUnavailable):
-                await store.put(b"during", filename="b.xlsx", media_type=XLSX)
+                await store.put(b"during", filename="b.xlsx", media_type=XLSX, tenant="acme")
             assert time.monotonic() - started < 3 * 0.3 * 3 + 1
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
