@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ REDIS_KEY_PREFIX = "ai-credits:download:"
 # Short enough that a Redis outage turns into a clear error within seconds, never a hung tool call or download.
 REDIS_TIMEOUT_SECONDS = 2.0
 MAX_TOKEN_LENGTH = 100  # ours are 43 characters; anything much longer is not worth a round trip
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")  # base64url: what secrets.token_urlsafe makes
 UNAVAILABLE = "The download store is unavailable right now; try again in a few minutes."
 
 T = TypeVar("T")
@@ -232,14 +234,71 @@ class MemoryDownloadStore:
         self._bytes -= size
 
 
+# One atomic put with the memory store's fairness (issue 16 F4), for every replica at once. KEYS: the index (a sorted
+# set, token -> expiry in ms by Redis's clock), the meta hash (token -> "<bytes>:<tenant>"), the new entry's key.
+# ARGV: token, tenant, bytes, ttl in ms, budget in bytes, value, entry key prefix. Returns 1 stored, 0 token
+# collision, -1 no room (no other tenant over its share).
+_FAIR_PUT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do redis.call('HDEL', KEYS[2], token) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local tenant, size, ttl, budget = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local links, held, total = {}, {}, 0
+for _, token in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local meta = redis.call('HGET', KEYS[2], token)
+  if meta then
+    local colon = string.find(meta, ':', 1, true)
+    local bytes, owner = tonumber(string.sub(meta, 1, colon - 1)), string.sub(meta, colon + 1)
+    if links[owner] == nil then links[owner], held[owner] = {}, 0 end
+    table.insert(links[owner], {token, bytes})
+    held[owner] = held[owner] + bytes
+    total = total + bytes
+  end
+end
+local given = {}
+while total + size > budget do
+  local holders = held[tenant] == nil and 1 or 0
+  for _ in pairs(held) do holders = holders + 1 end
+  local share = budget / holders
+  local victim, most = nil, -1
+  for owner, bytes in pairs(held) do
+    local counted = bytes + (owner == tenant and size or 0)
+    if counted > share and (counted > most or (counted == most and owner == tenant)) then
+      victim, most = owner, counted
+    end
+  end
+  if victim == nil then return -1 end
+  local index = (given[victim] or 0) + 1
+  given[victim] = index
+  local link = links[victim][index]
+  redis.call('DEL', ARGV[7] .. link[1])
+  redis.call('ZREM', KEYS[1], link[1])
+  redis.call('HDEL', KEYS[2], link[1])
+  held[victim], total = held[victim] - link[2], total - link[2]
+  if index == #links[victim] then held[victim] = nil end
+end
+if not redis.call('SET', KEYS[3], ARGV[6], 'PX', ttl, 'NX') then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], size .. ':' .. tenant)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
+
+
 class RedisDownloadStore:
     """In Redis, shared by every replica: one key per token, `SET … PX ttl NX`, so Redis deletes it on expiry.
 
     The value is a one-line JSON header (filename, media type, expiry) then the workbook bytes: one key and one
     command, so a workbook can never be stored without its expiry. Every `get` asks Redis; nothing is cached here,
     so no replica serves a link that has expired or was never issued. Redis's own clock decides expiry (the injected
-    clock only computes the expiry shown in the answer); the total budget is Redis's `maxmemory`, and
-    `max_bytes` still caps a single workbook.
+    clock only computes the expiry shown in the answer).
+
+    `max_bytes` is the budget of all replicas together, shared as fairly as in the memory store: a Lua script
+    indexes each link's size and tenant (a sorted set by expiry, a hash) and, in the same atomic step as the `SET`,
+    drops only links of tenants over their share. Redis's own `maxmemory` eviction would pick the link closest to
+    expiry whatever its tenant (issue 16 F4): give Redis room above `max_bytes` so it never has to.
     """
 
     def __init__(
@@ -257,6 +316,7 @@ class RedisDownloadStore:
         self._max_bytes = max_bytes
         self._timeout = timeout_seconds
         self._prefix = key_prefix
+        self._index, self._meta = key_prefix + "!index", key_prefix + "!meta"  # "!" is in no token
         self._reachable = True  # as the last health check found it; it only decides what is logged
         # One immediate retry: after a Redis restart the pooled connection is dead, and the retry reconnects. During
         # an outage that is two quick refusals (or two timeouts), not the client's default backoff of many seconds.
@@ -266,6 +326,7 @@ class RedisDownloadStore:
             socket_connect_timeout=timeout_seconds,
             retry=Retry(NoBackoff(), 1),
         )
+        self._fair_put = self._redis.register_script(_FAIR_PUT)
 
     def key(self, token: str) -> str:
         return self._prefix + token
@@ -278,14 +339,18 @@ class RedisDownloadStore:
         header = {"filename": filename, "media_type": media_type, "expires_at": download.expires_at.isoformat()}
         value = json.dumps(header).encode() + b"\n" + content
         ttl_ms = int(self._ttl.total_seconds() * 1000)
-        stored = await self._call("store", lambda: self._redis.set(self.key(token), value, px=ttl_ms, nx=True))
+        keys = (self._index, self._meta, self.key(token))
+        arguments = (token, tenant, len(content), ttl_ms, self._max_bytes, value, self._prefix)
+        stored = await self._call("store", lambda: self._fair_put(keys=keys, args=arguments))
+        if stored == -1:
+            raise _store_full()
         if not stored:  # NX: a 256-bit token collision; never overwrite someone else's link
             logger.error("download store: token collision in Redis; refusing to overwrite")
             raise DownloadStoreUnavailable()
         return token, download
 
     async def get(self, token: str) -> Download | None:
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        if not token or len(token) > MAX_TOKEN_LENGTH or not _TOKEN.match(token):
             return None
         value = await self._call("read", lambda: self._redis.get(self.key(token)))
         if value is None:

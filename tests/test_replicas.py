@@ -206,6 +206,49 @@ async def test_a_single_workbook_over_the_budget_is_refused(redis_server: RedisS
         await store.aclose()
 
 
+async def test_one_tenant_cannot_evict_another_tenants_link_in_redis(redis_server: RedisServer) -> None:
+    """Issue 16 F4, as docs/replicas.md deploys Redis (maxmemory, volatile-ttl): before, Redis itself evicted the
+    link closest to expiry, whatever its tenant. Now the store keeps within DOWNLOAD_STORE_MAX_BYTES, fairly, and
+    Redis's limit above it is never reached."""
+    mb = 1024 * 1024
+    with redis_server.client() as client:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 16 * mb)  # room for the 4 MiB budget and Redis's own buffers
+        client.config_set("maxmemory-policy", "volatile-ttl")
+    clock = FakeClock(NOW)
+    replica_a = RedisDownloadStore(redis_server.url, 600, clock, max_bytes=4 * mb)
+    replica_b = RedisDownloadStore(redis_server.url, 600, clock, max_bytes=4 * mb)
+    try:
+        acme, _ = await replica_a.put(b"a" * mb, filename="a.xlsx", media_type=XLSX, tenant="acme")
+        globex = [
+            (await replica_b.put(bytes([i]) * mb, filename="g.xlsx", media_type=XLSX, tenant="globex"))[0]
+            for i in range(40)
+        ]
+        assert await replica_b.get(acme) is not None  # acme holds 1 MiB, under its half of 4 MiB
+        assert [(await replica_a.get(token)) is not None for token in globex] == [False] * 37 + [True] * 3
+        initech, _ = await replica_a.put(b"i" * (2 * mb), filename="i.xlsx", media_type=XLSX, tenant="initech")
+        assert [(await replica_a.get(token)) is not None for token in globex] == [False] * 39 + [True]  # 3 over 4/3
+        assert await replica_b.get(acme) is not None and await replica_b.get(initech) is not None
+    finally:
+        await replica_a.aclose()
+        await replica_b.aclose()
+
+
+async def test_a_link_no_one_can_make_room_for_is_refused_in_redis(redis_server: RedisServer) -> None:
+    kb = 1000
+    store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW), max_bytes=4000 * kb)
+    try:
+        kept = [
+            (await store.put(b"x" * (1300 * kb), filename="k.xlsx", media_type=XLSX, tenant=tenant))[0]
+            for tenant in ("acme", "globex")
+        ]
+        with pytest.raises(DownloadTooLarge, match="try again in a few minutes"):  # over its 4/3 share, no one else is
+            await store.put(b"x" * (1500 * kb), filename="i.xlsx", media_type=XLSX, tenant="initech")
+        assert all([await store.get(token) for token in kept])
+    finally:
+        await store.aclose()
+
+
 async def test_an_outage_is_a_quick_clear_error_and_a_restart_heals(redis_server: RedisServer) -> None:
     store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW))
     try:
