@@ -84,6 +84,7 @@ def create_app(
         deadline_seconds=settings.tool_deadline_seconds,
         demo=demo,
         process_writer_rows=settings.workbook_process_rows,
+        workbook_processes=settings.workbook_processes,
     )
     instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
     mcp = CreditsServer(pipeline, instructions=instructions, tools=[_registered(spec) for spec in TOOLS])

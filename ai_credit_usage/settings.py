@@ -21,6 +21,9 @@ DEFAULT_TOOL_DEADLINE_SECONDS = 120.0
 DEFAULT_DOWNLOAD_STORE_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_WORKBOOK_PROCESS_ROWS = 20_000  # below this, a thread writes faster than a process starts and is fed
 DEFAULT_MAX_EVENT_ROWS = 1_000_000
+# Workbook child processes at once: openpyxl is CPU-bound (one core each) and a child takes 40-60 MB; calls beyond
+# the cap wait for a free one within their deadline (issue 16 F4).
+DEFAULT_WORKBOOK_PROCESSES = 2
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # A host name or IPv4 address, or a bracketed IPv6 address, with an optional port: what a Host header carries.
 _ALLOWED_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?:\d{1,5}|\*))?$")
@@ -48,6 +51,7 @@ class Settings(BaseSettings):
     download_store_max_bytes: int = Field(default=DEFAULT_DOWNLOAD_STORE_MAX_BYTES, ge=1024 * 1024)
     mcp_auth_token: SecretStr | None = None
     workbook_process_rows: int = Field(default=DEFAULT_WORKBOOK_PROCESS_ROWS, ge=1)
+    workbook_processes: int = Field(default=DEFAULT_WORKBOOK_PROCESSES, ge=1, le=64)
     mcp_stateless: bool = False
     download_store_url: SecretStr | None = None  # may carry the Redis password
     tenant_override: str | None = None
