@@ -9,6 +9,10 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ai_credit_usage.settings import Settings
 
 # Everything else is imported inside the functions: each workbook process re-runs this module's top level
 # (multiprocessing's __main__ fix-up under forkserver), where these imports cost about a second per call.
@@ -26,6 +30,11 @@ def configure_logging() -> None:
     # Per-request chatter from the SDK ("Terminating session: None" on every stateless POST) and the HTTP client.
     for noisy in ("mcp.server.streamable_http", "mcp.server.streamable_http_manager", "httpx2", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def connection_limits(settings: Settings) -> dict[str, Any]:
+    """uvicorn's bounds on connections: how many at once (beyond: 503) and how long an idle one is kept."""
+    return {"limit_concurrency": settings.mcp_limit_concurrency, "timeout_keep_alive": settings.mcp_keep_alive_seconds}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             port=settings.mcp_port,
             access_log=False,
             log_level="info",
+            **connection_limits(settings),
             # Uvicorn's own config would give its loggers private handlers; without it their lines (start-up, and
             # "Exception in ASGI application") reach the root handlers: the console format and OpenTelemetry.
             log_config=None,

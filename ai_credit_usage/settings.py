@@ -24,6 +24,10 @@ DEFAULT_MAX_EVENT_ROWS = 1_000_000
 # Workbook child processes at once: openpyxl is CPU-bound (one core each) and a child takes 40-60 MB; calls beyond
 # the cap wait for a free one within their deadline (issue 16 F4).
 DEFAULT_WORKBOOK_PROCESSES = 2
+# Connections uvicorn keeps open at once (idle keep-alive ones and MCP streams included; beyond: 503), and how long
+# an idle keep-alive connection may stay (issue 16 F4). uvicorn has no header timeout: put a proxy in front.
+DEFAULT_MCP_LIMIT_CONCURRENCY = 100
+DEFAULT_MCP_KEEP_ALIVE_SECONDS = 5
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # A host name or IPv4 address, or a bracketed IPv6 address, with an optional port: what a Host header carries.
 _ALLOWED_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?:\d{1,5}|\*))?$")
@@ -52,6 +56,8 @@ class Settings(BaseSettings):
     mcp_auth_token: SecretStr | None = None
     workbook_process_rows: int = Field(default=DEFAULT_WORKBOOK_PROCESS_ROWS, ge=1)
     workbook_processes: int = Field(default=DEFAULT_WORKBOOK_PROCESSES, ge=1, le=64)
+    mcp_limit_concurrency: int = Field(default=DEFAULT_MCP_LIMIT_CONCURRENCY, ge=2, le=100_000)
+    mcp_keep_alive_seconds: int = Field(default=DEFAULT_MCP_KEEP_ALIVE_SECONDS, ge=1, le=3600)
     mcp_stateless: bool = False
     download_store_url: SecretStr | None = None  # may carry the Redis password
     tenant_override: str | None = None
