@@ -113,7 +113,7 @@ def create_app(
         )
 
     mcp_app: ASGIApp = mcp.streamable_http_app(
-        # Stateful (default) keeps sessions in this process; replicas behind a load balancer need stateless.
+        # Stateless (the default) serves every POST on its own; stateful keeps sessions in this process.
         stateless_http=settings.mcp_stateless,
         transport_security=_transport_security(settings),
         host=settings.mcp_host,

@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     workbook_processes: int = Field(default=DEFAULT_WORKBOOK_PROCESSES, ge=1, le=64)
     mcp_limit_concurrency: int = Field(default=DEFAULT_MCP_LIMIT_CONCURRENCY, ge=2, le=100_000)
     mcp_keep_alive_seconds: int = Field(default=DEFAULT_MCP_KEEP_ALIVE_SECONDS, ge=1, le=3600)
-    mcp_stateless: bool = False
+    # Stateless by default (issue 16 F2): stateful sessions shared by tenants need session_guard.py's protection.
+    mcp_stateless: bool = True
     download_store_url: SecretStr | None = None  # may carry the Redis password
     tenant_override: str | None = None
     role_override: str | None = None

@@ -252,6 +252,7 @@ async def test_a_failed_walk_leaves_no_process_no_files_and_no_download(
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_progress_is_reported_when_asked_for(server_url: str, openmeter: OpenMeterStandIn, mode: str) -> None:
+    """In the default stateless mode too (issue 16 F2): progress rides the call's own SSE response."""
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
