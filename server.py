@@ -30,6 +30,7 @@ from ai_credit_usage.gate import caller_gate
 from ai_credit_usage.openmeter import RetryPolicy, connect
 from ai_credit_usage.pipeline import Pipeline
 from ai_credit_usage.results import error_result
+from ai_credit_usage.session_guard import SessionGuard
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
 from ai_credit_usage.telemetry import Telemetry, traced_download, watch_download_store
 from ai_credit_usage.tool_call import current_call
@@ -118,6 +119,8 @@ def create_app(
         transport_security=_transport_security(settings),
         host=settings.mcp_host,
     )
+    if not settings.mcp_stateless:  # sessions shared by tenants: no id twice in flight, no cancelling others' calls
+        mcp_app = SessionGuard(mcp_app)
     if settings.mcp_auth_token is not None:
         mcp_app = BearerTokenGate(mcp_app, settings.mcp_auth_token.get_secret_value())
 
