@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.types import JSONRPCNotification, JSONRPCRequest, jsonrpc_message_adapter
@@ -90,7 +91,11 @@ class SessionGuard:
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        body, replay = await _buffered(receive)
+        buffered = await _buffered(receive, DEFAULT_MAX_REQUEST_BODY_SIZE)  # the SDK's own limit, checked first here
+        if buffered is None:
+            await _send(send, 413, b"Request body too large", "text/plain")
+            return
+        body, replay = buffered
         message = _parse(body)
         if isinstance(message, JSONRPCRequest):
             await self._request(session_id, message, _caller(headers), scope, replay, send)
@@ -228,14 +233,19 @@ def _parse(body: bytes) -> object:
         return None
 
 
-async def _buffered(receive: Receive) -> tuple[bytes, Receive]:
-    """The request's body, and a `receive` that hands it to the app once, then passes on (disconnects included)."""
+async def _buffered(receive: Receive, limit: int) -> tuple[bytes, Receive] | None:
+    """The request's body, and a `receive` that hands it to the app once, then passes on (disconnects included);
+    None for a body over `limit` bytes."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":  # the client went away before sending it all
             break
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
         if not message.get("more_body", False):
             break
     body = b"".join(chunks)

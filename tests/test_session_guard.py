@@ -16,8 +16,10 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
+from ai_credit_usage.session_guard import SessionGuard
 from tests.conftest import CLIENT_TIMEOUT, NOW, ServerStarter
 
 pytestmark = pytest.mark.anyio
@@ -157,3 +159,72 @@ async def test_another_tenant_cannot_cancel_my_call_but_i_can(
             assert await session.notify(ACME, "notifications/cancelled", {"requestId": 12}) == 202
     assert "result" not in answers[12]  # its own caller's cancel does cancel it
     assert answers[12]["error"]["message"] == "Request cancelled"
+
+
+# The guard's own rules, below HTTP: an ASGI app standing in for the SDK answers as told.
+def post(session: str | None, body: dict[str, Any] | bytes, caller: dict[str, str] = ACME) -> Scope:
+    headers = [(name.lower().encode(), value.encode()) for name, value in caller.items()]
+    if session is not None:
+        headers.append((b"mcp-session-id", session.encode()))
+    return {"type": "http", "method": "POST", "path": "/mcp", "headers": headers}
+
+
+class FakeSdk:
+    """Answers each POST with an SSE stream that carries the response to its id, unless told to stop before it."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.answer = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "DELETE":  # the session ends
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        message = json.loads((await receive())["body"])
+        self.seen.append(message)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if self.answer and "id" in message:
+            data = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {}}).encode()
+            await send({"type": "http.response.body", "body": b"event: message\r\ndata: " + data + b"\r\n\r\n"})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def through(guard: SessionGuard, scope: Scope, body: dict[str, Any] | bytes) -> tuple[int, bytes]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await guard(scope, receive, send)
+    return sent[0]["status"], b"".join(message.get("body", b"") for message in sent[1:])
+
+
+def call(request_id: int | str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": "x", "arguments": {}}}
+
+
+async def test_an_id_whose_post_ended_unanswered_stays_taken_until_the_session_ends() -> None:
+    sdk = FakeSdk()
+    guard = SessionGuard(sdk)
+    sdk.answer = False  # the client went away; the tool may still be running in the session
+    assert (await through(guard, post("s1", call(3)), call(3)))[0] == 200
+    sdk.answer = True
+    status, body = await through(guard, post("s1", call("3")), call("3"))
+    assert status == 200 and json.loads(body)["error"]["code"] == -32600
+    assert (await through(guard, post("s2", call(3)), call(3)))[0] == 200  # another session: its own ids
+    assert (await through(guard, post(None, call(3)), call(3)))[0] == 200  # no session (stateless, 2026 era)
+    delete = {"type": "http", "method": "DELETE", "path": "/mcp", "headers": [(b"mcp-session-id", b"s1")]}
+    await through(guard, delete, b"")
+    assert "result" in json.loads((await through(guard, post("s1", call(3)), call(3)))[1].split(b"data: ")[1])
+    assert [message.get("id") for message in sdk.seen if message.get("id") is not None] == [3, 3, 3, 3]
+
+
+async def test_a_body_over_the_sdks_limit_is_refused_before_it_is_read_whole() -> None:
+    guard = SessionGuard(FakeSdk())
+    status, _ = await through(guard, post("s1", b""), b"x" * (4 * 1024 * 1024 + 1))
+    assert status == 413
