@@ -147,10 +147,6 @@ class MemoryDownloadStore:
     def bytes_held(self) -> int:
         return self._bytes
 
-    def bytes_of(self, tenant: str) -> int:
-        with self._lock:
-            return self._held.get(tenant, 0)
-
     async def put(self, content: bytes, *, filename: str, media_type: str, tenant: str) -> tuple[str, Download]:
         if len(content) > self._max_bytes:
             raise _too_large(content, self._max_bytes)
