@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -13,6 +17,7 @@ from ai_credit_usage.openmeter.standin import OpenMeterStandIn
 from ai_credit_usage.redaction import REDACTED, RedactingFilter, Redactor, redact_log_handlers
 from tests.conftest import call_tool, text_of
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = 'om/secret+key=4f9c 2b7e"1d'  # characters that URL and JSON encoding change
 
 
@@ -108,3 +113,35 @@ async def test_an_upstream_echo_of_the_key_is_redacted_in_the_log(
         assert form not in logged
         assert form not in text_of(result)
     assert REDACTED in logged
+
+
+def test_main_puts_the_filter_on_its_log_handlers(tmp_path: Path) -> None:
+    """main.py as an operator runs it, with uvicorn replaced by a stand-in that logs an echo of the key and a
+    traceback quoting it: the console shows neither."""
+    script = (
+        "import logging, sys, uvicorn, main\n"
+        "def run(app, **options):\n"
+        "    logging.getLogger('some.library').warning('upstream said Bearer %s', sys.argv[1])\n"
+        "    try:\n"
+        "        raise RuntimeError('boom ' + sys.argv[1])\n"
+        "    except RuntimeError:\n"
+        "        logging.getLogger('some.library').exception('failed')\n"
+        "    print('limits', options['limit_concurrency'], options['timeout_keep_alive'])\n"
+        "uvicorn.run = run\n"
+        "sys.exit(main.main([]))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", script, SECRET],
+        env={**clean, "OPENMETER_API_KEY": SECRET, "PYTHONPATH": str(ROOT), "MCP_KEEP_ALIVE_SECONDS": "7"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stderr + result.stdout
+    assert f"upstream said Bearer {REDACTED}" in result.stderr
+    assert f"RuntimeError: boom {REDACTED}" in result.stderr
+    assert "limits 100 7" in result.stdout
