@@ -64,11 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ai-credits-mcp: {exc}", file=sys.stderr)
         return 2
+    from urllib.parse import urlsplit
+
     from ai_credit_usage.redaction import redact_log_handlers
 
     # Whatever a library or a traceback writes, the secrets' values never reach the console or OpenTelemetry.
+    store_url = settings.download_store_url.get_secret_value() if settings.download_store_url else ""
     redact_log_handlers(
-        secret.get_secret_value() for secret in (settings.openmeter_api_key, settings.mcp_auth_token) if secret
+        [
+            settings.openmeter_api_key.get_secret_value(),
+            settings.mcp_auth_token.get_secret_value() if settings.mcp_auth_token else None,
+            urlsplit(store_url).password,  # the Redis password, should a library ever quote the URL
+        ]
     )
     # The rest only once the configuration is known good, so a mistake is reported at once; server after logging.
     import uvicorn

@@ -15,16 +15,17 @@ from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
 REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 4  # shorter "secrets" (a one-letter Redis password) would blank out ordinary log text
 
 
 class Redactor:
-    """Replaces each secret, raw or URL- or JSON-encoded, with `[redacted]`; blank secrets are ignored."""
+    """Replaces each secret, raw or URL- or JSON-encoded, with `[redacted]`; blank or very short ones are ignored."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         forms: set[str] = set()
         for secret in secrets:
             for value in {(secret or "").strip(), secret or ""}:
-                if value.strip():
+                if len(value.strip()) >= MIN_SECRET_LENGTH:
                     forms |= {value, quote(value, safe=""), quote(value), quote_plus(value), json.dumps(value)[1:-1]}
         # Longest first: a form that contains another is replaced whole.
         self._forms = sorted(forms, key=len, reverse=True)

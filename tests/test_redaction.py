@@ -32,8 +32,8 @@ def test_every_encoded_form_of_the_secret_is_replaced(form: str) -> None:
 
 
 def test_text_without_secrets_is_unchanged_and_blank_secrets_are_ignored() -> None:
-    redact = Redactor(["", "   ", None])
-    assert redact("nothing to hide") == "nothing to hide"
+    redact = Redactor(["", "   ", None, "a", "pw"])
+    assert redact("nothing to hide, a pw") == "nothing to hide, a pw"
     assert Redactor(["  padded-key\n"])("Bearer padded-key") == f"Bearer {REDACTED}"
 
 
