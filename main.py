@@ -10,7 +10,10 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ai_credit_usage.settings import Settings
 
 # Everything else is imported inside the functions: each workbook process re-runs this module's top level
 # (multiprocessing's __main__ fix-up under forkserver), where these imports cost about a second per call.
@@ -28,6 +31,11 @@ def configure_logging() -> None:
     # Per-request chatter from the SDK ("Terminating session: None" on every stateless POST) and the HTTP client.
     for noisy in ("mcp.server.streamable_http", "mcp.server.streamable_http_manager", "httpx2", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def connection_limits(settings: Settings) -> dict[str, Any]:
+    """uvicorn's bounds on connections: how many at once (beyond: 503) and how long an idle one is kept."""
+    return {"limit_concurrency": settings.mcp_limit_concurrency, "timeout_keep_alive": settings.mcp_keep_alive_seconds}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ai-credits-mcp: {exc}", file=sys.stderr)
         return 2
+    from urllib.parse import urlsplit
+
+    from ai_credit_usage.redaction import redact_log_handlers
+
+    # Whatever a library or a traceback writes, the secrets' values never reach the console or OpenTelemetry.
+    store_url = settings.download_store_url.get_secret_value() if settings.download_store_url else ""
+    redact_log_handlers(
+        [
+            settings.openmeter_api_key.get_secret_value(),
+            settings.mcp_auth_token.get_secret_value() if settings.mcp_auth_token else None,
+            urlsplit(store_url).password,  # the Redis password, should a library ever quote the URL
+        ]
+    )
     # The rest only once the configuration is known good, so a mistake is reported at once; server after logging.
     import uvicorn
 
@@ -115,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = create_app(settings, demo=arguments.demo, telemetry=telemetry)
         if settings.download_port is None:
-            uvicorn.run(app, host=settings.mcp_host, port=settings.mcp_port, **UVICORN_OPTIONS)
+            uvicorn.run(
+                app, host=settings.mcp_host, port=settings.mcp_port, **UVICORN_OPTIONS, **connection_limits(settings)
+            )
         else:
-            serve_with_download_listener(app, settings)
+            serve_with_download_listener(app, settings, settings.download_port)
     finally:
         if telemetry is not None:
             telemetry.shutdown()  # when the app's lifespan did not get to it (e.g. the port was taken)
@@ -130,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 UVICORN_OPTIONS: dict[str, Any] = {"access_log": False, "log_level": "info", "log_config": None}
 
 
-def serve_with_download_listener(app: Any, settings: Any) -> None:
+def serve_with_download_listener(app: Any, settings: Settings, download_port: int) -> None:
     """The app on MCP_PORT and its download routes alone on DOWNLOAD_PORT, in one event loop. The app's lifespan owns
     the download store; the listener has none, and stops when the app's server does (its signals end both)."""
     import asyncio
@@ -143,14 +166,18 @@ def serve_with_download_listener(app: Any, settings: Any) -> None:
         def capture_signals(self) -> Iterator[None]:  # the main server takes the signals, and stops this one
             yield
 
-    main_server = uvicorn.Server(uvicorn.Config(app, host=settings.mcp_host, port=settings.mcp_port, **UVICORN_OPTIONS))
+    limits = connection_limits(settings)
+    main_server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.mcp_host, port=settings.mcp_port, **UVICORN_OPTIONS, **limits)
+    )
     listener = Listener(
         uvicorn.Config(
             app.state.download_app,
             host=settings.download_host or settings.mcp_host,
-            port=settings.download_port,
+            port=download_port,
             lifespan="off",
             **UVICORN_OPTIONS,
+            **limits,
         )
     )
 

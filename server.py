@@ -31,6 +31,7 @@ from ai_credit_usage.jwt_verifier import JwtRules, JwtVerifier
 from ai_credit_usage.openmeter import RetryPolicy, connect
 from ai_credit_usage.pipeline import Pipeline
 from ai_credit_usage.results import error_result
+from ai_credit_usage.session_guard import SessionGuard
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
 from ai_credit_usage.telemetry import Telemetry, traced_download, watch_download_store
 from ai_credit_usage.tool_call import current_call
@@ -91,6 +92,7 @@ def create_app(
         deadline_seconds=settings.tool_deadline_seconds,
         demo=demo,
         process_writer_rows=settings.workbook_process_rows,
+        workbook_processes=settings.workbook_processes,
     )
     instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
     mcp = CreditsServer(pipeline, instructions=instructions, tools=[_registered(spec) for spec in TOOLS])
@@ -119,11 +121,13 @@ def create_app(
         )
 
     mcp_app: ASGIApp = mcp.streamable_http_app(
-        # Stateful (default) keeps sessions in this process; replicas behind a load balancer need stateless.
+        # Stateless (the default) serves every POST on its own; stateful keeps sessions in this process.
         stateless_http=settings.mcp_stateless,
         transport_security=_transport_security(settings),
         host=settings.mcp_host,
     )
+    if not settings.mcp_stateless:  # sessions shared by tenants: no id twice in flight, no cancelling others' calls
+        mcp_app = SessionGuard(mcp_app)
     if settings.mcp_auth_token is not None:
         mcp_app = BearerTokenGate(mcp_app, settings.mcp_auth_token.get_secret_value())
     metadata_routes: list[Route] = []

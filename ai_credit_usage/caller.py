@@ -14,6 +14,10 @@ from ai_credit_usage.errors import UserFacingError
 TENANT_HEADER = "x-tenant-name"
 ROLE_HEADER = "x-user-userrole"
 ADMIN_ROLES = frozenset({"admin", "administrators"})
+# HTTP's optional whitespace (RFC 9110 §5.6.3): the only blanks trimmed from a header value. Python's `str.strip()`
+# would also trim no-break, em and ideographic spaces, making "acme" + U+00A0 read as "acme" (issue 16 F3).
+HTTP_BLANKS = " \t"
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 class Refusal(UserFacingError):
@@ -32,20 +36,20 @@ def identify_caller(
     """The caller if they are an administrator of a named tenant; `Refusal` otherwise."""
     headers = headers or {}
     role_header = role_override if role_override is not None else header_value(headers, ROLE_HEADER)
-    roles = tuple(role.strip() for role in role_header.split(",") if role.strip())
-    if not any(role.casefold() in ADMIN_ROLES for role in roles):
+    roles = tuple(trim(role) for role in role_header.split(",") if trim(role))
+    if not any(is_admin_role(role) for role in roles):
         raise Refusal(
             "Only tenant administrators can see AI credit usage; ask an administrator of your tenant for these figures."
         )
     # Every line the header came in, trimmed; the same tenant sent twice is still that one tenant.
-    tenants = {value.strip() for value in header_values(headers, TENANT_HEADER)}
+    tenants = {trim(value) for value in header_values(headers, TENANT_HEADER)}
     if tenant_override is None and len(tenants) > 1:
         # Fail closed: which of two tenants is meant is not ours to guess.
         raise Refusal(
             "The chat service sent more than one tenant (X-Tenant-Name), so no usage can be shown; "
             "ask the TAIS operator to check the tool's configuration."
         )
-    tenant = tenant_override.strip() if tenant_override is not None else next(iter(tenants), "")
+    tenant = trim(tenant_override) if tenant_override is not None else next(iter(tenants), "")
     if not tenant:
         raise Refusal(
             "Your tenant is not known (the chat service sent no X-Tenant-Name), so no usage can be shown; "
@@ -62,7 +66,18 @@ def claimed(
     headers = headers or {}
     tenant = tenant_override if tenant_override is not None else header_value(headers, TENANT_HEADER)
     role = role_override if role_override is not None else header_value(headers, ROLE_HEADER)
-    return tenant.strip()[:200] or None, role.strip()[:200] or None
+    return trim(tenant)[:200] or None, trim(role)[:200] or None
+
+
+def trim(value: str) -> str:
+    """A header value without the spaces and tabs around it; every other character, blank or not, is the value."""
+    return value.strip(HTTP_BLANKS)
+
+
+def is_admin_role(role: str) -> bool:
+    """`admin` or `Administrators`, ASCII letters in any case and nothing else: no Unicode case folding, which
+    would make "Admini\\u017ftrators" (long s) or "admini\\ufb06rators" (ligature) an administrator."""
+    return role.isascii() and role.translate(_ASCII_LOWER) in ADMIN_ROLES
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ REDIS_KEY_PREFIX = "ai-credits:download:"
 # Short enough that a Redis outage turns into a clear error within seconds, never a hung tool call or download.
 REDIS_TIMEOUT_SECONDS = 2.0
 MAX_TOKEN_LENGTH = 100  # ours are 43 characters; anything much longer is not worth a round trip
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")  # base64url: what secrets.token_urlsafe makes
 UNAVAILABLE = "The download store is unavailable right now; try again in a few minutes."
 
 T = TypeVar("T")
@@ -60,8 +62,11 @@ class DownloadStoreUnavailable(UserFacingError):
 
 
 class DownloadStore(Protocol):
-    async def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
-        """Keep `content` for the TTL; return the new token and what a `get` will return. May raise UserFacingError."""
+    async def put(self, content: bytes, *, filename: str, media_type: str, tenant: str) -> tuple[str, Download]:
+        """Keep `content` for the TTL; return the new token and what a `get` will return. May raise UserFacingError.
+
+        `tenant` is whose link it is: when the budget is reached, only links of tenants holding more than their
+        share of it give way (issue 16 F4)."""
         ...
 
     async def get(self, token: str) -> Download | None:
@@ -97,6 +102,13 @@ def describe_store_url(url: str | None) -> str:
     return f"{parts.scheme}://{where}"
 
 
+def _store_full() -> DownloadTooLarge:
+    return DownloadTooLarge(
+        "The download store is full with other tenants' recent files right now; try again in a few minutes, "
+        "or ask for a shorter window."
+    )
+
+
 def _too_large(content: bytes, max_bytes: int) -> DownloadTooLarge:
     return DownloadTooLarge(
         f"The Excel file for this window would be {len(content) / 1e6:,.0f} MB, more than this server can "
@@ -108,16 +120,26 @@ class MemoryDownloadStore:
     """In this process: an entry lives `ttl` seconds by the injected clock, and the store holds at most `max_bytes`.
 
     Expired entries are deleted (their bytes freed) whenever the store is touched and by `purge_expired()`, which the
-    server also runs periodically, so memory does not wait for the next request. The oldest links give way to the
-    newest when the budget is reached. A plain lock, not an asyncio one: tests and the soak script read it from other
-    threads, and no operation awaits while holding it.
+    server also runs periodically, so memory does not wait for the next request.
+
+    When a new link would take the store past its budget, links give way fairly (issue 16 F4): the budget is split
+    evenly among the tenants holding links (the one storing now included), and only a tenant holding more than its
+    share loses links, its oldest first, the largest holder first. A tenant's calls therefore never evict another
+    tenant's unexpired link while that tenant is within its share; when no one else is over, a link that would take
+    its own tenant past its share is refused with a sentence instead.
+
+    A plain lock, not an asyncio one: tests and the soak script read it from other threads, and no operation awaits
+    while holding it.
     """
 
     def __init__(self, ttl_seconds: int, clock: Clock, *, max_bytes: int = DEFAULT_DOWNLOAD_STORE_MAX_BYTES) -> None:
         self._ttl = timedelta(seconds=ttl_seconds)
         self._clock = clock
         self._max_bytes = max_bytes
-        self._entries: dict[str, Download] = {}
+        self._entries: dict[str, Download] = {}  # insertion order is expiry order
+        self._tenant_of: dict[str, str] = {}
+        self._links: dict[str, dict[str, None]] = {}  # tenant -> its tokens, oldest first
+        self._held: dict[str, int] = {}  # tenant -> bytes
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -125,19 +147,40 @@ class MemoryDownloadStore:
     def bytes_held(self) -> int:
         return self._bytes
 
-    async def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
+    async def put(self, content: bytes, *, filename: str, media_type: str, tenant: str) -> tuple[str, Download]:
         if len(content) > self._max_bytes:
             raise _too_large(content, self._max_bytes)
         token = secrets.token_urlsafe(32)  # 256 random bits
         download = Download(content, filename, media_type, self._clock() + self._ttl)
         with self._lock:
             self._purge_locked()
-            while self._entries and self._bytes + len(content) > self._max_bytes:
-                self._remove_locked(next(iter(self._entries)))  # the oldest link expires soonest anyway
-                logger.warning("download store at its %d-byte budget: dropped the oldest live link", self._max_bytes)
+            while self._bytes + len(content) > self._max_bytes:
+                victim = self._over_share_locked(tenant, len(content))
+                if victim is None:
+                    raise _store_full()
+                self._remove_locked(next(iter(self._links[victim])))  # its oldest link expires soonest anyway
+                logger.warning(
+                    "download store at its %d-byte budget: dropped the oldest link of a tenant over its share",
+                    self._max_bytes,
+                )
             self._entries[token] = download
+            self._tenant_of[token] = tenant
+            self._links.setdefault(tenant, {})[token] = None
+            self._held[tenant] = self._held.get(tenant, 0) + len(content)
             self._bytes += len(content)
         return token, download
+
+    def _over_share_locked(self, tenant: str, incoming: int) -> str | None:
+        """The tenant that should give up a link: of those holding links and more than their share of the budget
+        (counting the link `tenant` is storing), the largest holder, `tenant` itself on a tie; None if no one."""
+        holders = set(self._held) | {tenant}
+        share = self._max_bytes / len(holders)
+        candidates = [
+            (held + (incoming if holder == tenant else 0), holder == tenant, holder)
+            for holder, held in self._held.items()
+            if held + (incoming if holder == tenant else 0) > share
+        ]
+        return max(candidates)[2] if candidates else None
 
     async def get(self, token: str) -> Download | None:
         with self._lock:
@@ -154,6 +197,9 @@ class MemoryDownloadStore:
     async def aclose(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._tenant_of.clear()
+            self._links.clear()
+            self._held.clear()
             self._bytes = 0
 
     def __len__(self) -> int:
@@ -175,7 +221,66 @@ class MemoryDownloadStore:
         return len(expired)
 
     def _remove_locked(self, token: str) -> None:
-        self._bytes -= len(self._entries.pop(token).content)
+        size = len(self._entries.pop(token).content)
+        tenant = self._tenant_of.pop(token)
+        del self._links[tenant][token]
+        self._held[tenant] -= size
+        if not self._links[tenant]:  # a tenant without links no longer counts for the shares
+            del self._links[tenant], self._held[tenant]
+        self._bytes -= size
+
+
+# One atomic put with the memory store's fairness (issue 16 F4), for every replica at once. KEYS: the index (a sorted
+# set, token -> expiry in ms by Redis's clock), the meta hash (token -> "<bytes>:<tenant>"), the new entry's key.
+# ARGV: token, tenant, bytes, ttl in ms, budget in bytes, value, entry key prefix. Returns 1 stored, 0 token
+# collision, -1 no room (no other tenant over its share).
+_FAIR_PUT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do redis.call('HDEL', KEYS[2], token) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local tenant, size, ttl, budget = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local links, held, total = {}, {}, 0
+for _, token in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local meta = redis.call('HGET', KEYS[2], token)
+  if meta then
+    local colon = string.find(meta, ':', 1, true)
+    local bytes, owner = tonumber(string.sub(meta, 1, colon - 1)), string.sub(meta, colon + 1)
+    if links[owner] == nil then links[owner], held[owner] = {}, 0 end
+    table.insert(links[owner], {token, bytes})
+    held[owner] = held[owner] + bytes
+    total = total + bytes
+  end
+end
+local given = {}
+while total + size > budget do
+  local holders = held[tenant] == nil and 1 or 0
+  for _ in pairs(held) do holders = holders + 1 end
+  local share = budget / holders
+  local victim, most = nil, -1
+  for owner, bytes in pairs(held) do
+    local counted = bytes + (owner == tenant and size or 0)
+    if counted > share and (counted > most or (counted == most and owner == tenant)) then
+      victim, most = owner, counted
+    end
+  end
+  if victim == nil then return -1 end
+  local index = (given[victim] or 0) + 1
+  given[victim] = index
+  local link = links[victim][index]
+  redis.call('DEL', ARGV[7] .. link[1])
+  redis.call('ZREM', KEYS[1], link[1])
+  redis.call('HDEL', KEYS[2], link[1])
+  held[victim], total = held[victim] - link[2], total - link[2]
+  if index == #links[victim] then held[victim] = nil end
+end
+if not redis.call('SET', KEYS[3], ARGV[6], 'PX', ttl, 'NX') then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], size .. ':' .. tenant)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
 
 
 class RedisDownloadStore:
@@ -184,8 +289,12 @@ class RedisDownloadStore:
     The value is a one-line JSON header (filename, media type, expiry) then the workbook bytes: one key and one
     command, so a workbook can never be stored without its expiry. Every `get` asks Redis; nothing is cached here,
     so no replica serves a link that has expired or was never issued. Redis's own clock decides expiry (the injected
-    clock only computes the expiry shown in the answer); the total budget is Redis's `maxmemory`, and
-    `max_bytes` still caps a single workbook.
+    clock only computes the expiry shown in the answer).
+
+    `max_bytes` is the budget of all replicas together, shared as fairly as in the memory store: a Lua script
+    indexes each link's size and tenant (a sorted set by expiry, a hash) and, in the same atomic step as the `SET`,
+    drops only links of tenants over their share. Redis's own `maxmemory` eviction would pick the link closest to
+    expiry whatever its tenant (issue 16 F4): give Redis room above `max_bytes` so it never has to.
     """
 
     def __init__(
@@ -203,6 +312,7 @@ class RedisDownloadStore:
         self._max_bytes = max_bytes
         self._timeout = timeout_seconds
         self._prefix = key_prefix
+        self._index, self._meta = key_prefix + "!index", key_prefix + "!meta"  # "!" is in no token
         self._reachable = True  # as the last health check found it; it only decides what is logged
         # One immediate retry: after a Redis restart the pooled connection is dead, and the retry reconnects. During
         # an outage that is two quick refusals (or two timeouts), not the client's default backoff of many seconds.
@@ -212,11 +322,12 @@ class RedisDownloadStore:
             socket_connect_timeout=timeout_seconds,
             retry=Retry(NoBackoff(), 1),
         )
+        self._fair_put = self._redis.register_script(_FAIR_PUT)
 
     def key(self, token: str) -> str:
         return self._prefix + token
 
-    async def put(self, content: bytes, *, filename: str, media_type: str) -> tuple[str, Download]:
+    async def put(self, content: bytes, *, filename: str, media_type: str, tenant: str) -> tuple[str, Download]:
         if len(content) > self._max_bytes:
             raise _too_large(content, self._max_bytes)
         token = secrets.token_urlsafe(32)  # 256 random bits
@@ -224,14 +335,18 @@ class RedisDownloadStore:
         header = {"filename": filename, "media_type": media_type, "expires_at": download.expires_at.isoformat()}
         value = json.dumps(header).encode() + b"\n" + content
         ttl_ms = int(self._ttl.total_seconds() * 1000)
-        stored = await self._call("store", lambda: self._redis.set(self.key(token), value, px=ttl_ms, nx=True))
+        keys = (self._index, self._meta, self.key(token))
+        arguments = (token, tenant, len(content), ttl_ms, self._max_bytes, value, self._prefix)
+        stored = await self._call("store", lambda: self._fair_put(keys=keys, args=arguments))
+        if stored == -1:
+            raise _store_full()
         if not stored:  # NX: a 256-bit token collision; never overwrite someone else's link
             logger.error("download store: token collision in Redis; refusing to overwrite")
             raise DownloadStoreUnavailable()
         return token, download
 
     async def get(self, token: str) -> Download | None:
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        if not token or len(token) > MAX_TOKEN_LENGTH or not _TOKEN.match(token):
             return None
         value = await self._call("read", lambda: self._redis.get(self.key(token)))
         if value is None:

@@ -20,7 +20,11 @@ from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.query import parse_query
 from ai_credit_usage.render import MAX_PREVIEW_CHARS, render_preview
 from ai_credit_usage.results import answer_result, error_result
-from ai_credit_usage.settings import DEFAULT_TOOL_DEADLINE_SECONDS, DEFAULT_WORKBOOK_PROCESS_ROWS
+from ai_credit_usage.settings import (
+    DEFAULT_TOOL_DEADLINE_SECONDS,
+    DEFAULT_WORKBOOK_PROCESS_ROWS,
+    DEFAULT_WORKBOOK_PROCESSES,
+)
 from ai_credit_usage.structured import Answered
 from ai_credit_usage.summary import Asked, summary_report
 from ai_credit_usage.table import Progress, TableSink
@@ -53,6 +57,7 @@ class Pipeline:
         deadline_seconds: float = DEFAULT_TOOL_DEADLINE_SECONDS,
         demo: bool = False,
         process_writer_rows: int = DEFAULT_WORKBOOK_PROCESS_ROWS,
+        workbook_processes: int = DEFAULT_WORKBOOK_PROCESSES,
     ) -> None:
         self._usage = usage
         self._downloads = downloads
@@ -62,13 +67,15 @@ class Pipeline:
         self._deadline_seconds = deadline_seconds
         self._demo = demo  # every text and workbook then says, first thing, that the data is generated
         self._process_writer_rows = process_writer_rows
+        # Shared by every call of this app: at most this many workbook child processes at once.
+        self._process_slots = anyio.CapacityLimiter(workbook_processes)
 
     async def answer(
         self, spec: ToolSpec, caller: Caller, arguments: Mapping[str, Any], *, progress: Progress | None = None
     ) -> CallToolResult:
         """`arguments` are the tool's own, as the gate checked them; the caller comes from the gate, never from them."""
         call = current_call.get() or ToolCall(tool=spec.name, tenant=caller.tenant, role=None)
-        sink = TableSink(progress=progress, process_rows=self._process_writer_rows)
+        sink = TableSink(progress=progress, process_rows=self._process_writer_rows, process_slots=self._process_slots)
         try:
             query = parse_query(arguments, self._clock())
             window = query.window
@@ -85,6 +92,7 @@ class Pipeline:
                 content,
                 filename=("DEMO_" if self._demo else "") + _filename(spec.file_label, caller.tenant, window),
                 media_type=XLSX_MEDIA_TYPE,
+                tenant=caller.tenant,
             )
         except TimeoutError:
             call.fail("timeout", f"deadline of {self._deadline_seconds:g} s")

@@ -21,6 +21,13 @@ DEFAULT_TOOL_DEADLINE_SECONDS = 120.0
 DEFAULT_DOWNLOAD_STORE_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_WORKBOOK_PROCESS_ROWS = 20_000  # below this, a thread writes faster than a process starts and is fed
 DEFAULT_MAX_EVENT_ROWS = 1_000_000
+# Workbook child processes at once: openpyxl is CPU-bound (one core each) and a child takes 40-60 MB; calls beyond
+# the cap wait for a free one within their deadline (issue 16 F4).
+DEFAULT_WORKBOOK_PROCESSES = 2
+# Connections uvicorn keeps open at once (idle keep-alive ones and MCP streams included; beyond: 503), and how long
+# an idle keep-alive connection may stay (issue 16 F4). uvicorn has no header timeout: put a proxy in front.
+DEFAULT_MCP_LIMIT_CONCURRENCY = 100
+DEFAULT_MCP_KEEP_ALIVE_SECONDS = 5
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # A host name or IPv4 address, or a bracketed IPv6 address, with an optional port: what a Host header carries.
 # OpenMeter's meter key (`ResourceKey` in both APIs' specs: lower-case words joined by single underscores, at most
@@ -52,7 +59,11 @@ class Settings(BaseSettings):
     download_store_max_bytes: int = Field(default=DEFAULT_DOWNLOAD_STORE_MAX_BYTES, ge=1024 * 1024)
     mcp_auth_token: SecretStr | None = None
     workbook_process_rows: int = Field(default=DEFAULT_WORKBOOK_PROCESS_ROWS, ge=1)
-    mcp_stateless: bool = False
+    workbook_processes: int = Field(default=DEFAULT_WORKBOOK_PROCESSES, ge=1, le=64)
+    mcp_limit_concurrency: int = Field(default=DEFAULT_MCP_LIMIT_CONCURRENCY, ge=2, le=100_000)
+    mcp_keep_alive_seconds: int = Field(default=DEFAULT_MCP_KEEP_ALIVE_SECONDS, ge=1, le=3600)
+    # Stateless by default (issue 16 F2): stateful sessions shared by tenants need session_guard.py's protection.
+    mcp_stateless: bool = True
     download_store_url: SecretStr | None = None  # may carry the Redis password
     tenant_override: str | None = None
     role_override: str | None = None
@@ -118,6 +129,17 @@ class Settings(BaseSettings):
     def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is blank")
+        return value
+
+    @field_validator("openmeter_api_key")
+    @classmethod
+    def _header_safe(cls, value: SecretStr) -> SecretStr:
+        # It is sent as `Authorization: Bearer <key>`: only visible ASCII (and inner spaces) can be (issue 16 F5).
+        if not all(" " <= character <= "~" for character in value.get_secret_value().strip()):
+            raise ValueError(
+                "it holds a character that cannot be sent in an HTTP header (only ASCII letters, digits and "
+                "punctuation can): copy the key again from OpenMeter"
+            )
         return value
 
     @field_validator("download_store_url")

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from ai_credit_usage.settings import DEFAULT_WORKBOOK_PROCESS_ROWS
 from ai_credit_usage.workbook import Report
 from ai_credit_usage.workbook_writer import WorkbookWriter
@@ -61,6 +63,7 @@ class TableSink:
         amounts: int = 1,
         progress: Progress | None = None,
         process_rows: int = DEFAULT_WORKBOOK_PROCESS_ROWS,
+        process_slots: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.preview_rows: list[tuple[Any, ...]] = []
         self.row_count = 0
@@ -70,6 +73,7 @@ class TableSink:
         self._rest_sums: list[float] = []
         self._breakdowns: dict[str, dict[str, float]] = {}
         self._process_rows = process_rows
+        self._process_slots = process_slots
         self._writer: WorkbookWriter | None = None
         self.define(columns, amounts=amounts)
 
@@ -140,5 +144,7 @@ class TableSink:
     def _workbook(self) -> WorkbookWriter:
         """The writer, created with the first row (or at the end): by then the columns are final."""
         if self._writer is None:
-            self._writer = WorkbookWriter(self.columns, amounts=self.amounts, process_rows=self._process_rows)
+            self._writer = WorkbookWriter(
+                self.columns, amounts=self.amounts, process_rows=self._process_rows, slots=self._process_slots
+            )
         return self._writer

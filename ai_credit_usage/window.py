@@ -11,6 +11,10 @@ from ai_credit_usage.errors import Outcome, UserFacingError
 
 Clock = Callable[[], datetime]
 DEFAULT_SPAN = timedelta(days=7)
+# The instants a window may span. Beyond them there is no AI usage to ask about, and near datetime's own limits
+# (years 1 and 9999) a time zone, a calendar period or the preceding window overflows (issue 16 F5).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Calendar date, a time to at least the minute, an optional offset. Python's fromisoformat also takes forms such as
 # 20260131 or 2026-W05-6 that would then be read as midnight, silently dropping the day a date-only to_date includes.
@@ -50,14 +54,16 @@ def resolve_window(from_date: str | None, to_date: str | None, now: datetime, zo
     and times without an offset are read in `zone`: UTC, except for a trend asked for in another time zone, where
     "March" should mean March there.
     """
+    start = _parse("from_date", from_date, whole_day=False, zone=zone) if _given(from_date) else None
+    if start is not None and not EARLIEST <= start < LATEST:
+        raise _out_of_range("from_date", from_date)
     end = _parse("to_date", to_date, whole_day=True, zone=zone) if _given(to_date) else now.astimezone(UTC)
-    if _given(from_date):
-        start = _parse("from_date", from_date, whole_day=False, zone=zone)
-    else:
-        try:
-            start = end - DEFAULT_SPAN
-        except OverflowError:  # a to_date in the first week of year 1
-            raise WindowError(f"to_date {to_date!r} is too early: use a later date.") from None
+    if _given(to_date) and not EARLIEST < end <= LATEST:
+        raise _out_of_range("to_date", to_date)
+    if start is None:
+        start = end - DEFAULT_SPAN
+        if start < EARLIEST:  # the default 7 days before a to_date in the first week of 1970
+            raise _out_of_range("to_date", to_date)
     if start.replace(microsecond=0) >= end.replace(microsecond=0):
         # Quote what the caller wrote: the resolved end of a date-only to_date is the next midnight.
         until = f"to_date {to_date!r} (end {format_utc(end)}, exclusive)" if _given(to_date) else "now"
@@ -66,6 +72,13 @@ def resolve_window(from_date: str | None, to_date: str | None, now: datetime, zo
         )
     # OpenMeter keeps whole seconds; truncating here keeps what we show and what we ask for the same.
     return Window(start=start.replace(microsecond=0), end=end.replace(microsecond=0))
+
+
+def _out_of_range(name: str, raw: str | None) -> WindowError:
+    return WindowError(
+        f"{name} {raw!r} is outside the dates this server can ask about (1970-01-01 to 2099-12-31): "
+        "use a date in that range."
+    )
 
 
 def _given(value: str | None) -> bool:
@@ -82,14 +95,18 @@ def _parse(name: str, raw: str | None, *, whole_day: bool, zone: tzinfo = UTC) -
     text = (raw or "").strip()
     try:
         if _DATE_ONLY.match(text):
+            if not 1970 <= int(text[:4]) < 2100:  # before the arithmetic below can overflow at year 9999
+                raise _out_of_range(name, raw)
             return local_midnight(date.fromisoformat(text) + timedelta(days=1 if whole_day else 0), zone)
         if not _DATE_TIME.match(text):
             raise ValueError(text)
         moment = datetime.fromisoformat(text.replace("z", "Z").replace(",", "."))
+        if not 1970 <= moment.year < 2100:  # a fixed offset could still move it across the bounds: checked again
+            raise _out_of_range(name, raw)
         if moment.tzinfo is None:  # a time without an offset is UTC (or the trend's time zone)
             moment = moment.replace(tzinfo=zone)
         return moment.astimezone(UTC)
-    except (ValueError, OverflowError):  # OverflowError: a day past 9999-12-31 or before year 1 in UTC
+    except ValueError:
         raise WindowError(
             f"{name} {raw!r} is not a date: use ISO 8601 such as 2026-01-15, 2026-01-15T00:00:00Z "
             "or 2026-01-15T00:00:00+02:00."

@@ -4,6 +4,13 @@
 starts a `ProcessWorkbookWriter` and streams the rest to it while the pages are still arriving, so a large answer is
 never held twice and its writing never stalls the event loop. Small answers are written in a thread at the end,
 faster than a process starts and is fed.
+
+Child processes are capped (`slots`, WORKBOOK_PROCESSES): an answer that outgrows `process_rows` while every slot is
+taken waits for one, and its question stops paging meanwhile (at most `process_rows` rows are buffered). The wait
+counts against the call's deadline, so a call that cannot get a slot in time ends with the usual "took longer"
+sentence. Waiting rather than falling back to the thread writer is deliberate: the thread would hold the GIL for the
+whole write (seconds per 100,000 rows, stalling every other request) and the whole answer in memory, exactly when
+the server is busiest.
 """
 
 from __future__ import annotations
@@ -37,10 +44,19 @@ Row = tuple[Any, ...]
 class WorkbookWriter:
     """One answer's workbook: rows in order through `append`, then `finish` for the bytes; `close` in any case."""
 
-    def __init__(self, columns: Sequence[str], *, amounts: int, process_rows: int) -> None:
+    def __init__(
+        self,
+        columns: Sequence[str],
+        *,
+        amounts: int,
+        process_rows: int,
+        slots: anyio.CapacityLimiter | None = None,
+    ) -> None:
         self._columns = tuple(columns)
         self._amounts = amounts
         self._process_rows = process_rows
+        self._slots = slots
+        self._holds_slot = False
         self._buffer: list[Row] = []
         self._process: ProcessWorkbookWriter | None = None
 
@@ -50,13 +66,28 @@ class WorkbookWriter:
             return
         self._buffer.extend(rows)
         if len(self._buffer) >= self._process_rows:
-            self._process = await ProcessWorkbookWriter.start(self._columns, self._amounts)
+            if self._slots is not None:
+                if self._slots.available_tokens < 1:
+                    logger.info(
+                        "all %d workbook processes are busy: this answer waits for one", self._slots.total_tokens
+                    )
+                await self._slots.acquire_on_behalf_of(self)  # the call's deadline bounds the wait
+                self._holds_slot = True
+            try:
+                self._process = await ProcessWorkbookWriter.start(self._columns, self._amounts)
+            except BaseException:
+                self._release()
+                raise
             buffered, self._buffer = self._buffer, []
             await self._process.append(buffered)
 
     async def finish(self, report: Report) -> bytes:
         if self._process is not None:
-            return await self._process.finish(report)
+            try:
+                return await self._process.finish(report)  # which stops the child, in any case
+            finally:
+                self._process = None
+                self._release()
         table = _Buffered(self._columns, self._buffer, self._amounts)
         # A deadline or cancel does not wait for the thread: it finishes (or fails) on its own and cleans up after
         # itself, and nothing else touches these rows.
@@ -67,7 +98,14 @@ class WorkbookWriter:
         if self._process is not None:
             self._process.close()
             self._process = None
+        self._release()
         self._buffer = []
+
+    def _release(self) -> None:
+        """Give the process slot back, once the child is gone."""
+        if self._holds_slot and self._slots is not None:
+            self._holds_slot = False
+            self._slots.release_on_behalf_of(self)
 
 
 @dataclass(frozen=True)

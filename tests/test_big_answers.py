@@ -252,6 +252,7 @@ async def test_a_failed_walk_leaves_no_process_no_files_and_no_download(
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_progress_is_reported_when_asked_for(server_url: str, openmeter: OpenMeterStandIn, mode: str) -> None:
+    """In the default stateless mode too (issue 16 F2): progress rides the call's own SSE response."""
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
@@ -275,3 +276,39 @@ async def test_progress_is_reported_when_asked_for(server_url: str, openmeter: O
     assert values == sorted(set(values))  # strictly increasing, as MCP requires
     assert any("pages of events" in (message or "") for _, _, message in updates)
     assert "writing 450 rows" in (updates[-1][2] or "")
+
+
+async def test_workbook_processes_are_capped_and_calls_beyond_the_cap_wait(
+    start_server: ServerStarter, openmeter: OpenMeterStandIn, monkeypatch: pytest.MonkeyPatch, temporary_directory: Any
+) -> None:
+    """Issue 16 F4: every big answer started its own child, with no cap (8 concurrent calls: 10 processes)."""
+    tenants = ("acme", "globex", "initech")
+    for tenant in tenants:
+        openmeter.ingest(*[make_event(tenant=tenant, credits=1, time=START + timedelta(seconds=i)) for i in range(600)])
+    url = start_server(workbook_process_rows=100, workbook_processes=1)
+    alive_after_start: list[int] = []
+    original = ProcessWorkbookWriter.start
+
+    async def counting_start(*args: Any, **kwargs: Any) -> ProcessWorkbookWriter:
+        writer = await original(*args, **kwargs)
+        alive_after_start.append(len(multiprocessing.active_children()))
+        return writer
+
+    monkeypatch.setattr(ProcessWorkbookWriter, "start", counting_start)
+    texts: dict[str, str] = {}
+
+    async def ask(tenant: str) -> None:
+        headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
+        result = await call_tool(
+            url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"}, headers=headers
+        )
+        assert not result.is_error, text_of(result)
+        texts[tenant] = text_of(result)
+
+    async with anyio.create_task_group() as group:
+        for tenant in tenants:
+            group.start_soon(ask, tenant)
+    assert alive_after_start == [1, 1, 1]  # one child at a time; the others waited for it
+    assert all(len(download(url, texts[tenant])) == 601 for tenant in tenants)
+    assert multiprocessing.active_children() == []
+    assert leftovers(temporary_directory) == []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import random
 import re
+import string
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx2
@@ -15,6 +18,7 @@ from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from tests.conftest import NOW, FakeClock, call_tool, text_of
 
 pytestmark = pytest.mark.anyio
+LETTERS = string.ascii_letters
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
@@ -94,10 +98,10 @@ async def test_custom_ttl(start_server, clock: FakeClock) -> None:
 async def test_expired_entries_are_freed_not_hidden() -> None:
     clock = FakeClock(NOW)
     store = MemoryDownloadStore(600, clock)
-    tokens = {(await store.put(b"x" * 1000, filename=f"{i}.xlsx", media_type=XLSX))[0] for i in range(5)}
+    tokens = {(await store.put(b"x" * 1000, filename=f"{i}.xlsx", media_type=XLSX, tenant="acme"))[0] for i in range(5)}
     assert len(tokens) == 5 and len(store) == 5
     clock.advance(seconds=300)
-    await store.put(b"y", filename="late.xlsx", media_type=XLSX)
+    await store.put(b"y", filename="late.xlsx", media_type=XLSX, tenant="acme")
     clock.advance(seconds=300)
     assert await store.purge_expired() == 5
     assert len(store) == 1
@@ -108,18 +112,100 @@ async def test_expired_entries_are_freed_not_hidden() -> None:
 
 async def test_the_store_never_grows_past_its_byte_budget() -> None:
     store = MemoryDownloadStore(600, FakeClock(NOW), max_bytes=2_500_000)
-    tokens = [(await store.put(b"x" * 1_000_000, filename=f"{i}.xlsx", media_type=XLSX))[0] for i in range(4)]
+    tokens = [
+        (await store.put(b"x" * 1_000_000, filename=f"{i}.xlsx", media_type=XLSX, tenant="acme"))[0] for i in range(4)
+    ]
     assert store.bytes_held == 2_000_000
     assert [(await store.get(token)) is not None for token in tokens] == [False, False, True, True]  # oldest gave way
     with pytest.raises(DownloadTooLarge, match="shorter window"):
-        await store.put(b"x" * 3_000_000, filename="huge.xlsx", media_type=XLSX)
+        await store.put(b"x" * 3_000_000, filename="huge.xlsx", media_type=XLSX, tenant="acme")
     assert store.bytes_held == 2_000_000
 
 
 async def test_expiry_releases_the_bytes() -> None:
     clock = FakeClock(NOW)
     store = MemoryDownloadStore(600, clock, max_bytes=10_000_000)
-    await store.put(b"x" * 5000, filename="a.xlsx", media_type=XLSX)
+    await store.put(b"x" * 5000, filename="a.xlsx", media_type=XLSX, tenant="acme")
     clock.advance(seconds=600)
     assert await store.purge_expired() == 1
     assert store.bytes_held == 0
+
+
+# Issue 16 F4: under pressure a link gives way only if its tenant holds more than its share of the budget (the budget
+# split evenly among the tenants holding links, the tenant storing now included).
+MB = 1_000_000
+
+
+async def put(store: MemoryDownloadStore, tenant: str, size: int) -> str:
+    return (await store.put(b"x" * size, filename=f"{tenant}.xlsx", media_type=XLSX, tenant=tenant))[0]
+
+
+async def live(store: MemoryDownloadStore, tokens: list[str]) -> list[bool]:
+    return [(await store.get(token)) is not None for token in tokens]
+
+
+async def test_one_tenant_cannot_evict_another_tenants_link_within_its_share() -> None:
+    store = MemoryDownloadStore(600, FakeClock(NOW), max_bytes=4 * MB)
+    acme = await put(store, "acme", 1 * MB)
+    globex = [await put(store, "globex", 1 * MB) for _ in range(10)]
+    assert await store.get(acme) is not None  # acme holds 1 MB, under its half of 4 MB
+    assert await live(store, globex) == [False] * 7 + [True] * 3  # globex's own oldest gave way
+    assert store.bytes_held == 4 * MB
+
+
+async def test_a_tenant_over_its_share_gives_way_to_a_newcomer() -> None:
+    store = MemoryDownloadStore(600, FakeClock(NOW), max_bytes=4 * MB)
+    globex = [await put(store, "globex", 1 * MB) for _ in range(4)]
+    acme = await put(store, "acme", 1 * MB)  # shares are now 2 MB each; globex holds 4 MB
+    initech = await put(store, "initech", 1 * MB)  # shares 4/3 MB: globex (3 MB) is still over, acme is not
+    assert await live(store, globex) == [False, False, True, True]
+    assert await live(store, [acme, initech]) == [True, True]
+
+
+async def test_when_every_other_tenant_is_within_its_share_the_newcomer_is_refused() -> None:
+    store = MemoryDownloadStore(600, FakeClock(NOW), max_bytes=4 * MB)
+    kept = [await put(store, tenant, 1 * MB + 300_000) for tenant in ("acme", "globex")]  # 2.6 MB held
+    with pytest.raises(DownloadTooLarge, match="try again in a few minutes"):
+        await put(store, "initech", 1_500_000)  # over its 4/3 MB share, and nobody else is over theirs
+    assert await live(store, kept) == [True, True]
+    initech = await put(store, "initech", 1 * MB)  # within its share, and it fits
+    assert await live(store, [*kept, initech]) == [True, True, True]
+
+
+async def test_expired_links_are_freed_before_anyone_gives_way() -> None:
+    clock = FakeClock(NOW)
+    store = MemoryDownloadStore(600, clock, max_bytes=2 * MB)
+    await put(store, "acme", 1 * MB)
+    clock.advance(seconds=300)
+    acme = await put(store, "acme", 1 * MB)
+    clock.advance(seconds=301)  # the first has expired
+    globex = await put(store, "globex", 1 * MB)
+    assert await live(store, [acme, globex]) == [True, True]
+
+
+async def test_another_tenants_big_answers_do_not_evict_my_link(
+    start_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    """End to end: globex's workbooks (about 400 KB each, random text does not compress) fill a 1 MiB store."""
+    rnd = random.Random(16)
+    openmeter.ingest(
+        make_event(tenant="acme", credits=5, time=NOW - timedelta(hours=1), user="acme-user"),
+        *[
+            make_event(
+                tenant="globex",
+                credits=1,
+                time=NOW - timedelta(minutes=i + 1),
+                user="".join(rnd.choices(LETTERS, k=400)),
+            )
+            for i in range(1200)
+        ],
+    )
+    url = start_server(download_store_max_bytes=1024 * 1024)
+    acme = download_path(text_of(await call_tool(url, "get_credit_usage_by_tenant")))
+    globex_headers = {"X-Tenant-Name": "globex", "X-User-UserRole": "admin"}
+    globex = [
+        download_path(text_of(await call_tool(url, "get_credit_usage_summary", headers=globex_headers)))
+        for _ in range(3)
+    ]
+    assert httpx2.get(url + acme).status_code == 200  # acme holds far less than its half of the store
+    assert [httpx2.get(url + path).status_code for path in globex] == [404, 200, 200]  # globex's own oldest gave way

@@ -336,14 +336,21 @@ def two_tenants(openmeter: OpenMeterStandIn) -> None:
     )
 
 
+JWT_SETTINGS = {
+    "mcp_jwt_issuer": ISSUER,
+    "mcp_jwt_audience": AUDIENCE,
+    "mcp_resource_url": "https://ai-credits.internal/mcp",
+}
+
+
 @pytest.fixture
 def jwt_server(start_server: ServerStarter, idp: IdentityProvider, jwks_url: str) -> str:
-    return start_server(
-        mcp_jwt_jwks_url=jwks_url,
-        mcp_jwt_issuer=ISSUER,
-        mcp_jwt_audience=AUDIENCE,
-        mcp_resource_url="https://ai-credits.internal/mcp",
-    )
+    return start_server(mcp_jwt_jwks_url=jwks_url, **JWT_SETTINGS)
+
+
+@pytest.fixture
+def stateful_jwt_server(start_server: ServerStarter, idp: IdentityProvider, jwks_url: str) -> str:
+    return start_server(mcp_jwt_jwks_url=jwks_url, mcp_stateless=False, **JWT_SETTINGS)
 
 
 def bearer(token: str, **headers: str) -> dict[str, str]:
@@ -419,16 +426,16 @@ def initialize(url: str, headers: dict[str, str]) -> httpx2.Response:
     return httpx2.post(f"{url}/mcp", json=body, headers={"Accept": "application/json, text/event-stream", **headers})
 
 
-def test_a_stateful_session_belongs_to_its_tokens_principal(jwt_server: str, rsa_key: SigningKey) -> None:
+def test_a_stateful_session_belongs_to_its_tokens_principal(stateful_jwt_server: str, rsa_key: SigningKey) -> None:
     """The SDK binds a session to the (client, issuer, subject) of the token that opened it: another user's token
     cannot call, or cancel calls, in it. A renewed token of the same user can."""
-    opened = initialize(jwt_server, bearer(rsa_key.sign(**claims())))
+    opened = initialize(stateful_jwt_server, bearer(rsa_key.sign(**claims())))
     session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Accept": "application/json, text/event-stream"}
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     other = bearer(rsa_key.sign(**claims(sub="u-2", tenant="globex")), **session)
-    assert httpx2.post(f"{jwt_server}/mcp", json=listing, headers=other).status_code == 404
+    assert httpx2.post(f"{stateful_jwt_server}/mcp", json=listing, headers=other).status_code == 404
     renewed = bearer(rsa_key.sign(**claims(iat=int(time.time()) - 1)), **session)
-    assert httpx2.post(f"{jwt_server}/mcp", json=listing, headers=renewed).status_code == 200
+    assert httpx2.post(f"{stateful_jwt_server}/mcp", json=listing, headers=renewed).status_code == 200
 
 
 async def test_the_audit_line_names_the_tokens_tenant(

@@ -1,4 +1,4 @@
-"""MCP_STATELESS: the default stateful mode and the stateless mode replicas need answer the same way.
+"""MCP_STATELESS: the default stateless mode and the stateful mode answer the same way.
 
 A representative subset (the gate, one call per tool with its download, headers per request within one connection)
 runs in both modes; the rest of the suite runs in the default mode.
@@ -44,9 +44,18 @@ def mode_url(start_server: ServerStarter, openmeter: OpenMeterStandIn, stateless
     return start_server(mcp_stateless=stateless)
 
 
-def test_the_default_is_stateful_and_the_flag_parses() -> None:
-    assert load_settings(_env_file=None, openmeter_api_key=API_KEY).mcp_stateless is False
-    assert load_settings(_env_file=None, openmeter_api_key=API_KEY, mcp_stateless="true").mcp_stateless is True
+def test_the_default_is_stateless_and_the_flag_parses() -> None:
+    """Issue 16 F2: stateful sessions shared by tenants let same-id calls cross; stateless is the default."""
+    assert load_settings(_env_file=None, openmeter_api_key=API_KEY).mcp_stateless is True
+    assert load_settings(_env_file=None, openmeter_api_key=API_KEY, mcp_stateless="false").mcp_stateless is False
+
+
+async def test_the_default_server_hands_out_no_session(server_url: str) -> None:
+    response = httpx2.post(
+        f"{server_url}/mcp", json=INITIALIZE, headers={"Accept": "application/json, text/event-stream"}
+    )
+    assert response.status_code == 200
+    assert "mcp-session-id" not in response.headers
 
 
 async def test_only_the_stateful_mode_hands_out_a_session(mode_url: str, stateless: bool) -> None:

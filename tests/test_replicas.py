@@ -179,7 +179,7 @@ async def test_two_stores_share_every_link_and_redis_holds_the_expiry(redis_serv
     replica_a = RedisDownloadStore(redis_server.url, 600, clock)
     replica_b = RedisDownloadStore(redis_server.url, 600, clock)
     try:
-        token, made = await replica_a.put(b"PK workbook", filename="a.xlsx", media_type=XLSX)
+        token, made = await replica_a.put(b"PK workbook", filename="a.xlsx", media_type=XLSX, tenant="acme")
         assert len(token) >= 43 and made.expires_at == NOW + timedelta(seconds=600)
         assert await replica_b.get(token) == made
         assert await replica_b.get("A" * 43) is None
@@ -201,7 +201,50 @@ async def test_a_single_workbook_over_the_budget_is_refused(redis_server: RedisS
     store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW), max_bytes=1024 * 1024)
     try:
         with pytest.raises(DownloadTooLarge, match="shorter window"):
-            await store.put(b"x" * (1024 * 1024 + 1), filename="huge.xlsx", media_type=XLSX)
+            await store.put(b"x" * (1024 * 1024 + 1), filename="huge.xlsx", media_type=XLSX, tenant="acme")
+    finally:
+        await store.aclose()
+
+
+async def test_one_tenant_cannot_evict_another_tenants_link_in_redis(redis_server: RedisServer) -> None:
+    """Issue 16 F4, as docs/replicas.md deploys Redis (maxmemory, volatile-ttl): before, Redis itself evicted the
+    link closest to expiry, whatever its tenant. Now the store keeps within DOWNLOAD_STORE_MAX_BYTES, fairly, and
+    Redis's limit above it is never reached."""
+    mb = 1024 * 1024
+    with redis_server.client() as client:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 16 * mb)  # room for the 4 MiB budget and Redis's own buffers
+        client.config_set("maxmemory-policy", "volatile-ttl")
+    clock = FakeClock(NOW)
+    replica_a = RedisDownloadStore(redis_server.url, 600, clock, max_bytes=4 * mb)
+    replica_b = RedisDownloadStore(redis_server.url, 600, clock, max_bytes=4 * mb)
+    try:
+        acme, _ = await replica_a.put(b"a" * mb, filename="a.xlsx", media_type=XLSX, tenant="acme")
+        globex = [
+            (await replica_b.put(bytes([i]) * mb, filename="g.xlsx", media_type=XLSX, tenant="globex"))[0]
+            for i in range(40)
+        ]
+        assert await replica_b.get(acme) is not None  # acme holds 1 MiB, under its half of 4 MiB
+        assert [(await replica_a.get(token)) is not None for token in globex] == [False] * 37 + [True] * 3
+        initech, _ = await replica_a.put(b"i" * (2 * mb), filename="i.xlsx", media_type=XLSX, tenant="initech")
+        assert [(await replica_a.get(token)) is not None for token in globex] == [False] * 39 + [True]  # 3 over 4/3
+        assert await replica_b.get(acme) is not None and await replica_b.get(initech) is not None
+    finally:
+        await replica_a.aclose()
+        await replica_b.aclose()
+
+
+async def test_a_link_no_one_can_make_room_for_is_refused_in_redis(redis_server: RedisServer) -> None:
+    kb = 1000
+    store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW), max_bytes=4000 * kb)
+    try:
+        kept = [
+            (await store.put(b"x" * (1300 * kb), filename="k.xlsx", media_type=XLSX, tenant=tenant))[0]
+            for tenant in ("acme", "globex")
+        ]
+        with pytest.raises(DownloadTooLarge, match="try again in a few minutes"):  # over its 4/3 share, no one else is
+            await store.put(b"x" * (1500 * kb), filename="i.xlsx", media_type=XLSX, tenant="initech")
+        assert all([await store.get(token) for token in kept])
     finally:
         await store.aclose()
 
@@ -209,18 +252,18 @@ async def test_a_single_workbook_over_the_budget_is_refused(redis_server: RedisS
 async def test_an_outage_is_a_quick_clear_error_and_a_restart_heals(redis_server: RedisServer) -> None:
     store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW))
     try:
-        token, _ = await store.put(b"before", filename="a.xlsx", media_type=XLSX)
+        token, _ = await store.put(b"before", filename="a.xlsx", media_type=XLSX, tenant="acme")
         redis_server.stop()
         with anyio.fail_after(OUTAGE_BOUND_SECONDS):
             with pytest.raises(DownloadStoreUnavailable, match=re.escape(UNAVAILABLE)):
-                await store.put(b"during", filename="b.xlsx", media_type=XLSX)
+                await store.put(b"during", filename="b.xlsx", media_type=XLSX, tenant="acme")
             with pytest.raises(DownloadStoreUnavailable):
                 await store.get(token)
             assert not await store.healthy()
         redis_server.start()  # same port, empty: a Redis without persistence forgets its links
         assert await store.healthy()  # the pool's dead connection is replaced, not reported
         assert await store.get(token) is None
-        token, _ = await store.put(b"after", filename="c.xlsx", media_type=XLSX)
+        token, _ = await store.put(b"after", filename="c.xlsx", media_type=XLSX, tenant="acme")
         assert (await store.get(token)).content == b"after"  # type: ignore[union-attr]
     finally:
         await store.aclose()
@@ -258,7 +301,7 @@ async def test_a_redis_that_stops_answering_never_hangs_a_call(redis_server: Red
     store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW), timeout_seconds=0.3)
     assert redis_server.process is not None
     try:
-        token, _ = await store.put(b"before", filename="a.xlsx", media_type=XLSX)
+        token, _ = await store.put(b"before", filename="a.xlsx", media_type=XLSX, tenant="acme")
         redis_server.process.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
@@ -266,7 +309,7 @@ async def test_a_redis_that_stops_answering_never_hangs_a_call(redis_server: Red
             with pytest.raises(DownloadStoreUnavailable):
                 await store.get(token)
             with pytest.raises(DownloadStoreUnavailable):
-                await store.put(b"during", filename="b.xlsx", media_type=XLSX)
+                await store.put(b"during", filename="b.xlsx", media_type=XLSX, tenant="acme")
             assert time.monotonic() - started < 3 * 0.3 * 3 + 1
         finally:
             redis_server.process.send_signal(signal.SIGCONT)

@@ -127,6 +127,27 @@ async def test_the_tenant_is_matched_case_sensitively(server_url: str, two_tenan
     assert "acme-user" not in text_of(other_case)
 
 
+@pytest.mark.parametrize("tenant", ["acme\u00a0", "\u2003acme"])
+async def test_a_unicode_blank_makes_another_tenant(server_url: str, two_tenants: None, tenant: str) -> None:
+    """Issue 16 F3: only spaces and tabs are trimmed; a no-break or em space is part of the name (UTF-8 on the wire)."""
+    headers = httpx2.Headers({"X-Tenant-Name": tenant.encode(), "X-User-UserRole": b"admin"})
+    result = await call_tool(server_url, "get_credit_events", headers=headers)
+    assert not result.is_error, text_of(result)
+    assert "acme-user" not in text_of(result)
+    assert "Total credits: 0.00" in text_of(result)
+
+
+@pytest.mark.parametrize("role", ["Admini\u017ftrators", "admini\ufb06rators", "admin\u2003"])
+async def test_a_unicode_look_alike_role_is_refused(
+    server_url: str, openmeter: OpenMeterStandIn, two_tenants: None, role: str
+) -> None:
+    headers = httpx2.Headers({"X-Tenant-Name": b"acme", "X-User-UserRole": role.encode()})
+    result = await call_tool(server_url, "get_credit_usage_by_tenant", headers=headers)
+    assert result.is_error
+    assert text_of(result).startswith(REFUSED_ROLE)
+    assert not openmeter.requests
+
+
 async def test_hostile_tenant_names_see_nothing(server_url: str, two_tenants: None) -> None:
     hostile = 'acme"},"$or":[{"$ne":"x"}],"x":{"$eq":"'
     for tool in TOOLS:
@@ -289,3 +310,28 @@ def test_the_auth_token_scheme_is_case_insensitive_and_the_token_is_not(
 ) -> None:
     url = start_server(mcp_auth_token="tais-shared-secret")
     assert raw_initialize(url, {"Authorization": authorization}) == status
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"to_date": "9999-12-31"}, "to_date"),
+        ({"to_date": "9999-12-31T23:59:59Z"}, "to_date"),
+        ({"from_date": "0001-01-01"}, "from_date"),
+    ],
+)
+async def test_far_windows_are_a_sentence_naming_the_parameter(
+    server_url: str,
+    openmeter: OpenMeterStandIn,
+    caplog: pytest.LogCaptureFixture,
+    tool: str,
+    arguments: dict[str, str],
+    named: str,
+) -> None:
+    """Issue 16 F5: the trend tool logged an OverflowError traceback for a to_date near 9999-12-31."""
+    result = await call_tool(server_url, tool, arguments)
+    assert result.is_error
+    assert text_of(result).startswith(f"{named} '")
+    assert not openmeter.requests
+    assert not [record for record in caplog.records if record.exc_info], caplog.text

@@ -94,6 +94,16 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pyte
             for key in ("AI_credits", "ai__credits", "_ai", "ai_", "a" * 65, "ai credits", "01J0000000000000000000000")
         ],
         pytest.param(
+            {"openmeter_api_key": "om-cl\u00e9-secret"},
+            "OPENMETER_API_KEY is not valid: it holds a character that cannot be sent in an HTTP header",
+            id="non-ascii-key",
+        ),
+        pytest.param(
+            {"openmeter_api_key": "om-secret\x00tail"},
+            "OPENMETER_API_KEY is not valid: it holds a character that cannot be sent in an HTTP header",
+            id="control-character-in-key",
+        ),
+        pytest.param(
             {"openmeter_api_key": KEY, "mcp_host": "0.0.0.0", "tenant_override": "acme"},
             "TENANT_OVERRIDE/ROLE_OVERRIDE are for local development only",
             id="override-off-loopback",
@@ -105,6 +115,7 @@ def test_bad_configuration_is_one_clear_line(overrides: dict[str, str], message:
         load_settings(_env_file=None, **overrides)
     assert "\n" not in str(caught.value)
     assert KEY not in str(caught.value)
+    assert "secret" not in str(caught.value)  # not even a key that was refused
 
 
 @pytest.mark.parametrize(
@@ -130,6 +141,11 @@ def test_meter_keys_the_real_server_accepts_are_accepted(key: str) -> None:
             id="bad-openmeter-port",
         ),
         pytest.param(
+            {"OPENMETER_API_KEY": "om-cl\u00e9-secret"},
+            "ai-credits-mcp: OPENMETER_API_KEY is not valid: it holds a character that cannot be sent",
+            id="non-ascii-key",
+        ),
+        pytest.param(
             {"OPENMETER_API_KEY": KEY, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
             | {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
             "ai-credits-mcp: OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported here",
@@ -144,6 +160,7 @@ def test_main_stops_with_one_line_and_no_traceback(env: dict[str, str], message:
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("ai-credits-mcp:")]) == 1
     assert KEY not in result.stderr + result.stdout
+    assert "secret" not in result.stderr + result.stdout
     if not env:  # a newcomer's first try: the line also says how to run without a key
         assert result.stderr.strip().endswith("or run `uv run main.py --demo` to try it with generated data.")
 

@@ -92,3 +92,28 @@ def test_a_future_from_date_without_to_date_is_compared_with_now() -> None:
 
 def test_format_utc_uses_z() -> None:
     assert format_utc(datetime(2026, 1, 1, 2, tzinfo=UTC).astimezone()) == "2026-01-01T02:00:00Z"
+
+
+# Issue 16 F5: far-future and far-past windows are refused by name, whatever tool or time zone asks.
+@pytest.mark.parametrize(
+    ("from_date", "to_date", "named"),
+    [
+        pytest.param(None, "9999-12-31", "to_date", id="to-year-9999"),
+        pytest.param(None, "9999-12-30", "to_date", id="to-last-whole-day"),
+        pytest.param(None, "9999-12-31T23:59:59Z", "to_date", id="to-last-second"),
+        pytest.param(None, "2100-01-01T00:00:01Z", "to_date", id="just-past-the-ceiling"),
+        pytest.param("0001-01-01", None, "from_date", id="from-year-1"),
+        pytest.param("1969-12-31T23:59:59Z", "2026-01-01", "from_date", id="just-before-the-floor"),
+        pytest.param("0001-01-01", "0001-01-03", "from_date", id="both-in-year-1"),
+        pytest.param(None, "1970-01-03", "to_date", id="default-start-before-the-floor"),
+        pytest.param("9999-12-29", "9999-12-30", "from_date", id="both-in-year-9999"),
+    ],
+)
+def test_far_windows_name_the_parameter(from_date: str | None, to_date: str | None, named: str) -> None:
+    with pytest.raises(WindowError, match=rf"^{named} '.*' is outside .*1970-01-01.*2099-12-31"):
+        resolve_window(from_date, to_date, NOW)
+
+
+def test_the_supported_range_itself_is_accepted() -> None:
+    window = resolve_window("1970-01-01", "2099-12-31", NOW)
+    assert (window.start, window.end) == (utc(1970, 1, 1), utc(2100, 1, 1))

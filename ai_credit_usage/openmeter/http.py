@@ -2,7 +2,8 @@
 
 Every way OpenMeter can fail (unreachable, slow, key refused, unknown meter, rate limit, 5xx, unreadable JSON)
 becomes an `OpenMeterError` with one sentence for the chat user; the log gets the status and OpenMeter's request
-id. The API key lives only in the client's default headers: no message or log line carries it.
+id. The API key lives only in the client's default headers: no message carries it, and every upstream text that is
+logged (a problem's detail and instance, a redirect's Location, an unreadable body) has it redacted first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import httpx2
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.redaction import Redactor
 from ai_credit_usage.settings import DEFAULT_OPENMETER_MAX_CONCURRENCY, DEFAULT_OPENMETER_TIMEOUT_SECONDS
 from ai_credit_usage.telemetry import OpenMeterRequest, openmeter_request
 
@@ -95,6 +97,7 @@ class OpenMeterHttp:
             follow_redirects=False,
             verify=_tls_context(),
         )
+        self.redact = Redactor([api_key])  # for every upstream text this client logs
         self._in_flight = asyncio.Semaphore(max_concurrency)
         self._retry = retry or RetryPolicy()
         self._wait = _wait_for(self._retry)
@@ -128,7 +131,7 @@ class OpenMeterHttp:
             logger.warning("OpenMeter GET %s timed out", path)
             raise OpenMeterError(TIMED_OUT, retryable=True) from None
         except httpx2.DecodingError:  # e.g. `Content-Encoding: gzip` over a body that is not gzip
-            raise unreadable(path, "a body that does not decode as its Content-Encoding says") from None
+            raise self.unreadable(path, "a body that does not decode as its Content-Encoding says") from None
         except httpx2.HTTPError as exc:  # transport trouble may pass; anything else (e.g. redirects) will not
             logger.warning("OpenMeter GET %s failed: %s", path, type(exc).__name__)
             raise OpenMeterError(
@@ -137,7 +140,7 @@ class OpenMeterHttp:
                 retryable=isinstance(exc, httpx2.TransportError),
             ) from None
         except httpx2.InvalidURL as exc:  # not an HTTPError: the request could not even be built
-            logger.warning("OpenMeter GET %s could not be sent: %s", path, exc)
+            logger.warning("OpenMeter GET %s could not be sent: %s", path, self.redact(str(exc)))
             raise OpenMeterError(
                 "The credits server could not build its request to OpenMeter; this is a fault in the credits "
                 "server, please report it to the operator."
@@ -145,7 +148,7 @@ class OpenMeterHttp:
         elapsed_ms = (time.perf_counter() - started) * 1000
         traced.note_status(response.status_code)
         if response.status_code >= 300:
-            _log_problem(path, response, elapsed_ms)
+            _log_problem(path, response, elapsed_ms, self.redact)
             error = _status_error(response, meter, self._retry)
             error.status = response.status_code
             raise error
@@ -153,7 +156,13 @@ class OpenMeterHttp:
         try:
             return response.json()
         except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
-            raise unreadable(path, "invalid JSON") from None
+            raise self.unreadable(path, "invalid JSON") from None
+
+    def unreadable(self, what: str, reason: object) -> OpenMeterError:
+        """OpenMeter's answer is not JSON, or not the documented shape; `reason` (which may quote the body) is
+        logged redacted."""
+        logger.warning("OpenMeter sent an unreadable %s: %s", what, self.redact(str(reason))[:300])
+        return OpenMeterError(UNREADABLE)
 
 
 @functools.cache
@@ -195,7 +204,7 @@ def _log_retry(path: str, state: RetryCallState) -> None:
     )
 
 
-def _log_problem(path: str, response: httpx2.Response, elapsed_ms: float) -> None:
+def _log_problem(path: str, response: httpx2.Response, elapsed_ms: float, redact: Redactor) -> None:
     try:
         problem = response.json()
     except (ValueError, RecursionError):
@@ -210,8 +219,9 @@ def _log_problem(path: str, response: httpx2.Response, elapsed_ms: float) -> Non
         path,
         response.status_code,
         elapsed_ms,
-        repr(str(detail)[:300]),
-        repr(str(problem.get("instance", "unknown"))[:200]),  # repr: one log line, whatever OpenMeter sent
+        # Redacted before cut: a cut key would no longer match. repr: one log line, whatever OpenMeter sent.
+        repr(redact(str(detail))[:300]),
+        repr(redact(str(problem.get("instance", "unknown")))[:200]),
     )
 
 
@@ -259,9 +269,3 @@ def _retry_after(response: httpx2.Response) -> float | None:
     except ValueError:
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def unreadable(what: str, reason: object) -> OpenMeterError:
-    """OpenMeter's answer is not JSON, or not the documented shape."""
-    logger.warning("OpenMeter sent an unreadable %s: %s", what, str(reason)[:300])
-    return OpenMeterError(UNREADABLE)

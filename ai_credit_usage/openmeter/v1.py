@@ -16,7 +16,7 @@ from typing import Any
 import httpx2
 from pydantic import BaseModel, ValidationError
 
-from ai_credit_usage.openmeter.http import OpenMeterError, OpenMeterHttp, unreadable
+from ai_credit_usage.openmeter.http import OpenMeterError, OpenMeterHttp
 from ai_credit_usage.openmeter.interface import AggregateQuery, CloudEvent, UsageRow
 from ai_credit_usage.openmeter.meter import Meter
 from ai_credit_usage.window import Window, format_utc
@@ -78,7 +78,7 @@ class OpenMeterV1:
         try:
             definition = _Definition.model_validate(body)
         except ValidationError as exc:  # e.g. groupBy as a list: not OpenMeter's documented shape
-            raise unreadable("meter definition", exc) from None
+            raise self._http.unreadable("meter definition", exc) from None
         return Meter.build(
             key=definition.slug,
             aggregation=definition.aggregation,
@@ -102,7 +102,7 @@ class OpenMeterV1:
         try:
             rows = _QueryResult.model_validate(body).data
         except ValidationError as exc:
-            raise unreadable("meter query", exc) from None
+            raise self._http.unreadable("meter query", exc) from None
         return [UsageRow(row.value, row.groupBy, row.subject, row.windowStart) for row in rows]
 
     async def event_page(
@@ -114,7 +114,7 @@ class OpenMeterV1:
         try:
             page = _EventsPage.model_validate(body)
         except ValidationError as exc:
-            raise unreadable("events page", exc) from None
+            raise self._http.unreadable("events page", exc) from None
         # OpenMeter sets nextCursor only when the page is full; a last full page is followed by an empty one.
         return [item.event for item in page.items], page.nextCursor or None
 

@@ -1,0 +1,63 @@
+"""Issue 16 F4: connections are bounded. uvicorn's `limit_concurrency` and `timeout_keep_alive` are settings that
+main.py passes on (before, neither was set: any number of idle or slow connections were kept)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from ai_credit_usage.settings import ConfigError, load_settings
+from tests.conftest import API_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_limits_have_defaults_and_are_checked() -> None:
+    settings = load_settings(_env_file=None, openmeter_api_key=API_KEY)
+    assert (settings.mcp_limit_concurrency, settings.mcp_keep_alive_seconds) == (100, 5)
+    with pytest.raises(ConfigError, match="MCP_LIMIT_CONCURRENCY='0' is not valid"):
+        load_settings(_env_file=None, openmeter_api_key=API_KEY, mcp_limit_concurrency="0")
+    with pytest.raises(ConfigError, match="MCP_KEEP_ALIVE_SECONDS='0' is not valid"):
+        load_settings(_env_file=None, openmeter_api_key=API_KEY, mcp_keep_alive_seconds="0")
+
+
+def test_main_refuses_connections_beyond_the_limit(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--demo"],
+        env={**env, "MCP_PORT": str(port), "MCP_LIMIT_CONCURRENCY": "3"},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(httpx2.TransportError):
+                assert httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+                break
+            time.sleep(0.1)  # polling for the server to come up, not waiting for time to pass
+        else:
+            pytest.fail(f"main.py --demo did not become healthy (exit code {process.poll()})")
+        with contextlib.ExitStack() as held:
+            for _ in range(2):  # two idle connections, as a slow or idle client would hold them
+                held.enter_context(socket.create_connection(("127.0.0.1", port)))
+            # uvicorn counts the connection asking too: with the limit at 3, this third one is refused.
+            assert httpx2.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 503
+        assert httpx2.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=15)
+    assert "Traceback" not in stderr

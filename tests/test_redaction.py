@@ -1,0 +1,147 @@
+"""Issue 16 F5: no secret reaches a log line, whatever OpenMeter (or a proxy in front of it) echoes back."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn
+from ai_credit_usage.redaction import REDACTED, RedactingFilter, Redactor, redact_log_handlers
+from tests.conftest import call_tool, text_of
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = 'om/secret+key=4f9c 2b7e"1d'  # characters that URL and JSON encoding change
+
+
+@pytest.mark.parametrize(
+    "form",
+    [KEY, quote(KEY, safe=""), quote(KEY), quote_plus(KEY), json.dumps(KEY)[1:-1]],
+    ids=["raw", "url-quoted", "path-quoted", "form-quoted", "json-escaped"],
+)
+def test_every_encoded_form_of_the_secret_is_replaced(form: str) -> None:
+    redact = Redactor([KEY])
+    assert redact(f"before {form} after") == f"before {REDACTED} after"
+
+
+def test_text_without_secrets_is_unchanged_and_blank_secrets_are_ignored() -> None:
+    redact = Redactor(["", "   ", None, "a", "pw"])
+    assert redact("nothing to hide, a pw") == "nothing to hide, a pw"
+    assert Redactor(["  padded-key\n"])("Bearer padded-key") == f"Bearer {REDACTED}"
+
+
+def test_the_log_filter_redacts_messages_arguments_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test_redaction")
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactingFilter(Redactor([KEY])))
+    lines: list[str] = []
+    handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        logger.warning("detail %s", f"Authorization: Bearer {KEY}")
+        try:
+            raise ValueError(f"upstream said {KEY}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    assert lines and all(KEY not in line for line in lines)
+    assert REDACTED in lines[0] and REDACTED in lines[1] and "ValueError" in lines[1]
+
+
+def test_every_handler_of_the_logger_gets_the_filter() -> None:
+    logger = logging.getLogger("test_redaction.handlers")
+    handlers = [logging.NullHandler(), logging.NullHandler()]
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        redacting = redact_log_handlers([KEY, None], logger)
+        assert all(redacting in handler.filters for handler in handlers)
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+
+
+SECRET = "om-live-9Xc/+k=TOKEN"
+ECHOES: list[tuple[str, dict]] = [
+    (
+        "problem-detail-and-instance",
+        {
+            "status": 400,
+            "body": json.dumps(
+                {"title": "Bad Request", "status": 400, "detail": f"bad header Authorization: Bearer {SECRET}",
+                 "instance": f"urn:proxy:{quote(SECRET, safe='')}"}
+            ).encode(),
+        },
+    ),
+    ("retried-502", {"status": 502, "body": json.dumps({"detail": f"upstream saw Bearer {SECRET}"}).encode()}),
+    (
+        "redirect-location",
+        {"status": 302, "body": b"", "headers": {"Location": f"https://login.example/?token={quote(SECRET, safe='')}"}},
+    ),
+    ("body-of-the-wrong-shape", {"status": 200, "body": json.dumps({"data": f"Bearer {SECRET}"}).encode(),
+                                 "content_type": "application/json"}),
+]  # fmt: skip
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("name", "fault"), ECHOES, ids=[name for name, _ in ECHOES])
+async def test_an_upstream_echo_of_the_key_is_redacted_in_the_log(
+    start_server: Callable[..., str],
+    openmeter: OpenMeterStandIn,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    fault: dict,
+) -> None:
+    # INFO: what main.py writes. httpcore2's DEBUG lines quote response headers verbatim; main.py keeps that logger at
+    # WARNING, and its handlers' RedactingFilter would catch them too.
+    caplog.set_level(logging.INFO)
+    openmeter.api_key = SECRET
+    url = start_server(openmeter_api_key=SECRET)
+    openmeter.fail(times=100, path_prefix="/api/v1/meters/ai_credits/query", **fault)
+    result = await call_tool(url, "get_credit_usage_summary")
+    assert result.is_error, text_of(result)
+    logged = caplog.text
+    for form in (SECRET, quote(SECRET, safe=""), quote(SECRET), quote_plus(SECRET)):
+        assert form not in logged
+        assert form not in text_of(result)
+    assert REDACTED in logged
+
+
+def test_main_puts_the_filter_on_its_log_handlers(tmp_path: Path) -> None:
+    """main.py as an operator runs it, with uvicorn replaced by a stand-in that logs an echo of the key and a
+    traceback quoting it: the console shows neither."""
+    script = (
+        "import logging, sys, uvicorn, main\n"
+        "def run(app, **options):\n"
+        "    logging.getLogger('some.library').warning('upstream said Bearer %s', sys.argv[1])\n"
+        "    try:\n"
+        "        raise RuntimeError('boom ' + sys.argv[1])\n"
+        "    except RuntimeError:\n"
+        "        logging.getLogger('some.library').exception('failed')\n"
+        "    print('limits', options['limit_concurrency'], options['timeout_keep_alive'])\n"
+        "uvicorn.run = run\n"
+        "sys.exit(main.main([]))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", script, SECRET],
+        env={**clean, "OPENMETER_API_KEY": SECRET, "PYTHONPATH": str(ROOT), "MCP_KEEP_ALIVE_SECONDS": "7"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stderr + result.stdout
+    assert f"upstream said Bearer {REDACTED}" in result.stderr
+    assert f"RuntimeError: boom {REDACTED}" in result.stderr
+    assert "limits 100 7" in result.stdout
