@@ -47,6 +47,7 @@ FAST_RETRY = RetryPolicy(first_wait=0.001, max_wait=0.005, max_retry_after=0.005
 SETTINGS_VARIABLES = (
     "OPENMETER_API_KEY",
     "OPENMETER_URL",
+    "OPENMETER_API",
     "OPENMETER_METER",
     "MCP_HOST",
     "MCP_PORT",

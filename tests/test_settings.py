@@ -38,6 +38,26 @@ def test_defaults() -> None:
     assert KEY not in repr(settings)
 
 
+@pytest.mark.parametrize(
+    ("url", "api", "expected"),
+    [
+        pytest.param("https://openmeter.cloud", None, "v1", id="root-is-v1"),
+        pytest.param("http://localhost:8888", None, "v1", id="self-hosted-root"),
+        pytest.param("http://localhost:8888/api/v3", None, "v3", id="self-hosted-v3"),
+        pytest.param("https://openmeter.cloud/api/v3/", None, "v3", id="cloud-v3-trailing-slash"),
+        pytest.param("https://eu.api.konghq.com/v3", None, "v3", id="konnect"),
+        pytest.param("https://proxy.example/metering", None, "v1", id="other-path-is-v1"),
+        pytest.param("https://proxy.example/metering", "v3", "v3", id="other-path-as-told"),
+        pytest.param("http://localhost:8888/api/v3", " V3 ", "v3", id="spelled-loosely"),
+        pytest.param("http://localhost:8888", "v1", "v1", id="explicit-v1"),
+    ],
+)
+def test_the_api_follows_openmeter_api_or_the_url(url: str, api: str | None, expected: str) -> None:
+    overrides = {"openmeter_api": api} if api else {}
+    settings = load_settings(_env_file=None, openmeter_api_key=KEY, openmeter_url=url, **overrides)
+    assert settings.api == expected
+
+
 def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / ".env").write_text(f"OPENMETER_API_KEY={KEY}\nMCP_PORT=9000\nMCP_ALLOWED_HOSTS=a.example, b:8443\n")
     monkeypatch.chdir(tmp_path)
@@ -83,6 +103,32 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pyte
             id="allowed-host-with-blank",
         ),
         pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_api": "v2"},
+            "OPENMETER_API='v2' is not valid: expected v1 .OpenMeter's v1 API. or v3",
+            id="api-name",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "http://localhost:8888/api/v3", "openmeter_api": "v1"},
+            "OPENMETER_URL='http://localhost:8888/api/v3' is the base of OpenMeter's v3 API, but OPENMETER_API=v1",
+            id="v3-url-with-v1",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "https://us.api.konghq.com/v3", "openmeter_api": "v1"},
+            "is Kong Konnect, which serves only OpenMeter's v3 API at 'https://us.api.konghq.com/v3'",
+            id="konnect-with-v1",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "https://au.api.konghq.com"},
+            "OPENMETER_URL='https://au.api.konghq.com' is Kong Konnect, .* at 'https://au.api.konghq.com/v3'",
+            id="konnect-root",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "https://openmeter.cloud", "openmeter_api": "v3"},
+            "is a server's root, where OpenMeter serves its v1 API, but OPENMETER_API=v3: .*"
+            "'https://openmeter.cloud/api/v3'",
+            id="root-with-v3",
+        ),
+        pytest.param(
             {"openmeter_api_key": KEY, "mcp_host": "0.0.0.0", "tenant_override": "acme"},
             "TENANT_OVERRIDE/ROLE_OVERRIDE are for local development only",
             id="override-off-loopback",
@@ -105,6 +151,11 @@ def test_bad_configuration_is_one_clear_line(overrides: dict[str, str], message:
             {"OPENMETER_API_KEY": KEY, "OPENMETER_URL": "http://openmeter:abc"},
             "ai-credits-mcp: OPENMETER_URL='http://openmeter:abc' is not valid",
             id="bad-openmeter-port",
+        ),
+        pytest.param(
+            {"OPENMETER_API_KEY": KEY, "OPENMETER_URL": "https://us.api.konghq.com/v3", "OPENMETER_API": "v1"},
+            "ai-credits-mcp: OPENMETER_URL='https://us.api.konghq.com/v3' is Kong Konnect",
+            id="konnect-url-with-v1",
         ),
         pytest.param(
             {"OPENMETER_API_KEY": KEY, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
