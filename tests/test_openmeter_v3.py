@@ -7,13 +7,20 @@ tests/test_openmeter_standin_v3.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from ai_credit_usage.openmeter.http import OpenMeterError
-from ai_credit_usage.openmeter.standin import OpenMeterStandIn
+from ai_credit_usage.openmeter.interface import AggregateQuery
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.v1 import SERVES_V3
-from tests.conftest import v1_client
+from ai_credit_usage.openmeter.v3 import NOT_V3, OpenMeterV3
+from ai_credit_usage.window import Window
+from tests.conftest import API_KEY, v1_client, v3_client
+from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.anyio
 KONG_NOT_FOUND = {
@@ -53,3 +60,111 @@ async def test_a_v1_meter_that_is_not_there_is_still_no_meter(openmeter_url: str
             await client.meter("nope")
     finally:
         await client.aclose()
+
+
+# ---- the v3 client against the v3 stand-in ----------------------------------------------------------------------
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+JANUARY = Window(T0, datetime(2026, 2, 1, tzinfo=UTC))
+
+
+@pytest.fixture
+def v3(openmeter_v3_url: str) -> OpenMeterV3:
+    return v3_client(openmeter_v3_url)
+
+
+@pytest.fixture
+def standin_v3() -> OpenMeterStandIn:
+    return OpenMeterStandIn(api_key=API_KEY, api="v3")
+
+
+@pytest.fixture
+def openmeter_v3_url(standin_v3: OpenMeterStandIn) -> Iterator[str]:
+    with serve_in_thread(standin_v3.app) as url:
+        yield url + "/api/v3"
+
+
+async def test_the_meter_is_found_by_key_then_asked_for_by_its_ulid(
+    v3: OpenMeterV3, standin_v3: OpenMeterStandIn
+) -> None:
+    standin_v3.add_meter({**AI_CREDITS_METER, "eventFrom": "2025-06-01T00:00:00Z"})
+    first = await v3.meter("ai_credits")
+    second = await v3.meter("ai_credits")
+    await v3.aclose()
+    assert first == second
+    assert first.slug == "ai_credits" and first.id == AI_CREDITS_METER["id"] and first.event_type == "ai_credits"
+    assert first.value_path == ("credits",)
+    assert set(first.dimension_paths) == {"tenant", "user", "module", "product", "skill"}
+    assert first.events_from == datetime(2025, 6, 1, tzinfo=UTC)
+    listed, by_id = standin_v3.requests
+    assert (listed.path, listed.query) == ("/api/v3/openmeter/meters", [("filter[key][eq]", "ai_credits")])
+    assert by_id.path == f"/api/v3/openmeter/meters/{AI_CREDITS_METER['id']}"
+
+
+async def test_a_meter_the_list_does_not_hold_is_no_meter(v3: OpenMeterV3) -> None:
+    with pytest.raises(
+        OpenMeterError, match=r"^OpenMeter has no meter 'nope'; ask the operator to check OPENMETER_METER\."
+    ):
+        await v3.meter("nope")
+    await v3.aclose()
+
+
+async def test_a_v3_client_at_a_v1_server_is_told_so(openmeter_url: str) -> None:
+    client = v3_client(openmeter_url)  # the v1 stand-in: no /openmeter/meters
+    with pytest.raises(OpenMeterError) as caught:
+        await client.meter("ai_credits")
+    await client.aclose()
+    assert str(caught.value) == NOT_V3
+
+
+async def test_a_query_sends_only_the_schema_s_fields_and_reads_decimal_strings(
+    v3: OpenMeterV3, standin_v3: OpenMeterStandIn
+) -> None:
+    standin_v3.ingest(
+        make_event(tenant="acme", credits=0.1, time=T0, user="ann"),
+        make_event(tenant="acme", credits="0.2", time=T0 + timedelta(days=1), user="ann"),
+        make_event(tenant="acme", credits=5, time=T0 + timedelta(days=1), user="bob", subject="s,with comma"),
+        make_event(tenant="acme", credits=7, time=T0 + timedelta(days=1), user=None),
+        make_event(tenant="globex", credits=99, time=T0, user="ann"),
+    )
+    meter = await v3.meter("ai_credits")
+    rows = await v3.query(meter, AggregateQuery(JANUARY, ("user", "tenant"), "acme"))
+    by_subject = await v3.query(meter, AggregateQuery(JANUARY, ("subject",), "acme"))
+    daily = await v3.query(meter, AggregateQuery(JANUARY, ("tenant",), "acme", "day", "Europe/Paris"))
+    await v3.aclose()
+    users = sorted((row.dimensions["user"], row.value) for row in rows)
+    assert users == [("", 7.0), ("ann", 0.1 + 0.2), ("bob", 5.0)]  # a missing dimension is ""
+    assert all(row.dimensions["tenant"] == "acme" and row.subject is None for row in rows)
+    assert sorted((row.subject, row.value) for row in by_subject) == [
+        ("s,with comma", 5.0),
+        ("user-None", 7.0),
+        ("user-ann", 0.1 + 0.2),
+    ]
+    assert all(row.dimensions == {} for row in by_subject)
+    paris = ZoneInfo("Europe/Paris")
+    assert [(row.window_start, row.value) for row in daily] == [
+        (datetime(2026, 1, 1, tzinfo=paris), 0.1),
+        (datetime(2026, 1, 2, tzinfo=paris), 12.2),
+    ]
+    query, *_ = [r for r in standin_v3.requests if r.path.endswith("/query")]
+    assert query.method == "POST" and query.path == f"/api/v3/openmeter/meters/{AI_CREDITS_METER['id']}/query"
+    assert query.json() == {
+        "from": "2026-01-01T00:00:00Z",
+        "to": "2026-02-01T00:00:00Z",
+        "group_by_dimensions": ["user", "tenant"],
+        "filters": {"dimensions": {"tenant": {"eq": "acme"}}},
+    }
+    daily_body = [r for r in standin_v3.requests if r.path.endswith("/query")][-1].json()
+    assert (daily_body["granularity"], daily_body["time_zone"]) == ("P1D", "Europe/Paris")
+
+
+async def test_a_deleted_meter_is_looked_up_again(v3: OpenMeterV3, standin_v3: OpenMeterStandIn) -> None:
+    meter = await v3.meter("ai_credits")
+    standin_v3.meters.clear()
+    standin_v3.add_meter({**AI_CREDITS_METER, "id": "01JAAAAAAAAAAAAAAAAAAAAAAA"})
+    with pytest.raises(OpenMeterError, match="OpenMeter has no meter 'ai_credits'"):
+        await v3.query(meter, AggregateQuery(JANUARY, ("tenant",), "acme"))
+    again = await v3.meter("ai_credits")
+    await v3.aclose()
+    assert again.id == "01JAAAAAAAAAAAAAAAAAAAAAAA"
+    assert standin_v3.requests[-1].query == [("filter[key][eq]", "ai_credits")]

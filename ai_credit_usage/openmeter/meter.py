@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ai_credit_usage.errors import UserFacingError
@@ -93,6 +94,7 @@ class Meter:
     value_path: JsonPath
     dimension_paths: dict[str, JsonPath]
     id: str = ""
+    events_from: datetime | None = None  # the meter ignores earlier events (v1 `eventFrom`, v3 `events_from`)
 
     @classmethod
     def build(
@@ -104,6 +106,7 @@ class Meter:
         value_property: str | None,
         dimensions: Mapping[str, str] | None,
         id: str | None = None,
+        events_from: datetime | None = None,
     ) -> Meter:
         """A meter from its definition (either API's spelling, already read); one we cannot scope is refused."""
         if aggregation.upper() != "SUM":
@@ -134,6 +137,7 @@ class Meter:
             value_path=value_path,
             dimension_paths=dimension_paths,
             id=id or key,
+            events_from=events_from,
         )
 
     def dimension(self, data: Any, name: str) -> str:
