@@ -19,7 +19,7 @@ from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn
 from ai_credit_usage.openmeter.v1 import SERVES_V3
 from ai_credit_usage.openmeter.v3 import NOT_V3, OpenMeterV3
 from ai_credit_usage.window import Window
-from tests.conftest import API_KEY, v1_client, v3_client
+from tests.conftest import AI_METER, API_KEY, v1_client, v3_client
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -66,6 +66,11 @@ async def test_a_v1_meter_that_is_not_there_is_still_no_meter(openmeter_url: str
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 JANUARY = Window(T0, datetime(2026, 2, 1, tzinfo=UTC))
+JANUARY_FROM = "2026-01-01T00:00:00Z"
+
+
+def at(**delta: float) -> datetime:
+    return T0 + timedelta(**delta)
 
 
 @pytest.fixture
@@ -168,3 +173,47 @@ async def test_a_deleted_meter_is_looked_up_again(v3: OpenMeterV3, standin_v3: O
     await v3.aclose()
     assert again.id == "01JAAAAAAAAAAAAAAAAAAAAAAA"
     assert standin_v3.requests[-1].query == [("filter[key][eq]", "ai_credits")]
+
+
+def test_subjects_ride_in_oeq_lists_of_50_and_a_comma_goes_alone() -> None:
+    client = v3_client("http://openmeter.invalid/api/v3")
+    subjects = [f"user-{i:03d}" for i in range(120)]
+    subjects[60:60] = ["b,c", " padded"]
+    chunks = client.subject_chunks(AI_METER, JANUARY, subjects)
+    assert [len(chunk) for chunk in chunks] == [50, 10, 1, 1, 50, 10]
+    assert chunks[2:4] == [["b,c"], [" padded"]]  # a comma list would split or trim these: asked for with `eq`
+    assert [s for chunk in chunks for s in chunk] == subjects  # in order, each once
+    long = ["x" * 300 + str(i) for i in range(10)]  # one `oeq` value may hold at most 1024 bytes
+    assert all(len(",".join(chunk).encode()) <= 1024 for chunk in client.subject_chunks(AI_METER, JANUARY, long))
+    with pytest.raises(OpenMeterError, match="too long to ask OpenMeter for its events"):
+        client.subject_chunks(AI_METER, JANUARY, ["y" * 1025])
+
+
+async def test_event_pages_ask_100_newest_first_follow_the_cursor_and_repeat_no_key(
+    v3: OpenMeterV3, standin_v3: OpenMeterStandIn
+) -> None:
+    standin_v3.ingest(
+        *[
+            make_event(tenant="acme", credits=1, time=T0 + timedelta(minutes=i), subject=f"s{i % 3}")
+            for i in range(250)
+        ],
+        make_event(tenant="acme", credits=1, time=T0, subject="b,c", id="comma"),
+        make_event(tenant="acme", credits=1, time=T0, subject="s0", type="other"),
+    )
+    meter = await v3.meter("ai_credits")
+    pages = [page async for page in v3.iter_event_pages(meter, JANUARY, ["s0", "s1"])]
+    (comma,) = [page async for page in v3.iter_event_pages(meter, JANUARY, ["b,c"])]
+    await v3.aclose()
+    events = [event for page in pages for event in page]
+    assert [len(page) for page in pages] == [100, 67]
+    assert [event.subject for event in events] == [f"s{i % 3}" for i in reversed(range(250)) if i % 3 != 2]
+    assert [event.id for event in comma] == ["comma"]
+    sent = [r for r in standin_v3.requests if r.path == "/api/v3/openmeter/events"]
+    for request in sent:
+        keys = [key for key, _ in request.query]
+        assert len(keys) == len(set(keys))
+        assert request.param("page[size]") == "100"
+        assert (request.param("filter[type][eq]"), request.param("filter[time][gte]")) == ("ai_credits", JANUARY_FROM)
+    assert [r.param("filter[subject][oeq]") for r in sent[:2]] == ["s0,s1", "s0,s1"]
+    assert sent[0].param("page[after]") is None and sent[1].param("page[after]") is not None
+    assert sent[2].param("filter[subject][eq]") == "b,c"
