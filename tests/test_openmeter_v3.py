@@ -9,17 +9,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx2
 import pytest
+from mcp.types import CallToolResult
 
 from ai_credit_usage.openmeter.http import OpenMeterError
 from ai_credit_usage.openmeter.interface import AggregateQuery
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.v1 import SERVES_V3
 from ai_credit_usage.openmeter.v3 import NOT_V3, OpenMeterV3
+from ai_credit_usage.settings import Settings
 from ai_credit_usage.window import Window
-from tests.conftest import AI_METER, API_KEY, v1_client, v3_client
+from tests.conftest import AI_METER, API_KEY, NOW, FakeClock, call_tool, text_of, v1_client, v3_client
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -217,3 +221,42 @@ async def test_event_pages_ask_100_newest_first_follow_the_cursor_and_repeat_no_
     assert [r.param("filter[subject][oeq]") for r in sent[:2]] == ["s0,s1", "s0,s1"]
     assert sent[0].param("page[after]") is None and sent[1].param("page[after]") is not None
     assert sent[2].param("filter[subject][eq]") == "b,c"
+
+
+def test_main_with_a_konnect_url_and_token_answers_from_the_v3_standin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`uv run main.py` as a Konnect operator configures it: only OPENMETER_URL (a Konnect region's v3 base) and a
+    system-account token; the API follows from the URL. The network is the stand-in (an ASGI transport in place of
+    Konnect), everything above it is main.py's own start-up."""
+    import anyio
+    import uvicorn
+
+    import main
+    import server
+
+    token = "spat_0123456789abcdefTEST"
+    standin = OpenMeterStandIn(api_key=token, api="v3")
+    standin.ingest(make_event(tenant="acme", credits=2.5, time=NOW - timedelta(hours=1)))
+    monkeypatch.setenv("OPENMETER_URL", "https://eu.api.konghq.com/v3")
+    monkeypatch.setenv("OPENMETER_API_KEY", token)
+    real_create_app = server.create_app
+
+    def create_app(settings: Settings, **options: Any) -> Any:
+        transport = httpx2.ASGITransport(app=standin.app)
+        return real_create_app(settings, openmeter_transport=transport, clock=FakeClock(NOW), **options)
+
+    answered: list[CallToolResult] = []
+
+    def run(app: Any, **options: Any) -> None:  # instead of uvicorn's loop: serve, ask one question, stop
+        with serve_in_thread(app) as url:
+            answered.append(anyio.run(call_tool, url, "get_credit_usage_by_tenant"))
+
+    monkeypatch.setattr(server, "create_app", create_app)
+    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(main, "configure_logging", lambda: None)
+    assert main.main([]) == 0
+    (result,) = answered
+    assert not result.is_error, text_of(result)
+    assert "Total credits: 2.50" in text_of(result)
+    paths = [request.path for request in standin.requests]
+    assert paths[0] == "/v3/openmeter/meters" and paths[1].startswith("/v3/openmeter/meters/")
+    assert all(request.headers["authorization"] == f"Bearer {token}" for request in standin.requests)
