@@ -23,7 +23,7 @@ from ai_credit_usage.openmeter.v1 import SERVES_V3
 from ai_credit_usage.openmeter.v3 import NOT_V3, OpenMeterV3
 from ai_credit_usage.settings import Settings
 from ai_credit_usage.window import Window
-from tests.conftest import AI_METER, API_KEY, NOW, FakeClock, call_tool, text_of, v1_client, v3_client
+from tests.conftest import AI_METER, API_KEY, FAST_RETRY, NOW, FakeClock, call_tool, text_of, v1_client, v3_client
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -260,3 +260,62 @@ def test_main_with_a_konnect_url_and_token_answers_from_the_v3_standin(monkeypat
     paths = [request.path for request in standin.requests]
     assert paths[0] == "/v3/openmeter/meters" and paths[1].startswith("/v3/openmeter/meters/")
     assert all(request.headers["authorization"] == f"Bearer {token}" for request in standin.requests)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "sentence"),
+    [
+        pytest.param(
+            400,
+            {"type": "https://kongapi.info/konnect/bad-request", "status": 400, "title": "Bad Request",
+             "instance": "urn:request:x", "detail": "Bad Request: windowSize [additionalProperties]: unsupported",
+             "invalid_parameters": [{"field": "windowSize", "reason": "unsupported", "source": "body"}]},
+            "OpenMeter rejected the query (HTTP 400); this is a fault in the credits server",
+            id="base-api-error",
+        ),
+        pytest.param(
+            400,
+            {"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "invalid group by dimension: x",
+             "extensions": {"validationErrors": [{"code": "invalid_group_by", "message": "x", "field": "x"}]}},
+            "OpenMeter rejected the query (HTTP 400); this is a fault in the credits server",
+            id="v1-problem-shape",
+        ),
+        pytest.param(
+            404,
+            {"type": "about:blank", "title": "Not Found", "status": 404, "detail": "meter not found: 01J"},
+            "OpenMeter has no meter 'ai_credits'; ask the operator to check OPENMETER_METER.",
+            id="meter-gone",
+        ),
+        pytest.param(
+            401,
+            {"status": 401, "title": "Unauthorized", "instance": "kong:trace:1", "detail": "Unauthorized"},
+            "OpenMeter refused this server's API key; ask the operator to check OPENMETER_API_KEY.",
+            id="gateway-401",
+        ),
+        pytest.param(
+            500, {"type": "about:blank", "title": "Internal Server Error", "status": 500},
+            "OpenMeter had an internal error (HTTP 500); try again in a few minutes.",
+            id="500-without-detail",
+        ),
+    ],
+)  # fmt: skip
+async def test_both_error_shapes_become_v1_s_sentences(
+    v3: OpenMeterV3, standin_v3: OpenMeterStandIn, status: int, body: dict[str, Any], sentence: str
+) -> None:
+    meter = await v3.meter("ai_credits")
+    standin_v3.fail(status=status, body=json.dumps(body).encode(), path_prefix="/api/v3/openmeter/meters/")
+    with pytest.raises(OpenMeterError) as caught:
+        await v3.query(meter, AggregateQuery(JANUARY, ("tenant",), "acme"))
+    await v3.aclose()
+    assert str(caught.value).startswith(sentence)
+
+
+async def test_a_query_is_retried_like_a_get(standin_v3: OpenMeterStandIn, openmeter_v3_url: str) -> None:
+    client = v3_client(openmeter_v3_url, retry=FAST_RETRY)
+    standin_v3.ingest(make_event(tenant="acme", credits=3, time=T0))
+    meter = await client.meter("ai_credits")
+    standin_v3.fail(status=503, times=2, path_prefix=f"/api/v3/openmeter/meters/{meter.id}/query")
+    (row,) = await client.query(meter, AggregateQuery(JANUARY, ("tenant",), "acme"))
+    await client.aclose()
+    assert row.value == 3.0
+    assert [r.method for r in standin_v3.requests_to("/query")] == ["POST"] * 3
