@@ -221,6 +221,8 @@ async def test_event_pages_ask_100_newest_first_follow_the_cursor_and_repeat_no_
     assert [r.param("filter[subject][oeq]") for r in sent[:2]] == ["s0,s1", "s0,s1"]
     assert sent[0].param("page[after]") is None and sent[1].param("page[after]") is not None
     assert sent[2].param("filter[subject][eq]") == "b,c"
+    assert await v3.event_page(meter, JANUARY, [], None) == ([], None)  # no subject, no request
+    assert len([r for r in standin_v3.requests if r.path == "/api/v3/openmeter/events"]) == len(sent)
 
 
 def test_main_with_a_konnect_url_and_token_answers_from_the_v3_standin(monkeypatch: pytest.MonkeyPatch) -> None:

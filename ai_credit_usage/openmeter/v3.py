@@ -179,6 +179,8 @@ class OpenMeterV3:
         self, meter: Meter, window: Window, subjects: Sequence[str] | None, cursor: str | None
     ) -> tuple[list[CloudEvent], str | None]:
         """One page (at most 100 events, newest first) and the cursor of the next, if OpenMeter gave one."""
+        if subjects is not None and not subjects:  # no subject has no events (an empty `oeq` would be a 400)
+            return [], None
         params = _events_params(window, meter.event_type, subjects, cursor)
         body = await self._http.get_json("/openmeter/events", params, meter=None)
         page = _read(_EventsPage, body, "events page")
