@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_credit_usage.settings import ConfigError, load_settings
+from ai_credit_usage.settings import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "om-secret-value-123"
@@ -174,3 +174,14 @@ def test_main_stops_with_one_line_and_no_traceback(env: dict[str, str], message:
     assert KEY not in result.stderr + result.stdout
     if not env:  # a newcomer's first try: the line also says how to run without a key
         assert result.stderr.strip().endswith("or run `uv run main.py --demo` to try it with generated data.")
+
+
+def test_env_example_loads_and_names_every_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """.env.example as an operator copies it (with a key) is a valid configuration, and documents every setting."""
+    example = (ROOT / ".env.example").read_text()
+    (tmp_path / ".env").write_text(example.replace("OPENMETER_API_KEY=\n", f"OPENMETER_API_KEY={KEY}\n"))
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert (settings.api, settings.openmeter_url) == ("v1", "https://openmeter.cloud")
+    missing = [name.upper() for name in Settings.model_fields if f"{name.upper()}=" not in example]
+    assert missing == []
