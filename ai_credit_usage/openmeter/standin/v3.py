@@ -146,8 +146,11 @@ def get_meter(standin: EventStore, meter_id: str) -> dict[str, Any]:
 
 
 def query_meter(standin: EventStore, meter_id: str, raw_body: bytes) -> dict[str, Any]:
-    meter = find_meter(standin, meter_id)
+    # The request validator checks the path, then the body; only then does the handler look the meter up.
+    if not ULID.match(meter_id):
+        raise ApiError(404, "The requested entity was not found")
     body = _query_body(raw_body)
+    meter = find_meter(standin, meter_id)
     start, end = _body_time(body, "from"), _body_time(body, "to")
     granularity = body.get("granularity")
     tz_name = body.get("time_zone", "UTC")
