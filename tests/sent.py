@@ -42,9 +42,13 @@ def meter_queries(openmeter: OpenMeterStandIn) -> list[SentQuery]:
     return [_query(openmeter.api, request) for request in openmeter.requests if request.path.endswith("/query")]
 
 
+def events_path(openmeter: OpenMeterStandIn) -> str:
+    return "/api/v3/openmeter/events" if openmeter.api == "v3" else "/api/v2/events"
+
+
 def event_pages(openmeter: OpenMeterStandIn) -> list[SentPage]:
-    path = "/api/v3/openmeter/events" if openmeter.api == "v3" else "/api/v2/events"
-    return [_page(openmeter.api, request) for request in openmeter.requests if request.path == path]
+    path = events_path(openmeter)
+    return [page_of(openmeter.api, request) for request in openmeter.requests if request.path == path]
 
 
 def _query(api: str, request: RecordedRequest) -> SentQuery:
@@ -71,7 +75,7 @@ def _query(api: str, request: RecordedRequest) -> SentQuery:
     )
 
 
-def _page(api: str, request: RecordedRequest) -> SentPage:
+def page_of(api: str, request: RecordedRequest) -> SentPage:
     if api == "v3":
         oeq, eq = request.param("filter[subject][oeq]"), request.param("filter[subject][eq]")
         subjects = oeq.split(",") if oeq is not None else [eq] if eq is not None else None
