@@ -321,3 +321,17 @@ async def test_a_query_is_retried_like_a_get(standin_v3: OpenMeterStandIn, openm
     await client.aclose()
     assert row.value == 3.0
     assert [r.method for r in standin_v3.requests_to("/query")] == ["POST"] * 3
+
+
+@pytest.mark.parametrize("api", ["v3"], indirect=True)
+async def test_a_v1_server_pointed_at_a_v3_only_openmeter_says_so_on_the_first_call(
+    start_server: Any, openmeter: OpenMeterStandIn, openmeter_url: str
+) -> None:
+    """Only the answer shows it: a root URL (so v1 by the rules) of an OpenMeter that serves only v3, as Konnect does
+    behind a custom domain. The v1 meter path's 404 is in v3's words, and the chat user reads what to set."""
+    root = openmeter_url.removesuffix("/api/v3")
+    url = start_server(openmeter_url=root)
+    result = await call_tool(url, "get_credit_usage_summary")
+    assert result.is_error
+    assert text_of(result) == SERVES_V3
+    assert [r.path for r in openmeter.requests] == ["/api/v1/meters/ai_credits"]
