@@ -48,6 +48,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _setting(name: str) -> str | None:
+    """One variable as the settings will read it: the environment, else `.env` in the working directory."""
+    if name in os.environ:
+        return os.environ[name]
+    from dotenv import dotenv_values
+
+    return dotenv_values(".env").get(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ai_credit_usage.settings import ConfigError, load_settings
     from ai_credit_usage.telemetry import setup_telemetry
@@ -57,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides: dict[str, str] = {}
         if arguments.demo:  # a placeholder key and URL stand in for OpenMeter's; without --demo a missing key stops
-            from ai_credit_usage.demo import DEMO_SETTINGS
+            from ai_credit_usage.demo import demo_settings
 
-            overrides = DEMO_SETTINGS
+            overrides = demo_settings(_setting("OPENMETER_API"))  # v1 unless OPENMETER_API=v3
         settings = load_settings(**overrides)
         telemetry = setup_telemetry(os.environ)  # only with OTEL_EXPORTER_OTLP_ENDPOINT, as Aspire sets it
     except ConfigError as exc:
@@ -112,15 +121,17 @@ def main(argv: list[str] | None = None) -> int:
             logger.warning("MCP_JWT_JWKS_URL is plain http: whoever can change that traffic can forge tokens")
     if arguments.demo:
         logger.warning(
-            "!!! DEMO MODE (--demo): every answer comes from generated sample data, not from OpenMeter; "
-            "OPENMETER_API_KEY and OPENMETER_URL are ignored. !!!"
+            "!!! DEMO MODE (--demo): every answer comes from generated sample data, not from OpenMeter "
+            "(an in-process stand-in of its %s API); OPENMETER_API_KEY and OPENMETER_URL are ignored. !!!",
+            settings.api,
         )
     logger.info(
-        "serving MCP on http://%s:%d/mcp (health: /health, %s), OpenMeter %s, meter %r, downloads in %s",
+        "serving MCP on http://%s:%d/mcp (health: /health, %s), OpenMeter %s (%s API), meter %r, downloads in %s",
         settings.mcp_host,
         settings.mcp_port,
         "stateless" if settings.mcp_stateless else "stateful sessions",
         settings.openmeter_url,
+        settings.api,
         settings.openmeter_meter,
         describe_store_url(settings.download_store_url.get_secret_value() if settings.download_store_url else None),
     )

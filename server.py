@@ -67,7 +67,10 @@ def create_app(
         jwt_verifier = JwtVerifier(jwt_rules_of(settings))
     if demo and openmeter_transport is None:
         openmeter_transport = demo_transport(
-            clock(), api_key=settings.openmeter_api_key.get_secret_value(), meter_slug=settings.openmeter_meter
+            clock(),
+            api_key=settings.openmeter_api_key.get_secret_value(),
+            meter_slug=settings.openmeter_meter,
+            api=settings.api,
         )
     openmeter = connect(settings, retry=retry, transport=openmeter_transport)
     usage = UsageService(

@@ -33,6 +33,14 @@ logger = logging.getLogger(__name__)
 DEMO_API_KEY = "demo-mode-no-real-key"
 DEMO_OPENMETER_URL = "http://openmeter.demo"
 DEMO_SETTINGS: dict[str, str] = {"openmeter_api_key": DEMO_API_KEY, "openmeter_url": DEMO_OPENMETER_URL}
+# With OPENMETER_API=v3 the demo stand-in speaks v3, at the base URL a self-hosted OpenMeter would have.
+DEMO_SETTINGS_V3: dict[str, str] = {**DEMO_SETTINGS, "openmeter_url": f"{DEMO_OPENMETER_URL}/api/v3"}
+
+
+def demo_settings(api: str | None) -> dict[str, str]:
+    """The settings `--demo` overrides: v1 unless OPENMETER_API says v3."""
+    return DEMO_SETTINGS_V3 if (api or "").strip().lower() == "v3" else DEMO_SETTINGS
+
 
 # The marks every demo answer and workbook carries.
 DEMO_BANNER = "**DEMO DATA** — generated sample data, not your tenant's real usage."
@@ -184,22 +192,24 @@ def _spike(rng: random.Random, tenant: str, user: str, day: datetime) -> list[di
     ]
 
 
-def demo_transport(now: datetime, *, api_key: str, meter_slug: str) -> httpx2.AsyncBaseTransport:
-    """An OpenMeter stand-in holding the demo events under the configured meter slug, as a transport for the
-    production OpenMeter client: requests go to the stand-in's ASGI app in-process, with no socket."""
+def demo_transport(now: datetime, *, api_key: str, meter_slug: str, api: str = "v1") -> httpx2.AsyncBaseTransport:
+    """An OpenMeter stand-in (of the `api` the settings speak) holding the demo events under the configured meter
+    slug, as a transport for the production OpenMeter client: requests go to the stand-in's ASGI app in-process,
+    with no socket."""
     started = time.perf_counter()
     events = demo_events(now)
     standin = OpenMeterStandIn(
-        api_key=api_key, meters=[{**AI_CREDITS_METER, "slug": meter_slug}], record_requests=False
+        api_key=api_key, meters=[{**AI_CREDITS_METER, "slug": meter_slug}], record_requests=False, api=api
     )
     standin.ingest(*events, ingested_at=now)
     logger.warning(
-        "DEMO MODE: answering from %d generated events (tenants %s, the %d days up to %s), made in %.1f s; "
-        "this is sample data, not anybody's real usage",
+        "DEMO MODE: answering from %d generated events (tenants %s, the %d days up to %s, OpenMeter's %s API), made "
+        "in %.1f s; this is sample data, not anybody's real usage",
         len(events),
         ", ".join(TENANTS),
         DAYS,
         format_time(now.replace(microsecond=0)),
+        api,
         time.perf_counter() - started,
     )
     return httpx2.ASGITransport(app=standin.app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -35,6 +36,8 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 METER_KEY = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*|[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}")
 METER_KEY_MAX = 64
 _ALLOWED_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?:\d{1,5}|\*))?$")
+OpenMeterApi = Literal["v1", "v3"]
+_V3_PATH = re.compile(r"(?:^|/)(?:api/)?v3$")  # the base of the v3 API: .../v3 (Konnect) or .../api/v3 (OpenMeter)
 
 
 class ConfigError(Exception):
@@ -46,6 +49,9 @@ class Settings(BaseSettings):
 
     openmeter_api_key: SecretStr
     openmeter_url: str = "https://openmeter.cloud"
+    # v1 (the v1 meter and v2 event paths under the server's root) or v3 (the paths under the v3 base URL, as on
+    # Kong Konnect); unset, it follows OPENMETER_URL: a path ending in /v3 or /api/v3 is v3, anything else v1.
+    openmeter_api: OpenMeterApi | None = None
     openmeter_meter: str = "ai_credits"
     mcp_host: str = "127.0.0.1"
     mcp_port: int = Field(default=8765, ge=1, le=65535)
@@ -116,6 +122,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("openmeter_api", mode="before")
+    @classmethod
+    def _api_name(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("v1", "v3"):
+            return value.strip().lower()
+        if value is not None:
+            raise ValueError("expected v1 (OpenMeter's v1 API) or v3 (OpenMeter's v3 API, as on Kong Konnect)")
+        return value
+
     @field_validator("mcp_allowed_hosts")
     @classmethod
     def _host_names(cls, value: str) -> str:
@@ -163,6 +178,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def api(self) -> OpenMeterApi:
+        """The OpenMeter API to speak: OPENMETER_API, or what OPENMETER_URL's path says."""
+        return self.openmeter_api or url_api(self.openmeter_url) or "v1"
+
+    @property
     def download_base_url(self) -> str:
         return self.public_base_url or f"http://localhost:{self.mcp_port}"
 
@@ -189,6 +209,43 @@ class Settings(BaseSettings):
             return False
 
 
+def url_api(url: str) -> OpenMeterApi | None:
+    """ "v3" when the URL is a v3 base (its path ends in /v3 or /api/v3); "v1" when it is a server's root (where the
+    v1 paths live); None when its path says neither."""
+    path = urlsplit(url).path.rstrip("/")
+    if _V3_PATH.search(path):
+        return "v3"
+    return None if path else "v1"
+
+
+def is_konnect(url: str) -> bool:
+    """Kong Konnect's regional API hosts ({us,eu,au,me,in,sg}.api.konghq.com) serve only OpenMeter's v3 API."""
+    return (urlsplit(url).hostname or "").lower().endswith(".api.konghq.com")
+
+
+def _api_mismatch(settings: Settings) -> str | None:
+    """One line when OPENMETER_URL shows another API than OPENMETER_API asks for (or than it needs)."""
+    url, api = settings.openmeter_url, settings.api
+    shown = url_api(url)
+    if is_konnect(url) and (api == "v1" or shown != "v3"):
+        v3_url = urlsplit(url)._replace(path="/v3", query="", fragment="").geturl()
+        return (
+            f"OPENMETER_URL={url!r} is Kong Konnect, which serves only OpenMeter's v3 API at {v3_url!r}: "
+            "set OPENMETER_URL to that and leave OPENMETER_API unset (or set it to v3)."
+        )
+    if api == "v1" and shown == "v3":
+        return (
+            f"OPENMETER_URL={url!r} is the base of OpenMeter's v3 API, but OPENMETER_API=v1: set OPENMETER_API=v3 "
+            "(or leave it unset), or point OPENMETER_URL at the server's root for v1."
+        )
+    if api == "v3" and shown == "v1":
+        return (
+            f"OPENMETER_URL={url!r} is a server's root, where OpenMeter serves its v1 API, but OPENMETER_API=v3: "
+            f"point OPENMETER_URL at the v3 base URL (e.g. {url + '/api/v3'!r}), or set OPENMETER_API=v1."
+        )
+    return None
+
+
 def _host_list(value: str) -> list[str]:
     return [host.strip() for host in value.split(",") if host.strip()]
 
@@ -205,6 +262,9 @@ def load_settings(**overrides: object) -> Settings:
             f"or bind MCP_HOST to a loopback address (it is {settings.mcp_host!r})."
         )
     _check_mcp_guard(settings)
+    mismatch = _api_mismatch(settings)
+    if mismatch is not None:
+        raise ConfigError(mismatch)
     return settings
 
 

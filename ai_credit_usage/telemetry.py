@@ -301,9 +301,10 @@ def record_tool_call(call: ToolCall) -> None:
 class OpenMeterRequest:
     """One logical OpenMeter request: a span over every attempt, a duration and status per attempt."""
 
-    def __init__(self, span: Span, template: str) -> None:
+    def __init__(self, span: Span, template: str, method: str = "GET") -> None:
         self.span = span
         self.template = template
+        self.method = method
         self.attempts = 0
         self.status: int | None = None
 
@@ -329,7 +330,7 @@ class OpenMeterRequest:
             error_type = str(self.status) if self.status and self.status >= 400 else type(cause).__name__
             raise
         finally:
-            attributes: dict[str, Any] = {"http.request.method": "GET", "url.template": self.template}
+            attributes: dict[str, Any] = {"http.request.method": self.method, "url.template": self.template}
             if self.status is not None:
                 attributes["http.response.status_code"] = self.status
             if error_type is not None:
@@ -340,12 +341,16 @@ class OpenMeterRequest:
 
 
 @contextmanager
-def openmeter_request(path: str, meter: str | None) -> Iterator[OpenMeterRequest]:
-    """Wraps `_get_json`: the path as a template, so no meter slug, tenant or query string reaches the span name."""
-    template = path.replace(f"/meters/{meter}", "/meters/{meter}", 1) if meter else path
-    attributes = {"http.request.method": "GET", "url.template": template}
-    with _span(f"openmeter GET {template}", kind=SpanKind.CLIENT, attributes=attributes) as span:
-        request = OpenMeterRequest(span, template)
+def openmeter_request(
+    path: str, meter: str | None, *, method: str = "GET", template: str | None = None
+) -> Iterator[OpenMeterRequest]:
+    """Wraps one OpenMeter request: the path as a template, so no meter slug or id, tenant or query string reaches
+    the span name (`template` when the caller names it, else `path` with the meter's key as `{meter}`)."""
+    if template is None:
+        template = path.replace(f"/meters/{meter}", "/meters/{meter}", 1) if meter else path
+    attributes = {"http.request.method": method, "url.template": template}
+    with _span(f"openmeter {method} {template}", kind=SpanKind.CLIENT, attributes=attributes) as span:
+        request = OpenMeterRequest(span, template, method)
         try:
             yield request
         finally:

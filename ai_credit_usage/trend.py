@@ -1,9 +1,10 @@
 """Credit trends: calendar periods in a time zone, zero-filled series, the top 5 plus "Other", unusual periods.
 
-OpenMeter buckets usage into calendar windows (`windowSize` DAY or MONTH, in `windowTimeZone`) but only returns
-windows that had events, and has no weeks. So the periods are laid out here, in the time zone (a day across a DST
-change is 23 or 25 hours long), and the query's rows are folded into them: days into ISO weeks starting on Monday,
-missing periods as 0. A period that the window cuts at either end is partial: it holds only the window's part.
+OpenMeter buckets usage into calendar windows (v1: `windowSize` DAY or MONTH in `windowTimeZone`; v3: `granularity`
+P1D or P1M in `time_zone`) but only returns windows that had events, and has no weeks on either API. So the periods
+are laid out here, in the time zone (a day across a DST change is 23 or 25 hours long), and the query's rows are
+folded into them: days into ISO weeks starting on Monday, missing periods as 0. A period that the window cuts at
+either end is partial: it holds only the window's part.
 
 Unusual periods are those above the median of the complete periods by more than 3 median absolute deviations: the
 median and the MAD ignore a single spike, where a mean and a standard deviation would be dragged towards it. Two edges

@@ -125,12 +125,13 @@ async def check_workbooks(url: str, links: list[tuple[str, str]]) -> tuple[int, 
 async def soak(args: argparse.Namespace) -> int:
     tenants = [f"tenant-{chr(ord('a') + i)}" for i in range(args.tenants)]
     now = datetime.now(UTC)
-    standin = OpenMeterStandIn(api_key=API_KEY, record_requests=False)
+    standin = OpenMeterStandIn(api_key=API_KEY, record_requests=False, api=args.api)
     expected = seed(standin, tenants, args.events_per_tenant, now)
     standin.latency = args.latency
     arm_faults(standin, args.fault_every, count=10_000)
 
-    with serve_in_thread(standin.app) as openmeter_url:
+    with serve_in_thread(standin.app) as standin_url:
+        openmeter_url = standin_url + standin.base_path  # the v3 base ends in /api/v3: the settings pick v3 from it
         settings = load_settings(
             _env_file=None, openmeter_api_key=API_KEY, openmeter_url=openmeter_url, download_store_url=None
         )
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.01, help="seconds per OpenMeter answer (default 0.01)")
     parser.add_argument("--fault-every", type=int, default=20, help="every Nth OpenMeter request fails (default 20)")
     parser.add_argument("--max-seconds", type=float, default=300, help="stop after this long (default 300)")
+    parser.add_argument("--api", choices=("v1", "v3"), default="v1", help="the OpenMeter API to speak (default v1)")
     args = parser.parse_args(argv)
     if not (1 <= args.clients <= 500 and 1 <= args.calls <= 100_000 and args.fault_every >= 2):
         parser.error("keep it bounded: 1-500 clients, 1-100000 calls, --fault-every at least 2")

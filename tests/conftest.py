@@ -27,6 +27,7 @@ from ai_credit_usage.openmeter.http import OpenMeterHttp
 from ai_credit_usage.openmeter.meter import Meter
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn
 from ai_credit_usage.openmeter.v1 import OpenMeterV1
+from ai_credit_usage.openmeter.v3 import OpenMeterV3
 from ai_credit_usage.settings import Settings, load_settings
 from ai_credit_usage.table import TableSink
 from ai_credit_usage.usage import EVENT_COLUMNS
@@ -47,6 +48,7 @@ FAST_RETRY = RetryPolicy(first_wait=0.001, max_wait=0.005, max_retry_after=0.005
 SETTINGS_VARIABLES = (
     "OPENMETER_API_KEY",
     "OPENMETER_URL",
+    "OPENMETER_API",
     "OPENMETER_METER",
     "MCP_HOST",
     "MCP_PORT",
@@ -89,6 +91,11 @@ def v1_client(url: str, **options: Any) -> OpenMeterV1:
     return OpenMeterV1(OpenMeterHttp(url, API_KEY, **options))
 
 
+def v3_client(url: str, **options: Any) -> OpenMeterV3:
+    """The production v3 client on its own HTTP core; `url` is the v3 base."""
+    return OpenMeterV3(OpenMeterHttp(url, API_KEY, **options))
+
+
 class FakeClock:
     """The server's only source of "now"; tests move it instead of sleeping."""
 
@@ -118,9 +125,21 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+APIS = ("v1", "v3")
+# A module (or test) marked with this runs against the stand-in of each OpenMeter API: the server is pointed at its
+# base URL (the v3 base ends in /api/v3, so the settings pick v3 from the URL as an operator's would).
+on_both_apis = pytest.mark.parametrize("api", APIS, indirect=True)
+
+
 @pytest.fixture
-def openmeter() -> OpenMeterStandIn:
-    fake = OpenMeterStandIn(api_key=API_KEY)
+def api(request: pytest.FixtureRequest) -> str:
+    """The OpenMeter API the stand-in serves: v1 unless the test is marked `on_both_apis`."""
+    return str(getattr(request, "param", "v1"))
+
+
+@pytest.fixture
+def openmeter(api: str) -> OpenMeterStandIn:
+    fake = OpenMeterStandIn(api_key=API_KEY, api=api)
     fake.add_meter(dict(AI_CREDITS_METER))
     return fake
 
@@ -128,7 +147,7 @@ def openmeter() -> OpenMeterStandIn:
 @pytest.fixture
 def openmeter_url(openmeter: OpenMeterStandIn) -> Iterator[str]:
     with serve_in_thread(openmeter.app) as url:
-        yield url
+        yield url + openmeter.base_path
 
 
 @pytest.fixture

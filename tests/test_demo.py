@@ -33,6 +33,7 @@ from ai_credit_usage.demo import (
     DEMO_ABOUT,
     DEMO_BANNER,
     DEMO_SETTINGS,
+    DEMO_SETTINGS_V3,
     MODULES,
     QUIET_WEEK_DAYS_AGO,
     SPIKE_DAYS_AGO,
@@ -56,7 +57,7 @@ def start_demo(**overrides: Any) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:  # module-scoped: clean the environment here, not per test
         for name in SETTINGS_VARIABLES:
             patch.delenv(name, raising=False)
-        settings = load_settings(_env_file=None, **DEMO_SETTINGS, **overrides)
+        settings = load_settings(_env_file=None, **{**DEMO_SETTINGS, **overrides})
     with serve_in_thread(create_app(settings, clock=FakeClock(NOW), demo=True)) as url:
         yield url
 
@@ -224,6 +225,18 @@ def test_the_data_is_deterministic_and_stable_through_the_day(events: list[dict[
     assert len(later) > len(events)
 
 
+async def test_the_demo_speaks_v3_with_the_same_answers(demo_url: str) -> None:
+    """`--demo` with OPENMETER_API=v3: the v3 stand-in behind the v3 client, the same data, the same answers."""
+    link = re.compile(r"/download/[\w-]+")
+    with start_demo(openmeter_api="v3", openmeter_url=DEMO_SETTINGS_V3["openmeter_url"]) as v3_url:
+        for tool in ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events"):
+            v1 = await call_tool(demo_url, tool, headers=DEMO)
+            v3 = await call_tool(v3_url, tool, headers=DEMO)
+            assert not v3.is_error, text_of(v3)
+            assert link.sub("", text_of(v3)) == link.sub("", text_of(v1))
+            assert DEMO_BANNER in text_of(v3)
+
+
 async def test_overrides_serve_the_demo_to_a_client_without_headers() -> None:
     with start_demo(tenant_override="demo", role_override="admin") as url:
         result = await call_tool(url, "get_credit_usage_by_tenant", headers={})
@@ -231,15 +244,17 @@ async def test_overrides_serve_the_demo_to_a_client_without_headers() -> None:
         assert "Tenant demo, " in text_of(result)
 
 
-def test_main_demo_starts_without_a_key(tmp_path: Path) -> None:
-    """`main.py --demo` needs no OPENMETER_API_KEY (without --demo, test_settings checks that start-up stops)."""
+@pytest.mark.parametrize("api", [None, "v3"])
+def test_main_demo_starts_without_a_key(tmp_path: Path, api: str | None) -> None:
+    """`main.py --demo` needs no OPENMETER_API_KEY (without --demo, test_settings checks that start-up stops); it
+    speaks v1 unless OPENMETER_API=v3."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), "--demo"],
-        env={**env, "MCP_PORT": str(port)},
+        env={**env, "MCP_PORT": str(port), **({"OPENMETER_API": api} if api else {})},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -261,4 +276,5 @@ def test_main_demo_starts_without_a_key(tmp_path: Path) -> None:
         process.terminate()
         _, stderr = process.communicate(timeout=15)
     assert "DEMO MODE" in stderr
+    assert f"an in-process stand-in of its {api or 'v1'} API" in stderr
     assert "Traceback" not in stderr

@@ -15,15 +15,16 @@ from typing import Any
 import httpx2
 import pytest
 
-from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from ai_credit_usage.openmeter.v1 import MAX_QUERY_BYTES, OpenMeterV1
+from ai_credit_usage.openmeter.interface import OpenMeter
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, RecordedRequest, make_event
+from ai_credit_usage.openmeter.v1 import MAX_QUERY_BYTES
 from ai_credit_usage.query import Query
 from ai_credit_usage.usage import UsageService
 from ai_credit_usage.window import Window
-from tests.conftest import FAST_RETRY, CollectingSink, v1_client
+from tests.conftest import FAST_RETRY, CollectingSink, on_both_apis, v1_client, v3_client
+from tests.sent import SentPage, events_path, page_of
 
 pytestmark = pytest.mark.anyio
-EVENTS = "/api/v2/events"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 MONTH = Window(START, START + timedelta(days=28))
 
@@ -33,11 +34,12 @@ class CountingTransport(httpx2.AsyncBaseTransport):
 
     def __init__(self, openmeter: OpenMeterStandIn) -> None:
         self._inner = httpx2.ASGITransport(app=openmeter.app)
+        self._api, self._path = openmeter.api, events_path(openmeter)
         self.in_flight = self.most_in_flight = 0
         self.queries: list[bytes] = []
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        if request.url.path != EVENTS:
+        if request.url.path != self._path:
             return await self._inner.handle_async_request(request)
         self.queries.append(request.url.query)
         self.in_flight += 1
@@ -48,7 +50,13 @@ class CountingTransport(httpx2.AsyncBaseTransport):
             self.in_flight -= 1
 
     def filters(self) -> list[dict[str, Any]]:
+        """The v1 events filters (JSON)."""
         return [json.loads(httpx2.QueryParams(query.decode())["filter"]) for query in self.queries]
+
+    def pages(self) -> list[SentPage]:
+        """The events requests, read alike on either API."""
+        items = [list(httpx2.QueryParams(query.decode()).multi_items()) for query in self.queries]
+        return [page_of(self._api, RecordedRequest("GET", self._path, item, {})) for item in items]
 
 
 @pytest.fixture
@@ -57,13 +65,15 @@ def transport(openmeter: OpenMeterStandIn) -> CountingTransport:
 
 
 @pytest.fixture
-async def client(transport: CountingTransport) -> AsyncIterator[OpenMeterV1]:
-    client = v1_client("http://openmeter.test", retry=FAST_RETRY, transport=transport)
+async def client(transport: CountingTransport, api: str) -> AsyncIterator[OpenMeter]:
+    """The production client of the stand-in's API (v1 unless the test is marked `on_both_apis`)."""
+    make = v3_client if api == "v3" else v1_client
+    client = make("http://openmeter.test" + ("/api/v3" if api == "v3" else ""), retry=FAST_RETRY, transport=transport)
     yield client
     await client.aclose()
 
 
-async def events_of(client: OpenMeterV1, window: Window, **options: int) -> list[tuple[Any, ...]]:
+async def events_of(client: OpenMeter, window: Window, **options: int) -> list[tuple[Any, ...]]:
     sink = CollectingSink()
     service = UsageService(client, "ai_credits", max_event_rows=10**6, **options)
     await service.events("acme", Query(window), sink)
@@ -72,11 +82,12 @@ async def events_of(client: OpenMeterV1, window: Window, **options: int) -> list
 
 
 def slices_seen(transport: CountingTransport) -> int:
-    return len({json.dumps(f["time"]) for f in transport.filters()})
+    return len({(page.start, page.end) for page in transport.pages()})
 
 
+@on_both_apis
 async def test_a_burst_on_one_day_of_a_quiet_month_is_read_in_parallel(
-    client: OpenMeterV1, openmeter: OpenMeterStandIn, transport: CountingTransport
+    client: OpenMeter, openmeter: OpenMeterStandIn, transport: CountingTransport
 ) -> None:
     """5,000 events on the month's first day and 100 over the other 27: the first page (27 quiet days) says
     "one slice", so only splitting as the walk goes can find the burst."""
@@ -107,7 +118,7 @@ async def test_a_burst_on_one_day_of_a_quiet_month_is_read_in_parallel(
 
 
 async def test_splits_across_subject_chunks_keep_the_sequential_order(
-    client: OpenMeterV1, openmeter: OpenMeterStandIn, transport: CountingTransport
+    client: OpenMeter, openmeter: OpenMeterStandIn, transport: CountingTransport
 ) -> None:
     """130 subjects (three `$in` chunks): a slice that splits while reading its second or third chunk hands the
     rows of the chunks it finished over to the new slices; ties at one second stay ordered by chunk."""
@@ -132,7 +143,7 @@ async def test_splits_across_subject_chunks_keep_the_sequential_order(
 
 @pytest.mark.parametrize("seed", range(6))
 async def test_random_shapes_of_data_come_back_exactly_as_the_sequential_walk(
-    client: OpenMeterV1, openmeter: OpenMeterStandIn, seed: int
+    client: OpenMeter, openmeter: OpenMeterStandIn, seed: int
 ) -> None:
     rng = random.Random(seed)
     subjects = rng.choice([3, 60])
@@ -154,7 +165,7 @@ async def test_random_shapes_of_data_come_back_exactly_as_the_sequential_walk(
 
 
 async def test_long_subjects_are_cut_by_url_length(
-    client: OpenMeterV1, openmeter: OpenMeterStandIn, transport: CountingTransport
+    client: OpenMeter, openmeter: OpenMeterStandIn, transport: CountingTransport
 ) -> None:
     """60 users whose names (their subjects) run to 5,000 characters: 50 to a filter would make a 300 KB URL."""
     names = [f"{index:02d}" + "n" * 4998 for index in range(60)]
@@ -170,13 +181,14 @@ async def test_long_subjects_are_cut_by_url_length(
     assert len({tuple(f["subject"]["$in"]) for f in transport.filters()}) == 60
 
 
+@on_both_apis
 async def test_short_subjects_still_share_a_filter_up_to_fifty(
-    client: OpenMeterV1, openmeter: OpenMeterStandIn, transport: CountingTransport
+    client: OpenMeter, openmeter: OpenMeterStandIn, transport: CountingTransport
 ) -> None:
     openmeter.ingest(
         *[make_event(tenant="acme", credits=1, time=START + timedelta(hours=i), user=f"user{i}") for i in range(120)]
     )
     rows = await events_of(client, Window(START, START + timedelta(days=7)))
     assert len(rows) == 120
-    sizes = sorted(len(f["subject"]["$in"]) for f in transport.filters())
+    sizes = sorted(len(page.subjects or []) for page in transport.pages())
     assert sizes == [20, 50, 50]

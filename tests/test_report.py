@@ -19,7 +19,7 @@ from openpyxl import load_workbook
 from ai_credit_usage.compare import describe_span
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.render import MAX_PREVIEW_CHARS, escape_cell
-from tests.conftest import NOW, ServerStarter, call_tool, download_bytes, text_of
+from tests.conftest import NOW, ServerStarter, call_tool, download_bytes, on_both_apis, text_of
 
 pytestmark = pytest.mark.anyio
 JANUARY = {"from_date": "2026-01-01", "to_date": "2026-01-31"}
@@ -52,6 +52,7 @@ def summary_sheet(content: bytes) -> list[tuple[Any, ...]]:
 # --- comparisons --------------------------------------------------------------------------------------------------
 
 
+@on_both_apis
 async def test_the_total_is_compared_with_the_preceding_window(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.ingest(
         make_event(tenant="acme", credits=6, time=utc(2026, 1, 3)),
@@ -82,6 +83,7 @@ async def test_the_total_is_compared_with_the_preceding_window(server_url: str, 
     assert summary["Change (%)"] == 0.25
 
 
+@on_both_apis
 async def test_no_previous_usage_is_said_instead_of_an_infinite_percentage(
     server_url: str, openmeter: OpenMeterStandIn
 ) -> None:
@@ -106,6 +108,7 @@ async def test_a_failed_comparison_loses_only_the_comparison(server_url: str, op
     assert result.structured_content["comparison"] is None  # type: ignore[index]
 
 
+@on_both_apis
 async def test_movers_are_users_with_new_and_gone(server_url: str, openmeter: OpenMeterStandIn) -> None:
     before, now = NOW - timedelta(days=10), NOW - timedelta(days=2)
     previous = {"alice": 10, "bob": 5, "carol": 20, "dave": 1}
@@ -172,6 +175,7 @@ async def test_spans_are_described_readably(span: timedelta, text: str) -> None:
     assert describe_span(span) == text
 
 
+@on_both_apis
 async def test_a_summary_without_usage_now_still_names_who_is_gone(
     server_url: str, openmeter: OpenMeterStandIn
 ) -> None:
@@ -187,6 +191,7 @@ async def test_a_summary_without_usage_now_still_names_who_is_gone(
     assert [(m["user"], m["status"]) for m in movers] == [("ann", "gone"), ("bob", "gone")]
 
 
+@on_both_apis
 async def test_the_rows_not_shown_make_up_the_total(server_url: str, openmeter: OpenMeterStandIn) -> None:
     events = [
         make_event(tenant="acme", credits=round(0.37 + i * 1.13, 2), time=utc(2026, 1, 2 + i % 20), user=f"u{i:02d}")
@@ -267,6 +272,7 @@ async def test_the_summary_workbook_reads_like_a_report(server_url: str, openmet
     assert "preceding window" in about["comparison"]
 
 
+@on_both_apis
 async def test_events_and_totals_get_a_summary_sheet_too(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.ingest(
         make_event(tenant="acme", credits=3, time=utc(2026, 1, 15, 10), user="ann", skill="translate"),
@@ -323,6 +329,7 @@ async def test_every_tool_declares_an_output_schema_and_titles(server_url: str) 
     assert "unusual_periods" in tools["get_credit_usage_trend"].output_schema["properties"]  # type: ignore[index]
 
 
+@on_both_apis
 @pytest.mark.parametrize("tool", TOOLS)
 async def test_structured_content_says_what_the_text_says(
     server_url: str, openmeter: OpenMeterStandIn, tool: str

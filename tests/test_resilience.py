@@ -311,13 +311,15 @@ async def test_one_audit_line_per_call_without_credits_or_names(
     assert "123.45" not in audit_text
 
 
-def test_the_soak_script_runs_and_finds_no_leak(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("api", ["v1", "v3"])
+def test_the_soak_script_runs_and_finds_no_leak(capsys: pytest.CaptureFixture[str], api: str) -> None:
     """A small soak, so the script cannot rot: it exits non-zero on any cross-tenant row or wrong total. In this
-    process (its own servers, its own stand-in): what the script does, without paying for a second interpreter."""
+    process (its own servers, its own stand-in): what the script does, without paying for a second interpreter. On
+    v3 too: the one resilience run on both APIs (faults on POST queries and cursor pages)."""
     from scripts.soak import main as soak
 
     options = "--clients 4 --calls 12 --tenants 3 --events-per-tenant 120 --fault-every 5 --latency 0 --max-seconds 120"
-    returncode = soak(options.split())
+    returncode = soak([*options.split(), "--api", api])
     out = capsys.readouterr()
     result = subprocess.CompletedProcess([], returncode, out.out, out.err)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_credit_usage.settings import ConfigError, load_settings
+from ai_credit_usage.settings import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "om-secret-value-123"
@@ -36,6 +36,26 @@ def test_defaults() -> None:
     assert settings.download_ttl_seconds == 600
     assert settings.max_event_rows == 1_000_000
     assert KEY not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "api", "expected"),
+    [
+        pytest.param("https://openmeter.cloud", None, "v1", id="root-is-v1"),
+        pytest.param("http://localhost:8888", None, "v1", id="self-hosted-root"),
+        pytest.param("http://localhost:8888/api/v3", None, "v3", id="self-hosted-v3"),
+        pytest.param("https://openmeter.cloud/api/v3/", None, "v3", id="cloud-v3-trailing-slash"),
+        pytest.param("https://eu.api.konghq.com/v3", None, "v3", id="konnect"),
+        pytest.param("https://proxy.example/metering", None, "v1", id="other-path-is-v1"),
+        pytest.param("https://proxy.example/metering", "v3", "v3", id="other-path-as-told"),
+        pytest.param("http://localhost:8888/api/v3", " V3 ", "v3", id="spelled-loosely"),
+        pytest.param("http://localhost:8888", "v1", "v1", id="explicit-v1"),
+    ],
+)
+def test_the_api_follows_openmeter_api_or_the_url(url: str, api: str | None, expected: str) -> None:
+    overrides = {"openmeter_api": api} if api else {}
+    settings = load_settings(_env_file=None, openmeter_api_key=KEY, openmeter_url=url, **overrides)
+    assert settings.api == expected
 
 
 def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,6 +124,32 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pyte
             id="control-character-in-key",
         ),
         pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_api": "v2"},
+            "OPENMETER_API='v2' is not valid: expected v1 .OpenMeter's v1 API. or v3",
+            id="api-name",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "http://localhost:8888/api/v3", "openmeter_api": "v1"},
+            "OPENMETER_URL='http://localhost:8888/api/v3' is the base of OpenMeter's v3 API, but OPENMETER_API=v1",
+            id="v3-url-with-v1",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "https://us.api.konghq.com/v3", "openmeter_api": "v1"},
+            "is Kong Konnect, which serves only OpenMeter's v3 API at 'https://us.api.konghq.com/v3'",
+            id="konnect-with-v1",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "https://au.api.konghq.com"},
+            "OPENMETER_URL='https://au.api.konghq.com' is Kong Konnect, .* at 'https://au.api.konghq.com/v3'",
+            id="konnect-root",
+        ),
+        pytest.param(
+            {"openmeter_api_key": KEY, "openmeter_url": "https://openmeter.cloud", "openmeter_api": "v3"},
+            "is a server's root, where OpenMeter serves its v1 API, but OPENMETER_API=v3: .*"
+            "'https://openmeter.cloud/api/v3'",
+            id="root-with-v3",
+        ),
+        pytest.param(
             {"openmeter_api_key": KEY, "mcp_host": "0.0.0.0", "tenant_override": "acme"},
             "TENANT_OVERRIDE/ROLE_OVERRIDE are for local development only",
             id="override-off-loopback",
@@ -146,6 +192,11 @@ def test_meter_keys_the_real_server_accepts_are_accepted(key: str) -> None:
             id="non-ascii-key",
         ),
         pytest.param(
+            {"OPENMETER_API_KEY": KEY, "OPENMETER_URL": "https://us.api.konghq.com/v3", "OPENMETER_API": "v1"},
+            "ai-credits-mcp: OPENMETER_URL='https://us.api.konghq.com/v3' is Kong Konnect",
+            id="konnect-url-with-v1",
+        ),
+        pytest.param(
             {"OPENMETER_API_KEY": KEY, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
             | {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
             "ai-credits-mcp: OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported here",
@@ -175,3 +226,14 @@ def test_every_setting_is_documented() -> None:
         variable = name.upper()
         assert f"\n{variable}=" in example or f"\n#{variable}=" in example, f"{variable} is not in .env.example"
         assert f"`{variable}`" in readme, f"{variable} is not in README's configuration table"
+
+
+def test_env_example_loads_and_names_every_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """.env.example as an operator copies it (with a key) is a valid configuration, and documents every setting."""
+    example = (ROOT / ".env.example").read_text()
+    (tmp_path / ".env").write_text(example.replace("OPENMETER_API_KEY=\n", f"OPENMETER_API_KEY={KEY}\n"))
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert (settings.api, settings.openmeter_url) == ("v1", "https://openmeter.cloud")
+    missing = [name.upper() for name in Settings.model_fields if f"{name.upper()}=" not in example]
+    assert missing == []

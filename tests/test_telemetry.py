@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ai_credit_usage import telemetry
-from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.settings import ConfigError
 from tests.conftest import ADMIN, API_KEY, FakeClock, ServerStarter, call_tool, text_of
 from tests.otel_capture import Captured, TelemetryCapture, telemetry_capture
@@ -77,6 +77,25 @@ def exported_spans(captured: Captured) -> str:
 
 def exported_logs(captured: Captured) -> str:
     return "\n".join(f"{log.log_record.body} {dict(log.log_record.attributes or {})}" for log in captured.logs)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("api", ["v3"], indirect=True)
+async def test_v3_requests_are_spans_named_by_template_with_their_method(
+    otel: TelemetryCapture, server_url: str, acme_usage: None
+) -> None:
+    with otel.capture() as captured:
+        result = await call_tool(server_url, "get_credit_usage_summary", JANUARY)
+    assert not result.is_error
+    spans = [span for span in captured.spans if span.name.startswith("openmeter ")]
+    assert {span.name for span in spans} == {
+        "openmeter GET /openmeter/meters",  # the key is looked up once; its ULID is in no span name
+        "openmeter POST /openmeter/meters/{meterId}/query",
+    }
+    for span in spans:
+        method, template = span.name.removeprefix("openmeter ").split(" ")
+        assert (attributes(span)["http.request.method"], attributes(span)["url.template"]) == (method, template)
+    assert AI_CREDITS_METER["id"] not in exported_spans(captured)
 
 
 # --- a tool call, seen as spans, metrics and logs ---------------------------------------------------------------

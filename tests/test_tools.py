@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 from collections.abc import Callable
@@ -14,9 +13,11 @@ import pytest
 from openpyxl import load_workbook
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from tests.conftest import NOW, call_tool, text_of
+from tests.conftest import NOW, call_tool, on_both_apis, text_of
+from tests.sent import SentQuery, event_pages, meter_queries
 
-pytestmark = pytest.mark.anyio
+# The whole tool contract runs against each OpenMeter API: the same rows, totals, order and workbook.
+pytestmark = [pytest.mark.anyio, on_both_apis]
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
 WINDOW_ARGUMENTS = {"from_date", "to_date"}
 TREND_ARGUMENTS = WINDOW_ARGUMENTS | {"granularity", "group_by", "time_zone"}
@@ -45,22 +46,10 @@ def download_rows(server_url: str, text: str) -> list[tuple]:
     return list(workbook["Data"].iter_rows(values_only=True))
 
 
-def query_params(openmeter: OpenMeterStandIn) -> list[dict[str, list[str]]]:
-    """The meter queries the server sent, as {name: [values]} (repeated keys kept)."""
-    found = []
-    for request in openmeter.requests:
-        if request.path.endswith("/query"):
-            params: dict[str, list[str]] = {}
-            for key, value in request.query:
-                params.setdefault(key, []).append(value)
-            found.append(params)
-    return found
-
-
-def window_query(openmeter: OpenMeterStandIn, start: str) -> dict[str, list[str]]:
+def window_query(openmeter: OpenMeterStandIn, start: str) -> SentQuery:
     """The one meter query over the window starting at `start` (the preceding window's query is apart)."""
-    (params,) = [params for params in query_params(openmeter) if params["from"] == [start]]
-    return params
+    (query,) = [query for query in meter_queries(openmeter) if query.start == start]
+    return query
 
 
 async def test_tools_are_listed_without_headers(server_url: str) -> None:
@@ -99,15 +88,15 @@ async def test_tenant_total_counts_only_the_tenant_the_meter_type_and_the_window
     assert table_rows(text) == [["acme", "14.75"]]
     assert "Total credits: 14.75" in text
     assert download_rows(server_url, text) == [("tenant", "credits"), ("acme", 14.75)]
-    params = window_query(openmeter, "2026-01-01T00:00:00Z")
-    assert params["groupBy"] == ["user", "module", "product", "tenant", "skill"]  # for the Summary sheet's top 5s
-    assert json.loads(params["advancedMeterGroupByFilters"][0]) == {"tenant": {"$eq": "acme"}}
-    assert params["to"] == ["2026-02-01T00:00:00Z"]
+    query = window_query(openmeter, "2026-01-01T00:00:00Z")
+    assert query.group_by == ["user", "module", "product", "tenant", "skill"]  # for the Summary sheet's top 5s
+    assert query.tenant_filter == {"eq": "acme"}
+    assert query.end == "2026-02-01T00:00:00Z"
     previous = window_query(openmeter, "2025-12-01T00:00:00Z")  # the 31 days before, for the comparison
-    assert previous["to"] == ["2026-01-01T00:00:00Z"]
-    assert previous["groupBy"] == ["tenant", "user"]
-    assert json.loads(previous["advancedMeterGroupByFilters"][0]) == {"tenant": {"$eq": "acme"}}
-    assert len(query_params(openmeter)) == 2
+    assert previous.end == "2026-01-01T00:00:00Z"
+    assert previous.group_by == ["tenant", "user"]
+    assert previous.tenant_filter == {"eq": "acme"}
+    assert len(meter_queries(openmeter)) == 2
 
 
 async def test_tenant_total_is_one_row_at_zero_usage(server_url: str) -> None:
@@ -133,14 +122,13 @@ async def test_default_window_is_the_last_seven_days(server_url: str, openmeter:
 def assert_window_sent(openmeter: OpenMeterStandIn, tool: str, sent_from: str, sent_to: str) -> None:
     """OpenMeter was asked for exactly the window: the meter query's from/to, or the events filter's time range."""
     if tool == "get_credit_events":
-        pages = [request for request in openmeter.requests if request.path == "/api/v2/events"]
+        pages = event_pages(openmeter)
         assert pages, "no events were asked for"
         # Sliced pages ask for parts of the window; their union is the window.
-        ranges = [json.loads(dict(page.query)["filter"])["time"]["$and"] for page in pages]
-        assert min(r[0]["$gte"] for r in ranges) == sent_from and max(r[1]["$lt"] for r in ranges) == sent_to
+        assert min(page.start for page in pages) == sent_from and max(page.end for page in pages) == sent_to
     else:  # the trend asks twice over the window (per period, and per combination for its Summary sheet)
-        queries = [params for params in query_params(openmeter) if params["from"] == [sent_from]]
-        assert queries and all(params["to"] == [sent_to] for params in queries)
+        queries = [query for query in meter_queries(openmeter) if query.start == sent_from]
+        assert queries and all(query.end == sent_to for query in queries)
 
 
 @pytest.mark.parametrize(
@@ -253,8 +241,7 @@ async def test_summary_breaks_down_largest_first_and_cuts_at_50(server_url: str,
     assert sheet[0] == ("user", "module", "product", "tenant", "skill", "credits")
     assert [(*row[:5],) for row in sheet[1:]] == [key for key, _ in ranked]
     assert [row[5] for row in sheet[1:]] == pytest.approx([value for _, value in ranked])
-    params = window_query(openmeter, "2026-01-01T00:00:00Z")
-    assert params["groupBy"] == ["user", "module", "product", "tenant", "skill"]
+    assert window_query(openmeter, "2026-01-01T00:00:00Z").group_by == ["user", "module", "product", "tenant", "skill"]
 
 
 async def test_events_follow_every_cursor_and_keep_only_the_tenant(
@@ -300,13 +287,12 @@ async def test_events_follow_every_cursor_and_keep_only_the_tenant(
     assert {row[4] for row in sheet[1:]} == {"acme"}
     assert times[0] == (start + timedelta(minutes=5 * 229)).replace(tzinfo=None)
 
-    pages = [r for r in openmeter.requests if r.path == "/api/v2/events"]
+    pages = event_pages(openmeter)
     assert len(pages) >= 3  # 390 events of the meter's type and others in the window: several cursor pages
-    assert all(dict(r.query).get("limit") == "100" for r in pages)
-    assert sum(1 for r in pages if "cursor" in dict(r.query)) == len(pages) - 1
-    first_filter = json.loads(dict(pages[0].query)["filter"])
-    assert first_filter["type"] == {"$eq": "ai_credits"}
-    assert first_filter["time"] == {"$and": [{"$gte": "2026-01-15T00:00:00Z"}, {"$lt": "2026-01-16T00:00:00Z"}]}
+    assert all(page.page_size == "100" for page in pages)
+    assert sum(1 for page in pages if page.cursor) == len(pages) - 1
+    assert pages[0].type == "ai_credits"
+    assert (pages[0].start, pages[0].end) == ("2026-01-15T00:00:00Z", "2026-01-16T00:00:00Z")
 
     preview = table_rows(text)
     assert preview[0][0] == "2026-01-15T19:05:00Z"

@@ -27,8 +27,9 @@ from ai_credit_usage.trend import (
     periods_of,
 )
 from ai_credit_usage.window import Window, resolve_window
-from tests.conftest import call_tool, download_bytes, text_of
+from tests.conftest import call_tool, download_bytes, on_both_apis, text_of
 from tests.otel_capture import telemetry_capture
+from tests.sent import meter_queries
 
 PARIS = ZoneInfo("Europe/Paris")
 UTC_ZONE = ZoneInfo("UTC")
@@ -207,6 +208,7 @@ def test_flat_usage_has_nothing_unusual_and_few_periods_are_not_judged() -> None
 
 
 @pytest.mark.anyio
+@on_both_apis
 async def test_zero_filled_days_with_partial_ends(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.ingest(
         make_event(tenant="acme", credits=1.5, time=utc(2026, 1, 10, 18)),  # the first, partial day
@@ -248,12 +250,13 @@ async def test_zero_filled_days_with_partial_ends(server_url: str, openmeter: Op
     assert data[0] == ("day", "partial", "credits")
     assert data[1] == (datetime(2026, 1, 10), "yes", 1.5)  # the day as a real Excel date
     assert workbook["Data"]["A2"].number_format == "yyyy-mm-dd"
-    (trend_query,) = [r for r in openmeter.requests_to("/query") if r.param("windowSize")]
-    assert (trend_query.param("windowSize"), trend_query.param("windowTimeZone")) == ("DAY", "UTC")
-    assert trend_query.params("groupBy") == ["tenant"]
+    (trend_query,) = [query for query in meter_queries(openmeter) if query.unit]
+    assert (trend_query.unit, trend_query.time_zone) == ("day", "UTC")
+    assert trend_query.group_by == ["tenant"]
 
 
 @pytest.mark.anyio
+@on_both_apis
 async def test_paris_days_across_dst_put_each_event_on_its_local_day(
     server_url: str, openmeter: OpenMeterStandIn
 ) -> None:
@@ -281,11 +284,12 @@ async def test_paris_days_across_dst_put_each_event_on_its_local_day(
         ("2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z"),  # 23 hours
         ("2026-03-29T22:00:00Z", "2026-03-30T22:00:00Z"),
     ]
-    (query,) = [r for r in openmeter.requests_to("/query") if r.param("windowSize")]
-    assert (query.param("windowTimeZone"), query.param("from")) == ("Europe/Paris", "2026-03-27T23:00:00Z")
+    (query,) = [query for query in meter_queries(openmeter) if query.unit]
+    assert (query.time_zone, query.start) == ("Europe/Paris", "2026-03-27T23:00:00Z")
 
 
 @pytest.mark.anyio
+@on_both_apis
 async def test_weeks_fold_days_and_group_by_keeps_five_series_and_other(
     server_url: str, openmeter: OpenMeterStandIn
 ) -> None:
@@ -330,9 +334,10 @@ async def test_weeks_fold_days_and_group_by_keeps_five_series_and_other(
     assert "'Data'!$C$2:$C$4" in refs and "'Data'!$H$2:$H$4" in refs  # user6 .. Other, not the total
     assert "'Data'!$I$2:$I$4" not in refs
     about = dict(workbook["About"].iter_rows(values_only=True))
-    assert "windowSize DAY" in about["query"] and "ISO weeks" in about["granularity"]
-    (query,) = [r for r in openmeter.requests_to("/query") if r.param("windowSize")]
-    assert query.params("groupBy") == ["tenant", "user"]
+    day = "granularity P1D" if openmeter.api == "v3" else "windowSize DAY"  # OpenMeter has no week: days folded
+    assert day in about["query"] and "ISO weeks" in about["granularity"]
+    (query,) = [query for query in meter_queries(openmeter) if query.unit]
+    assert (query.unit, query.group_by) == ("day", ["tenant", "user"])
 
 
 @pytest.mark.anyio
@@ -368,6 +373,7 @@ async def test_the_trend_input_schema_offers_the_choices(server_url: str) -> Non
 
 
 @pytest.mark.anyio
+@on_both_apis
 async def test_sparse_usage_is_judged_against_the_days_with_usage(server_url: str, openmeter: OpenMeterStandIn) -> None:
     usage = {2: 8, 5: 9, 6: 10, 9: 11, 12: 12, 15: 50, 16: 9, 19: 11, 22: 10, 25: 10, 27: 12, 29: 8}
     first = utc(2025, 12, 21, 9)
@@ -396,6 +402,7 @@ async def test_sparse_usage_is_judged_against_the_days_with_usage(server_url: st
 
 
 @pytest.mark.anyio
+@on_both_apis
 async def test_too_few_days_with_usage_say_so(server_url: str, openmeter: OpenMeterStandIn) -> None:
     openmeter.ingest(*[make_event(tenant="acme", credits=c, time=utc(2026, 1, d, 9)) for d, c in ((3, 5), (9, 80))])
     result = await call_tool(server_url, TREND, {"from_date": "2026-01-01", "to_date": "2026-01-19"})
@@ -410,6 +417,7 @@ async def test_too_few_days_with_usage_say_so(server_url: str, openmeter: OpenMe
 
 
 @pytest.mark.anyio
+@on_both_apis
 @pytest.mark.parametrize("group_by", [None, "module"])
 async def test_the_trend_workbook_summary_has_every_top_five_and_both_charts(
     server_url: str, openmeter: OpenMeterStandIn, group_by: str | None
@@ -450,14 +458,15 @@ async def test_the_trend_workbook_summary_has_every_top_five_and_both_charts(
     (bar,) = [chart for chart in sheet._charts if type(chart).__name__ == "BarChart"]
     first = top["Top 5 users by credits"] + 3  # 1-based row of the first user
     assert bar.series[0].val.numRef.f == f"'Summary'!$B${first}:$B${first + 4}"
-    queries = openmeter.requests_to("/query")
-    (breakdown,) = [r for r in queries if not r.param("windowSize") and r.param("from") == "2026-01-05T00:00:00Z"]
-    assert breakdown.params("groupBy") == ["user", "module", "product", "tenant", "skill"]
+    queries = meter_queries(openmeter)
+    (breakdown,) = [query for query in queries if not query.unit and query.start == "2026-01-05T00:00:00Z"]
+    assert breakdown.group_by == ["user", "module", "product", "tenant", "skill"]
     about = dict(workbook["About"].iter_rows(values_only=True))
-    assert "without windowSize" in about["Summary query"]
+    assert f"without {'granularity' if openmeter.api == 'v3' else 'windowSize'}" in about["Summary query"]
 
 
 @pytest.mark.anyio
+@on_both_apis
 async def test_more_than_50_periods_preview_the_newest(server_url: str, openmeter: OpenMeterStandIn) -> None:
     start = date(2025, 10, 22)
     days = [start + timedelta(days=offset) for offset in range(90)]

@@ -1,6 +1,6 @@
 """Everything about OpenMeter's side: the seam the questions ask (`interface`), the HTTP core with its retries and
-errors (`http`), the v1/v2 API behind the seam (`v1`), the meter definition (`meter`), and an in-process stand-in
-of the real server for tests and `--demo` (`standin`)."""
+errors (`http`), the v1/v2 API behind the seam (`v1`) and the v3 API (`v3`, as on Kong Konnect), the meter
+definition (`meter`), and an in-process stand-in of the real server for tests and `--demo` (`standin`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import httpx2
 from ai_credit_usage.openmeter.http import OpenMeterHttp, RetryPolicy
 from ai_credit_usage.openmeter.interface import OpenMeter
 from ai_credit_usage.openmeter.v1 import OpenMeterV1
+from ai_credit_usage.openmeter.v3 import OpenMeterV3
 from ai_credit_usage.settings import Settings
 
-__all__ = ["OpenMeter", "OpenMeterHttp", "OpenMeterV1", "RetryPolicy", "connect"]
+__all__ = ["OpenMeter", "OpenMeterHttp", "OpenMeterV1", "OpenMeterV3", "RetryPolicy", "connect"]
 
 
 def connect(
@@ -26,4 +27,4 @@ def connect(
         retry=retry,
         transport=transport,
     )
-    return OpenMeterV1(http)
+    return OpenMeterV3(http) if settings.api == "v3" else OpenMeterV1(http)

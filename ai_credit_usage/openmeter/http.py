@@ -44,11 +44,51 @@ class OpenMeterError(UserFacingError):
     """
 
     status: int | None = None  # OpenMeter's HTTP status, when it answered with an error
+    problem: ProblemInfo | None = None  # and what its problem+json body said
 
     def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ProblemInfo:
+    """The parts of an error body we read, whatever its shape: OpenMeter's RFC 7807 problem (v1, and v3's domain
+    errors), v3's AIP `BaseAPIError` (`type` under https://kongapi.info/), or Kong's gateway `{"message": ...}`."""
+
+    status: int | None = None
+    title: str = ""
+    detail: str = ""
+    type: str = ""
+    message: str = ""  # Kong's gateway answers with only this ("no Route matched with those values")
+
+    @property
+    def from_v3(self) -> bool:
+        """The body is one only a v3 server (or Kong's gateway in front of Konnect) sends."""
+        return self.type.startswith("https://kongapi.info/") or "no route matched" in self.message.lower()
+
+
+def read_problem(response: httpx2.Response) -> ProblemInfo:
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return ProblemInfo()
+    if not isinstance(body, dict):
+        return ProblemInfo()
+
+    def text(name: str) -> str:
+        value = body.get(name)
+        return value if isinstance(value, str) else ""
+
+    status = body.get("status")
+    return ProblemInfo(
+        status if isinstance(status, int) and not isinstance(status, bool) else None,
+        text("title"),
+        text("detail"),
+        text("type"),
+        text("message"),
+    )
 
 
 @dataclass(frozen=True)
@@ -106,41 +146,61 @@ class OpenMeterHttp:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def get_json(self, path: str, params: Any, *, meter: str | None) -> Any:
-        """GET `path` and its JSON body, retried as the policy says; `meter` names the meter a 404 is about."""
+    async def get_json(self, path: str, params: Any, *, meter: str | None, template: str | None = None) -> Any:
+        """GET `path` and its JSON body, retried as the policy says; `meter` names the meter a 404 is about.
+        `template` is the path as telemetry names it (default: `path` with the meter's key as `{meter}`)."""
+        return await self.request_json("GET", path, params=params, meter=meter, template=template)
+
+    async def post_json(self, path: str, body: Any, *, meter: str | None, template: str | None = None) -> Any:
+        """POST `body` as JSON to `path` (a read: v3's meter query), retried like a GET."""
+        return await self.request_json("POST", path, body=body, meter=meter, template=template)
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        body: Any = None,
+        meter: str | None,
+        template: str | None = None,
+    ) -> Any:
         retrying = AsyncRetrying(
             stop=self._stop,
             wait=self._wait,
             retry=retry_if_exception(lambda exc: isinstance(exc, OpenMeterError) and exc.retryable),
-            before_sleep=lambda state: _log_retry(path, state),
+            before_sleep=lambda state: _log_retry(f"{method} {path}", state),
             reraise=True,
         )
-        with openmeter_request(path, meter) as traced:  # one span over every attempt
+        # one span over every attempt
+        with openmeter_request(path, meter, method=method, template=template) as traced:
             async for attempt in retrying:
                 with attempt:
                     async with self._in_flight:
                         with traced.attempt():
-                            return await self._get_json_once(path, params, meter=meter, traced=traced)
+                            return await self._json_once(method, path, params, body, meter=meter, traced=traced)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _get_json_once(self, path: str, params: Any, *, meter: str | None, traced: OpenMeterRequest) -> Any:
+    async def _json_once(
+        self, method: str, path: str, params: Any, body: Any, *, meter: str | None, traced: OpenMeterRequest
+    ) -> Any:
         started = time.perf_counter()
         try:
-            response = await self._http.get(path, params=params)
+            response = await self._http.request(method, path, params=params, json=body)
         except httpx2.TimeoutException:
-            logger.warning("OpenMeter GET %s timed out", path)
+            logger.warning("OpenMeter %s %s timed out", method, path)
             raise OpenMeterError(TIMED_OUT, retryable=True) from None
         except httpx2.DecodingError:  # e.g. `Content-Encoding: gzip` over a body that is not gzip
             raise self.unreadable(path, "a body that does not decode as its Content-Encoding says") from None
         except httpx2.HTTPError as exc:  # transport trouble may pass; anything else (e.g. redirects) will not
-            logger.warning("OpenMeter GET %s failed: %s", path, type(exc).__name__)
+            logger.warning("OpenMeter %s %s failed: %s", method, path, type(exc).__name__)
             raise OpenMeterError(
                 "OpenMeter cannot be reached right now; try again in a few minutes, "
                 "and tell the operator if it persists.",
                 retryable=isinstance(exc, httpx2.TransportError),
             ) from None
         except httpx2.InvalidURL as exc:  # not an HTTPError: the request could not even be built
-            logger.warning("OpenMeter GET %s could not be sent: %s", path, self.redact(str(exc)))
+            logger.warning("OpenMeter %s %s could not be sent: %s", method, path, self.redact(str(exc)))
             raise OpenMeterError(
                 "The credits server could not build its request to OpenMeter; this is a fault in the credits "
                 "server, please report it to the operator."
@@ -148,11 +208,11 @@ class OpenMeterHttp:
         elapsed_ms = (time.perf_counter() - started) * 1000
         traced.note_status(response.status_code)
         if response.status_code >= 300:
-            _log_problem(path, response, elapsed_ms, self.redact)
+            _log_problem(f"{method} {path}", response, elapsed_ms, self.redact)
             error = _status_error(response, meter, self._retry)
-            error.status = response.status_code
+            error.status, error.problem = response.status_code, read_problem(response)
             raise error
-        logger.info("OpenMeter GET %s -> %d in %.0f ms", path, response.status_code, elapsed_ms)
+        logger.info("OpenMeter %s %s -> %d in %.0f ms", method, path, response.status_code, elapsed_ms)
         try:
             return response.json()
         except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
@@ -199,9 +259,7 @@ def _wait_for(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
 def _log_retry(path: str, state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
-    logger.warning(
-        "OpenMeter GET %s: retrying in %.2f s after attempt %d (%s)", path, wait, state.attempt_number, error
-    )
+    logger.warning("OpenMeter %s: retrying in %.2f s after attempt %d (%s)", path, wait, state.attempt_number, error)
 
 
 def _log_problem(path: str, response: httpx2.Response, elapsed_ms: float, redact: Redactor) -> None:
@@ -215,7 +273,7 @@ def _log_problem(path: str, response: httpx2.Response, elapsed_ms: float, redact
     if 300 <= response.status_code < 400:
         detail = f"redirect to {response.headers.get('location', '?')}"
     logger.warning(
-        "OpenMeter GET %s -> %d in %.0f ms: %s (request %s)",
+        "OpenMeter %s -> %d in %.0f ms: %s (request %s)",
         path,
         response.status_code,
         elapsed_ms,

@@ -82,7 +82,7 @@ class Meter:
     value_path: JsonPath
     dimension_paths: dict[str, JsonPath]
     id: str = ""
-    events_from: datetime | None = None
+    events_from: datetime | None = None  # the meter ignores earlier events (v1 `eventFrom`, v3 `events_from`)
 
     @classmethod
     def build(
@@ -106,7 +106,7 @@ class Meter:
         if "tenant" not in group_by:
             raise MeterConfigError(
                 f"The meter '{key}' has no tenant dimension, so usage cannot be limited to your tenant; "
-                "ask the operator to add 'tenant' to the meter's groupBy."
+                "ask the operator to add 'tenant' to the meter's dimensions (groupBy on the v1 API)."
             )
         try:
             value_path = compile_jsonpath(value_property or "")

@@ -30,6 +30,10 @@ SUBJECTS_PER_FILTER = 50  # at most this many subjects in one `$in` filter (the 
 MAX_QUERY_BYTES = 6000
 CURSOR_ROOM = 200
 _WINDOW_SIZE = {"day": "DAY", "month": "MONTH"}
+SERVES_V3 = (
+    "OpenMeter at OPENMETER_URL speaks its v3 API (as Kong Konnect does), not the v1 API this server is set to use; "
+    "ask the operator to set OPENMETER_API=v3 and OPENMETER_URL to the v3 base URL (e.g. https://us.api.konghq.com/v3)."
+)
 
 
 class _Definition(BaseModel):
@@ -74,7 +78,13 @@ class OpenMeterV1:
         await self._http.aclose()
 
     async def meter(self, key: str) -> Meter:
-        body = await self._http.get_json(f"/api/v1/meters/{key}", {}, meter=key)
+        try:
+            body = await self._http.get_json(f"/api/v1/meters/{key}", {}, meter=key)
+        except OpenMeterError as exc:  # Konnect (v3 only) answers the v1 path in its own words
+            if exc.status == 404 and exc.problem is not None and exc.problem.from_v3:
+                logger.warning("OPENMETER_URL answers v1 paths like OpenMeter's v3 API: set OPENMETER_API=v3")
+                raise OpenMeterError(SERVES_V3) from None
+            raise
         try:
             definition = _Definition.model_validate(body)
         except ValidationError as exc:  # e.g. groupBy as a list: not OpenMeter's documented shape

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ai_credit_usage.openmeter.standin.problems import Problem, problem_response
+from ai_credit_usage.openmeter.standin.problems import ApiError, Problem, api_error_response, problem_response
 from ai_credit_usage.openmeter.standin.store import (
     AGGREGATIONS,
     CROCKFORD,
@@ -32,6 +32,8 @@ from ai_credit_usage.openmeter.standin.store import (
     unix,
 )
 from ai_credit_usage.openmeter.standin.v1 import route as v1_route
+from ai_credit_usage.openmeter.standin.v3 import V3_BASES
+from ai_credit_usage.openmeter.standin.v3 import route as v3_route
 from ai_credit_usage.openmeter.standin.wire import (
     CutResponse,
     EventStore,
@@ -61,6 +63,7 @@ AI_CREDITS_METER: dict[str, Any] = {
 
 # A router looks at a request and returns the handler that answers it (called with the lock held), or None.
 Router = Callable[[EventStore, StandInRequest], Handler | None]
+API_ROUTERS: dict[str, Router] = {"v1": v1_route, "v3": v3_route}
 
 
 class OpenMeterStandIn:
@@ -68,6 +71,8 @@ class OpenMeterStandIn:
 
     ``api_key=None`` disables auth. The ``ai_credits`` meter is present unless ``meters`` says otherwise.
     ``record_requests=False`` keeps no request log (``requests`` stays empty), so a long-running demo does not grow.
+    ``api="v3"`` serves OpenMeter's v3 API (as Kong Konnect does: only v3, so the v1 paths answer 404) under
+    ``/api/v3`` (self-hosted OpenMeter's base) and ``/v3`` (Konnect's); ``base_path`` is where its clients point.
     """
 
     def __init__(
@@ -77,8 +82,13 @@ class OpenMeterStandIn:
         meters: Iterable[Mapping[str, Any]] = (AI_CREDITS_METER,),
         record_requests: bool = True,
         routers: Sequence[Router] | None = None,
+        api: str = "v1",
     ) -> None:
-        self.routers = list(routers or [v1_route])
+        if api not in API_ROUTERS:
+            raise ValueError(f"the stand-in serves {sorted(API_ROUTERS)}, not {api!r}")
+        self.api = api
+        self.base_path = "/" + "/".join(V3_BASES[0]) if api == "v3" else ""
+        self.routers = list(routers or [API_ROUTERS[api]])
         self.api_key = api_key
         self.record_requests = record_requests
         self.meters: dict[str, dict[str, Any]] = {}
@@ -203,12 +213,13 @@ class OpenMeterStandIn:
 
     async def _handle(self, request: Request) -> Response:
         path = request.url.path
+        body = await request.body()
         with self._lock:
             self._request_seq += 1
             instance = f"urn:request:standin/{self._request_seq:06d}"
             query = list(request.query_params.multi_items())
             if self.record_requests:
-                self._requests.append(RecordedRequest(request.method, path, query, dict(request.headers)))
+                self._requests.append(RecordedRequest(request.method, path, query, dict(request.headers), body))
             fault = next(
                 (f for f in self._faults if path.startswith(f.path_prefix) and all(p in query for p in f.query)), None
             )
@@ -222,12 +233,12 @@ class OpenMeterStandIn:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            return await self._answer(request, path, instance, fault)
+            return await self._answer(request, path, body, instance, fault)
         finally:
             with self._lock:
                 self.in_flight -= 1
 
-    async def _answer(self, request: Request, path: str, instance: str, fault: Fault | None) -> Response:
+    async def _answer(self, request: Request, path: str, body: bytes, instance: str, fault: Fault | None) -> Response:
         if self.latency > 0:
             await asyncio.sleep(self.latency)
         if fault is not None:
@@ -240,20 +251,25 @@ class OpenMeterStandIn:
             if fault.status >= 300:
                 return problem_response(fault.status, "injected fault", instance, fault.headers)
         if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            if self.api == "v3":  # the gateway's answer (the spec's example body)
+                return api_error_response(401, "Unauthorized", instance)
             return problem_response(401, "missing or invalid API token", instance)
-        seen = StandInRequest(request.method, path, request.query_params, await request.body())
+        seen = StandInRequest(request.method, path, request.query_params, body)
         try:
             with self._lock:
                 return JSONResponse(self._route(seen))
         except Problem as problem:
-            return problem_response(problem.status, problem.detail, instance)
+            return problem.response(instance)
 
     def _route(self, request: StandInRequest) -> Any:
         for router in self.routers:
             handler = router(self, request)
             if handler is not None:
                 return handler()
-        raise Problem(404, f"no such endpoint in the OpenMeter stand-in: {request.method} {request.path}")
+        detail = f"no such endpoint in the OpenMeter stand-in: {request.method} {request.path}"
+        if self.api == "v3":  # Konnect serves only v3: a v1 path is an unknown route, in v3's words
+            raise ApiError(404, "The requested route was not found")
+        raise Problem(404, detail)
 
     def meter(self, id_or_slug: str) -> dict[str, Any]:
         """The meter with this slug or id; a 404 problem otherwise."""

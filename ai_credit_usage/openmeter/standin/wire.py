@@ -75,6 +75,11 @@ class RecordedRequest:
     path: str
     query: list[tuple[str, str]]
     headers: dict[str, str]
+    body: bytes = b""
+
+    def json(self) -> Any:
+        """The request's JSON body (v3's meter query)."""
+        return json.loads(self.body)
 
     def params(self, name: str) -> list[str]:
         return [value for key, value in self.query if key == name]
