@@ -86,7 +86,7 @@ def create_app(
         process_writer_rows=settings.workbook_process_rows,
     )
     instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
-    mcp = CreditsServer(pipeline, instructions=instructions, tools=[_registered(spec) for spec in TOOLS])
+    mcp = CreditsServer(pipeline, instructions=instructions, tools=offered_tools(settings))
     mcp.middleware.append(caller_gate(settings, mcp))
 
     async def health(request: Request) -> Response:
@@ -161,6 +161,11 @@ class CreditsServer(MCPServer):
 
 
 _built: dict[str, tuple[ToolSpec, Tool]] = {}
+
+
+def offered_tools(settings: Settings) -> list[Tool]:
+    """The SDK's tools for every spec these settings offer (`ToolSpec.offered`), in TOOLS order."""
+    return [_registered(spec) for spec in TOOLS if spec.offered(settings)]
 
 
 def _registered(spec: ToolSpec) -> Tool:

@@ -24,6 +24,12 @@ DEFAULT_MAX_EVENT_ROWS = 1_000_000
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # A host name or IPv4 address, or a bracketed IPv6 address, with an optional port: what a Host header carries.
 _ALLOWED_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?:\d{1,5}|\*))?$")
+# OpenMeter's feature key (api/openapi.cloud.yaml, Feature.key): lower-case words joined by single underscores.
+FEATURE_KEY = r"^[a-z0-9]+(?:_[a-z0-9]+)*$"
+DEFAULT_CUSTOMER_KEY = "{tenant}"
+# Characters a customer key may not carry whatever the template: they would change the request's path once a proxy
+# decodes it (`/`, `\\`, `%`), or cannot travel in one (controls).
+_PATH_CHANGING = re.compile(r"[/\\%\x00-\x1f\x7f]")
 
 
 class ConfigError(Exception):
@@ -52,6 +58,10 @@ class Settings(BaseSettings):
     download_store_url: SecretStr | None = None  # may carry the Redis password
     tenant_override: str | None = None
     role_override: str | None = None
+    # Credits left (get_credit_balance): the feature whose entitlement holds the allowance; unset, the tool is not
+    # offered. The customer key is this template with the tenant name put in.
+    openmeter_credits_feature: str | None = Field(default=None, max_length=64, pattern=FEATURE_KEY)
+    openmeter_customer_key: str = DEFAULT_CUSTOMER_KEY
 
     @field_validator("openmeter_url", "public_base_url")
     @classmethod
@@ -105,6 +115,24 @@ class Settings(BaseSettings):
         if not valid:
             raise ValueError(expected)
         return value
+
+    @field_validator("openmeter_customer_key")
+    @classmethod
+    def _customer_key_template(cls, value: str) -> str:
+        rest = value.replace("{tenant}", "")
+        if value.count("{tenant}") != 1 or "{" in rest or "}" in rest:
+            raise ValueError("expected a template with {tenant} once, such as {tenant} or tais-{tenant}")
+        if _PATH_CHANGING.search(rest) or len(value) > 200:
+            raise ValueError("must not contain /, \\, % or control characters, and stay under 200 characters")
+        return value
+
+    def customer_key(self, tenant: str) -> str | None:
+        """The OpenMeter customer key of `tenant` (the template filled in), or None when the tenant's name would make
+        a key that changes the request path (`/`, `\\`, `%`, control characters, `.` or `..`) or is too long."""
+        key = self.openmeter_customer_key.replace("{tenant}", tenant)
+        if not tenant or _PATH_CHANGING.search(key) or key in (".", "..") or len(key) > 256:
+            return None
+        return key
 
     @property
     def download_base_url(self) -> str:

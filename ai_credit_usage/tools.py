@@ -11,6 +11,7 @@ from pydantic import Field
 
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.query import Query
+from ai_credit_usage.settings import Settings
 from ai_credit_usage.structured import EventsResult, SummaryResult, TenantTotalResult, TrendResult, UsageResult
 from ai_credit_usage.table import TableSink
 from ai_credit_usage.trend import Dimension, Granularity
@@ -50,6 +51,12 @@ TimeZoneParameter = Annotated[
         "given without an offset. Default: UTC."
     ),
 ]
+
+
+def always(settings: Settings) -> bool:
+    return True
+
+
 # Every tool takes these two; a spec lists only what it takes besides.
 WINDOW_PARAMETERS: tuple[tuple[str, Any], ...] = (("from_date", FromDate), ("to_date", ToDate))
 
@@ -63,6 +70,9 @@ class ToolSpec:
     result: type[UsageResult]  # the structured result, published as the tool's output schema
     file_label: str  # names the workbook: ai-credits_<label>_<tenant>_<window>.xlsx
     parameters: tuple[tuple[str, Any], ...] = ()  # (name, annotated type), beyond from_date and to_date
+    # Whether this server offers the tool at all (in tools/list and callable): a tool that can only fail under these
+    # settings is not offered, so the model never picks it.
+    offered: Callable[[Settings], bool] = always
 
     @property
     def all_parameters(self) -> tuple[tuple[str, Any], ...]:
