@@ -340,9 +340,11 @@ class OpenMeterRequest:
 
 
 @contextmanager
-def openmeter_request(path: str, meter: str | None) -> Iterator[OpenMeterRequest]:
-    """Wraps `_get_json`: the path as a template, so no meter slug, tenant or query string reaches the span name."""
-    template = path.replace(f"/meters/{meter}", "/meters/{meter}", 1) if meter else path
+def openmeter_request(path: str, meter: str | None, template: str | None = None) -> Iterator[OpenMeterRequest]:
+    """Wraps `_get_json`: the path as a template, so no meter slug, tenant or query string reaches the span name
+    (`template` when the caller knows it, e.g. a customer's entitlement path)."""
+    if template is None:
+        template = path.replace(f"/meters/{meter}", "/meters/{meter}", 1) if meter else path
     attributes = {"http.request.method": "GET", "url.template": template}
     with _span(f"openmeter GET {template}", kind=SpanKind.CLIENT, attributes=attributes) as span:
         request = OpenMeterRequest(span, template)

@@ -98,8 +98,19 @@ class OpenMeterHttp:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def get_json(self, path: str, params: Any, *, meter: str | None) -> Any:
-        """GET `path` and its JSON body, retried as the policy says; `meter` names the meter a 404 is about."""
+    async def get_json(
+        self,
+        path: str,
+        params: Any,
+        *,
+        meter: str | None,
+        template: str | None = None,
+        absent: frozenset[int] = frozenset(),
+    ) -> Any:
+        """GET `path` and its JSON body, retried as the policy says; `meter` names the meter a 404 is about.
+
+        `template` is the path as the span names it (no tenant in it); a status in `absent` (e.g. 404 for a customer
+        that does not exist) is an answer, not an error: it returns None."""
         retrying = AsyncRetrying(
             stop=self._stop,
             wait=self._wait,
@@ -107,15 +118,17 @@ class OpenMeterHttp:
             before_sleep=lambda state: _log_retry(path, state),
             reraise=True,
         )
-        with openmeter_request(path, meter) as traced:  # one span over every attempt
+        with openmeter_request(path, meter, template) as traced:  # one span over every attempt
             async for attempt in retrying:
                 with attempt:
                     async with self._in_flight:
                         with traced.attempt():
-                            return await self._get_json_once(path, params, meter=meter, traced=traced)
+                            return await self._get_json_once(path, params, meter=meter, traced=traced, absent=absent)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _get_json_once(self, path: str, params: Any, *, meter: str | None, traced: OpenMeterRequest) -> Any:
+    async def _get_json_once(
+        self, path: str, params: Any, *, meter: str | None, traced: OpenMeterRequest, absent: frozenset[int]
+    ) -> Any:
         started = time.perf_counter()
         try:
             response = await self._http.get(path, params=params)
@@ -142,6 +155,9 @@ class OpenMeterHttp:
             ) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
         traced.note_status(response.status_code)
+        if response.status_code in absent:
+            logger.info("OpenMeter GET %s -> %d in %.0f ms (absent)", path, response.status_code, elapsed_ms)
+            return None
         if response.status_code >= 300:
             _log_problem(path, response, elapsed_ms)
             raise _status_error(response, meter, self._retry)

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ai_credit_usage.openmeter.standin.entitlements import EntitlementsStandIn
 from ai_credit_usage.openmeter.standin.problems import Problem, problem_response
 from ai_credit_usage.openmeter.standin.store import (
     AGGREGATIONS,
@@ -78,7 +79,6 @@ class OpenMeterStandIn:
         record_requests: bool = True,
         routers: Sequence[Router] | None = None,
     ) -> None:
-        self.routers = list(routers or [v1_route])
         self.api_key = api_key
         self.record_requests = record_requests
         self.meters: dict[str, dict[str, Any]] = {}
@@ -89,6 +89,9 @@ class OpenMeterStandIn:
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        # Customers, entitlements and grants (`/api/v2/customers/…/entitlements…`), over the same events.
+        self.entitlements = EntitlementsStandIn(self._lock)
+        self.routers: list[Router] = list(routers or [v1_route, self.entitlements])
         self._request_seq = 0
         self._row_seq = 0
         self.latency = 0.0  # seconds every answer takes, to stand in for a remote server (soak, benchmarks)
