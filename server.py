@@ -23,17 +23,19 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
+from ai_credit_usage.balance import BalanceService
 from ai_credit_usage.bearer_gate import BearerTokenGate
 from ai_credit_usage.demo import DEMO_INSTRUCTIONS, demo_transport
 from ai_credit_usage.downloads import UNAVAILABLE, DownloadStore, DownloadStoreUnavailable, open_download_store
 from ai_credit_usage.gate import caller_gate
-from ai_credit_usage.openmeter import RetryPolicy, connect
+from ai_credit_usage.openmeter import RetryPolicy, connect, connect_entitlements, open_http
 from ai_credit_usage.pipeline import Pipeline
 from ai_credit_usage.results import error_result
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
 from ai_credit_usage.telemetry import Telemetry, traced_download, watch_download_store
 from ai_credit_usage.tool_call import current_call
-from ai_credit_usage.tools import INSTRUCTIONS, TOOLS, ToolSpec
+from ai_credit_usage.tools import TOOLS, ToolSpec
+from ai_credit_usage.tools import instructions as tool_instructions
 from ai_credit_usage.usage import UsageService
 from ai_credit_usage.window import Clock, utc_now
 
@@ -63,7 +65,12 @@ def create_app(
         openmeter_transport = demo_transport(
             clock(), api_key=settings.openmeter_api_key.get_secret_value(), meter_slug=settings.openmeter_meter
         )
-    openmeter = connect(settings, retry=retry, transport=openmeter_transport)
+    http = open_http(settings, retry=retry, transport=openmeter_transport)
+    openmeter = connect(settings, http=http)
+    entitlements = connect_entitlements(settings, http)
+    balance = None
+    if entitlements is not None:
+        balance = BalanceService(entitlements, openmeter, settings.openmeter_meter, settings.customer_key)
     usage = UsageService(
         openmeter,
         settings.openmeter_meter,
@@ -78,6 +85,7 @@ def create_app(
     pipeline = Pipeline(
         usage,
         downloads,
+        balance=balance,
         download_base_url=settings.download_base_url,
         source=f"OpenMeter meter '{settings.openmeter_meter}'" + (" (in-process demo stand-in)" if demo else ""),
         clock=clock,
@@ -85,7 +93,7 @@ def create_app(
         demo=demo,
         process_writer_rows=settings.workbook_process_rows,
     )
-    instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
+    instructions = tool_instructions(settings) + (DEMO_INSTRUCTIONS if demo else "")
     mcp = CreditsServer(pipeline, instructions=instructions, tools=offered_tools(settings))
     mcp.middleware.append(caller_gate(settings, mcp))
 

@@ -13,14 +13,16 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ai_credit_usage.balance import CreditBalance
 from ai_credit_usage.compare import Comparison, Mover, MoverStatus
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.render import Preview, period_text, shorten_plain
-from ai_credit_usage.table import TableSink
+from ai_credit_usage.table import PREVIEW_ROWS, TableSink
 from ai_credit_usage.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Dimension, Granularity
 from ai_credit_usage.window import Window
 
 UNUSUAL_KEPT = 50
+BALANCE_NAME_LIMIT = 80  # as balance_report.NAME_LIMIT cuts names in the text
 
 
 @dataclass(frozen=True)
@@ -261,3 +263,98 @@ class TrendResult(UsageResult):
                 for found in trend.unusual[:UNUSUAL_KEPT]
             ],
         }
+
+
+# ---- get_credit_balance -------------------------------------------------------------------------------------------
+
+
+class PeriodOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    start: datetime = Field(alias="from", description="Start of the current usage period, UTC.")
+    end: datetime = Field(alias="to", description="The reset instant (exclusive end of the period), UTC.")
+
+
+class GrantOut(BaseModel):
+    name: str = Field(description="The grant's name from its metadata, else 'grant' and the end of its id.")
+    amount: float
+    remaining: float | None = Field(description="Credits left of it now; null when it is not effective yet.")
+    effective_at: datetime
+    expires_at: datetime | None = Field(description="When it expires (exclusive); null when it never does.")
+    recurring: bool = Field(description="It refills to its amount at each recurrence.")
+    state: Literal["active", "future", "expired", "voided"]
+
+
+class RunwayOut(BaseModel):
+    earliest: date = Field(description="The earliest day the balance runs out at the recent pace (80% range).")
+    latest: date = Field(description="The latest such day.")
+    before_reset: bool = Field(description="It runs out before the period resets (at least the earliest day does).")
+    grant_expiring_first: str | None = Field(description="A grant with credits left that expires before that day.")
+
+
+class BalanceResult(BaseModel):
+    """The balance tool's structured result; for no allowance every figure is null and `grants` empty."""
+
+    tenant: str
+    status: Literal["metered", "none", "not_metered"] = Field(
+        description="metered: an allowance with a balance; none: no credit allowance is set up for the tenant; "
+        "not_metered: a boolean or static entitlement, with no balance."
+    )
+    as_of: datetime
+    balance: float | None = Field(description="Credits left now (the sum of the active grants' balances).")
+    usage: float | None = Field(description="Credits used in the current usage period.")
+    overage: float | None = Field(description="Usage this period beyond what the grants cover.")
+    has_access: bool | None
+    soft_limit: bool | None = Field(description="Usage may exceed the balance.")
+    period: PeriodOut | None
+    grants: list[GrantOut] = Field(description="At most 50, in OpenMeter's burn-down order; the workbook has all.")
+    grants_total: int = Field(description="How many grants there are in all.")
+    runway: RunwayOut | None = Field(description="When the balance runs out; null when it outlasts the period.")
+    download_url: str | None = Field(description="The Excel report; null for an answer without figures.")
+    expires_at: datetime | None = Field(description="When the download link stops working.")
+    demo: bool
+
+
+def balance_result(
+    found: CreditBalance, download_url: str | None, expires_at: datetime | None, demo: bool
+) -> dict[str, Any]:
+    """The balance answer as its output schema says, JSON-ready. Names are cut where the text cuts them."""
+    metered = found.status == "metered"
+    period = found.period if metered else None
+    runway = found.runway if metered else None
+    result = BalanceResult(
+        tenant=shorten_plain(found.tenant, BALANCE_NAME_LIMIT),
+        status=found.status,
+        as_of=found.as_of,
+        balance=found.balance if metered else None,
+        usage=found.usage if metered else None,
+        overage=found.overage if metered else None,
+        has_access=found.has_access if metered else None,
+        soft_limit=found.soft_limit if metered else None,
+        period=PeriodOut(start=period.start, end=period.end) if period else None,
+        grants=[
+            GrantOut(
+                name=shorten_plain(grant.name, BALANCE_NAME_LIMIT),
+                amount=grant.amount,
+                remaining=grant.remaining,
+                effective_at=grant.effective_at,
+                expires_at=grant.expires_at,
+                recurring=grant.recurring,
+                state=grant.state,
+            )
+            for grant in found.grants[:PREVIEW_ROWS]
+        ],
+        grants_total=len(found.grants),
+        runway=RunwayOut(
+            earliest=runway.earliest,
+            latest=runway.latest,
+            before_reset=runway.before_reset,
+            grant_expiring_first=runway.grant_expiring_first,
+        )
+        if runway
+        else None,
+        download_url=download_url,
+        expires_at=expires_at,
+        demo=demo,
+    )
+    return result.model_dump(mode="json", by_alias=True)

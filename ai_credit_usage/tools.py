@@ -5,19 +5,29 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
+from ai_credit_usage.balance import BalanceService, CreditBalance
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.query import Query
 from ai_credit_usage.settings import Settings
-from ai_credit_usage.structured import EventsResult, SummaryResult, TenantTotalResult, TrendResult, UsageResult
+from ai_credit_usage.structured import (
+    BalanceResult,
+    EventsResult,
+    SummaryResult,
+    TenantTotalResult,
+    TrendResult,
+    UsageResult,
+)
 from ai_credit_usage.table import TableSink
 from ai_credit_usage.trend import Dimension, Granularity
 from ai_credit_usage.usage import UsageService
 
 Question = Callable[[UsageService, str, Query, TableSink], Awaitable[Findings]]
+BalanceQuestion = Callable[[BalanceService, str, datetime], Awaitable[CreditBalance]]
 
 FromDate = Annotated[
     str | None,
@@ -57,6 +67,12 @@ def always(settings: Settings) -> bool:
     return True
 
 
+def credits_configured(settings: Settings) -> bool:
+    """The balance is offered when the credits feature is set. (On the v3 API there is no entitlement value to read:
+    with OPENMETER_API, this becomes `... and settings.openmeter_api != "v3"`.)"""
+    return settings.openmeter_credits_feature is not None
+
+
 # Every tool takes these two; a spec lists only what it takes besides.
 WINDOW_PARAMETERS: tuple[tuple[str, Any], ...] = (("from_date", FromDate), ("to_date", ToDate))
 
@@ -66,17 +82,28 @@ class ToolSpec:
     name: str
     title: str
     description: str
-    question: Question  # a UsageService method: (service, tenant, query, sink) -> Findings
-    result: type[UsageResult]  # the structured result, published as the tool's output schema
+    question: Question | None  # a UsageService method: (service, tenant, query, sink) -> Findings
+    result: type[BaseModel]  # the structured result, published as the tool's output schema
     file_label: str  # names the workbook: ai-credits_<label>_<tenant>_<window>.xlsx
     parameters: tuple[tuple[str, Any], ...] = ()  # (name, annotated type), beyond from_date and to_date
     # Whether this server offers the tool at all (in tools/list and callable): a tool that can only fail under these
     # settings is not offered, so the model never picks it.
     offered: Callable[[Settings], bool] = always
+    # Instead of `question`: a BalanceService method, (service, tenant, now) -> CreditBalance; no window parameters.
+    balance_question: BalanceQuestion | None = None
+    # What the server instructions add when the tool is offered: when to pick it.
+    pick: str = ""
 
     @property
     def all_parameters(self) -> tuple[tuple[str, Any], ...]:
-        return WINDOW_PARAMETERS + self.parameters
+        return self.parameters if self.balance_question is not None else WINDOW_PARAMETERS + self.parameters
+
+    @property
+    def usage(self) -> tuple[Question, type[UsageResult]]:
+        """The question and result of a usage tool (one over a window of the tenant meter)."""
+        if self.question is None or not issubclass(self.result, UsageResult):
+            raise TypeError(f"{self.name} is not a usage tool")
+        return self.question, self.result
 
 
 INSTRUCTIONS = """\
@@ -88,6 +115,17 @@ get_credit_usage_summary; individual events ("what happened on Jan 15th?") -> ge
 and to_date (ISO 8601, both optional; default: the last 7 days), the trend tool also granularity, group_by and
 time_zone, and always answers for the caller's own tenant. Each answer has a short table and a link to the full
 Excel report, which expires after a few minutes: give the user the link as it is."""
+
+BALANCE_PICK = (
+    " How many credits are left, when the allowance resets and when it runs out at the current pace ('How many "
+    "credits do we have left?', 'When do we run out?', 'When does it reset?') -> get_credit_balance (no arguments)."
+)
+
+
+def instructions(settings: Settings) -> str:
+    """The server instructions: the usage tools, and what each further offered tool adds."""
+    return INSTRUCTIONS + "".join(spec.pick for spec in TOOLS if spec.pick and spec.offered(settings))
+
 
 WINDOW_HELP = (
     " The window defaults to the last 7 days; a date-only to_date includes that whole day. The answer names the "
@@ -153,5 +191,24 @@ TOOLS = (
             ("group_by", GroupByParameter),
             ("time_zone", TimeZoneParameter),
         ),
+    ),
+    ToolSpec(
+        name="get_credit_balance",
+        title="AI credits left",
+        description=(
+            "How many AI credits the caller's tenant has left, and how long they last: \"How many credits do we "
+            'have left?", "When does our allowance reset?", "At this rate, when do we run out?". From the tenant\'s '
+            "credit allowance in OpenMeter: the balance now, this period's usage and when the period resets, each "
+            "grant with what is left of it and when it expires, overage, and the runway (when the balance runs out "
+            "at the recent pace, as a range, and whether that is before the reset or a grant's expiry). Takes no "
+            "arguments. For credits used in a window use get_credit_usage_by_tenant; over time, "
+            "get_credit_usage_trend. The answer links an Excel file with every grant and the daily usage."
+        ),
+        question=None,
+        balance_question=BalanceService.balance,
+        result=BalanceResult,
+        file_label="balance",
+        offered=credits_configured,
+        pick=BALANCE_PICK,
     ),
 )

@@ -1,0 +1,231 @@
+"""The credits-left answer: its text (one line of balance, usage and reset, the grants table, overage, soft limit,
+runway, the meter cross-check, the link) and its workbook (Summary, Grants, Daily, a chart of this period's
+cumulative usage against the allowance, About). The counterpart of render.py and summary.py for the balance.
+
+Every name that comes from OpenMeter or the caller (tenant, grant names) is escaped for the table and cut to a
+bounded length, so it can neither break the table nor become markup; the workbook stores text as literal strings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from ai_credit_usage.balance import CreditBalance, GrantLine
+from ai_credit_usage.demo import DEMO_ABOUT
+from ai_credit_usage.render import format_credits, shorten_cell
+from ai_credit_usage.table import PREVIEW_ROWS
+from ai_credit_usage.window import format_utc
+from ai_credit_usage.workbook import CREDITS_FORMAT, DATE_FORMAT, Fact, Report, Sheet, SheetChart
+
+NAME_LIMIT = 80
+_EVERY = {"DAY": "daily", "WEEK": "weekly", "MONTH": "monthly", "YEAR": "yearly"}
+GRANT_COLUMNS = ("grant", "amount", "left", "effective", "expires", "recurs", "priority", "state")
+DAILY_COLUMNS = ("day", "credits", "used this period", "allowance")
+
+
+def _name(text: str) -> str:
+    return shorten_cell(text, NAME_LIMIT)
+
+
+def _when(moment: datetime) -> str:
+    """2026-02-01 00:00 UTC"""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _day(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def _from_now(moment: datetime, now: datetime) -> str:
+    """in 11 days / in 5 hours / now"""
+    left = moment - now
+    if left <= timedelta(0):
+        return "now"
+    if left < timedelta(hours=1):
+        minutes = max(1, round(left.total_seconds() / 60))
+        return f"in {minutes} minute{'' if minutes == 1 else 's'}"
+    if left < timedelta(days=2):
+        hours = round(left.total_seconds() / 3600)
+        return f"in {hours} hour{'' if hours == 1 else 's'}"
+    days = round(left.total_seconds() / 86400)
+    return f"in {days} days"
+
+
+def no_allowance_text(found: CreditBalance) -> str:
+    return f"No credit allowance is set up for tenant {_name(found.tenant)}."
+
+
+def not_metered_text(found: CreditBalance) -> str:
+    return (
+        f"Tenant {_name(found.tenant)} has a {found.entitlement_type} entitlement to {found.feature}, not a metered "
+        "one: there is no metered credit allowance, so there is no balance to count down."
+    )
+
+
+def headline(found: CreditBalance) -> str:
+    """The one line: the balance now, this period's usage, when the period resets."""
+    assert found.balance is not None
+    line = (
+        f"Tenant {_name(found.tenant)}: **{format_credits(found.balance)} credits left** as of {_when(found.as_of)}; "
+        f"{format_credits(found.usage or 0.0)} used this period"
+    )
+    if found.period is not None:
+        line += (
+            f" (since {_day(found.period.start)}); the period resets on {_when(found.period.end)} "
+            f"({_from_now(found.period.end, found.as_of)})."
+        )
+    else:
+        line += "."
+    return line
+
+
+def status_lines(found: CreditBalance) -> list[str]:
+    lines = []
+    if found.overage:
+        lines.append(f"Overage: {format_credits(found.overage)} credits used this period beyond what the grants cover.")
+    if found.soft_limit:
+        lines.append("This allowance is a soft limit: usage may go on beyond the balance (it shows up as overage).")
+    elif found.has_access is False:
+        lines.append("No credits are left: OpenMeter denies access until the period resets or a new grant starts.")
+    return lines
+
+
+def grant_table(grants: list[GrantLine]) -> list[str]:
+    if not grants:
+        return ["No grants: nothing has been granted on this allowance."]
+    lines = [
+        "| grant | amount | left | expires | recurs |",
+        "|---|---:|---:|---|---|",
+    ]
+    for grant in grants[:PREVIEW_ROWS]:
+        left = "not yet effective" if grant.remaining is None else format_credits(grant.remaining)
+        if grant.state in ("expired", "voided"):
+            left = f"0.00 ({grant.state})"
+        expires = _when(grant.expires_at) if grant.expires_at else "never"
+        recurs = _EVERY.get(grant.recurrence or "", "yes") if grant.recurring else "no"
+        lines.append(f"| {_name(grant.name)} | {format_credits(grant.amount)} | {left} | {expires} | {recurs} |")
+    if len(grants) > PREVIEW_ROWS:
+        lines.append(f"Showing {PREVIEW_ROWS} of {len(grants):,} grants; the Excel file has all of them.")
+    return lines
+
+
+def disagreement_line(found: CreditBalance) -> str | None:
+    if not found.disagrees or found.lookback is None or found.meter_usage is None:
+        return None
+    return (
+        f"Note: from {_day(found.lookback.start)} to now the entitlement counted "
+        f"{format_credits(found.entitlement_lookback_usage)} credits but the tenant meter shows "
+        f"{format_credits(found.meter_usage)}: OpenMeter burns the allowance only with usage of the customer's "
+        f"subjects ({_name(found.customer_key)} and its subject keys), so usage reported under other subjects is "
+        "not taken from the balance (see docs/credits.md)."
+    )
+
+
+def render_balance(
+    found: CreditBalance, *, download_url: str, expires_at: datetime, extra: list[str] | None = None
+) -> str:
+    lines = [headline(found), *status_lines(found), "", *grant_table(found.grants), ""]
+    lines += extra or []
+    if (note := disagreement_line(found)) is not None:
+        lines.append(note)
+    lines.append(
+        f"[Download Excel]({download_url}) (link expires at {format_utc(expires_at)}, "
+        f"{_from_now(expires_at, found.as_of)})"
+    )
+    return "\n".join(lines)
+
+
+# ---- the workbook -------------------------------------------------------------------------------------------------
+
+
+def grant_rows(grants: list[GrantLine]) -> tuple[tuple[object, ...], ...]:
+    return tuple(
+        (
+            grant.name,
+            grant.amount,
+            grant.remaining,
+            grant.effective_at,
+            grant.expires_at,
+            (grant.recurrence or "yes") if grant.recurring else "no",
+            grant.priority,
+            grant.state,
+        )
+        for grant in grants
+    )
+
+
+def daily_rows(found: CreditBalance) -> tuple[tuple[object, ...], ...]:
+    """Each lookback day: its credits, and within the current period the cumulative usage and the allowance."""
+    rows: list[tuple[object, ...]] = []
+    running = 0.0
+    period_start: date | None = found.period.start.astimezone(UTC).date() if found.period else None
+    for day in found.daily:
+        if period_start is not None and day.day >= period_start:
+            running += day.credits
+            rows.append((day.day, day.credits, running, found.total_available))
+        else:
+            rows.append((day.day, day.credits, None, None))
+    return tuple(rows)
+
+
+def balance_workbook_content(
+    found: CreditBalance, *, demo: bool, source: str, generated: datetime, extra_facts: list[Fact] | None = None
+) -> tuple[Report, list[Sheet], SheetChart]:
+    facts = [Fact("Data", DEMO_ABOUT)] if demo else []
+    facts += [
+        Fact("Tenant", found.tenant),
+        Fact("Question", "AI credits left (get_credit_balance)"),
+        Fact("As of (UTC)", format_utc(found.as_of)),
+        Fact("Balance (credits left)", found.balance, CREDITS_FORMAT),
+        Fact("Used this period", found.usage, CREDITS_FORMAT),
+        Fact("Overage", found.overage, CREDITS_FORMAT),
+        Fact("Allowance this period (used from grants + left)", found.total_available, CREDITS_FORMAT),
+        Fact("Has access", "yes" if found.has_access else "no"),
+        Fact("Soft limit", "yes" if found.soft_limit else "no"),
+    ]
+    if found.period is not None:
+        facts += [
+            Fact("Period from (UTC)", format_utc(found.period.start)),
+            Fact("Period resets at (UTC)", format_utc(found.period.end)),
+        ]
+    facts += extra_facts or []
+    if found.meter_usage is not None and found.lookback is not None:
+        facts += [
+            Fact("Entitlement usage over the lookback", found.entitlement_lookback_usage, CREDITS_FORMAT),
+            Fact("Tenant meter usage over the lookback", found.meter_usage, CREDITS_FORMAT),
+        ]
+    facts.append(Fact("Generated at (UTC)", format_utc(generated)))
+    about: list[tuple[str, object]] = [("data", DEMO_ABOUT)] if demo else []
+    about += [
+        ("tool", "get_credit_balance"),
+        ("tenant", found.tenant),
+        ("customer key", found.customer_key),
+        ("feature", found.feature),
+        ("source", source),
+        (
+            "Grants sheet",
+            "every grant that is not deleted, in OpenMeter's burn-down order (priority, earliest "
+            "expiry, creation); 'left' is blank for a grant not effective yet",
+        ),
+        (
+            "Daily sheet",
+            "the entitlement's own usage per UTC day (what burns the balance); within the current period "
+            "also the running total and the allowance",
+        ),
+        ("times", "UTC; a period's end and a grant's expiry are exclusive instants"),
+        ("generated at (UTC)", format_utc(generated)),
+    ]
+    if found.lookback is not None:
+        about.append(("lookback", found.lookback.describe()))
+    sheets = [
+        Sheet(
+            "Grants",
+            GRANT_COLUMNS,
+            grant_rows(found.grants),
+            (None, CREDITS_FORMAT, CREDITS_FORMAT, None, None, None, None, None),
+        ),
+        Sheet("Daily", DAILY_COLUMNS, daily_rows(found), (DATE_FORMAT, CREDITS_FORMAT, CREDITS_FORMAT, CREDITS_FORMAT)),
+    ]
+    chart = SheetChart("This period: cumulative usage against the allowance", "Daily", 3, 4)
+    report = Report(facts=tuple(facts), about=tuple(about), title="AI credits left")
+    return report, sheets, chart
