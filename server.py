@@ -63,7 +63,12 @@ def create_app(
     """
     if demo and openmeter_transport is None:
         openmeter_transport = demo_transport(
-            clock(), api_key=settings.openmeter_api_key.get_secret_value(), meter_slug=settings.openmeter_meter
+            clock(),
+            api_key=settings.openmeter_api_key.get_secret_value(),
+            meter_slug=settings.openmeter_meter,
+            feature=settings.openmeter_credits_feature,
+            customer_key=settings.customer_key,
+            clock=clock,
         )
     http = open_http(settings, retry=retry, transport=openmeter_transport)
     openmeter = connect(settings, http=http)

@@ -262,3 +262,30 @@ def test_main_demo_starts_without_a_key(tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=15)
     assert "DEMO MODE" in stderr
     assert "Traceback" not in stderr
+
+
+async def test_the_demo_tenants_answer_the_balance(demo_url: str) -> None:
+    """acme comfortable, demo running out before the reset, globex with a top-up that expires soon, initech none."""
+    found: dict[str, dict[str, Any]] = {}
+    for tenant in TENANTS:
+        headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
+        result = await call_tool(demo_url, "get_credit_balance", headers=headers)
+        assert not result.is_error, text_of(result)
+        assert text_of(result).startswith(DEMO_BANNER)
+        assert result.structured_content is not None
+        found[tenant] = result.structured_content
+    assert found["initech"]["status"] == "none" and found["initech"]["balance"] is None
+    reset = datetime.fromisoformat(found["acme"]["period"]["to"])
+    days_left = (reset - NOW).total_seconds() / 86400
+    for tenant in ("acme", "demo", "globex"):
+        data = found[tenant]
+        assert data["status"] == "metered" and data["has_access"]
+        assert datetime.fromisoformat(data["period"]["to"]) == reset
+    pace = {tenant: found[tenant]["usage"] / (NOW - datetime.fromisoformat(found[tenant]["period"]["from"])).days
+            for tenant in ("acme", "demo")}  # fmt: skip
+    assert found["acme"]["balance"] > 3 * pace["acme"] * days_left  # comfortable
+    assert found["demo"]["balance"] < 0.6 * pace["demo"] * days_left  # runs out before the reset
+    top_up, plan = found["globex"]["grants"]
+    assert top_up["remaining"] > 0 and not top_up["recurring"]
+    assert NOW < datetime.fromisoformat(top_up["expires_at"]) < NOW + timedelta(days=7)
+    assert plan["recurring"] and plan["expires_at"] is None
