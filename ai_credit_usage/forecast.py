@@ -31,6 +31,9 @@ HALF_LIFE_DAYS = 14.0
 SPIKE_MADS = 5.0
 FLAT_SCALE = 0.25  # the MAD stand-in, as a share of the typical day, where the MAD is 0 (a flat series)
 PROFILE_SHRINK_WEEKS = 1.0  # pseudo-weeks at factor 1 added to each weekday's mean
+TREND_MIN_WEEKS = 3  # weekly means needed before a trend is fitted
+TREND_DAMPING = 1.0  # share of the fitted trend carried forward
+TREND_SHRINK = 4.0  # the James-Stein constant c: a trend must stand out clearly to be carried forward
 MIN_TRAIN_DAYS = 14  # a replayed cut-off needs this many days before it
 FLOOR_DAILY = 0.10  # relative spread floor per day of noise (a x h part)
 FLOOR_LEVEL = 0.05  # relative spread floor of the level (b x h^2 part)
@@ -58,11 +61,13 @@ class Projection:
 
 @dataclass(frozen=True)
 class _Model:
-    level: float
+    level: float  # the typical day (weekday effect removed) at today
+    slope: float  # its change per day
     factors: tuple[float, ...]  # by weekday, Monday = 0
 
-    def expected(self, day: date) -> float:
-        return self.level * self.factors[day.weekday()]
+    def expected(self, weekday: int, ahead: float) -> float:
+        """Day `ahead` days after today (0 = today, a whole day)."""
+        return max(0.0, self.level + self.slope * ahead) * self.factors[weekday]
 
 
 def project_usage(history: Mapping[date, float], *, today: date, today_elapsed: float, until: date) -> Projection:
@@ -74,17 +79,17 @@ def project_usage(history: Mapping[date, float], *, today: date, today_elapsed: 
     if until < today:
         raise ValueError(f"until {until} is before today {today}")
     start, values = _series(history, today)
-    model = _fit(values, start)
-    spread = _spread(values, start) if len(values) >= MIN_HISTORY_DAYS else None
-    a, b = spread if spread is not None else (FLOOR_DAILY**2 * 4, FLOOR_LEVEL**2 * 4)
+    weekdays = [(start.weekday() + i) % 7 for i in range(len(values))]
+    model = _fit(values, weekdays)
+    a, b = _spread(values, weekdays) if len(values) >= MIN_HISTORY_DAYS else (FLOOR_DAILY**2 * 4, FLOOR_LEVEL**2 * 4)
     days: list[ProjectedDay] = []
     total = 0.0
     ahead = 0.0  # days ahead, today counting for its remaining share
     low_80 = low_95 = 0.0
-    day = today
-    while day <= until:
-        share = 1.0 - today_elapsed if day == today else 1.0
-        expected = model.expected(day) * share
+    for index in range((until - today).days + 1):
+        day = today + timedelta(days=index)
+        share = 1.0 - today_elapsed if index == 0 else 1.0
+        expected = model.expected(day.weekday(), index) * share
         total += expected
         ahead += share
         sigma = model.level * math.sqrt(a * ahead + b * ahead * ahead)
@@ -99,11 +104,9 @@ def project_usage(history: Mapping[date, float], *, today: date, today_elapsed: 
                 total_95=(min(low_95, total), total + Z_95 * sigma),
             )
         )
-        day += timedelta(days=1)
-    enough = len(values) >= MIN_HISTORY_DAYS and any(value > 0 for value in values)
     return Projection(
         days=tuple(days),
-        enough_history=enough,
+        enough_history=len(values) >= MIN_HISTORY_DAYS and any(value > 0 for value in values),
         history_days=len(values),
         level=model.level,
         weekday_factors=model.factors,
@@ -120,57 +123,99 @@ def _series(history: Mapping[date, float], today: date) -> tuple[date, list[floa
     return start, [max(0.0, float(history.get(start + timedelta(days=i), 0.0))) for i in range(count)]
 
 
-def _capped(values: Sequence[float]) -> list[float]:
-    if len(values) < 3:
-        return list(values)
+def _robust_scale(values: Sequence[float]) -> tuple[float, float]:
+    """(median, MAD); where the MAD is 0 (a flat series) a share of the typical nonzero day stands in for it."""
     middle = statistics.median(values)
     mad = statistics.median(abs(value - middle) for value in values)
+    if mad > 0:
+        return middle, mad
     nonzero = [value for value in values if value > 0]
-    scale = mad if mad > 0 else (FLAT_SCALE * statistics.median(nonzero) if nonzero else 0.0)
-    cap = middle + SPIKE_MADS * scale
-    return [min(value, cap) for value in values]
+    return middle, FLAT_SCALE * statistics.median(nonzero) if nonzero else 0.0
 
 
-def _fit(values: Sequence[float], start: date) -> _Model:
-    if not values:
-        return _Model(0.0, (1.0,) * 7)
-    capped = _capped(values)
-    overall = statistics.fmean(capped)
+def _weekday_factors(values: Sequence[float], weekdays: Sequence[int], *, robust: bool) -> tuple[float, ...]:
+    """Each weekday's typical day over the overall one, shrunk towards 1 by PROFILE_SHRINK_WEEKS, mean 1."""
     by_weekday: list[list[float]] = [[] for _ in range(7)]
-    for i, value in enumerate(capped):
-        by_weekday[(start + timedelta(days=i)).weekday()].append(value)
-    if overall > 0:
-        raw = [
-            (sum(seen) / overall + PROFILE_SHRINK_WEEKS) / (len(seen) + PROFILE_SHRINK_WEEKS) if seen else 1.0
-            for seen in by_weekday
-        ]
-        mean_factor = statistics.fmean(raw)
-        factors = tuple(factor / mean_factor for factor in raw)
-    else:
-        factors = (1.0,) * 7
+    for value, weekday in zip(values, weekdays, strict=True):
+        by_weekday[weekday].append(value)
+    typical = statistics.median if robust else statistics.fmean
+    overall = statistics.fmean(typical(seen) for seen in by_weekday if seen) if values else 0.0
+    if overall <= 0:
+        return (1.0,) * 7
+    raw = [
+        (len(seen) * typical(seen) / overall + PROFILE_SHRINK_WEEKS) / (len(seen) + PROFILE_SHRINK_WEEKS)
+        if seen
+        else 1.0
+        for seen in by_weekday
+    ]
+    mean_factor = statistics.fmean(raw)
+    return tuple(factor / mean_factor for factor in raw)
+
+
+def _fit(values: Sequence[float], weekdays: Sequence[int]) -> _Model:
+    if not values or not any(values):
+        return _Model(0.0, 0.0, (1.0,) * 7)
+    # Spikes: judged on the values with a first, median-based weekday profile taken out, capped there.
+    rough = _weekday_factors(values, weekdays, robust=True)
+    adjusted = [
+        value / rough[weekday] if rough[weekday] > 0 else value for value, weekday in zip(values, weekdays, strict=True)
+    ]
+    middle, scale = _robust_scale(adjusted) if len(values) >= 3 else (0.0, math.inf)
+    cap = middle + SPIKE_MADS * scale
+    capped = [min(value, cap * rough[weekday]) for value, weekday in zip(values, weekdays, strict=True)]
+    factors = _weekday_factors(capped, weekdays, robust=False)
+    plain = [
+        value / factors[weekday] if factors[weekday] > 0 else 0.0
+        for value, weekday in zip(capped, weekdays, strict=True)
+    ]
     decay = 0.5 ** (1.0 / HALF_LIFE_DAYS)
-    weighted = weights = 0.0
-    for i, value in enumerate(capped):
-        factor = factors[(start + timedelta(days=i)).weekday()]
-        if factor <= 0:
-            continue
-        weight = decay ** (len(capped) - 1 - i)
-        weighted += weight * value / factor
+    weighted = weights = aged = 0.0
+    for i, value in enumerate(plain):
+        age = len(plain) - 1 - i
+        weight = decay**age
+        weighted += weight * value
         weights += weight
-    return _Model(weighted / weights if weights else 0.0, factors)
+        aged += weight * age
+    slope = _slope(plain)
+    # The weighted mean stands for the level at its weights' mean age; the trend carries it on to today.
+    level = max(0.0, weighted / weights + slope * (aged / weights + 1))
+    return _Model(level, slope, factors)
 
 
-def _spread(values: Sequence[float], start: date) -> tuple[float, float]:
+def _slope(plain: Sequence[float]) -> float:
+    """The trend per day: a Theil-Sen slope of the weekly means counted back from yesterday (a median of pairwise
+    slopes, so a quiet week or two do not tilt it), shrunk towards 0 unless it stands out from the weeks' scatter
+    (positive-part James-Stein: x (1 - c / t^2), t = slope over its standard error)."""
+    weeks = len(plain) // 7
+    if weeks < TREND_MIN_WEEKS:
+        return 0.0
+    first = len(plain) - 7 * weeks
+    means = [statistics.fmean(plain[first + 7 * k : first + 7 * k + 7]) for k in range(weeks)]
+    slope = statistics.median((means[j] - means[i]) / (j - i) for i in range(weeks) for j in range(i + 1, weeks))
+    centre = (weeks - 1) / 2
+    intercept = statistics.median(mean - slope * (k - centre) for k, mean in enumerate(means))
+    residuals = [mean - intercept - slope * (k - centre) for k, mean in enumerate(means)]
+    scatter = 1.4826 * statistics.median(abs(r) for r in residuals)
+    if scatter <= 0:
+        scatter = statistics.pstdev(residuals)
+    spread = sum((k - centre) ** 2 for k in range(weeks))
+    if scatter <= 0:
+        return slope / 7
+    t2 = slope * slope * spread / (scatter * scatter)
+    shrink = max(0.0, 1.0 - TREND_SHRINK / t2) if t2 > 0 else 0.0
+    return slope * shrink * TREND_DAMPING / 7
+
+
+def _spread(values: Sequence[float], weekdays: Sequence[int]) -> tuple[float, float]:
     """(a, b) of the relative variance a x h + b x h^2 of cumulative totals h days ahead, from replayed cut-offs."""
     rows: list[tuple[float, float]] = []  # (h, squared relative error)
     for cut in range(MIN_TRAIN_DAYS, len(values)):
-        model = _fit(values[:cut], start)
+        model = _fit(values[:cut], weekdays[:cut])
         if model.level <= 0:
             continue
         forecast = actual = 0.0
         for h in range(1, len(values) - cut + 1):
-            day = start + timedelta(days=cut + h - 1)
-            forecast += model.expected(day)
+            forecast += model.expected(weekdays[cut + h - 1], h - 1)
             actual += values[cut + h - 1]
             rows.append((float(h), ((actual - forecast) / model.level) ** 2))
     a, b = _fit_variance(rows)
@@ -181,23 +226,22 @@ def _fit_variance(rows: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """Least squares of e^2 ~ a h + b h^2 with a, b >= 0, each row weighted 1/h^2 (errors grow with h)."""
     if not rows:
         return 0.0, 0.0
-    # Normal equations of sum w (e2 - a h - b h^2)^2 with w = 1/h^2: columns 1/h... written out directly.
     s11 = s12 = s22 = t1 = t2 = 0.0
     for h, e2 in rows:
-        w = 1.0 / (h * h)
-        s11 += w * h * h
-        s12 += w * h**3
-        s22 += w * h**4
-        t1 += w * h * e2
-        t2 += w * h * h * e2
+        # weight 1/h^2: the columns h and h^2 become 1 and h, the target e2/h
+        s11 += 1.0
+        s12 += h
+        s22 += h * h
+        t1 += e2 / h
+        t2 += e2
     det = s11 * s22 - s12 * s12
     if det > 0:
         a = (t1 * s22 - t2 * s12) / det
         b = (s11 * t2 - s12 * t1) / det
         if a >= 0 and b >= 0:
             return a, b
-    only_a = max(0.0, t1 / s11) if s11 else 0.0
-    only_b = max(0.0, t2 / s22) if s22 else 0.0
-    loss_a = sum((e2 - only_a * h) ** 2 / (h * h) for h, e2 in rows)
-    loss_b = sum((e2 - only_b * h * h) ** 2 / (h * h) for h, e2 in rows)
+    only_a = max(0.0, t1 / s11)
+    only_b = max(0.0, t2 / s22)
+    loss_a = sum((e2 / h - only_a) ** 2 for h, e2 in rows)
+    loss_b = sum((e2 / h - only_b * h) ** 2 for h, e2 in rows)
     return (only_a, 0.0) if loss_a <= loss_b else (0.0, only_b)

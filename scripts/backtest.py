@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ai_credit_usage import forecast  # noqa: E402
 from ai_credit_usage.forecast import project_usage  # noqa: E402
 
 SERIES_START = date(2025, 7, 1)
@@ -151,7 +152,12 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=120, help="synthetic series (default 120)")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--no-demo", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a method constant")
     args = parser.parse_args()
+    for assignment in args.set:
+        name, value = assignment.split("=")
+        setattr(forecast, name, type(getattr(forecast, name))(value))
+        print(f"{name} = {getattr(forecast, name)}")
     rng = random.Random(args.seed)
     cases: list[Case] = []
     synthetic_last = SERIES_START + timedelta(days=SERIES_DAYS - 1)
