@@ -23,7 +23,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 LOOKBACK_DAYS = 56  # eight weeks: enough for a weekday profile, recent enough for the level
 MIN_HISTORY_DAYS = 14  # below two weeks the answer says there is too little history to trust
@@ -57,6 +57,71 @@ class Projection:
     history_days: int = 0  # complete days the method learned from
     level: float = 0.0  # the recent typical day, weekday effect removed
     weekday_factors: tuple[float, ...] = (1.0,) * 7  # Monday first
+
+
+# The daily table of a forecast answer: what was used, what is expected, the day's credits (their sum), and the
+# cumulative total from the window's start with its intervals. "credits" is each row's total (the sink's total column).
+DAY_COLUMNS = ("day", "used", "forecast", "credits", "cumulative", "low 80%", "high 80%", "low 95%", "high 95%")
+DAY_TOTAL_COLUMN = 3
+TOO_LITTLE_HISTORY = (
+    "There is too little usage history to trust this projection ({days} complete days since usage began, "
+    "{needed} needed): take it as a rough guide until a few weeks of usage are recorded."
+)
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """What a forecast answer found besides its daily rows: the figures for the whole window."""
+
+    as_of: datetime  # the moment that splits known usage from projected
+    time_zone: str
+    first_day: date  # the window's first and last local day
+    last_day: date
+    used_so_far: float  # from the window's start to `as_of`
+    projected_total: float  # used so far plus the projected rest, through `last_day`
+    interval_80: tuple[float, float]  # of `projected_total`
+    interval_95: tuple[float, float]
+    enough_history: bool
+    history_days: int  # complete days the method learned from (from the first day with usage, at most LOOKBACK_DAYS)
+    level: float  # the recent typical day, weekday effect removed
+    # BALANCE CROSSING (issue 17, get_credit_balance): when a balance is configured, whether and when the projection
+    # crosses it belongs here (e.g. `balance: float | None`, `crossing: tuple[date, date] | None` from the days'
+    # 80% band), filled in by the forecast question and shown by render.py and summary.py where they say so.
+
+    def too_little_history(self) -> str:
+        return TOO_LITTLE_HISTORY.format(days=self.history_days, needed=MIN_HISTORY_DAYS)
+
+
+def daily_rows(
+    used: Mapping[date, float], projection: Projection, *, first_day: date, used_so_far: float
+) -> list[tuple[date, float, float, float, float, float, float, float, float]]:
+    """DAY_COLUMNS rows from `first_day` through the projection's last day: the days before today as they were
+    (their cumulative known exactly), then today (used so far and the rest expected) and the days ahead."""
+    rows = []
+    cumulative = 0.0
+    today = projection.days[0].day
+    day = first_day
+    while day < today:
+        value = used.get(day, 0.0)
+        cumulative += value
+        rows.append((day, value, 0.0, value, cumulative, cumulative, cumulative, cumulative, cumulative))
+        day += timedelta(days=1)
+    for ahead in projection.days:
+        value = used.get(ahead.day, 0.0) if ahead.day == today else 0.0
+        rows.append(
+            (
+                ahead.day,
+                value,
+                ahead.expected,
+                value + ahead.expected,
+                used_so_far + ahead.total,
+                used_so_far + ahead.total_80[0],
+                used_so_far + ahead.total_80[1],
+                used_so_far + ahead.total_95[0],
+                used_so_far + ahead.total_95[1],
+            )
+        )
+    return rows
 
 
 @dataclass(frozen=True)
