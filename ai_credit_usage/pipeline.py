@@ -19,7 +19,6 @@ from ai_credit_usage.caller import Caller
 from ai_credit_usage.demo import DEMO_BANNER
 from ai_credit_usage.downloads import DownloadStore
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.query import parse_query
 from ai_credit_usage.render import MAX_PREVIEW_CHARS, render_preview
 from ai_credit_usage.results import answer_result, error_result
 from ai_credit_usage.settings import DEFAULT_TOOL_DEADLINE_SECONDS, DEFAULT_WORKBOOK_PROCESS_ROWS
@@ -77,7 +76,7 @@ class Pipeline:
         question, result_model = spec.usage
         sink = TableSink(progress=progress, process_rows=self._process_writer_rows)
         try:
-            query = parse_query(arguments, self._clock())
+            query = spec.parse(arguments, self._clock())
             window = query.window
             call.window_from, call.window_to = format_utc(window.start), format_utc(window.end)
             with anyio.fail_after(self._deadline_seconds):

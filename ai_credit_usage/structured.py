@@ -265,6 +265,71 @@ class TrendResult(UsageResult):
         }
 
 
+class IntervalOut(BaseModel):
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, bounds: tuple[float, float]) -> IntervalOut:
+        return cls(low=bounds[0], high=bounds[1])
+
+
+class ForecastDayOut(BaseModel):
+    day: date = Field(description="A calendar day in `time_zone`.")
+    used: float = Field(description="Credits recorded that day (today: so far).")
+    forecast: float = Field(description="Credits expected that day (today: the rest of it; 0 for past days).")
+    credits: float = Field(description="`used` + `forecast`.")
+    cumulative: float = Field(description="Expected credits from the window's start through this day.")
+    interval_80: IntervalOut = Field(description="80% interval of `cumulative` (exact for past days).")
+    interval_95: IntervalOut = Field(description="95% interval of `cumulative`.")
+
+
+class ForecastResult(UsageResult):
+    as_of: datetime = Field(description="The moment that splits usage recorded from usage projected, UTC.")
+    time_zone: str
+    used_so_far: float = Field(description="Credits recorded from the window's start until `as_of`.")
+    projected_total: float = Field(
+        description="Credits expected over the whole window: `used_so_far` plus the projected rest."
+    )
+    interval_80: IntervalOut = Field(description="80% interval of `projected_total`.")
+    interval_95: IntervalOut = Field(description="95% interval of `projected_total`.")
+    enough_history: bool = Field(
+        description="False when the tenant's usage history is too short to trust the projection (the text says so)."
+    )
+    history_days: int = Field(description="Complete days of usage history the projection learned from.")
+    days: list[ForecastDayOut] = Field(
+        description="One per day from the window's first day, oldest first: at most 50 (the Excel file has all)."
+    )
+
+    @classmethod
+    def details(cls, answer: Answered) -> dict[str, Any]:
+        outlook, rows = answer.findings.forecast, answer.preview.shown.rows
+        if outlook is None:  # pragma: no cover - the forecast question always finds one
+            raise ValueError("a forecast result needs an outlook")
+        return {
+            "as_of": outlook.as_of,
+            "time_zone": outlook.time_zone,
+            "used_so_far": outlook.used_so_far,
+            "projected_total": outlook.projected_total,
+            "interval_80": IntervalOut.of(outlook.interval_80),
+            "interval_95": IntervalOut.of(outlook.interval_95),
+            "enough_history": outlook.enough_history,
+            "history_days": outlook.history_days,
+            "days": [
+                ForecastDayOut(
+                    day=day,
+                    used=used,
+                    forecast=forecast,
+                    credits=credits,
+                    cumulative=cumulative,
+                    interval_80=IntervalOut(low=low_80, high=high_80),
+                    interval_95=IntervalOut(low=low_95, high=high_95),
+                )
+                for (day, used, forecast, credits, cumulative, low_80, high_80, low_95, high_95) in rows
+            ],
+        }
+
+
 # ---- get_credit_balance -------------------------------------------------------------------------------------------
 
 

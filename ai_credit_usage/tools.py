@@ -3,7 +3,7 @@ and its file label. server.py registers them in a loop; adding a tool is a `Tool
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -12,11 +12,12 @@ from pydantic import BaseModel, Field
 
 from ai_credit_usage.balance import BalanceService, CreditBalance
 from ai_credit_usage.findings import Findings
-from ai_credit_usage.query import Query
+from ai_credit_usage.query import Query, parse_forecast_query, parse_query
 from ai_credit_usage.settings import Settings
 from ai_credit_usage.structured import (
     BalanceResult,
     EventsResult,
+    ForecastResult,
     SummaryResult,
     TenantTotalResult,
     TrendResult,
@@ -28,6 +29,7 @@ from ai_credit_usage.usage import UsageService
 
 Question = Callable[[UsageService, str, Query, TableSink], Awaitable[Findings]]
 BalanceQuestion = Callable[[BalanceService, str, datetime], Awaitable[CreditBalance]]
+Parser = Callable[[Mapping[str, Any], datetime], Query]
 
 FromDate = Annotated[
     str | None,
@@ -61,6 +63,17 @@ TimeZoneParameter = Annotated[
         "given without an offset. Default: UTC."
     ),
 ]
+ForecastTimeZone = Annotated[
+    str | None,
+    Field(description="IANA time zone name (e.g. Europe/Paris) for the calendar month and its days. Default: UTC."),
+]
+ForecastToDate = Annotated[
+    str | None,
+    Field(
+        description="Last day of the forecast, inclusive, as a date (2026-06-30), today or later and at most a year "
+        "ahead. Default: the last day of the current month (in time_zone)."
+    ),
+]
 
 
 def always(settings: Settings) -> bool:
@@ -73,7 +86,7 @@ def credits_configured(settings: Settings) -> bool:
     return settings.openmeter_credits_feature is not None
 
 
-# Every tool takes these two; a spec lists only what it takes besides.
+# Every usage tool takes these two; a spec lists only what it takes besides.
 WINDOW_PARAMETERS: tuple[tuple[str, Any], ...] = (("from_date", FromDate), ("to_date", ToDate))
 
 
@@ -85,18 +98,20 @@ class ToolSpec:
     question: Question | None  # a UsageService method: (service, tenant, query, sink) -> Findings
     result: type[BaseModel]  # the structured result, published as the tool's output schema
     file_label: str  # names the workbook: ai-credits_<label>_<tenant>_<window>.xlsx
-    parameters: tuple[tuple[str, Any], ...] = ()  # (name, annotated type), beyond from_date and to_date
+    parameters: tuple[tuple[str, Any], ...] = ()  # (name, annotated type), beyond the window's
+    window_parameters: tuple[tuple[str, Any], ...] = WINDOW_PARAMETERS  # how the window is asked for
+    parse: Parser = parse_query  # the arguments as a Query
     # Whether this server offers the tool at all (in tools/list and callable): a tool that can only fail under these
     # settings is not offered, so the model never picks it.
     offered: Callable[[Settings], bool] = always
-    # Instead of `question`: a BalanceService method, (service, tenant, now) -> CreditBalance; no window parameters.
+    # Instead of `question`: a BalanceService method, (service, tenant, now) -> CreditBalance (no window, no Query).
     balance_question: BalanceQuestion | None = None
     # What the server instructions add when the tool is offered: when to pick it.
     pick: str = ""
 
     @property
     def all_parameters(self) -> tuple[tuple[str, Any], ...]:
-        return self.parameters if self.balance_question is not None else WINDOW_PARAMETERS + self.parameters
+        return self.window_parameters + self.parameters
 
     @property
     def usage(self) -> tuple[Question, type[UsageResult]]:
@@ -111,10 +126,13 @@ Answers a tenant administrator's questions about their own tenant's AI credit us
 Pick the tool by the question: totals and the change against the previous period -> get_credit_usage_by_tenant;
 who or what uses the most (breakdown by user, module, product, skill, and who changed most) ->
 get_credit_usage_summary; individual events ("what happened on Jan 15th?") -> get_credit_events; usage over time
-("is it going up?", per day, week or month, unusual periods) -> get_credit_usage_trend. Every tool takes from_date
-and to_date (ISO 8601, both optional; default: the last 7 days), the trend tool also granularity, group_by and
-time_zone, and always answers for the caller's own tenant. Each answer has a short table and a link to the full
-Excel report, which expires after a few minutes: give the user the link as it is."""
+("is it going up?", per day, week or month, unusual periods) -> get_credit_usage_trend; how much will be used by
+the end of the month or by a later day ("what will we have used by month-end?", a projection with ranges) ->
+get_credit_forecast, never an extrapolation of your own from the usage tools; how much is left, when it resets or
+runs out -> the balance tool when offered. The usage tools take from_date and to_date (ISO 8601, both optional;
+default: the last 7 days), the trend tool also granularity, group_by and time_zone; the forecast takes to_date (a
+day ahead) and time_zone. Every tool always answers for the caller's own tenant. Each answer has a short table
+and a link to the full Excel report, which expires after a few minutes: give the user the link as it is."""
 
 BALANCE_PICK = (
     " How many credits are left, when the allowance resets and when it runs out at the current pace ('How many "
@@ -193,6 +211,25 @@ TOOLS = (
         ),
     ),
     ToolSpec(
+        name="get_credit_forecast",
+        title="AI credit forecast",
+        description=(
+            'How many AI credits the tenant will have used by the end of the month (or by to_date): "What will we '
+            'have used by the end of the month?", "At this pace, how much by June 30th?". Used so far since the '
+            "month began, the projected total at the end with 80% and 95% intervals, and one row per day (used, "
+            "forecast, cumulative with its intervals). The projection learns a weekday rhythm and the recent level "
+            "from the last 8 weeks of the tenant's own usage; with too little history the answer says so. For usage "
+            "already recorded use get_credit_usage_by_tenant or get_credit_usage_trend; for what is left or when it "
+            "runs out, the balance tool when offered. The answer links an Excel file with every day and a chart."
+        ),
+        question=UsageService.forecast,
+        result=ForecastResult,
+        file_label="forecast",
+        parameters=(("time_zone", ForecastTimeZone),),
+        window_parameters=(("to_date", ForecastToDate),),
+        parse=parse_forecast_query,
+    ),
+    ToolSpec(
         name="get_credit_balance",
         title="AI credits left",
         description=(
@@ -210,5 +247,6 @@ TOOLS = (
         file_label="balance",
         offered=credits_configured,
         pick=BALANCE_PICK,
+        window_parameters=(),
     ),
 )

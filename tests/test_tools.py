@@ -18,6 +18,7 @@ from tests.conftest import NOW, call_tool, text_of
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
+FORECAST = "get_credit_forecast"
 WINDOW_ARGUMENTS = {"from_date", "to_date"}
 TREND_ARGUMENTS = WINDOW_ARGUMENTS | {"granularity", "group_by", "time_zone"}
 
@@ -69,12 +70,15 @@ async def test_tools_are_listed_without_headers(server_url: str) -> None:
 
     async with httpx2.AsyncClient() as http, Client(streamable_http_client(f"{server_url}/mcp", http_client=http)) as c:
         tools = (await c.list_tools()).tools
-    assert sorted(tool.name for tool in tools) == sorted(TOOLS)
+    assert sorted(tool.name for tool in tools) == sorted((*TOOLS, FORECAST))
     for tool in tools:
         expected = TREND_ARGUMENTS if tool.name == "get_credit_usage_trend" else WINDOW_ARGUMENTS
+        if tool.name == FORECAST:
+            expected = {"to_date", "time_zone"}
         assert set(tool.input_schema["properties"]) == expected
         assert not tool.input_schema.get("required")
-        assert "last 7 days" in (tool.description or "")
+        default = "the end of the month" if tool.name == FORECAST else "last 7 days"
+        assert default in (tool.description or "")
         assert "\n " not in (tool.description or "")
 
 

@@ -1,0 +1,312 @@
+"""Daily usage projection: a weekday profile times a recent level, intervals from the method's own errors.
+
+The method (pure, no I/O; measured by scripts/backtest.py, described with its figures in docs/forecast.md):
+
+1. The history is the complete days before today, the last `LOOKBACK_DAYS` of them at most, from the first day the
+   mapping names (a missing day inside counts as zero). Values far above the typical day are capped at
+   `median + SPIKE_MADS x MAD` before anything is fitted, so one spike does not move the level or the profile.
+2. The weekday profile: each weekday's mean of the capped values over the overall mean, shrunk towards 1 when few
+   weeks are known (a weekday seen once says little).
+3. The level: an exponentially weighted mean of the capped values divided by their weekday factor, half-life
+   `HALF_LIFE_DAYS`, so recent weeks weigh most.
+4. Day d's expected usage is level x factor(weekday of d); today's only for the part of today still to come.
+5. Intervals: the method is replayed on the history itself (fitted on the days before each cut-off, compared with
+   the days after it); the squared errors of the cumulative totals, relative to the level at each cut-off, are
+   fitted as a x h + b x h^2 (h = days ahead: day-to-day noise grows with h, a wrong level with h^2). A floor keeps a
+   perfectly regular history from claiming certainty. The bounds are the point forecast -/+ z x that spread, never
+   below zero and never decreasing (usage accumulates).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+LOOKBACK_DAYS = 56  # eight weeks: enough for a weekday profile, recent enough for the level
+MIN_HISTORY_DAYS = 14  # below two weeks the answer says there is too little history to trust
+HALF_LIFE_DAYS = 14.0
+SPIKE_MADS = 5.0
+FLAT_SCALE = 0.25  # the MAD stand-in, as a share of the typical day, where the MAD is 0 (a flat series)
+PROFILE_SHRINK_WEEKS = 1.0  # pseudo-weeks at factor 1 added to each weekday's mean
+TREND_MIN_WEEKS = 3  # weekly means needed before a trend is fitted
+TREND_DAMPING = 1.0  # share of the fitted trend carried forward
+TREND_SHRINK = 4.0  # the James-Stein constant c: a trend must stand out clearly to be carried forward
+MIN_TRAIN_DAYS = 14  # a replayed cut-off needs this many days before it
+FLOOR_DAILY = 0.10  # relative spread floor per day of noise (a x h part)
+FLOOR_LEVEL = 0.05  # relative spread floor of the level (b x h^2 part)
+Z_80 = 1.2815515655446004
+Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class ProjectedDay:
+    day: date  # a calendar day in the caller's time zone
+    expected: float  # that day's expected usage (for today: only the rest of today)
+    total: float  # cumulative expected usage from the projection's start through this day
+    total_80: tuple[float, float]  # (low, high) of `total`, 80% interval
+    total_95: tuple[float, float]  # (low, high) of `total`, 95% interval
+
+
+@dataclass(frozen=True)
+class Projection:
+    days: tuple[ProjectedDay, ...]  # today first, then each day through `until`
+    enough_history: bool  # False: too little history to trust (the answer says so in one sentence)
+    history_days: int = 0  # complete days the method learned from
+    level: float = 0.0  # the recent typical day, weekday effect removed
+    weekday_factors: tuple[float, ...] = (1.0,) * 7  # Monday first
+
+
+# The daily table of a forecast answer: what was used, what is expected, the day's credits (their sum), and the
+# cumulative total from the window's start with its intervals. "credits" is each row's total (the sink's total column).
+DAY_COLUMNS = ("day", "used", "forecast", "credits", "cumulative", "low 80%", "high 80%", "low 95%", "high 95%")
+DAY_TOTAL_COLUMN = 3
+TOO_LITTLE_HISTORY = (
+    "There is too little usage history to trust this projection ({days} complete days since usage began, "
+    "{needed} needed): take it as a rough guide until a few weeks of usage are recorded."
+)
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """What a forecast answer found besides its daily rows: the figures for the whole window."""
+
+    as_of: datetime  # the moment that splits known usage from projected
+    time_zone: str
+    first_day: date  # the window's first and last local day
+    last_day: date
+    used_so_far: float  # from the window's start to `as_of`
+    projected_total: float  # used so far plus the projected rest, through `last_day`
+    interval_80: tuple[float, float]  # of `projected_total`
+    interval_95: tuple[float, float]
+    enough_history: bool
+    history_days: int  # complete days the method learned from (from the first day with usage, at most LOOKBACK_DAYS)
+    level: float  # the recent typical day, weekday effect removed
+    # BALANCE CROSSING (issue 17, get_credit_balance): when a balance is configured, whether and when the projection
+    # crosses it belongs here (e.g. `balance: float | None`, `crossing: tuple[date, date] | None` from the days'
+    # 80% band), filled in by the forecast question and shown by render.py and summary.py where they say so.
+
+    def too_little_history(self) -> str:
+        return TOO_LITTLE_HISTORY.format(days=self.history_days, needed=MIN_HISTORY_DAYS)
+
+
+def daily_rows(
+    used: Mapping[date, float], projection: Projection, *, first_day: date, used_so_far: float
+) -> list[tuple[date, float, float, float, float, float, float, float, float]]:
+    """DAY_COLUMNS rows from `first_day` through the projection's last day: the days before today as they were
+    (their cumulative known exactly), then today (used so far and the rest expected) and the days ahead."""
+    rows = []
+    cumulative = 0.0
+    today = projection.days[0].day
+    day = first_day
+    while day < today:
+        value = used.get(day, 0.0)
+        cumulative += value
+        rows.append((day, value, 0.0, value, cumulative, cumulative, cumulative, cumulative, cumulative))
+        day += timedelta(days=1)
+    for ahead in projection.days:
+        value = used.get(ahead.day, 0.0) if ahead.day == today else 0.0
+        rows.append(
+            (
+                ahead.day,
+                value,
+                ahead.expected,
+                value + ahead.expected,
+                used_so_far + ahead.total,
+                used_so_far + ahead.total_80[0],
+                used_so_far + ahead.total_80[1],
+                used_so_far + ahead.total_95[0],
+                used_so_far + ahead.total_95[1],
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class _Model:
+    level: float  # the typical day (weekday effect removed) at today
+    slope: float  # its change per day
+    factors: tuple[float, ...]  # by weekday, Monday = 0
+
+    def expected(self, weekday: int, ahead: float) -> float:
+        """Day `ahead` days after today (0 = today, a whole day)."""
+        return max(0.0, self.level + self.slope * ahead) * self.factors[weekday]
+
+
+def project_usage(history: Mapping[date, float], *, today: date, today_elapsed: float, until: date) -> Projection:
+    """Project daily usage from `history` (complete past days before `today`; a missing day counts as zero).
+    `today_elapsed` in [0, 1) is the share of today already past (its usage is known, not forecast).
+    Cumulative totals start at 0: the caller adds what is already used."""
+    if not 0.0 <= today_elapsed < 1.0:
+        raise ValueError(f"today_elapsed must be in [0, 1), not {today_elapsed}")
+    if until < today:
+        raise ValueError(f"until {until} is before today {today}")
+    start, values = _series(history, today)
+    weekdays = [(start.weekday() + i) % 7 for i in range(len(values))]
+    model = _fit(values, weekdays)
+    a, b = _spread(values, weekdays) if len(values) >= MIN_HISTORY_DAYS else (FLOOR_DAILY**2 * 4, FLOOR_LEVEL**2 * 4)
+    days: list[ProjectedDay] = []
+    total = 0.0
+    ahead = 0.0  # days ahead, today counting for its remaining share
+    low_80 = low_95 = 0.0
+    for index in range((until - today).days + 1):
+        day = today + timedelta(days=index)
+        share = 1.0 - today_elapsed if index == 0 else 1.0
+        expected = model.expected(day.weekday(), index) * share
+        total += expected
+        ahead += share
+        sigma = model.level * math.sqrt(a * ahead + b * ahead * ahead)
+        low_80 = max(low_80, total - Z_80 * sigma)
+        low_95 = max(low_95, total - Z_95 * sigma)
+        days.append(
+            ProjectedDay(
+                day=day,
+                expected=expected,
+                total=total,
+                total_80=(min(low_80, total), total + Z_80 * sigma),
+                total_95=(min(low_95, total), total + Z_95 * sigma),
+            )
+        )
+    return Projection(
+        days=tuple(days),
+        enough_history=len(values) >= MIN_HISTORY_DAYS and any(value > 0 for value in values),
+        history_days=len(values),
+        level=model.level,
+        weekday_factors=model.factors,
+    )
+
+
+def _series(history: Mapping[date, float], today: date) -> tuple[date, list[float]]:
+    """The complete days before `today` from the first one known (at most LOOKBACK_DAYS), zero-filled."""
+    known = [day for day in history if day < today]
+    if not known:
+        return today, []
+    start = max(min(known), today - timedelta(days=LOOKBACK_DAYS))
+    count = (today - start).days
+    return start, [max(0.0, float(history.get(start + timedelta(days=i), 0.0))) for i in range(count)]
+
+
+def _robust_scale(values: Sequence[float]) -> tuple[float, float]:
+    """(median, MAD); where the MAD is 0 (a flat series) a share of the typical nonzero day stands in for it."""
+    middle = statistics.median(values)
+    mad = statistics.median(abs(value - middle) for value in values)
+    if mad > 0:
+        return middle, mad
+    nonzero = [value for value in values if value > 0]
+    return middle, FLAT_SCALE * statistics.median(nonzero) if nonzero else 0.0
+
+
+def _weekday_factors(values: Sequence[float], weekdays: Sequence[int], *, robust: bool) -> tuple[float, ...]:
+    """Each weekday's typical day over the overall one, shrunk towards 1 by PROFILE_SHRINK_WEEKS, mean 1."""
+    by_weekday: list[list[float]] = [[] for _ in range(7)]
+    for value, weekday in zip(values, weekdays, strict=True):
+        by_weekday[weekday].append(value)
+    typical = statistics.median if robust else statistics.fmean
+    overall = statistics.fmean(typical(seen) for seen in by_weekday if seen) if values else 0.0
+    if overall <= 0:
+        return (1.0,) * 7
+    raw = [
+        (len(seen) * typical(seen) / overall + PROFILE_SHRINK_WEEKS) / (len(seen) + PROFILE_SHRINK_WEEKS)
+        if seen
+        else 1.0
+        for seen in by_weekday
+    ]
+    mean_factor = statistics.fmean(raw)
+    return tuple(factor / mean_factor for factor in raw)
+
+
+def _fit(values: Sequence[float], weekdays: Sequence[int]) -> _Model:
+    if not values or not any(values):
+        return _Model(0.0, 0.0, (1.0,) * 7)
+    # Spikes: judged on the values with a first, median-based weekday profile taken out, capped there.
+    rough = _weekday_factors(values, weekdays, robust=True)
+    adjusted = [
+        value / rough[weekday] if rough[weekday] > 0 else value for value, weekday in zip(values, weekdays, strict=True)
+    ]
+    middle, scale = _robust_scale(adjusted) if len(values) >= 3 else (0.0, math.inf)
+    cap = middle + SPIKE_MADS * scale
+    capped = [min(value, cap * rough[weekday]) for value, weekday in zip(values, weekdays, strict=True)]
+    factors = _weekday_factors(capped, weekdays, robust=False)
+    plain = [
+        value / factors[weekday] if factors[weekday] > 0 else 0.0
+        for value, weekday in zip(capped, weekdays, strict=True)
+    ]
+    decay = 0.5 ** (1.0 / HALF_LIFE_DAYS)
+    weighted = weights = aged = 0.0
+    for i, value in enumerate(plain):
+        age = len(plain) - 1 - i
+        weight = decay**age
+        weighted += weight * value
+        weights += weight
+        aged += weight * age
+    slope = _slope(plain)
+    # The weighted mean stands for the level at its weights' mean age; the trend carries it on to today.
+    level = max(0.0, weighted / weights + slope * (aged / weights + 1))
+    return _Model(level, slope, factors)
+
+
+def _slope(plain: Sequence[float]) -> float:
+    """The trend per day: a Theil-Sen slope of the weekly means counted back from yesterday (a median of pairwise
+    slopes, so a quiet week or two do not tilt it), shrunk towards 0 unless it stands out from the weeks' scatter
+    (positive-part James-Stein: x (1 - c / t^2), t = slope over its standard error)."""
+    weeks = len(plain) // 7
+    if weeks < TREND_MIN_WEEKS:
+        return 0.0
+    first = len(plain) - 7 * weeks
+    means = [statistics.fmean(plain[first + 7 * k : first + 7 * k + 7]) for k in range(weeks)]
+    slope = statistics.median((means[j] - means[i]) / (j - i) for i in range(weeks) for j in range(i + 1, weeks))
+    centre = (weeks - 1) / 2
+    intercept = statistics.median(mean - slope * (k - centre) for k, mean in enumerate(means))
+    residuals = [mean - intercept - slope * (k - centre) for k, mean in enumerate(means)]
+    scatter = 1.4826 * statistics.median(abs(r) for r in residuals)
+    if scatter <= 0:
+        scatter = statistics.pstdev(residuals)
+    spread = sum((k - centre) ** 2 for k in range(weeks))
+    if scatter <= 0:
+        return slope / 7
+    t2 = slope * slope * spread / (scatter * scatter)
+    shrink = max(0.0, 1.0 - TREND_SHRINK / t2) if t2 > 0 else 0.0
+    return slope * shrink * TREND_DAMPING / 7
+
+
+def _spread(values: Sequence[float], weekdays: Sequence[int]) -> tuple[float, float]:
+    """(a, b) of the relative variance a x h + b x h^2 of cumulative totals h days ahead, from replayed cut-offs."""
+    rows: list[tuple[float, float]] = []  # (h, squared relative error)
+    for cut in range(MIN_TRAIN_DAYS, len(values)):
+        model = _fit(values[:cut], weekdays[:cut])
+        if model.level <= 0:
+            continue
+        forecast = actual = 0.0
+        for h in range(1, len(values) - cut + 1):
+            forecast += model.expected(weekdays[cut + h - 1], h - 1)
+            actual += values[cut + h - 1]
+            rows.append((float(h), ((actual - forecast) / model.level) ** 2))
+    a, b = _fit_variance(rows)
+    return max(a, FLOOR_DAILY**2), max(b, FLOOR_LEVEL**2)
+
+
+def _fit_variance(rows: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares of e^2 ~ a h + b h^2 with a, b >= 0, each row weighted 1/h^2 (errors grow with h)."""
+    if not rows:
+        return 0.0, 0.0
+    s11 = s12 = s22 = t1 = t2 = 0.0
+    for h, e2 in rows:
+        # weight 1/h^2: the columns h and h^2 become 1 and h, the target e2/h
+        s11 += 1.0
+        s12 += h
+        s22 += h * h
+        t1 += e2 / h
+        t2 += e2
+    det = s11 * s22 - s12 * s12
+    if det > 0:
+        a = (t1 * s22 - t2 * s12) / det
+        b = (s11 * t2 - s12 * t1) / det
+        if a >= 0 and b >= 0:
+            return a, b
+    only_a = max(0.0, t1 / s11)
+    only_b = max(0.0, t2 / s22)
+    loss_a = sum((e2 / h - only_a) ** 2 for h, e2 in rows)
+    loss_b = sum((e2 / h - only_b * h) ** 2 for h, e2 in rows)
+    return (only_a, 0.0) if loss_a <= loss_b else (0.0, only_b)
