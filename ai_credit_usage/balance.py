@@ -19,6 +19,7 @@ from typing import Literal
 from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.openmeter.entitlements import Entitlement, EntitlementsV2, EntitlementValue, Grant
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter
+from ai_credit_usage.runway import Pot, RunwayFinding, runway
 from ai_credit_usage.window import Window
 
 LOOKBACK_DAYS = 56  # eight weeks: every weekday eight times, enough to trust a pace (and a weekday rhythm)
@@ -45,6 +46,7 @@ class GrantLine:
     recurring: bool
     priority: int | None
     state: Literal["active", "future", "expired", "voided"]
+    created_at: datetime
     recurrence: str | None = None  # e.g. MONTH
 
 
@@ -59,10 +61,11 @@ class DayUsage:
 class Runway:
     """When the balance runs out at the recent pace: a range of days, not one falsely precise date."""
 
-    earliest: date
-    latest: date
+    earliest: date  # at the fast end of the 80% range
+    likely: date | None  # at the expected pace (None: at that pace it lasts the horizon)
+    latest: date | None  # at the slow end; None: at that pace it lasts the horizon (the reset, or a year)
     before_reset: bool  # the earliest day comes before the period resets
-    grant_expiring_first: str | None = None  # a grant with credits left that expires before the earliest day
+    grant_expiring_first: str | None = None  # a grant that expires with credits left before the balance runs out
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,23 @@ class CreditBalance:
     daily: list[DayUsage] = field(default_factory=list)
     lookback: Window | None = None
     meter_usage: float | None = None  # the tenant meter's usage over `lookback`; None when it could not be read
-    runway: Runway | None = None  # None: the balance outlasts the period (or there is no pace to judge by)
+    outlook: RunwayFinding | None = None  # the runway as found: both paths, the horizon, a grant expiring unused
+
+    @property
+    def runway(self) -> Runway | None:
+        """None when the balance outlasts the horizon (the period's reset, or a year) even at the fast pace."""
+        found = self.outlook
+        if found is None or found.earliest is None:
+            return None
+        reset = self.period.end.astimezone(UTC).date() if self.period else None
+        expiring = found.expiring
+        return Runway(
+            earliest=found.earliest,
+            likely=found.likely,
+            latest=found.latest,
+            before_reset=reset is not None and found.earliest < reset,
+            grant_expiring_first=expiring[0] if expiring and expiring[1] <= found.earliest else None,
+        )
 
     @property
     def entitlement_lookback_usage(self) -> float:
@@ -154,6 +173,15 @@ class BalanceService:
         )
         if value is None:  # the customer went away between the two requests
             return base
+        lines = grant_lines(grants, value, now)
+        daily = [DayUsage(w.start.astimezone(UTC).date(), w.start, w.usage) for w in history]
+        today = now.astimezone(UTC).date()
+        outlook = runway(
+            pots(lines),
+            {day.day: day.credits for day in daily if day.day < today},
+            now=now,
+            reset=entitlement.current_period.end if entitlement.current_period else None,
+        )
         return CreditBalance(
             tenant=tenant,
             customer_key=key,
@@ -169,10 +197,11 @@ class BalanceService:
             soft_limit=entitlement.is_soft_limit,
             period=entitlement.current_period,
             usage_interval=entitlement.usage_period.interval if entitlement.usage_period else None,
-            grants=grant_lines(grants, value, now),
-            daily=[DayUsage(w.start.astimezone(UTC).date(), w.start, w.usage) for w in history],
+            grants=lines,
+            daily=daily,
             lookback=lookback,
             meter_usage=meter_usage,
+            outlook=outlook,
         )
 
     def _lookback(self, entitlement: Entitlement, now: datetime) -> Window:
@@ -194,6 +223,22 @@ class BalanceService:
         except UserFacingError:
             return None
         return math.fsum(row.value for row in rows)
+
+
+def pots(lines: list[GrantLine]) -> list[Pot]:
+    """The grants that can still be burnt (active with credits left, or starting later), for the runway."""
+    never = datetime.max.replace(tzinfo=UTC)
+    return [
+        Pot(
+            name=line.name,
+            left=line.amount if line.remaining is None else line.remaining,
+            order=(line.priority or 1, line.expires_at or never, line.created_at, line.id),
+            starts=line.effective_at if line.state == "future" else None,
+            expires=line.expires_at,
+        )
+        for line in lines
+        if line.state == "future" or (line.state == "active" and (line.remaining or 0.0) > 0)
+    ]
 
 
 def grant_lines(grants: list[Grant], value: EntitlementValue, now: datetime) -> list[GrantLine]:
@@ -232,6 +277,7 @@ def grant_lines(grants: list[Grant], value: EntitlementValue, now: datetime) -> 
                 recurring=grant.recurrence is not None,
                 priority=grant.priority,
                 state=current,
+                created_at=grant.created_at,
                 recurrence=grant.recurrence.interval if grant.recurrence else None,
             )
         )

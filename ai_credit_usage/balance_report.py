@@ -109,6 +109,52 @@ def grant_table(grants: list[GrantLine]) -> list[str]:
     return lines
 
 
+def _date(day: date) -> str:
+    return day.isoformat()
+
+
+def runway_lines(found: CreditBalance) -> list[str]:
+    """The runway as a range, whether it comes before the reset, and a grant that expires unused on the way."""
+    outlook = found.outlook
+    if outlook is None or found.balance is None:
+        return []
+    reset = f"the period resets on {_day(found.period.end)}" if found.period else "the period resets"
+    beyond = reset if outlook.until_reset else f"{_date(outlook.horizon)} (a year ahead)"
+    if outlook.history_days == 0 or not any(day.credits > 0 for day in found.daily):
+        lines = ["Runway: no usage in the last weeks, so the balance is not running down."]
+    elif outlook.earliest is None:
+        lines = [f"Runway: at the recent pace the balance lasts until {beyond}."]
+    else:
+        when = f"before {reset}" if found.runway and found.runway.before_reset else f"after {reset}"
+        if outlook.latest is None:
+            likely = f"around {_date(outlook.likely)}, " if outlook.likely else ""
+            span = (
+                f"{likely}{when} (80% range: {_date(outlook.earliest)} at the earliest; at the slow end of the range "
+                f"it lasts until {beyond})"
+            )
+        elif outlook.latest == outlook.earliest:
+            span = f"on {_date(outlook.earliest)}, {when}"
+        elif outlook.likely is not None:
+            span = (
+                f"around {_date(outlook.likely)} (80% range {_date(outlook.earliest)} to {_date(outlook.latest)}), "
+                f"{when}"
+            )
+        else:
+            span = f"between {_date(outlook.earliest)} and {_date(outlook.latest)}, {when}"
+        lines = [f"Runway: at the recent pace the balance runs out {span}."]
+    if outlook.history_days and not outlook.enough_history:
+        lines.append(
+            f"The pace comes from only {outlook.history_days} complete days of usage: take the runway as a rough guide."
+        )
+    if outlook.expiring is not None:
+        name, day, amount = outlook.expiring
+        lines.append(
+            f"{_name(name)} expires on {_date(day)} with about {format_credits(amount)} credits that the expected "
+            "pace will not use up by then."
+        )
+    return lines
+
+
 def disagreement_line(found: CreditBalance) -> str | None:
     if not found.disagrees or found.lookback is None or found.meter_usage is None:
         return None
@@ -121,11 +167,9 @@ def disagreement_line(found: CreditBalance) -> str | None:
     )
 
 
-def render_balance(
-    found: CreditBalance, *, download_url: str, expires_at: datetime, extra: list[str] | None = None
-) -> str:
+def render_balance(found: CreditBalance, *, download_url: str, expires_at: datetime) -> str:
     lines = [headline(found), *status_lines(found), "", *grant_table(found.grants), ""]
-    lines += extra or []
+    lines += runway_lines(found)
     if (note := disagreement_line(found)) is not None:
         lines.append(note)
     lines.append(
@@ -189,6 +233,13 @@ def balance_workbook_content(
             Fact("Period resets at (UTC)", format_utc(found.period.end)),
         ]
     facts += extra_facts or []
+    runway = found.runway
+    facts += [
+        Fact("Runs out, earliest (UTC day)", runway.earliest if runway else "not before the horizon"),
+        Fact("Runs out, latest (UTC day)", (runway.latest or "not before the horizon") if runway else "-"),
+    ]
+    if found.outlook is not None:
+        facts.append(Fact("Runway horizon", found.outlook.horizon))
     if found.meter_usage is not None and found.lookback is not None:
         facts += [
             Fact("Entitlement usage over the lookback", found.entitlement_lookback_usage, CREDITS_FORMAT),

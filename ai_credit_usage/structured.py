@@ -351,10 +351,16 @@ class GrantOut(BaseModel):
 
 
 class RunwayOut(BaseModel):
-    earliest: date = Field(description="The earliest day the balance runs out at the recent pace (80% range).")
-    latest: date = Field(description="The latest such day.")
-    before_reset: bool = Field(description="It runs out before the period resets (at least the earliest day does).")
-    grant_expiring_first: str | None = Field(description="A grant with credits left that expires before that day.")
+    earliest: date = Field(description="The earliest day (UTC) the balance runs out at the recent pace (the fast end "
+                           "of its 80% range).")  # fmt: skip
+    latest: date | None = Field(
+        description="The latest such day (the slow end); null when at that pace it lasts until the reset."
+    )
+    likely: date | None = Field(description="The day at the expected pace; null when at that pace it lasts.")
+    before_reset: bool = Field(description="The earliest day comes before the period resets.")
+    grant_expiring_first: str | None = Field(
+        description="A grant that expires with credits left before the balance runs out (its name), if any."
+    )
 
 
 class BalanceResult(BaseModel):
@@ -413,6 +419,7 @@ def balance_result(
         runway=RunwayOut(
             earliest=runway.earliest,
             latest=runway.latest,
+            likely=runway.likely,
             before_reset=runway.before_reset,
             grant_expiring_first=runway.grant_expiring_first,
         )

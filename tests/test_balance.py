@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -234,3 +234,53 @@ async def test_the_clock_moves_the_period(
     text = text_of(await call_tool(url, TOOL))
     assert "**100.00 credits left**" in text and "resets on 2026-03-01 00:00 UTC" in text
     assert NOW + timedelta(days=13) == clock()
+
+
+def steady_usage(openmeter: OpenMeterStandIn, subject: str = "acme", days: int = 56) -> float:
+    """40 credits each weekday and 4 each weekend day at 09:00 UTC, for the `days` days up to NOW; returns this
+    period's part."""
+    this_period = 0.0
+    for back in range(days + 1):
+        when = (NOW - timedelta(days=back)).replace(hour=9, minute=0)
+        if when >= NOW:
+            continue
+        credits = 4.0 if when.weekday() >= 5 else 40.0
+        spend(openmeter, subject, credits, when)
+        this_period += credits if when >= PERIOD_START else 0.0
+    return this_period
+
+
+async def test_runway_is_a_range_before_the_reset_from_the_entitlements_own_pace(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    allowance(openmeter)
+    used = steady_usage(openmeter)
+    plan = used + 200  # about five weekdays left, twelve days before the reset
+    openmeter.entitlements.add_grant(
+        "acme",
+        "ai_credits",
+        amount=plan,
+        effective_at=datetime(2025, 10, 1, tzinfo=UTC),
+        recurrence=("MONTH", PERIOD_START),
+    )
+    spend(openmeter, "someone-else", 5000, NOW - timedelta(days=2))  # tenant acme in the meter, not the entitlement
+    result = await call_tool(balance_server(), TOOL)
+    text = text_of(result)
+    (line,) = [line for line in text.splitlines() if line.startswith("Runway:")]
+    assert "before the period resets on 2026-02-01" in line and "(80% range 2026-01-2" in line
+    runway = result.structured_content["runway"] if result.structured_content else None
+    assert runway is not None and runway["before_reset"] is True
+    earliest, latest = (datetime.fromisoformat(runway[key]).date() for key in ("earliest", "latest"))
+    assert NOW.date() < earliest < latest < date(2026, 2, 1)
+    assert latest - earliest <= timedelta(days=6)  # the 5,000 of the unmapped subject did not set the pace
+
+
+async def test_a_comfortable_balance_has_no_runway_and_says_it_lasts(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    allowance(openmeter)
+    steady_usage(openmeter)
+    openmeter.entitlements.add_grant("acme", "ai_credits", amount=100_000, effective_at=PERIOD_START)
+    result = await call_tool(balance_server(), TOOL)
+    assert "Runway: at the recent pace the balance lasts until the period resets on 2026-02-01." in text_of(result)
+    assert result.structured_content is not None and result.structured_content["runway"] is None

@@ -267,13 +267,14 @@ def test_main_demo_starts_without_a_key(tmp_path: Path) -> None:
 async def test_the_demo_tenants_answer_the_balance(demo_url: str) -> None:
     """acme comfortable, demo running out before the reset, globex with a top-up that expires soon, initech none."""
     found: dict[str, dict[str, Any]] = {}
+    texts: dict[str, str] = {}
     for tenant in TENANTS:
         headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
         result = await call_tool(demo_url, "get_credit_balance", headers=headers)
         assert not result.is_error, text_of(result)
         assert text_of(result).startswith(DEMO_BANNER)
         assert result.structured_content is not None
-        found[tenant] = result.structured_content
+        found[tenant], texts[tenant] = result.structured_content, text_of(result)
     assert found["initech"]["status"] == "none" and found["initech"]["balance"] is None
     reset = datetime.fromisoformat(found["acme"]["period"]["to"])
     days_left = (reset - NOW).total_seconds() / 86400
@@ -289,3 +290,7 @@ async def test_the_demo_tenants_answer_the_balance(demo_url: str) -> None:
     assert top_up["remaining"] > 0 and not top_up["recurring"]
     assert NOW < datetime.fromisoformat(top_up["expires_at"]) < NOW + timedelta(days=7)
     assert plan["recurring"] and plan["expires_at"] is None
+    assert found["acme"]["runway"] is None and "lasts until the period resets" in texts["acme"]
+    assert found["demo"]["runway"]["before_reset"] is True
+    assert date.fromisoformat(found["demo"]["runway"]["likely"]) < reset.date()
+    assert "Top-up (30 days) expires on" in texts["globex"]  # with credits the pace will not use up
