@@ -81,6 +81,7 @@ def create_app(
         settings.openmeter_meter,
         max_event_rows=settings.max_event_rows,
         parallel_slices=settings.openmeter_max_concurrency,
+        balance=balance,
     )
     store_url = settings.download_store_url.get_secret_value() if settings.download_store_url else None
     downloads = open_download_store(

@@ -84,9 +84,12 @@ class Outlook:
     enough_history: bool
     history_days: int  # complete days the method learned from (from the first day with usage, at most LOOKBACK_DAYS)
     level: float  # the recent typical day, weekday effect removed
-    # BALANCE CROSSING (issue 17, get_credit_balance): when a balance is configured, whether and when the projection
-    # crosses it belongs here (e.g. `balance: float | None`, `crossing: tuple[date, date] | None` from the days'
-    # 80% band), filled in by the forecast question and shown by render.py and summary.py where they say so.
+    # When a credit balance is configured (get_credit_balance): the balance now and, at the allowance's own pace
+    # (the entitlement's daily usage, runway.py), the days it runs out: (earliest, likely, latest) of the 80% range,
+    # each None when the balance lasts until `balance_horizon` at that pace (the period's last day).
+    balance: float | None = None
+    balance_runs_out: tuple[date | None, date | None, date | None] | None = None
+    balance_horizon: date | None = None
 
     def too_little_history(self) -> str:
         return TOO_LITTLE_HISTORY.format(days=self.history_days, needed=MIN_HISTORY_DAYS)

@@ -240,10 +240,30 @@ def _forecast_lines(outlook: Outlook) -> list[str]:
     ]
     if not outlook.enough_history:
         lines.append(outlook.too_little_history())
-    # BALANCE CROSSING (issue 17, get_credit_balance): when a balance is configured, one line here says whether and
-    # when the projection crosses it (from the Outlook's balance fields), e.g. "At this pace the balance of X credits
-    # runs out between <day> and <day>, before the reset on <day>."
+    if (crossing := balance_crossing_line(outlook)) is not None:
+        lines.append(crossing)
     return lines
+
+
+def balance_crossing_line(outlook: Outlook) -> str | None:
+    """When a balance is configured: whether and when it runs out, at the allowance's own pace (the entitlement's
+    daily usage, which may differ from the tenant meter this forecast projects; docs/credits.md)."""
+    if outlook.balance is None or outlook.balance_runs_out is None or outlook.balance_horizon is None:
+        return None
+    earliest, likely, latest = outlook.balance_runs_out
+    head = f"Balance: {format_credits(outlook.balance)} credits left;"
+    reset = (outlook.balance_horizon + timedelta(days=1)).isoformat()
+    if earliest is None:
+        return f"{head} at the allowance's own pace it lasts until the allowance resets on {reset}."
+    when = f"around {likely.isoformat()}" if likely else "not before the reset at the expected pace"
+    slow = latest.isoformat() if latest else "the reset"
+    ahead = ""
+    if (likely or earliest) > outlook.last_day:
+        ahead = f", after this forecast's last day ({outlook.last_day.isoformat()})"
+    return (
+        f"{head} at the allowance's own pace it runs out {when} (80% range {earliest.isoformat()} to {slow}){ahead}, "
+        f"before the allowance resets on {reset}."
+    )
 
 
 def _in(remaining: timedelta) -> str:

@@ -284,6 +284,13 @@ class ForecastDayOut(BaseModel):
     interval_95: IntervalOut = Field(description="95% interval of `cumulative`.")
 
 
+class BalanceCrossingOut(BaseModel):
+    earliest: date | None = Field(description="The fast end of the 80% range; null: it lasts until the reset.")
+    likely: date | None = Field(description="At the expected pace; null: it lasts until the reset.")
+    latest: date | None = Field(description="The slow end; null: it lasts until the reset.")
+    lasts_through: date = Field(description="The last day looked at: the day before the allowance resets.")
+
+
 class ForecastResult(UsageResult):
     as_of: datetime = Field(description="The moment that splits usage recorded from usage projected, UTC.")
     time_zone: str
@@ -300,6 +307,14 @@ class ForecastResult(UsageResult):
     days: list[ForecastDayOut] = Field(
         description="One per day from the window's first day, oldest first: at most 50 (the Excel file has all)."
     )
+    balance: float | None = Field(
+        default=None, description="Credits left now, when a credit allowance is configured (else null)."
+    )
+    balance_runs_out: BalanceCrossingOut | None = Field(
+        default=None,
+        description="When the balance runs out at the allowance's own pace (the entitlement's daily usage, up to "
+        "its reset); null without a balance.",
+    )
 
     @classmethod
     def details(cls, answer: Answered) -> dict[str, Any]:
@@ -315,6 +330,15 @@ class ForecastResult(UsageResult):
             "interval_95": IntervalOut.of(outlook.interval_95),
             "enough_history": outlook.enough_history,
             "history_days": outlook.history_days,
+            "balance": outlook.balance,
+            "balance_runs_out": BalanceCrossingOut(
+                earliest=outlook.balance_runs_out[0],
+                likely=outlook.balance_runs_out[1],
+                latest=outlook.balance_runs_out[2],
+                lasts_through=outlook.balance_horizon,
+            )
+            if outlook.balance_runs_out is not None and outlook.balance_horizon is not None
+            else None,
             "days": [
                 ForecastDayOut(
                     day=day,

@@ -113,7 +113,14 @@ def _forecast_facts(outlook: Outlook) -> list[Fact]:
     ]
     if not outlook.enough_history:
         facts.append(Fact("Caution", outlook.too_little_history()))
-    # BALANCE CROSSING (issue 17, get_credit_balance): the balance and when the projection crosses it go here.
+    if outlook.balance is not None and outlook.balance_runs_out is not None:
+        earliest, likely, latest = outlook.balance_runs_out
+        facts += [
+            Fact("Credit balance now", outlook.balance, CREDITS_FORMAT),
+            Fact("Balance runs out, earliest", earliest or "lasts the period"),
+            Fact("Balance runs out, expected", likely or "lasts the period"),
+            Fact("Balance runs out, latest", latest or "lasts the period"),
+        ]
     return facts
 
 

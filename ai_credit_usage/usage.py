@@ -19,8 +19,9 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
+from ai_credit_usage.balance import BalanceService
 from ai_credit_usage.compare import Previous, compare, preceding, top_movers
-from ai_credit_usage.errors import first_error
+from ai_credit_usage.errors import UserFacingError, first_error
 from ai_credit_usage.event_walk import MAX_SLICES, EventWalk
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.forecast import (
@@ -63,8 +64,10 @@ class UsageService:
         max_event_rows: int,
         parallel_slices: int = 8,
         max_slices: int = MAX_SLICES,
+        balance: BalanceService | None = None,
     ) -> None:
         self._openmeter = openmeter
+        self._balance = balance  # the credit allowance, when configured: the forecast says when it runs out
         self._meter_key = meter_key
         self._max_event_rows = max_event_rows
         self._parallel_slices = parallel_slices
@@ -223,6 +226,7 @@ class UsageService:
                 ("method", FORECAST_METHOD),
             ]
         )
+        crossing = await self._balance_crossing(tenant, now)
         findings.forecast = Outlook(
             as_of=now,
             time_zone=query.time_zone,
@@ -235,8 +239,29 @@ class UsageService:
             enough_history=projection.enough_history,
             history_days=projection.history_days,
             level=projection.level,
+            **crossing,
         )
         return findings
+
+    async def _balance_crossing(self, tenant: str, now: datetime) -> dict[str, Any]:
+        """The Outlook's balance fields: the balance and when it runs out at the entitlement's own pace. Empty when
+        no balance is configured or the tenant has no metered allowance; a failure to read it leaves the forecast
+        standing without it."""
+        if self._balance is None:
+            return {}
+        try:
+            found = await self._balance.balance(tenant, now)
+        except UserFacingError as exc:
+            logger.warning("forecast without the balance crossing for tenant %r: %s", tenant, exc)
+            return {}
+        if found.status != "metered" or found.outlook is None:
+            return {}
+        outlook = found.outlook
+        return {
+            "balance": found.balance,
+            "balance_runs_out": (outlook.earliest, outlook.likely, outlook.latest),
+            "balance_horizon": outlook.horizon,
+        }
 
     def _combinations(self, meter: Meter, tenant: str, window: Window) -> AggregateQuery:
         """The tenant's credits per (user, module, product, tenant, skill) over the whole window."""

@@ -284,3 +284,25 @@ async def test_a_comfortable_balance_has_no_runway_and_says_it_lasts(
     result = await call_tool(balance_server(), TOOL)
     assert "Runway: at the recent pace the balance lasts until the period resets on 2026-02-01." in text_of(result)
     assert result.structured_content is not None and result.structured_content["runway"] is None
+
+
+async def test_the_forecast_says_when_a_configured_balance_runs_out(
+    start_server: ServerStarter, balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    allowance(openmeter)
+    used = steady_usage(openmeter)
+    openmeter.entitlements.add_grant(
+        "acme", "ai_credits", amount=used + 200, effective_at=datetime(2025, 10, 1, tzinfo=UTC),
+        recurrence=("MONTH", PERIOD_START),
+    )  # fmt: skip
+    result = await call_tool(balance_server(), "get_credit_forecast")
+    (line,) = [line for line in text_of(result).splitlines() if line.startswith("Balance:")]
+    assert line.startswith("Balance: 200.00 credits left; at the allowance's own pace it runs out around 2026-01-2")
+    assert line.endswith("before the allowance resets on 2026-02-01.")
+    data = result.structured_content
+    assert data is not None and data["balance"] == pytest.approx(200)
+    crossing = data["balance_runs_out"]
+    assert crossing["earliest"] <= crossing["likely"] <= crossing["latest"] < "2026-02-01"
+    plain = await call_tool(start_server(), "get_credit_forecast")  # no balance configured: no such line
+    assert "Balance:" not in text_of(plain)
+    assert plain.structured_content is not None and plain.structured_content["balance"] is None
