@@ -20,7 +20,7 @@ from ai_credit_usage.workbook import CREDITS_FORMAT, DATE_FORMAT, Fact, Report, 
 NAME_LIMIT = 80
 _EVERY = {"DAY": "daily", "WEEK": "weekly", "MONTH": "monthly", "YEAR": "yearly"}
 GRANT_COLUMNS = ("grant", "amount", "left", "effective", "expires", "recurs", "priority", "state")
-DAILY_COLUMNS = ("day", "credits", "used this period", "allowance")
+DAILY_COLUMNS = ("day", "credits", "used this period", "projected", "low 80%", "high 80%", "allowance")
 
 
 def _name(text: str) -> str:
@@ -199,16 +199,28 @@ def grant_rows(grants: list[GrantLine]) -> tuple[tuple[object, ...], ...]:
 
 
 def daily_rows(found: CreditBalance) -> tuple[tuple[object, ...], ...]:
-    """Each lookback day: its credits, and within the current period the cumulative usage and the allowance."""
+    """Each lookback day: its credits, and within the current period the running total and the allowance; then the
+    days ahead to the reset: the running total projected at the recent pace (expected, 80% range)."""
     rows: list[tuple[object, ...]] = []
     running = 0.0
     period_start: date | None = found.period.start.astimezone(UTC).date() if found.period else None
+    allowance = found.total_available
     for day in found.daily:
         if period_start is not None and day.day >= period_start:
             running += day.credits
-            rows.append((day.day, day.credits, running, found.total_available))
+            rows.append((day.day, day.credits, running, None, None, None, allowance))
         else:
-            rows.append((day.day, day.credits, None, None))
+            rows.append((day.day, day.credits, None, None, None, None, None))
+    projection = found.outlook.projection if found.outlook else None
+    if projection is None or found.usage is None:
+        return tuple(rows)
+    used = found.usage  # the period's usage as of now: the projection adds what is still to come
+    for ahead in projection.days:
+        row = (used + ahead.total, used + ahead.total_80[0], used + ahead.total_80[1], allowance)
+        if rows and rows[-1][0] == ahead.day:  # today: recorded so far, and projected to its end
+            rows[-1] = (*rows[-1][:3], *row)
+        else:
+            rows.append((ahead.day, None, None, *row))
     return tuple(rows)
 
 
@@ -261,7 +273,8 @@ def balance_workbook_content(
         (
             "Daily sheet",
             "the entitlement's own usage per UTC day (what burns the balance); within the current period "
-            "also the running total and the allowance",
+            "also the running total and the allowance; then to the reset the running total projected at the "
+            "recent pace (expected and its 80% range)",
         ),
         ("times", "UTC; a period's end and a grant's expiry are exclusive instants"),
         ("generated at (UTC)", format_utc(generated)),
@@ -275,8 +288,8 @@ def balance_workbook_content(
             grant_rows(found.grants),
             (None, CREDITS_FORMAT, CREDITS_FORMAT, None, None, None, None, None),
         ),
-        Sheet("Daily", DAILY_COLUMNS, daily_rows(found), (DATE_FORMAT, CREDITS_FORMAT, CREDITS_FORMAT, CREDITS_FORMAT)),
+        Sheet("Daily", DAILY_COLUMNS, daily_rows(found), (DATE_FORMAT, *(CREDITS_FORMAT,) * 6)),
     ]
-    chart = SheetChart("This period: cumulative usage against the allowance", "Daily", 3, 4)
+    chart = SheetChart("This period: cumulative usage, recorded and projected, against the allowance", "Daily", 3, 7)
     report = Report(facts=tuple(facts), about=tuple(about), title="AI credits left")
     return report, sheets, chart

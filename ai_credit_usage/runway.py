@@ -43,6 +43,7 @@ class RunwayFinding:
     expiring: tuple[str, date, float] | None  # at the expected pace, a grant that expires with credits left
     enough_history: bool
     history_days: int
+    projection: Projection | None = None  # the pace's daily projection from today through the horizon
 
 
 def run_out_day(
@@ -113,6 +114,7 @@ def runway(
         expiring=expiring,
         enough_history=projection.enough_history,
         history_days=projection.history_days,
+        projection=projection,
     )
 
 

@@ -105,9 +105,12 @@ async def test_balance_grants_and_reset_of_a_metered_allowance(
     assert grants[0][:3] == ("grant", "amount", "left")
     assert grants[2][0] == "Top-up | =cmd"  # literal text, never a formula
     daily = list(workbook["Daily"].iter_rows(values_only=True))
-    assert daily[0] == ("day", "credits", "used this period", "allowance")
+    assert daily[0] == ("day", "credits", "used this period", "projected", "low 80%", "high 80%", "allowance")
     this_period = [row for row in daily[1:] if row[2] is not None]
-    assert this_period[-1][2] == pytest.approx(350.5) and this_period[-1][3] == pytest.approx(1200)
+    assert this_period[-1][2] == pytest.approx(350.5) and this_period[-1][6] == pytest.approx(1200)
+    ahead = [row for row in daily[1:] if row[1] is None]  # the days to the reset: projected only
+    assert ahead[-1][0].date() == date(2026, 1, 31)
+    assert all(row[4] <= row[3] <= row[5] for row in ahead)
     assert workbook["Summary"]._charts  # cumulative usage against the allowance
 
 
@@ -306,3 +309,55 @@ async def test_the_forecast_says_when_a_configured_balance_runs_out(
     plain = await call_tool(start_server(), "get_credit_forecast")  # no balance configured: no such line
     assert "Balance:" not in text_of(plain)
     assert plain.structured_content is not None and plain.structured_content["balance"] is None
+
+
+async def test_at_most_50_grants_in_the_text_and_all_in_the_workbook(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    allowance(openmeter)
+    for n in range(55):
+        openmeter.entitlements.add_grant(
+            "acme", "ai_credits", amount=1, effective_at=PERIOD_START + timedelta(minutes=n), name=f"g{n:02d}"
+        )
+    url = balance_server()
+    result = await call_tool(url, TOOL)
+    text = text_of(result)
+    assert len([line for line in text.splitlines() if re.match(r"\| g\d\d \|", line)]) == 50
+    assert "Showing 50 of 55 grants; the Excel file has all of them." in text
+    data = result.structured_content
+    assert data is not None and len(data["grants"]) == 50 and data["grants_total"] == 55
+    workbook = load_workbook(io.BytesIO(download_bytes(url, text)))
+    assert workbook["Grants"].max_row == 56
+
+
+async def test_no_credits_left_without_a_soft_limit_says_access_is_denied(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    allowance(openmeter)
+    openmeter.entitlements.add_grant("acme", "ai_credits", amount=50, effective_at=PERIOD_START)
+    spend(openmeter, "acme", 50, datetime(2026, 1, 2, tzinfo=UTC))
+    result = await call_tool(balance_server(), TOOL)
+    assert "No credits are left: OpenMeter denies access until the period resets or a new grant starts." in text_of(
+        result
+    )
+    assert result.structured_content is not None and result.structured_content["has_access"] is False
+
+
+async def test_a_customer_key_with_a_space_goes_as_one_escaped_segment(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    allowance(openmeter, "Initech Ltd")
+    openmeter.entitlements.add_grant("Initech Ltd", "ai_credits", amount=10, effective_at=PERIOD_START)
+    headers = {"X-Tenant-Name": "Initech Ltd", "X-User-UserRole": "admin"}
+    result = await call_tool(balance_server(), TOOL, headers=headers)
+    assert "**10.00 credits left**" in text_of(result)
+
+
+async def test_openmeter_trouble_is_one_sentence_and_an_error(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    allowance(openmeter)
+    openmeter.fail(status=500, times=100, path_prefix="/api/v2/customers")
+    result = await call_tool(balance_server(), TOOL)
+    assert result.is_error
+    assert text_of(result) == "OpenMeter had an internal error (HTTP 500); try again in a few minutes."
