@@ -31,12 +31,16 @@ HALF_LIFE_DAYS = 14.0
 SPIKE_MADS = 5.0
 FLAT_SCALE = 0.25  # the MAD stand-in, as a share of the typical day, where the MAD is 0 (a flat series)
 PROFILE_SHRINK_WEEKS = 1.0  # pseudo-weeks at factor 1 added to each weekday's mean
+WEEK_MADS = 3.0  # a week further than this many robust deviations from the median week is held at that distance
+MIN_WEEK_SPREAD = 0.05  # the robust deviation of weeks is taken as at least this share of the median week
 TREND_MIN_WEEKS = 3  # weekly means needed before a trend is fitted
 TREND_DAMPING = 1.0  # share of the fitted trend carried forward
 TREND_SHRINK = 4.0  # the James-Stein constant c: a trend must stand out clearly to be carried forward
 MIN_TRAIN_DAYS = 14  # a replayed cut-off needs this many days before it
 FLOOR_DAILY = 0.10  # relative spread floor per day of noise (a x h part)
 FLOOR_LEVEL = 0.05  # relative spread floor of the level (b x h^2 part)
+MIN_QUANTILE_ROWS = 200  # replayed errors needed before their own quantiles widen the bounds
+MAX_TAIL_STRETCH = 2.0  # a bound lies at most this many times the normal distance from the point
 Z_80 = 1.2815515655446004
 Z_95 = 1.959963984540054
 
@@ -149,7 +153,7 @@ def project_usage(history: Mapping[date, float], *, today: date, today_elapsed: 
     start, values = _series(history, today)
     weekdays = [(start.weekday() + i) % 7 for i in range(len(values))]
     model = _fit(values, weekdays)
-    a, b = _spread(values, weekdays) if len(values) >= MIN_HISTORY_DAYS else (FLOOR_DAILY**2 * 4, FLOOR_LEVEL**2 * 4)
+    spread = _spread(values, weekdays) if len(values) >= MIN_HISTORY_DAYS else SHORT_SPREAD
     days: list[ProjectedDay] = []
     total = 0.0
     ahead = 0.0  # days ahead, today counting for its remaining share
@@ -160,16 +164,16 @@ def project_usage(history: Mapping[date, float], *, today: date, today_elapsed: 
         expected = model.expected(day.weekday(), index) * share
         total += expected
         ahead += share
-        sigma = model.level * math.sqrt(a * ahead + b * ahead * ahead)
-        low_80 = max(low_80, total - Z_80 * sigma)
-        low_95 = max(low_95, total - Z_95 * sigma)
+        sigma = model.level * spread.sigma(ahead)
+        low_80 = max(low_80, total - spread.low_80 * sigma)
+        low_95 = max(low_95, total - spread.low_95 * sigma)
         days.append(
             ProjectedDay(
                 day=day,
                 expected=expected,
                 total=total,
-                total_80=(min(low_80, total), total + Z_80 * sigma),
-                total_95=(min(low_95, total), total + Z_95 * sigma),
+                total_80=(min(low_80, total), total + spread.high_80 * sigma),
+                total_95=(min(low_95, total), total + spread.high_95 * sigma),
             )
         )
     return Projection(
@@ -232,33 +236,48 @@ def _fit(values: Sequence[float], weekdays: Sequence[int]) -> _Model:
     cap = middle + SPIKE_MADS * scale
     capped = [min(value, cap * rough[weekday]) for value, weekday in zip(values, weekdays, strict=True)]
     factors = _weekday_factors(capped, weekdays, robust=False)
-    plain = [
-        value / factors[weekday] if factors[weekday] > 0 else 0.0
-        for value, weekday in zip(capped, weekdays, strict=True)
+    expected = [factors[weekday] for weekday in weekdays]  # each day's share of a typical day
+    # Whole weeks counted back from yesterday, each as its typical day: the week's credits over its shares (a week's
+    # shares sum to 7). Dividing each day by its factor instead would bias the level wherever the shrunk profile is off.
+    weeks = len(capped) // 7
+    first = len(capped) - 7 * weeks
+    means = [
+        math.fsum(capped[first + 7 * k : first + 7 * k + 7]) / math.fsum(expected[first + 7 * k : first + 7 * k + 7])
+        for k in range(weeks)
     ]
-    decay = 0.5 ** (1.0 / HALF_LIFE_DAYS)
-    weighted = weights = aged = 0.0
-    for i, value in enumerate(plain):
-        age = len(plain) - 1 - i
-        weight = decay**age
-        weighted += weight * value
-        weights += weight
-        aged += weight * age
-    slope = _slope(plain)
-    # The weighted mean stands for the level at its weights' mean age; the trend carries it on to today.
-    level = max(0.0, weighted / weights + slope * (aged / weights + 1))
-    return _Model(level, slope, factors)
-
-
-def _slope(plain: Sequence[float]) -> float:
-    """The trend per day: a Theil-Sen slope of the weekly means counted back from yesterday (a median of pairwise
-    slopes, so a quiet week or two do not tilt it), shrunk towards 0 unless it stands out from the weeks' scatter
-    (positive-part James-Stein: x (1 - c / t^2), t = slope over its standard error)."""
-    weeks = len(plain) // 7
     if weeks < TREND_MIN_WEEKS:
-        return 0.0
-    first = len(plain) - 7 * weeks
-    means = [statistics.fmean(plain[first + 7 * k : first + 7 * k + 7]) for k in range(weeks)]
+        # Too few weeks to judge one against the others: the days themselves, weighted towards recent ones.
+        decay = 0.5 ** (1.0 / HALF_LIFE_DAYS)
+        weights = [decay ** (len(capped) - 1 - i) for i in range(len(capped))]
+        shares = math.fsum(w * share for w, share in zip(weights, expected, strict=True))
+        level = math.fsum(w * value for w, value in zip(weights, capped, strict=True)) / shares if shares else 0.0
+        return _Model(level, 0.0, factors)
+    kept = _unquiet(means)
+    slope = _slope(kept)
+    decay = 0.5 ** (7.0 / HALF_LIFE_DAYS)
+    weights = [decay ** (weeks - 1 - k) for k in range(weeks)]
+    total = math.fsum(weights)
+    level = math.fsum(w * mean for w, mean in zip(weights, kept, strict=True)) / total
+    # That level stands for the weeks' weighted middle (a week's middle is 3 days before its last day, yesterday for
+    # the latest); the trend carries it on to today.
+    age = math.fsum(w * (7 * (weeks - 1 - k) + 3) for k, w in enumerate(weights)) / total
+    return _Model(max(0.0, level + slope * (age + 1)), slope, factors)
+
+
+def _unquiet(means: Sequence[float]) -> list[float]:
+    """Weekly means held within WEEK_MADS robust deviations of their median: a holiday week (or a runaway one) does
+    not drag the level, while a change that lasts moves the median within a few weeks."""
+    middle = statistics.median(means)
+    deviation = 1.4826 * statistics.median(abs(mean - middle) for mean in means)
+    reach = WEEK_MADS * max(deviation, MIN_WEEK_SPREAD * middle)
+    return [min(max(mean, middle - reach), middle + reach) for mean in means]
+
+
+def _slope(means: Sequence[float]) -> float:
+    """The trend per day: a Theil-Sen slope of the weekly means (a median of pairwise slopes, robust to a quiet week
+    or two), shrunk towards 0 unless it stands out from the weeks' scatter (positive-part James-Stein:
+    x (1 - c / t^2), t = slope over its standard error)."""
+    weeks = len(means)
     slope = statistics.median((means[j] - means[i]) / (j - i) for i in range(weeks) for j in range(i + 1, weeks))
     centre = (weeks - 1) / 2
     intercept = statistics.median(mean - slope * (k - centre) for k, mean in enumerate(means))
@@ -266,17 +285,37 @@ def _slope(plain: Sequence[float]) -> float:
     scatter = 1.4826 * statistics.median(abs(r) for r in residuals)
     if scatter <= 0:
         scatter = statistics.pstdev(residuals)
-    spread = sum((k - centre) ** 2 for k in range(weeks))
     if scatter <= 0:
         return slope / 7
-    t2 = slope * slope * spread / (scatter * scatter)
+    t2 = slope * slope * sum((k - centre) ** 2 for k in range(weeks)) / (scatter * scatter)
     shrink = max(0.0, 1.0 - TREND_SHRINK / t2) if t2 > 0 else 0.0
     return slope * shrink * TREND_DAMPING / 7
 
 
-def _spread(values: Sequence[float], weekdays: Sequence[int]) -> tuple[float, float]:
-    """(a, b) of the relative variance a x h + b x h^2 of cumulative totals h days ahead, from replayed cut-offs."""
-    rows: list[tuple[float, float]] = []  # (h, squared relative error)
+@dataclass(frozen=True)
+class _Spread:
+    """The relative variance a x h + b x h^2 of the cumulative total h days ahead, and how many of those standard
+    deviations each bound lies from the point forecast (below, above: errors of usage are skewed)."""
+
+    a: float
+    b: float
+    low_80: float = Z_80
+    high_80: float = Z_80
+    low_95: float = Z_95
+    high_95: float = Z_95
+
+    def sigma(self, ahead: float) -> float:
+        return math.sqrt(self.a * ahead + self.b * ahead * ahead)
+
+
+SHORT_SPREAD = _Spread(FLOOR_DAILY**2 * 4, FLOOR_LEVEL**2 * 4)  # too little history to replay: wide, symmetric
+
+
+def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
+    """From cut-offs replayed on the history: the method fitted on the days before each one, its cumulative totals
+    compared with the days after it, the errors relative to the level at the cut-off. Their variance is fitted as
+    a x h + b x h^2; the bounds are the empirical quantiles of the standardised errors, at least the normal ones."""
+    rows: list[tuple[float, float]] = []  # (h, relative error)
     for cut in range(MIN_TRAIN_DAYS, len(values)):
         model = _fit(values[:cut], weekdays[:cut])
         if model.level <= 0:
@@ -285,9 +324,27 @@ def _spread(values: Sequence[float], weekdays: Sequence[int]) -> tuple[float, fl
         for h in range(1, len(values) - cut + 1):
             forecast += model.expected(weekdays[cut + h - 1], h - 1)
             actual += values[cut + h - 1]
-            rows.append((float(h), ((actual - forecast) / model.level) ** 2))
-    a, b = _fit_variance(rows)
-    return max(a, FLOOR_DAILY**2), max(b, FLOOR_LEVEL**2)
+            rows.append((float(h), (actual - forecast) / model.level))
+    a, b = _fit_variance([(h, error * error) for h, error in rows])
+    spread = _Spread(max(a, FLOOR_DAILY**2), max(b, FLOOR_LEVEL**2))
+    if len(rows) < MIN_QUANTILE_ROWS:
+        return spread
+    standard = sorted(error / spread.sigma(h) for h, error in rows)
+
+    def quantile(share: float) -> float:
+        return standard[round(share * (len(standard) - 1))]
+
+    def stretched(found: float, normal: float) -> float:
+        return min(max(found, normal), normal * MAX_TAIL_STRETCH)
+
+    return _Spread(
+        spread.a,
+        spread.b,
+        low_80=stretched(-quantile(0.10), Z_80),
+        high_80=stretched(quantile(0.90), Z_80),
+        low_95=stretched(-quantile(0.025), Z_95),
+        high_95=stretched(quantile(0.975), Z_95),
+    )
 
 
 def _fit_variance(rows: Sequence[tuple[float, float]]) -> tuple[float, float]:

@@ -154,6 +154,26 @@ async def test_the_trend_finds_the_spike_and_only_the_spike(demo_url: str, argum
     assert days == sorted(days) and len(days) == len(set(days))  # one row per day, zero-filled, oldest first
 
 
+@pytest.mark.parametrize("tenant", sorted(TENANTS))
+async def test_the_demo_answers_the_forecast(demo_url: str, events: list[dict[str, Any]], tenant: str) -> None:
+    result = await call_tool(demo_url, "get_credit_forecast", headers={**DEMO, "X-Tenant-Name": tenant})
+    text = text_of(result)
+    assert not result.is_error, text
+    assert text.splitlines()[0] == DEMO_BANNER
+    structured = result.structured_content
+    assert structured is not None and structured["demo"] is True
+    month = [value for day, value in daily_credits(events, tenant).items() if day >= TODAY.replace(day=1)]
+    assert structured["used_so_far"] == pytest.approx(math.fsum(month))
+    assert structured["enough_history"] is True  # 90 days of history
+    # The rest of January (11.5 days, three weekends) at the demo's pace: at least a few hundred credits more.
+    rest = structured["projected_total"] - structured["used_so_far"]
+    assert structured["used_so_far"] / 20 < rest < structured["used_so_far"]
+    assert structured["interval_95"]["low"] < structured["projected_total"] < structured["interval_95"]["high"]
+    rows, about, filename = workbook_rows(demo_url, result)
+    assert filename.startswith(f"DEMO_ai-credits_forecast_{tenant}_")
+    assert len(rows) == 31 and about["data"] == DEMO_ABOUT
+
+
 async def test_every_answer_and_workbook_says_demo(demo_url: str) -> None:
     result = await call_tool(demo_url, "get_credit_usage_summary", headers=DEMO)
     text = text_of(result)
