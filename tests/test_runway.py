@@ -3,6 +3,7 @@ OpenMeter's order, with expiries and grants that start later."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, date, datetime, timedelta
 
 from ai_credit_usage.runway import Pot, run_out_day, runway
@@ -25,8 +26,20 @@ def pot(name: str, left: float, priority: int = 1, expires: datetime | None = No
     return Pot(name=name, left=left, order=(priority, expires or FAR, NOW, name), expires=expires, **options)  # type: ignore[arg-type]
 
 
-def test_a_balance_of_a_few_days_runs_out_as_a_range_before_the_reset() -> None:
+def noisy(per_day: float, days: int = 56) -> dict[date, float]:
+    """`steady`, each day scaled by a fixed pseudo-random factor in [0.5, 1.5]."""
+    rng = random.Random(7)
+    return {day: value * rng.uniform(0.5, 1.5) for day, value in sorted(steady(per_day, days).items())}
+
+
+def test_a_regular_pace_runs_out_on_one_day_before_the_reset() -> None:
     found = runway([pot("plan", 300)], steady(100), now=NOW, reset=RESET)
+    assert found.earliest is not None and found.latest is not None
+    assert NOW.date() < found.earliest <= found.latest < RESET.date()
+
+
+def test_a_noisy_pace_runs_out_as_a_range_before_the_reset() -> None:
+    found = runway([pot("plan", 300)], noisy(100), now=NOW, reset=RESET)
     assert found.earliest is not None and found.latest is not None
     assert NOW.date() < found.earliest <= found.latest < RESET.date()
     assert found.until_reset and found.enough_history and found.horizon == date(2026, 1, 31)
