@@ -17,7 +17,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.openmeter.entitlements import Entitlement, EntitlementsV2, EntitlementValue, Grant
+from ai_credit_usage.openmeter.entitlements import (
+    Entitlement,
+    EntitlementsV2,
+    EntitlementValue,
+    Grant,
+    HistoryWindow,
+)
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter
 from ai_credit_usage.runway import Pot, RunwayFinding, runway
 from ai_credit_usage.window import Window
@@ -168,7 +174,7 @@ class BalanceService:
         value, grants, history, meter_usage = await asyncio.gather(
             self._entitlements.value(key, now),
             self._entitlements.grants(key),
-            self._entitlements.daily_history(key, lookback),
+            self._history(key, lookback),
             self._meter_usage(tenant, lookback),
         )
         if value is None:  # the customer went away between the two requests
@@ -205,12 +211,21 @@ class BalanceService:
         )
 
     def _lookback(self, entitlement: Entitlement, now: datetime) -> Window:
-        """Whole UTC days up to now, LOOKBACK_DAYS back, never before the entitlement measures usage."""
+        """Whole UTC days up to now, LOOKBACK_DAYS back, from the first midnight at or after the entitlement starts
+        measuring usage: OpenMeter's history leaves out a day window that starts before measureUsageFrom, so a
+        partial first day would be missing from the history but not from the meter."""
         end = now.astimezone(UTC)
         start = (end - timedelta(days=self._lookback_days)).replace(hour=0, minute=0, second=0, microsecond=0)
         if entitlement.measure_usage_from is not None:
-            start = max(start, entitlement.measure_usage_from.astimezone(UTC))
+            measured = entitlement.measure_usage_from.astimezone(UTC)
+            midnight = measured.replace(hour=0, minute=0, second=0, microsecond=0)
+            start = max(start, midnight if midnight == measured else midnight + timedelta(days=1))
         return Window(min(start, end), end)
+
+    async def _history(self, key: str, window: Window) -> list[HistoryWindow]:
+        if window.end <= window.start:  # the entitlement starts measuring today: no complete day yet
+            return []
+        return await self._entitlements.daily_history(key, window)
 
     async def _meter_usage(self, tenant: str, window: Window) -> float | None:
         """The tenant meter's total over `window`, as the usage tools count it; None if it cannot be read (the

@@ -361,3 +361,15 @@ async def test_openmeter_trouble_is_one_sentence_and_an_error(
     result = await call_tool(balance_server(), TOOL)
     assert result.is_error
     assert text_of(result) == "OpenMeter had an internal error (HTTP 500); try again in a few minutes."
+
+
+async def test_a_mid_day_measure_start_makes_no_false_disagreement(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    allowance(openmeter, measure_usage_from=datetime(2026, 1, 5, 10, tzinfo=UTC))
+    openmeter.entitlements.add_grant("acme", "ai_credits", amount=100, effective_at=PERIOD_START)
+    spend(openmeter, "acme", 7, datetime(2026, 1, 5, 12, tzinfo=UTC))  # counted, on a day history leaves out
+    spend(openmeter, "acme", 3, datetime(2026, 1, 8, 12, tzinfo=UTC))
+    text = text_of(await call_tool(balance_server(), TOOL))
+    assert "**90.00 credits left**" in text
+    assert "Note:" not in text
