@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from ai_credit_usage.balance import CreditBalance, GrantLine
 from ai_credit_usage.demo import DEMO_ABOUT
 from ai_credit_usage.render import format_credits, shorten_cell
+from ai_credit_usage.runway import LEFT_OVER
 from ai_credit_usage.table import PREVIEW_ROWS
 from ai_credit_usage.window import format_utc
 from ai_credit_usage.workbook import CREDITS_FORMAT, DATE_FORMAT, Fact, Report, Sheet, SheetChart
@@ -120,7 +121,9 @@ def runway_lines(found: CreditBalance) -> list[str]:
         return []
     reset = f"the period resets on {_day(found.period.end)}" if found.period else "the period resets"
     beyond = reset if outlook.until_reset else f"{_date(outlook.horizon)} (a year ahead)"
-    if outlook.history_days == 0 or not any(day.credits > 0 for day in found.daily):
+    if found.balance <= LEFT_OVER:
+        lines = ["Runway: nothing is left to run down."]
+    elif outlook.history_days == 0 or not any(day.credits > 0 for day in found.daily):
         lines = ["Runway: no usage in the last weeks, so the balance is not running down."]
     elif outlook.earliest is None:
         lines = [f"Runway: at the recent pace the balance lasts until {beyond}."]

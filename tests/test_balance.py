@@ -337,9 +337,9 @@ async def test_no_credits_left_without_a_soft_limit_says_access_is_denied(
     openmeter.entitlements.add_grant("acme", "ai_credits", amount=50, effective_at=PERIOD_START)
     spend(openmeter, "acme", 50, datetime(2026, 1, 2, tzinfo=UTC))
     result = await call_tool(balance_server(), TOOL)
-    assert "No credits are left: OpenMeter denies access until the period resets or a new grant starts." in text_of(
-        result
-    )
+    text = text_of(result)
+    assert "No credits are left: OpenMeter denies access until the period resets or a new grant starts." in text
+    assert "Runway: nothing is left to run down." in text
     assert result.structured_content is not None and result.structured_content["has_access"] is False
 
 
