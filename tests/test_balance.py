@@ -4,7 +4,9 @@ entitlements are computed from the same events its meter sees; the clock is inje
 from __future__ import annotations
 
 import io
+import logging
 import re
+import zipfile
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -16,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from openpyxl import load_workbook
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from tests.conftest import NOW, FakeClock, ServerStarter, call_tool, download_bytes, text_of
+from tests.conftest import API_KEY, NOW, FakeClock, ServerStarter, call_tool, download_bytes, text_of
 
 pytestmark = pytest.mark.anyio
 TOOL = "get_credit_balance"
@@ -373,3 +375,24 @@ async def test_a_mid_day_measure_start_makes_no_false_disagreement(
     text = text_of(await call_tool(balance_server(), TOOL))
     assert "**90.00 credits left**" in text
     assert "Note:" not in text
+
+
+async def test_the_api_key_never_shows_and_odd_replies_are_one_sentence(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    allowance(openmeter)
+    openmeter.entitlements.add_grant("acme", "ai_credits", amount=10, effective_at=PERIOD_START)
+    url = balance_server()
+    result = await call_tool(url, TOOL)
+    with zipfile.ZipFile(io.BytesIO(download_bytes(url, text_of(result)))) as archive:
+        for name in archive.namelist():
+            assert API_KEY not in archive.read(name).decode("utf-8", "replace")
+    hostile = 'acme"},"$or":[{"$ne":"x"}],"x":{"$eq":"'
+    odd = await call_tool(url, TOOL, headers={"X-Tenant-Name": hostile, "X-User-UserRole": "admin"})
+    assert text_of(odd).startswith('No credit allowance is set up for tenant acme"}')  # exact key: nothing found
+    grants = "/api/v2/customers/acme/entitlements/ai_credits/grants"
+    openmeter.fail(status=200, body=b'{"unexpected": true}', content_type="application/json", path_prefix=grants)
+    broken = await call_tool(url, TOOL)
+    assert broken.is_error and "could not be read" in text_of(broken)
+    assert API_KEY not in text_of(result) + text_of(broken) + caplog.text
