@@ -228,7 +228,7 @@ def daily_rows(found: CreditBalance) -> tuple[tuple[object, ...], ...]:
 
 
 def balance_workbook_content(
-    found: CreditBalance, *, demo: bool, source: str, generated: datetime, extra_facts: list[Fact] | None = None
+    found: CreditBalance, *, demo: bool, source: str, generated: datetime
 ) -> tuple[Report, list[Sheet], SheetChart]:
     facts = [Fact("Data", DEMO_ABOUT)] if demo else []
     facts += [
@@ -246,8 +246,8 @@ def balance_workbook_content(
         facts += [
             Fact("Period from (UTC)", format_utc(found.period.start)),
             Fact("Period resets at (UTC)", format_utc(found.period.end)),
+            Fact("Usage period", (found.usage_interval or "?").lower()),
         ]
-    facts += extra_facts or []
     runway = found.runway
     facts += [
         Fact("Runs out, earliest (UTC day)", runway.earliest if runway else "not before the horizon"),
