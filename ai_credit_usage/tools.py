@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from ai_credit_usage.findings import Findings
+from ai_credit_usage.forecast import LOOKBACK_DAYS
 from ai_credit_usage.query import Query, parse_forecast_query, parse_query
 from ai_credit_usage.structured import (
     EventsResult,
@@ -177,7 +178,8 @@ TOOLS = (
             'have used by the end of the month?", "At this pace, how much by June 30th?". Used so far since the '
             "month began, the projected total at the end with 80% and 95% intervals, and one row per day (used, "
             "forecast, cumulative with its intervals). The projection learns a weekday rhythm and the recent level "
-            "from the last 8 weeks of the tenant's own usage; with too little history the answer says so. For usage "
+            f"from the last {LOOKBACK_DAYS // 7} weeks of the tenant's own usage; with too little history the answer "
+            "says so. For usage "
             "already recorded use get_credit_usage_by_tenant or get_credit_usage_trend; for what is left or when it "
             "runs out, the balance tool when offered. The answer links an Excel file with every day and a chart."
         ),

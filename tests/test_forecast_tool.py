@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from openpyxl import load_workbook
 
-from ai_credit_usage.forecast import DAY_COLUMNS
+from ai_credit_usage.forecast import DAY_COLUMNS, LOOKBACK_DAYS
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from tests.conftest import ADMIN, NOW, FakeClock, call_tool, download_bytes, text_of
 
@@ -92,7 +92,8 @@ async def test_used_so_far_the_projection_and_its_intervals(server_url: str, ope
     assert structured["download_url"] in text
     (query,) = openmeter.requests_to("/query")
     assert (query.param("windowSize"), query.param("windowTimeZone")) == ("DAY", "UTC")
-    assert (query.param("from"), query.param("to")) == ("2025-11-25T00:00:00Z", "2026-01-20T12:00:00Z")  # 8 weeks
+    lookback = (TODAY - timedelta(days=LOOKBACK_DAYS)).isoformat() + "T00:00:00Z"
+    assert (query.param("from"), query.param("to")) == (lookback, "2026-01-20T12:00:00Z")
     assert query.params("groupBy") == ["tenant"]
 
 
