@@ -128,6 +128,7 @@ async def test_the_workbook_has_the_days_the_forecast_and_a_cumulative_chart(
     assert len(chart.series) == 5  # the cumulative total and the four bounds
     about = dict(workbook["About"].iter_rows(values_only=True))
     assert "weekday profile" in about["method"]
+    assert about["projected total credits"] == pytest.approx(structured["projected_total"])
 
 
 async def test_a_tenant_without_history_gets_zero_and_the_caution(server_url: str, openmeter: OpenMeterStandIn) -> None:
