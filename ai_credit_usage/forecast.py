@@ -45,6 +45,7 @@ MIN_ERRORS_PER_HORIZON = 5  # replayed errors a horizon needs to count in the va
 REPLAY_CAPPED = False  # compare the replayed forecasts with the history's spikes capped
 MIN_QUANTILE_ROWS = 200  # replayed errors needed before their own quantiles widen the bounds
 MAX_TAIL_STRETCH = 1.5  # a bound lies at most this many times the normal distance from the point
+MIN_TAIL_SHRINK = 1.0  # and at least this many times it
 Z_80 = 1.2815515655446004
 Z_95 = 1.959963984540054
 
@@ -344,7 +345,7 @@ def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
         return standard[round(share * (len(standard) - 1))]
 
     def stretched(found: float, normal: float) -> float:
-        return min(max(found, normal), normal * MAX_TAIL_STRETCH)
+        return min(max(found, normal * MIN_TAIL_SHRINK), normal * MAX_TAIL_STRETCH)
 
     return _Spread(
         spread.a,

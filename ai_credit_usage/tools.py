@@ -100,10 +100,10 @@ get_credit_usage_summary; individual events ("what happened on Jan 15th?") -> ge
 ("is it going up?", per day, week or month, unusual periods) -> get_credit_usage_trend; how much will be used by
 the end of the month or by a later day ("what will we have used by month-end?", a projection with ranges) ->
 get_credit_forecast, never an extrapolation of your own from the usage tools; how much is left, when it resets or
-runs out -> the balance tool when offered. The usage tools take from_date and to_date (ISO 8601, both optional;
-default: the last 7 days), the trend tool also granularity, group_by and time_zone; the forecast takes to_date (a
-day ahead) and time_zone. Every tool always answers for the caller's own tenant. Each answer has a short table
-and a link to the full Excel report, which expires after a few minutes: give the user the link as it is."""
+runs out -> get_credit_balance when it is offered. The usage tools take from_date and to_date (ISO 8601, both
+optional; default: the last 7 days), the trend tool also granularity, group_by and time_zone; the forecast takes
+to_date (a day ahead) and time_zone. Every tool always answers for the caller's own tenant. Each answer has a short
+table and a link to the full Excel report, which expires after a few minutes: give the user the link as it is."""
 
 WINDOW_HELP = (
     " The window defaults to the last 7 days; a date-only to_date includes that whole day. The answer names the "
@@ -179,9 +179,9 @@ TOOLS = (
             "month began, the projected total at the end with 80% and 95% intervals, and one row per day (used, "
             "forecast, cumulative with its intervals). The projection learns a weekday rhythm and the recent level "
             f"from the last {LOOKBACK_DAYS // 7} weeks of the tenant's own usage; with too little history the answer "
-            "says so. For usage "
-            "already recorded use get_credit_usage_by_tenant or get_credit_usage_trend; for what is left or when it "
-            "runs out, the balance tool when offered. The answer links an Excel file with every day and a chart."
+            "says so. For usage already recorded use get_credit_usage_by_tenant or get_credit_usage_trend; for what "
+            "is left or when it runs out, get_credit_balance when it is offered. The answer links an Excel file with "
+            "every day and a chart."
         ),
         question=UsageService.forecast,
         result=ForecastResult,
