@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.forecast import LOOKBACK_DAYS as FORECAST_LOOKBACK_DAYS
 from ai_credit_usage.openmeter.entitlements import (
     Entitlement,
     EntitlementsV2,
@@ -28,7 +29,8 @@ from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter
 from ai_credit_usage.runway import Pot, RunwayFinding, runway
 from ai_credit_usage.window import Window
 
-LOOKBACK_DAYS = 56  # eight weeks: every weekday eight times, enough to trust a pace (and a weekday rhythm)
+# The history the runway's pace is learned from: as much as the forecast method uses (twelve weeks).
+LOOKBACK_DAYS = FORECAST_LOOKBACK_DAYS
 # The two counts are told apart only beyond rounding: 0.5 % of the larger, and at least a cent.
 DISAGREEMENT_SHARE = 0.005
 DISAGREEMENT_MIN = 0.01

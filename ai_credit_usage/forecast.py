@@ -2,19 +2,19 @@
 
 The method (pure, no I/O; measured by scripts/backtest.py, described with its figures in docs/forecast.md):
 
-1. The history is the complete days before today, the last `LOOKBACK_DAYS` of them at most, from the first day the
-   mapping names (a missing day inside counts as zero). Values far above the typical day are capped at
-   `median + SPIKE_MADS x MAD` before anything is fitted, so one spike does not move the level or the profile.
-2. The weekday profile: each weekday's mean of the capped values over the overall mean, shrunk towards 1 when few
-   weeks are known (a weekday seen once says little).
-3. The level: an exponentially weighted mean of the capped values divided by their weekday factor, half-life
-   `HALF_LIFE_DAYS`, so recent weeks weigh most.
-4. Day d's expected usage is level x factor(weekday of d); today's only for the part of today still to come.
-5. Intervals: the method is replayed on the history itself (fitted on the days before each cut-off, compared with
-   the days after it); the squared errors of the cumulative totals, relative to the level at each cut-off, are
-   fitted as a x h + b x h^2 (h = days ahead: day-to-day noise grows with h, a wrong level with h^2). A floor keeps a
-   perfectly regular history from claiming certainty. The bounds are the point forecast -/+ z x that spread, never
-   below zero and never decreasing (usage accumulates).
+1. The history: the complete days before today, the last LOOKBACK_DAYS at most, from the first day the mapping
+   names (a missing day inside counts as zero). Days far above the typical one (after a median weekday profile is
+   taken out) are capped at median + SPIKE_MADS x MAD, so a spike moves neither the level nor the profile.
+2. The weekday profile: each weekday's mean over the overall mean, shrunk towards 1 by PROFILE_SHRINK_WEEKS.
+3. The level: whole weeks counted back from yesterday, each as its typical day (credits over weekday shares), held
+   within WEEK_MADS robust deviations of the median week (a holiday week does not drag it), exponentially weighted
+   (half-life HALF_LIFE_DAYS); the trend is a Theil-Sen slope of those weeks, shrunk towards 0 unless it stands out.
+4. Day d's expected usage: max(0, level + slope x days ahead) x factor(weekday of d); today's only for its rest.
+5. Intervals: the method replayed on the history (fitted before each cut-off, compared with the days after it);
+   the errors of the cumulative totals, in the cut-off's typical days, summarised per horizon robustly and fitted as
+   a x h + b x h^2 (noise grows with h, a wrong level with h^2), with floors. The bounds lie the errors' own
+   quantiles of that spread from the point (at least the normal ones, at most MAX_TAIL_STRETCH times), never below
+   zero and never decreasing (usage accumulates).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-LOOKBACK_DAYS = 56  # eight weeks: enough for a weekday profile, recent enough for the level
+LOOKBACK_DAYS = 84  # twelve weeks: a weekday profile, a trend, and one odd week is only one of twelve
 MIN_HISTORY_DAYS = 14  # below two weeks the answer says there is too little history to trust
 HALF_LIFE_DAYS = 14.0
 SPIKE_MADS = 5.0
@@ -36,11 +36,16 @@ MIN_WEEK_SPREAD = 0.05  # the robust deviation of weeks is taken as at least thi
 TREND_MIN_WEEKS = 3  # weekly means needed before a trend is fitted
 TREND_DAMPING = 1.0  # share of the fitted trend carried forward
 TREND_SHRINK = 4.0  # the James-Stein constant c: a trend must stand out clearly to be carried forward
-MIN_TRAIN_DAYS = 14  # a replayed cut-off needs this many days before it
+MIN_REPLAY_DAYS = 7  # days after the first replayed cut-off needed before the history's own errors are used
+MIN_TRAIN_DAYS = 21  # a replayed cut-off needs this many days before it (three weeks: a trend can be fitted)
 FLOOR_DAILY = 0.10  # relative spread floor per day of noise (a x h part)
 FLOOR_LEVEL = 0.05  # relative spread floor of the level (b x h^2 part)
+NORMAL_MEDIAN_SQUARE = 0.45493642311957283  # the median of the square of a standard normal variable
+MIN_ERRORS_PER_HORIZON = 5  # replayed errors a horizon needs to count in the variance fit
+REPLAY_CAPPED = False  # compare the replayed forecasts with the history's spikes capped
 MIN_QUANTILE_ROWS = 200  # replayed errors needed before their own quantiles widen the bounds
-MAX_TAIL_STRETCH = 2.0  # a bound lies at most this many times the normal distance from the point
+MAX_TAIL_STRETCH = 1.5  # a bound lies at most this many times the normal distance from the point
+MIN_TAIL_SHRINK = 1.0  # and at least this many times it
 Z_80 = 1.2815515655446004
 Z_95 = 1.959963984540054
 
@@ -153,7 +158,8 @@ def project_usage(history: Mapping[date, float], *, today: date, today_elapsed: 
     start, values = _series(history, today)
     weekdays = [(start.weekday() + i) % 7 for i in range(len(values))]
     model = _fit(values, weekdays)
-    spread = _spread(values, weekdays) if len(values) >= MIN_HISTORY_DAYS else SHORT_SPREAD
+    spread = _spread(values, weekdays) if len(values) >= MIN_TRAIN_DAYS + MIN_REPLAY_DAYS else SHORT_SPREAD
+    unit = statistics.fmean(values) if values else 0.0  # the spread is in typical days of the history
     days: list[ProjectedDay] = []
     total = 0.0
     ahead = 0.0  # days ahead, today counting for its remaining share
@@ -164,7 +170,7 @@ def project_usage(history: Mapping[date, float], *, today: date, today_elapsed: 
         expected = model.expected(day.weekday(), index) * share
         total += expected
         ahead += share
-        sigma = model.level * spread.sigma(ahead)
+        sigma = unit * spread.sigma(ahead)
         low_80 = max(low_80, total - spread.low_80 * sigma)
         low_95 = max(low_95, total - spread.low_95 * sigma)
         days.append(
@@ -224,17 +230,21 @@ def _weekday_factors(values: Sequence[float], weekdays: Sequence[int], *, robust
     return tuple(factor / mean_factor for factor in raw)
 
 
+def _capped(values: Sequence[float], weekdays: Sequence[int]) -> list[float]:
+    """Spikes capped: judged on the values with a first, median-based weekday profile taken out, capped there."""
+    if len(values) < 3:
+        return list(values)
+    rough = _weekday_factors(values, weekdays, robust=True)
+    adjusted = [value / max(rough[weekday], 1e-9) for value, weekday in zip(values, weekdays, strict=True)]
+    middle, scale = _robust_scale(adjusted)
+    cap = middle + SPIKE_MADS * scale
+    return [min(value, cap * rough[weekday]) for value, weekday in zip(values, weekdays, strict=True)]
+
+
 def _fit(values: Sequence[float], weekdays: Sequence[int]) -> _Model:
     if not values or not any(values):
         return _Model(0.0, 0.0, (1.0,) * 7)
-    # Spikes: judged on the values with a first, median-based weekday profile taken out, capped there.
-    rough = _weekday_factors(values, weekdays, robust=True)
-    adjusted = [
-        value / rough[weekday] if rough[weekday] > 0 else value for value, weekday in zip(values, weekdays, strict=True)
-    ]
-    middle, scale = _robust_scale(adjusted) if len(values) >= 3 else (0.0, math.inf)
-    cap = middle + SPIKE_MADS * scale
-    capped = [min(value, cap * rough[weekday]) for value, weekday in zip(values, weekdays, strict=True)]
+    capped = _capped(values, weekdays)
     factors = _weekday_factors(capped, weekdays, robust=False)
     expected = [factors[weekday] for weekday in weekdays]  # each day's share of a typical day
     # Whole weeks counted back from yesterday, each as its typical day: the week's credits over its shares (a week's
@@ -308,7 +318,8 @@ class _Spread:
         return math.sqrt(self.a * ahead + self.b * ahead * ahead)
 
 
-SHORT_SPREAD = _Spread(FLOOR_DAILY**2 * 4, FLOOR_LEVEL**2 * 4)  # too little history to replay: wide, symmetric
+# Too little history to replay: a fixed, wide spread (day-to-day 50%, level 15% of the typical day), symmetric.
+SHORT_SPREAD = _Spread(0.5**2, 0.15**2)
 
 
 def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
@@ -316,16 +327,18 @@ def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
     compared with the days after it, the errors relative to the level at the cut-off. Their variance is fitted as
     a x h + b x h^2; the bounds are the empirical quantiles of the standardised errors, at least the normal ones."""
     rows: list[tuple[float, float]] = []  # (h, relative error)
+    actuals = _capped(values, weekdays) if REPLAY_CAPPED else values
     for cut in range(MIN_TRAIN_DAYS, len(values)):
         model = _fit(values[:cut], weekdays[:cut])
-        if model.level <= 0:
+        typical = statistics.fmean(values[:cut])  # the unit of the errors: the cut-off's typical day so far
+        if model.level <= 0 or typical <= 0:
             continue
         forecast = actual = 0.0
         for h in range(1, len(values) - cut + 1):
             forecast += model.expected(weekdays[cut + h - 1], h - 1)
-            actual += values[cut + h - 1]
-            rows.append((float(h), (actual - forecast) / model.level))
-    a, b = _fit_variance([(h, error * error) for h, error in rows])
+            actual += actuals[cut + h - 1]
+            rows.append((float(h), (actual - forecast) / typical))
+    a, b = _fit_variance(_robust_variances(rows))
     spread = _Spread(max(a, FLOOR_DAILY**2), max(b, FLOOR_LEVEL**2))
     if len(rows) < MIN_QUANTILE_ROWS:
         return spread
@@ -335,7 +348,7 @@ def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
         return standard[round(share * (len(standard) - 1))]
 
     def stretched(found: float, normal: float) -> float:
-        return min(max(found, normal), normal * MAX_TAIL_STRETCH)
+        return min(max(found, normal * MIN_TAIL_SHRINK), normal * MAX_TAIL_STRETCH)
 
     return _Spread(
         spread.a,
@@ -347,18 +360,33 @@ def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
     )
 
 
-def _fit_variance(rows: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """Least squares of e^2 ~ a h + b h^2 with a, b >= 0, each row weighted 1/h^2 (errors grow with h)."""
+def _robust_variances(rows: Sequence[tuple[float, float]]) -> list[tuple[float, float, int]]:
+    """(h, variance, errors) per horizon from the errors at that horizon, robustly: the median squared error over its
+    value for a normal error (0.455 sigma^2), so one spike in the history (an offset in every later total) does not
+    blow the variance up; the spikes come back in the bounds' empirical quantiles."""
+    by_ahead: dict[float, list[float]] = {}
+    for h, error in rows:
+        by_ahead.setdefault(h, []).append(error * error)
+    return [
+        (h, statistics.median(squares) / NORMAL_MEDIAN_SQUARE, len(squares))
+        for h, squares in sorted(by_ahead.items())
+        if len(squares) >= MIN_ERRORS_PER_HORIZON
+    ]
+
+
+def _fit_variance(rows: Sequence[tuple[float, float, int]]) -> tuple[float, float]:
+    """Least squares of v ~ a h + b h^2 with a, b >= 0 over (h, v, n) rows, each weighted n / h^2 (errors grow with
+    h; a horizon seen from more cut-offs is known better)."""
     if not rows:
         return 0.0, 0.0
     s11 = s12 = s22 = t1 = t2 = 0.0
-    for h, e2 in rows:
-        # weight 1/h^2: the columns h and h^2 become 1 and h, the target e2/h
-        s11 += 1.0
-        s12 += h
-        s22 += h * h
-        t1 += e2 / h
-        t2 += e2
+    for h, v, n in rows:
+        # weight n/h^2: the columns h and h^2 become 1 and h, the target v/h
+        s11 += n
+        s12 += n * h
+        s22 += n * h * h
+        t1 += n * v / h
+        t2 += n * v
     det = s11 * s22 - s12 * s12
     if det > 0:
         a = (t1 * s22 - t2 * s12) / det
@@ -367,6 +395,6 @@ def _fit_variance(rows: Sequence[tuple[float, float]]) -> tuple[float, float]:
             return a, b
     only_a = max(0.0, t1 / s11)
     only_b = max(0.0, t2 / s22)
-    loss_a = sum((e2 / h - only_a) ** 2 for h, e2 in rows)
-    loss_b = sum((e2 / h - only_b * h) ** 2 for h, e2 in rows)
+    loss_a = sum(n * (v / h - only_a) ** 2 for h, v, n in rows)
+    loss_b = sum(n * (v / h - only_b * h) ** 2 for h, v, n in rows)
     return (only_a, 0.0) if loss_a <= loss_b else (0.0, only_b)

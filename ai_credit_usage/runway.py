@@ -1,7 +1,7 @@
 """When the balance runs out at the recent pace: pure, no I/O.
 
 The pace is `forecast.project_usage` over the entitlement's own daily usage (the usage that burns the balance;
-eight weeks, weekday-aware). Its 80% band of cumulative usage from now gives two paths: the fast one (the band's
+twelve weeks, weekday-aware). Its 80% band of cumulative usage from now gives two paths: the fast one (the band's
 high end) runs the balance out earliest, the slow one (the low end) latest. Each path is burnt through the grants
 as OpenMeter burns them (priority, earliest expiry, creation), day by day: a grant that expires drops what is left
 of it, a grant that starts later adds its amount. The run-out day of a path is the first day its usage meets no

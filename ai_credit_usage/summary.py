@@ -78,7 +78,7 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
         ("from (UTC)", format_utc(window.start)),
         ("to (UTC, exclusive)", format_utc(window.end)),
         ("rows", sink.row_count),
-        ("total credits", sink.total_credits),
+        ("projected total credits" if outlook is not None else "total credits", sink.total_credits),
         ("source", asked.source),
         *findings.about,
         ("times", _times(trend, outlook, time_zone)),

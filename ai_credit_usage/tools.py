@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from ai_credit_usage.balance import BalanceService, CreditBalance
 from ai_credit_usage.findings import Findings
+from ai_credit_usage.forecast import LOOKBACK_DAYS
 from ai_credit_usage.query import Query, parse_forecast_query, parse_query
 from ai_credit_usage.settings import Settings
 from ai_credit_usage.structured import (
@@ -128,15 +129,16 @@ who or what uses the most (breakdown by user, module, product, skill, and who ch
 get_credit_usage_summary; individual events ("what happened on Jan 15th?") -> get_credit_events; usage over time
 ("is it going up?", per day, week or month, unusual periods) -> get_credit_usage_trend; how much will be used by
 the end of the month or by a later day ("what will we have used by month-end?", a projection with ranges) ->
-get_credit_forecast, never an extrapolation of your own from the usage tools; how much is left, when it resets or
-runs out -> the balance tool when offered. The usage tools take from_date and to_date (ISO 8601, both optional;
-default: the last 7 days), the trend tool also granularity, group_by and time_zone; the forecast takes to_date (a
-day ahead) and time_zone. Every tool always answers for the caller's own tenant. Each answer has a short table
-and a link to the full Excel report, which expires after a few minutes: give the user the link as it is."""
+get_credit_forecast, never an extrapolation of your own from the usage tools. The usage tools take from_date and
+to_date (ISO 8601, both optional; default: the last 7 days), the trend tool also granularity, group_by and
+time_zone; the forecast takes to_date (a day ahead) and time_zone. Every tool always answers for the caller's own
+tenant. Each answer has a short table and a link to the full Excel report, which expires after a few minutes: give
+the user the link as it is."""
 
+# Added to INSTRUCTIONS only when the balance is offered, so the model is never told of a tool it cannot call.
 BALANCE_PICK = (
-    " How many credits are left, when the allowance resets and when it runs out at the current pace ('How many "
-    "credits do we have left?', 'When do we run out?', 'When does it reset?') -> get_credit_balance (no arguments)."
+    " How much is left, when the allowance resets and when it runs out at the current pace ('How many credits do we "
+    "have left?', 'When do we run out?', 'When does it reset?') -> get_credit_balance (no arguments)."
 )
 
 
@@ -218,9 +220,10 @@ TOOLS = (
             'have used by the end of the month?", "At this pace, how much by June 30th?". Used so far since the '
             "month began, the projected total at the end with 80% and 95% intervals, and one row per day (used, "
             "forecast, cumulative with its intervals). The projection learns a weekday rhythm and the recent level "
-            "from the last 8 weeks of the tenant's own usage; with too little history the answer says so. For usage "
-            "already recorded use get_credit_usage_by_tenant or get_credit_usage_trend; for what is left or when it "
-            "runs out, the balance tool when offered. The answer links an Excel file with every day and a chart."
+            f"from the last {LOOKBACK_DAYS // 7} weeks of the tenant's own usage; with too little history the answer "
+            "says so. For usage already recorded use get_credit_usage_by_tenant or get_credit_usage_trend; for what "
+            "is left or when it runs out, get_credit_balance when it is offered. The answer links an Excel file with "
+            "every day and a chart."
         ),
         question=UsageService.forecast,
         result=ForecastResult,

@@ -241,7 +241,7 @@ async def test_the_clock_moves_the_period(
     assert NOW + timedelta(days=13) == clock()
 
 
-def steady_usage(openmeter: OpenMeterStandIn, subject: str = "acme", days: int = 56) -> float:
+def steady_usage(openmeter: OpenMeterStandIn, subject: str = "acme", days: int = 84) -> float:
     """40 credits each weekday and 4 each weekend day at 09:00 UTC, for the `days` days up to NOW; returns this
     period's part."""
     this_period = 0.0

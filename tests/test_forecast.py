@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from ai_credit_usage.forecast import Projection, project_usage
+from ai_credit_usage.forecast import Projection, daily_rows, project_usage
+from ai_credit_usage.window import WindowError, forecast_window
 
 TODAY = date(2026, 3, 11)  # a Wednesday
 
@@ -121,3 +124,37 @@ def test_elapsed_share_must_be_in_range(elapsed: float) -> None:
 def test_until_before_today_is_refused() -> None:
     with pytest.raises(ValueError, match="before today"):
         project({}, until=TODAY - timedelta(days=1))
+
+
+# --- the forecast's window and its rows ---------------------------------------------------------------------------
+
+
+def test_the_default_window_is_this_calendar_month_in_the_time_zone() -> None:
+    december = forecast_window(None, datetime(2026, 12, 31, 23, 30, tzinfo=UTC), UTC)
+    assert (december.start, december.end) == (datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    # 23:30 UTC on December 31st is already January 1st in Paris: January there.
+    paris = forecast_window(None, datetime(2026, 12, 31, 23, 30, tzinfo=UTC), ZoneInfo("Europe/Paris"))
+    assert (paris.start, paris.end) == (datetime(2026, 12, 31, 23, tzinfo=UTC), datetime(2027, 1, 31, 23, tzinfo=UTC))
+
+
+def test_to_date_runs_through_that_day_from_today_to_a_year_ahead() -> None:
+    now = datetime(2026, 3, 11, 9, tzinfo=UTC)
+    assert forecast_window("2026-03-11", now).end == datetime(2026, 3, 12, tzinfo=UTC)
+    assert forecast_window("2027-03-12", now).end == datetime(2027, 3, 13, tzinfo=UTC)  # 366 days ahead
+    with pytest.raises(WindowError, match="more than a year ahead"):
+        forecast_window("2027-03-13", now)
+    with pytest.raises(WindowError, match="in the past"):
+        forecast_window("2026-03-10", now)
+
+
+def test_rows_are_the_past_days_as_they_were_then_the_projection() -> None:
+    history = dict.fromkeys(days_before(TODAY, 56), 40.0)
+    projection = project(history, elapsed=0.5)
+    used = {**history, TODAY: 25.0}
+    so_far = 40.0 * 10 + 25.0  # March 1st to 10th, and today so far
+    rows = daily_rows(used, projection, first_day=date(2026, 3, 1), used_so_far=so_far)
+    assert [row[0] for row in rows] == [date(2026, 3, 1) + timedelta(days=i) for i in range(31)]
+    assert rows[9] == (date(2026, 3, 10), 40.0, 0.0, 40.0, 400.0, 400.0, 400.0, 400.0, 400.0)
+    today = rows[10]
+    assert today[1] == 25.0 and today[2] == pytest.approx(20.0) and today[4] == pytest.approx(so_far + 20.0)
+    assert math.fsum(row[3] for row in rows) == pytest.approx(rows[-1][4])  # the days add up to the total

@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from openpyxl import load_workbook
 
-from ai_credit_usage.forecast import DAY_COLUMNS
+from ai_credit_usage.forecast import DAY_COLUMNS, LOOKBACK_DAYS
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from tests.conftest import ADMIN, NOW, FakeClock, call_tool, download_bytes, text_of
 
@@ -92,7 +92,8 @@ async def test_used_so_far_the_projection_and_its_intervals(server_url: str, ope
     assert structured["download_url"] in text
     (query,) = openmeter.requests_to("/query")
     assert (query.param("windowSize"), query.param("windowTimeZone")) == ("DAY", "UTC")
-    assert (query.param("from"), query.param("to")) == ("2025-11-25T00:00:00Z", "2026-01-20T12:00:00Z")  # 8 weeks
+    lookback = (TODAY - timedelta(days=LOOKBACK_DAYS)).isoformat() + "T00:00:00Z"
+    assert (query.param("from"), query.param("to")) == (lookback, "2026-01-20T12:00:00Z")
     assert query.params("groupBy") == ["tenant"]
 
 
@@ -127,6 +128,7 @@ async def test_the_workbook_has_the_days_the_forecast_and_a_cumulative_chart(
     assert len(chart.series) == 5  # the cumulative total and the four bounds
     about = dict(workbook["About"].iter_rows(values_only=True))
     assert "weekday profile" in about["method"]
+    assert about["projected total credits"] == pytest.approx(structured["projected_total"])
 
 
 async def test_a_tenant_without_history_gets_zero_and_the_caution(server_url: str, openmeter: OpenMeterStandIn) -> None:
