@@ -23,19 +23,21 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
+from ai_credit_usage.balance import BalanceService
 from ai_credit_usage.bearer_gate import BearerTokenGate, JwtBearerGate, protected_resource_routes
 from ai_credit_usage.demo import DEMO_INSTRUCTIONS, demo_transport
 from ai_credit_usage.downloads import UNAVAILABLE, DownloadStore, DownloadStoreUnavailable, open_download_store
 from ai_credit_usage.gate import caller_gate
 from ai_credit_usage.jwt_verifier import JwtRules, JwtVerifier
-from ai_credit_usage.openmeter import RetryPolicy, connect
+from ai_credit_usage.openmeter import RetryPolicy, connect, connect_entitlements, open_http
 from ai_credit_usage.pipeline import Pipeline
 from ai_credit_usage.results import error_result
 from ai_credit_usage.session_guard import SessionGuard
 from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
 from ai_credit_usage.telemetry import Telemetry, traced_download, watch_download_store
 from ai_credit_usage.tool_call import current_call
-from ai_credit_usage.tools import INSTRUCTIONS, TOOLS, ToolSpec
+from ai_credit_usage.tools import TOOLS, ToolSpec
+from ai_credit_usage.tools import instructions as tool_instructions
 from ai_credit_usage.usage import UsageService
 from ai_credit_usage.window import Clock, utc_now
 
@@ -71,8 +73,16 @@ def create_app(
             api_key=settings.openmeter_api_key.get_secret_value(),
             meter_slug=settings.openmeter_meter,
             api=settings.api,
+            feature=settings.openmeter_credits_feature,
+            customer_key=settings.customer_key,
+            clock=clock,
         )
-    openmeter = connect(settings, retry=retry, transport=openmeter_transport)
+    http = open_http(settings, retry=retry, transport=openmeter_transport)
+    openmeter = connect(settings, http=http)
+    entitlements = connect_entitlements(settings, http)
+    balance = None
+    if entitlements is not None:
+        balance = BalanceService(entitlements, openmeter, settings.openmeter_meter, settings.customer_key)
     usage = UsageService(
         openmeter,
         settings.openmeter_meter,
@@ -80,6 +90,7 @@ def create_app(
         parallel_slices=settings.openmeter_max_concurrency,
         # The meter definition's cache ages by the injected clock when there is one (tests move it, never sleep).
         meter_clock=time.monotonic if clock is utc_now else lambda: clock().timestamp(),
+        balance=balance,
     )
     store_url = settings.download_store_url.get_secret_value() if settings.download_store_url else None
     downloads = open_download_store(
@@ -89,6 +100,7 @@ def create_app(
     pipeline = Pipeline(
         usage,
         downloads,
+        balance=balance,
         download_base_url=settings.download_base_url,
         source=f"OpenMeter meter '{settings.openmeter_meter}'" + (" (in-process demo stand-in)" if demo else ""),
         clock=clock,
@@ -97,8 +109,8 @@ def create_app(
         process_writer_rows=settings.workbook_process_rows,
         workbook_processes=settings.workbook_processes,
     )
-    instructions = INSTRUCTIONS + DEMO_INSTRUCTIONS if demo else INSTRUCTIONS
-    mcp = CreditsServer(pipeline, instructions=instructions, tools=[_registered(spec) for spec in TOOLS])
+    instructions = tool_instructions(settings) + (DEMO_INSTRUCTIONS if demo else "")
+    mcp = CreditsServer(pipeline, instructions=instructions, tools=offered_tools(settings))
     mcp.middleware.append(caller_gate(settings, mcp))
 
     async def health(request: Request) -> Response:
@@ -179,6 +191,11 @@ class CreditsServer(MCPServer):
 
 
 _built: dict[str, tuple[ToolSpec, Tool]] = {}
+
+
+def offered_tools(settings: Settings) -> list[Tool]:
+    """The SDK's tools for every spec these settings offer (`ToolSpec.offered`), in TOOLS order."""
+    return [_registered(spec) for spec in TOOLS if spec.offered(settings)]
 
 
 def _registered(spec: ToolSpec) -> Tool:

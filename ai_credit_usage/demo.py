@@ -19,6 +19,7 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,13 +27,20 @@ from typing import Any
 import httpx2
 
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, format_time
+from ai_credit_usage.openmeter.standin.entitlements import period_at
 
 logger = logging.getLogger(__name__)
 
 # What `main.py --demo` loads settings with: no real key is needed, and none is ever sent anywhere.
 DEMO_API_KEY = "demo-mode-no-real-key"
 DEMO_OPENMETER_URL = "http://openmeter.demo"
-DEMO_SETTINGS: dict[str, str] = {"openmeter_api_key": DEMO_API_KEY, "openmeter_url": DEMO_OPENMETER_URL}
+DEMO_FEATURE = "ai_credits"
+# The demo sets the credits feature, so get_credit_balance is offered (on v1) and answers from the demo allowances.
+DEMO_SETTINGS: dict[str, str] = {
+    "openmeter_api_key": DEMO_API_KEY,
+    "openmeter_url": DEMO_OPENMETER_URL,
+    "openmeter_credits_feature": DEMO_FEATURE,
+}
 # With OPENMETER_API=v3 the demo stand-in speaks v3, at the base URL a self-hosted OpenMeter would have.
 DEMO_SETTINGS_V3: dict[str, str] = {**DEMO_SETTINGS, "openmeter_url": f"{DEMO_OPENMETER_URL}/api/v3"}
 
@@ -183,6 +191,68 @@ def _event(
     }
 
 
+# The demo allowances: the usage period is anchored so it always resets ALLOWANCE_RESET_DAYS after today.
+ALLOWANCE_RESET_DAYS = 12
+PACE_DAYS = 28
+COMFORTABLE_TENANT, RUNNING_OUT_TENANT, TOP_UP_TENANT, NO_ALLOWANCE_TENANT = "acme", "demo", "globex", "initech"
+
+
+def demo_allowances(
+    standin: OpenMeterStandIn,
+    now: datetime,
+    events: list[dict[str, Any]],
+    *,
+    feature: str = DEMO_FEATURE,
+    meter_slug: str = "ai_credits",
+    customer_key: Callable[[str], str | None] = lambda tenant: tenant,
+) -> None:
+    """A customer per demo tenant (its users as the subject keys) with an entitlement to `feature` and grants sized
+    from the tenant's own usage, so the story holds whatever the day: acme is comfortable, demo runs out a few days
+    before the reset, globex has a top-up that expires in a few days, initech has no allowance at all."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    anchor = today + timedelta(days=ALLOWANCE_RESET_DAYS)  # the next reset; earlier periods count back from it
+    if anchor.day > 28:  # months step from the anchor's day as Go's AddDate does: keep it in every month
+        anchor = anchor.replace(day=28)
+    first_day = today - timedelta(days=DAYS - 1)
+    period_start = period_at(anchor, "MONTH", now)[0]
+    for tenant in TENANTS:
+        key = customer_key(tenant)
+        if tenant == NO_ALLOWANCE_TENANT or key is None:
+            continue
+        mine = [event for event in events if event["data"]["tenant"] == tenant]
+        subjects = sorted({event["subject"] for event in mine})
+        used = sum(_credits(event) for event in mine if event["time"] >= format_time(period_start))
+        recent = format_time(now - timedelta(days=PACE_DAYS))
+        pace = sum(_credits(event) for event in mine if event["time"] >= recent) / PACE_DAYS
+        entitlements = standin.entitlements
+        entitlements.add_customer(key, subject_keys=subjects)
+        entitlements.add_entitlement(
+            key, feature, meter=meter_slug, interval="MONTH", anchor=anchor, created_at=first_day,
+            measure_usage_from=first_day,
+        )  # fmt: skip
+        plan_start = first_day
+        if tenant == COMFORTABLE_TENANT:
+            amount = round(used + pace * 60, -2)
+            entitlements.add_grant(key, feature, amount=amount, effective_at=plan_start, priority=5,
+                                   recurrence=("MONTH", anchor), name="Monthly plan")  # fmt: skip
+        elif tenant == RUNNING_OUT_TENANT:
+            amount = round(used + pace * (ALLOWANCE_RESET_DAYS / 3), -1)  # a third of the days to the reset
+            entitlements.add_grant(key, feature, amount=amount, effective_at=plan_start, priority=5,
+                                   recurrence=("MONTH", anchor), name="Monthly plan")  # fmt: skip
+        else:  # the top-up is burnt first (priority 1) and expires in 4 days with credits left
+            amount = round(used + pace * 30, -2)
+            entitlements.add_grant(key, feature, amount=amount, effective_at=plan_start, priority=5,
+                                   recurrence=("MONTH", anchor), name="Monthly plan")  # fmt: skip
+            top_up_start = today - timedelta(days=26)
+            top_up_used = sum(_credits(e) for e in mine if e["time"] >= format_time(top_up_start))
+            entitlements.add_grant(key, feature, amount=round(top_up_used + pace * 8, -1), effective_at=top_up_start,
+                                   priority=1, expiration=("DAY", 30), name="Top-up (30 days)")  # fmt: skip
+
+
+def _credits(event: dict[str, Any]) -> float:
+    return float(event["data"]["credits"])
+
+
 def _spike(rng: random.Random, tenant: str, user: str, day: datetime) -> list[dict[str, Any]]:
     """A misconfigured agent workflow looping for an afternoon: the anomaly an admin should spot."""
     agents = next(module for module in MODULES if module.name == "agents")
@@ -192,16 +262,30 @@ def _spike(rng: random.Random, tenant: str, user: str, day: datetime) -> list[di
     ]
 
 
-def demo_transport(now: datetime, *, api_key: str, meter_slug: str, api: str = "v1") -> httpx2.AsyncBaseTransport:
+def demo_transport(
+    now: datetime,
+    *,
+    api_key: str,
+    meter_slug: str,
+    api: str = "v1",
+    feature: str | None = DEMO_FEATURE,
+    customer_key: Callable[[str], str | None] = lambda tenant: tenant,
+    clock: Callable[[], datetime] | None = None,
+) -> httpx2.AsyncBaseTransport:
     """An OpenMeter stand-in (of the `api` the settings speak) holding the demo events under the configured meter
     slug, as a transport for the production OpenMeter client: requests go to the stand-in's ASGI app in-process,
-    with no socket."""
+    with no socket. With a `feature` (v1 only: v3 has no entitlements API), the demo tenants get their allowances
+    (`demo_allowances`) under `customer_key(tenant)`; `clock` is the server's, so the stand-in's "now" is the same."""
     started = time.perf_counter()
     events = demo_events(now)
     standin = OpenMeterStandIn(
         api_key=api_key, meters=[{**AI_CREDITS_METER, "slug": meter_slug}], record_requests=False, api=api
     )
     standin.ingest(*events, ingested_at=now)
+    if clock is not None:
+        standin.entitlements.clock = clock
+    if feature is not None and api == "v1":
+        demo_allowances(standin, now, events, feature=feature, meter_slug=meter_slug, customer_key=customer_key)
     logger.warning(
         "DEMO MODE: answering from %d generated events (tenants %s, the %d days up to %s, OpenMeter's %s API), made "
         "in %.1f s; this is sample data, not anybody's real usage",

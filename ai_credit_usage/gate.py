@@ -103,8 +103,9 @@ def check_arguments(tool: str, arguments: Any, declared_arguments: Mapping[str, 
         return  # unknown tools and malformed arguments get the SDK's own error
     unexpected = sorted(set(arguments) - set(properties))
     if unexpected:
+        takes = f"only {_listed(sorted(properties))}" if properties else "no arguments"
         raise Refusal(
-            f"{tool} takes only {_listed(sorted(properties))}; it always answers for your own tenant, "
+            f"{tool} takes {takes}; it always answers for your own tenant, "
             f"so leave out {', '.join(repr(name) for name in unexpected)}."
         )
     for name, value in arguments.items():

@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ai_credit_usage.trend import Dimension, Granularity, parse_time_zone
-from ai_credit_usage.window import Window, resolve_window
+from ai_credit_usage.window import Window, forecast_window, resolve_window
 
 UTC_ZONE = ZoneInfo("UTC")
 
@@ -25,6 +25,7 @@ class Query:
     zone: ZoneInfo = field(default=UTC_ZONE)
     granularity: Granularity | None = None
     group_by: Dimension | None = None
+    as_of: datetime | None = None  # the moment the question is asked at: a forecast splits known from projected there
 
     @property
     def time_zone(self) -> str:
@@ -37,3 +38,10 @@ def parse_query(arguments: Mapping[str, Any], now: datetime) -> Query:
     zone = parse_time_zone(arguments.get("time_zone"))
     window = resolve_window(arguments.get("from_date"), arguments.get("to_date"), now, zone)
     return Query(window, zone, arguments.get("granularity"), arguments.get("group_by"))
+
+
+def parse_forecast_query(arguments: Mapping[str, Any], now: datetime) -> Query:
+    """A forecast's arguments: `to_date` (a day, not in the past) and `time_zone`; the window starts with the
+    current calendar month there."""
+    zone = parse_time_zone(arguments.get("time_zone"))
+    return Query(forecast_window(arguments.get("to_date"), now, zone), zone, as_of=now.astimezone(UTC_ZONE))

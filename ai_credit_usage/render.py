@@ -18,6 +18,7 @@ from typing import Any
 
 from ai_credit_usage.compare import COMPARISON_UNAVAILABLE, VISIBLE_CENT, Comparison, Mover
 from ai_credit_usage.findings import Findings
+from ai_credit_usage.forecast import Outlook
 from ai_credit_usage.table import PREVIEW_ROWS, Table, TableSink
 from ai_credit_usage.trend import Granularity, Trend, unusual_rule
 from ai_credit_usage.window import Window, format_utc
@@ -179,10 +180,15 @@ def _render(
     now: datetime,
     findings: Findings,
 ) -> str:
-    trend = findings.trend
+    trend, outlook = findings.trend, findings.forecast
     shown = preview.rows
     first_amount = len(table.columns) - table.amounts
     heading = f"Tenant {cell(tenant)}, {window.describe()}"
+    if outlook is not None:
+        heading = (
+            f"Tenant {cell(tenant)}, forecast for {window.describe()}, daily in {outlook.time_zone}, "
+            f"as of {format_utc(outlook.as_of)}"
+        )
     if trend is not None:
         heading += f", {_ADVERB[trend.granularity]} in {trend.time_zone}"
         if trend.group_by is not None:
@@ -205,9 +211,12 @@ def _render(
     lines.append("")
     if preview.hidden:
         lines.append(_cut_line(preview, table.row_count, trend))
-    lines.append(f"Total credits: {format_credits(table.total_credits)}")
+    if outlook is not None:
+        lines += _forecast_lines(outlook)
+    else:
+        lines.append(f"Total credits: {format_credits(table.total_credits)}")
     if preview.hidden:
-        lines.append(_hidden_line(preview, table.total_credits, trend))
+        lines.append(_hidden_line(preview, table.total_credits, trend, table.total_index))
     if findings.comparison_in_text:
         lines.append(_comparison_line(findings.comparison))
     if findings.movers is not None and findings.comparison is not None:
@@ -218,6 +227,43 @@ def _render(
         f"[Download Excel]({download_url}) (link expires at {format_utc(expires_at)}, {_in(expires_at - now)})"
     )
     return "\n".join(lines)
+
+
+def _forecast_lines(outlook: Outlook) -> list[str]:
+    low_80, high_80 = (format_credits(value) for value in outlook.interval_80)
+    low_95, high_95 = (format_credits(value) for value in outlook.interval_95)
+    lines = [
+        f"Used so far ({outlook.first_day.isoformat()} until {format_utc(outlook.as_of)}): "
+        f"{format_credits(outlook.used_so_far)} credits.",
+        f"Projected total by the end of {outlook.last_day.isoformat()}: {format_credits(outlook.projected_total)} "
+        f"credits (80% interval {low_80} to {high_80}; 95% interval {low_95} to {high_95}).",
+    ]
+    if not outlook.enough_history:
+        lines.append(outlook.too_little_history())
+    if (crossing := balance_crossing_line(outlook)) is not None:
+        lines.append(crossing)
+    return lines
+
+
+def balance_crossing_line(outlook: Outlook) -> str | None:
+    """When a balance is configured: whether and when it runs out, at the allowance's own pace (the entitlement's
+    daily usage, which may differ from the tenant meter this forecast projects; docs/credits.md)."""
+    if outlook.balance is None or outlook.balance_runs_out is None or outlook.balance_horizon is None:
+        return None
+    earliest, likely, latest = outlook.balance_runs_out
+    head = f"Balance: {format_credits(outlook.balance)} credits left;"
+    reset = (outlook.balance_horizon + timedelta(days=1)).isoformat()
+    if earliest is None:
+        return f"{head} at the allowance's own pace it lasts until the allowance resets on {reset}."
+    when = f"around {likely.isoformat()}" if likely else "not before the reset at the expected pace"
+    slow = latest.isoformat() if latest else "the reset"
+    ahead = ""
+    if (likely or earliest) > outlook.last_day:
+        ahead = f", after this forecast's last day ({outlook.last_day.isoformat()})"
+    return (
+        f"{head} at the allowance's own pace it runs out {when} (80% range {earliest.isoformat()} to {slow}){ahead}, "
+        f"before the allowance resets on {reset}."
+    )
 
 
 def _in(remaining: timedelta) -> str:
@@ -240,10 +286,10 @@ def _cut_line(preview: Shown, count: int, trend: Trend | None) -> str:
     )
 
 
-def _hidden_line(preview: Shown, total: float, trend: Trend | None) -> str:
+def _hidden_line(preview: Shown, total: float, trend: Trend | None, total_index: int = -1) -> str:
     """The credits of the rows not shown, such that the amounts as shown add up to the total as shown: each row is
     rounded to cents, so the exact rest (in the structured result) can be off by a few cents from that."""
-    rest = shown_cents(total) - sum((shown_cents(row[-1]) for row in preview.rows), Decimal(0))
+    rest = shown_cents(total) - sum((shown_cents(row[total_index]) for row in preview.rows), Decimal(0))
     hidden = preview.hidden
     if trend is not None and preview.newest:
         what, shown = f"older {trend.granularity}{'' if hidden == 1 else 's'}", f"{trend.granularity}s shown"

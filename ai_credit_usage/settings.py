@@ -38,6 +38,12 @@ METER_KEY_MAX = 64
 _ALLOWED_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?:\d{1,5}|\*))?$")
 OpenMeterApi = Literal["v1", "v3"]
 _V3_PATH = re.compile(r"(?:^|/)(?:api/)?v3$")  # the base of the v3 API: .../v3 (Konnect) or .../api/v3 (OpenMeter)
+# OpenMeter's feature key (api/openapi.cloud.yaml, Feature.key): lower-case words joined by single underscores.
+FEATURE_KEY = r"^[a-z0-9]+(?:_[a-z0-9]+)*$"
+DEFAULT_CUSTOMER_KEY = "{tenant}"
+# Characters a customer key may not carry whatever the template: they would change the request's path once a proxy
+# decodes it (`/`, `\\`, `%`), or cannot travel in one (controls).
+_PATH_CHANGING = re.compile(r"[/\\%\x00-\x1f\x7f]")
 
 
 class ConfigError(Exception):
@@ -83,6 +89,10 @@ class Settings(BaseSettings):
     mcp_jwt_tenant_claim: str = Field(default="tenant", min_length=1)
     mcp_jwt_roles_claim: str = Field(default="roles", min_length=1)
     mcp_resource_url: str | None = None  # this server's /mcp as clients reach it (RFC 9728 `resource`)
+    # Credits left (get_credit_balance): the feature whose entitlement holds the allowance; unset, the tool is not
+    # offered. The customer key is this template with the tenant name put in.
+    openmeter_credits_feature: str | None = Field(default=None, max_length=64, pattern=FEATURE_KEY)
+    openmeter_customer_key: str = DEFAULT_CUSTOMER_KEY
 
     @field_validator("openmeter_url", "public_base_url", "mcp_jwt_jwks_url", "mcp_resource_url")
     @classmethod
@@ -176,6 +186,24 @@ class Settings(BaseSettings):
         if not valid:
             raise ValueError(expected)
         return value
+
+    @field_validator("openmeter_customer_key")
+    @classmethod
+    def _customer_key_template(cls, value: str) -> str:
+        rest = value.replace("{tenant}", "")
+        if value.count("{tenant}") != 1 or "{" in rest or "}" in rest:
+            raise ValueError("expected a template with {tenant} once, such as {tenant} or tais-{tenant}")
+        if _PATH_CHANGING.search(rest) or len(value) > 200:
+            raise ValueError("must not contain /, \\, % or control characters, and stay under 200 characters")
+        return value
+
+    def customer_key(self, tenant: str) -> str | None:
+        """The OpenMeter customer key of `tenant` (the template filled in), or None when the tenant's name would make
+        a key that changes the request path (`/`, `\\`, `%`, control characters, `.` or `..`) or is too long."""
+        key = self.openmeter_customer_key.replace("{tenant}", tenant)
+        if not tenant or _PATH_CHANGING.search(key) or key in (".", "..") or len(key) > 256:
+            return None
+        return key
 
     @property
     def api(self) -> OpenMeterApi:

@@ -13,14 +13,16 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ai_credit_usage.balance import CreditBalance
 from ai_credit_usage.compare import Comparison, Mover, MoverStatus
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.render import Preview, period_text, shorten_plain
-from ai_credit_usage.table import TableSink
+from ai_credit_usage.table import PREVIEW_ROWS, TableSink
 from ai_credit_usage.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Dimension, Granularity
 from ai_credit_usage.window import Window
 
 UNUSUAL_KEPT = 50
+BALANCE_NAME_LIMIT = 80  # as balance_report.NAME_LIMIT cuts names in the text
 
 
 @dataclass(frozen=True)
@@ -261,3 +263,194 @@ class TrendResult(UsageResult):
                 for found in trend.unusual[:UNUSUAL_KEPT]
             ],
         }
+
+
+class IntervalOut(BaseModel):
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, bounds: tuple[float, float]) -> IntervalOut:
+        return cls(low=bounds[0], high=bounds[1])
+
+
+class ForecastDayOut(BaseModel):
+    day: date = Field(description="A calendar day in `time_zone`.")
+    used: float = Field(description="Credits recorded that day (today: so far).")
+    forecast: float = Field(description="Credits expected that day (today: the rest of it; 0 for past days).")
+    credits: float = Field(description="`used` + `forecast`.")
+    cumulative: float = Field(description="Expected credits from the window's start through this day.")
+    interval_80: IntervalOut = Field(description="80% interval of `cumulative` (exact for past days).")
+    interval_95: IntervalOut = Field(description="95% interval of `cumulative`.")
+
+
+class BalanceCrossingOut(BaseModel):
+    earliest: date | None = Field(description="The fast end of the 80% range; null: it lasts until the reset.")
+    likely: date | None = Field(description="At the expected pace; null: it lasts until the reset.")
+    latest: date | None = Field(description="The slow end; null: it lasts until the reset.")
+    lasts_through: date = Field(description="The last day looked at: the day before the allowance resets.")
+
+
+class ForecastResult(UsageResult):
+    as_of: datetime = Field(description="The moment that splits usage recorded from usage projected, UTC.")
+    time_zone: str
+    used_so_far: float = Field(description="Credits recorded from the window's start until `as_of`.")
+    projected_total: float = Field(
+        description="Credits expected over the whole window: `used_so_far` plus the projected rest."
+    )
+    interval_80: IntervalOut = Field(description="80% interval of `projected_total`.")
+    interval_95: IntervalOut = Field(description="95% interval of `projected_total`.")
+    enough_history: bool = Field(
+        description="False when the tenant's usage history is too short to trust the projection (the text says so)."
+    )
+    history_days: int = Field(description="Complete days of usage history the projection learned from.")
+    days: list[ForecastDayOut] = Field(
+        description="One per day from the window's first day, oldest first: at most 50 (the Excel file has all)."
+    )
+    balance: float | None = Field(
+        default=None, description="Credits left now, when a credit allowance is configured (else null)."
+    )
+    balance_runs_out: BalanceCrossingOut | None = Field(
+        default=None,
+        description="When the balance runs out at the allowance's own pace (the entitlement's daily usage, up to "
+        "its reset); null without a balance.",
+    )
+
+    @classmethod
+    def details(cls, answer: Answered) -> dict[str, Any]:
+        outlook, rows = answer.findings.forecast, answer.preview.shown.rows
+        if outlook is None:  # pragma: no cover - the forecast question always finds one
+            raise ValueError("a forecast result needs an outlook")
+        return {
+            "as_of": outlook.as_of,
+            "time_zone": outlook.time_zone,
+            "used_so_far": outlook.used_so_far,
+            "projected_total": outlook.projected_total,
+            "interval_80": IntervalOut.of(outlook.interval_80),
+            "interval_95": IntervalOut.of(outlook.interval_95),
+            "enough_history": outlook.enough_history,
+            "history_days": outlook.history_days,
+            "balance": outlook.balance,
+            "balance_runs_out": BalanceCrossingOut(
+                earliest=outlook.balance_runs_out[0],
+                likely=outlook.balance_runs_out[1],
+                latest=outlook.balance_runs_out[2],
+                lasts_through=outlook.balance_horizon,
+            )
+            if outlook.balance_runs_out is not None and outlook.balance_horizon is not None
+            else None,
+            "days": [
+                ForecastDayOut(
+                    day=day,
+                    used=used,
+                    forecast=forecast,
+                    credits=credits,
+                    cumulative=cumulative,
+                    interval_80=IntervalOut(low=low_80, high=high_80),
+                    interval_95=IntervalOut(low=low_95, high=high_95),
+                )
+                for (day, used, forecast, credits, cumulative, low_80, high_80, low_95, high_95) in rows
+            ],
+        }
+
+
+# ---- get_credit_balance -------------------------------------------------------------------------------------------
+
+
+class PeriodOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    start: datetime = Field(alias="from", description="Start of the current usage period, UTC.")
+    end: datetime = Field(alias="to", description="The reset instant (exclusive end of the period), UTC.")
+
+
+class GrantOut(BaseModel):
+    name: str = Field(description="The grant's name from its metadata, else 'grant' and the end of its id.")
+    amount: float
+    remaining: float | None = Field(description="Credits left of it now; null when it is not effective yet.")
+    effective_at: datetime
+    expires_at: datetime | None = Field(description="When it expires (exclusive); null when it never does.")
+    recurring: bool = Field(description="It refills to its amount at each recurrence.")
+    state: Literal["active", "future", "expired", "voided"]
+
+
+class RunwayOut(BaseModel):
+    earliest: date = Field(description="The earliest day (UTC) the balance runs out at the recent pace (the fast end "
+                           "of its 80% range).")  # fmt: skip
+    latest: date | None = Field(
+        description="The latest such day (the slow end); null when at that pace it lasts until the reset."
+    )
+    likely: date | None = Field(description="The day at the expected pace; null when at that pace it lasts.")
+    before_reset: bool = Field(description="The earliest day comes before the period resets.")
+    grant_expiring_first: str | None = Field(
+        description="A grant that expires with credits left before the balance runs out (its name), if any."
+    )
+
+
+class BalanceResult(BaseModel):
+    """The balance tool's structured result; for no allowance every figure is null and `grants` empty."""
+
+    tenant: str
+    status: Literal["metered", "none", "not_metered"] = Field(
+        description="metered: an allowance with a balance; none: no credit allowance is set up for the tenant; "
+        "not_metered: a boolean or static entitlement, with no balance."
+    )
+    as_of: datetime
+    balance: float | None = Field(description="Credits left now (the sum of the active grants' balances).")
+    usage: float | None = Field(description="Credits used in the current usage period.")
+    overage: float | None = Field(description="Usage this period beyond what the grants cover.")
+    has_access: bool | None
+    soft_limit: bool | None = Field(description="Usage may exceed the balance.")
+    period: PeriodOut | None
+    grants: list[GrantOut] = Field(description="At most 50, in OpenMeter's burn-down order; the workbook has all.")
+    grants_total: int = Field(description="How many grants there are in all.")
+    runway: RunwayOut | None = Field(description="When the balance runs out; null when it outlasts the period.")
+    download_url: str | None = Field(description="The Excel report; null for an answer without figures.")
+    expires_at: datetime | None = Field(description="When the download link stops working.")
+    demo: bool
+
+
+def balance_result(
+    found: CreditBalance, download_url: str | None, expires_at: datetime | None, demo: bool
+) -> dict[str, Any]:
+    """The balance answer as its output schema says, JSON-ready. Names are cut where the text cuts them."""
+    metered = found.status == "metered"
+    period = found.period if metered else None
+    runway = found.runway if metered else None
+    result = BalanceResult(
+        tenant=shorten_plain(found.tenant, BALANCE_NAME_LIMIT),
+        status=found.status,
+        as_of=found.as_of,
+        balance=found.balance if metered else None,
+        usage=found.usage if metered else None,
+        overage=found.overage if metered else None,
+        has_access=found.has_access if metered else None,
+        soft_limit=found.soft_limit if metered else None,
+        period=PeriodOut(start=period.start, end=period.end) if period else None,
+        grants=[
+            GrantOut(
+                name=shorten_plain(grant.name, BALANCE_NAME_LIMIT),
+                amount=grant.amount,
+                remaining=grant.remaining,
+                effective_at=grant.effective_at,
+                expires_at=grant.expires_at,
+                recurring=grant.recurring,
+                state=grant.state,
+            )
+            for grant in found.grants[:PREVIEW_ROWS]
+        ],
+        grants_total=len(found.grants),
+        runway=RunwayOut(
+            earliest=runway.earliest,
+            latest=runway.latest,
+            likely=runway.likely,
+            before_reset=runway.before_reset,
+            grant_expiring_first=runway.grant_expiring_first,
+        )
+        if runway
+        else None,
+        download_url=download_url,
+        expires_at=expires_at,
+        demo=demo,
+    )
+    return result.model_dump(mode="json", by_alias=True)

@@ -13,6 +13,7 @@ from datetime import datetime
 from ai_credit_usage.compare import COMPARISON_UNAVAILABLE, Comparison, Mover
 from ai_credit_usage.demo import DEMO_ABOUT
 from ai_credit_usage.findings import Findings
+from ai_credit_usage.forecast import Outlook
 from ai_credit_usage.query import Query
 from ai_credit_usage.render import period_text
 from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, TableSink
@@ -35,7 +36,7 @@ class Asked:
 
 
 def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
-    window, time_zone, trend = asked.query.window, asked.query.time_zone, findings.trend
+    window, time_zone, trend, outlook = asked.query.window, asked.query.time_zone, findings.trend, findings.forecast
     generated = format_utc(asked.generated)
     facts = [Fact("Data", DEMO_ABOUT)] if asked.demo else []
     facts += [
@@ -47,12 +48,16 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
     ]
     if trend is not None:
         facts += _trend_facts(trend)
-    facts += [
-        Fact("Generated at (UTC)", generated),
-        Fact("Total credits", sink.total_credits, CREDITS_FORMAT),
-        Fact("Rows in Data", sink.row_count),
-    ]
-    facts += _comparison_facts(findings)
+    if outlook is not None:
+        facts += _forecast_facts(outlook)
+        facts += [Fact("Generated at (UTC)", generated), Fact("Rows in Data", sink.row_count)]
+    else:
+        facts += [
+            Fact("Generated at (UTC)", generated),
+            Fact("Total credits", sink.total_credits, CREDITS_FORMAT),
+            Fact("Rows in Data", sink.row_count),
+        ]
+        facts += _comparison_facts(findings)
     blocks = [_top_block(sink, dimension) for dimension in BREAKDOWN_DIMENSIONS if sink.breakdown(dimension)]
     if findings.movers and findings.comparison is not None:
         blocks.append(_movers_block(findings.movers, findings.comparison))
@@ -62,6 +67,10 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
             blocks.append(_unusual_block(trend))
         last = 2 + max(1, len(trend.series))  # the series (or the single credits column), not the total
         line_chart = LineChartSpec(f"Credits per {trend.granularity} ({trend.time_zone})", 3, last)
+    if outlook is not None:
+        # The cumulative total with its intervals (Data columns 5 to 9) against the days. BALANCE CROSSING: the
+        # balance helper adds the allowance as one more line here.
+        line_chart = LineChartSpec(f"Cumulative credits, recorded and projected ({time_zone})", 5, 9)
     about: list[tuple[str, object]] = [("data", DEMO_ABOUT)] if asked.demo else []
     about += [
         ("tool", asked.tool),
@@ -69,10 +78,10 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
         ("from (UTC)", format_utc(window.start)),
         ("to (UTC, exclusive)", format_utc(window.end)),
         ("rows", sink.row_count),
-        ("total credits", sink.total_credits),
+        ("projected total credits" if outlook is not None else "total credits", sink.total_credits),
         ("source", asked.source),
         *findings.about,
-        ("times", "UTC" if trend is None else f"UTC; periods are calendar {trend.granularity}s in {time_zone}"),
+        ("times", _times(trend, outlook, time_zone)),
         ("credits", "exact, as OpenMeter sums them; the chat answer rounds them to 2 decimals"),
         ("Summary sheet", "top 5s: the credits of each user, module, product or skill, and its share of the total"),
         ("generated at (UTC)", generated),
@@ -80,6 +89,39 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
     return Report(
         facts=tuple(facts), blocks=tuple(blocks), about=tuple(about), line_chart=line_chart, title=asked.title
     )
+
+
+def _times(trend: Trend | None, outlook: Outlook | None, time_zone: str) -> str:
+    if trend is not None:
+        return f"UTC; periods are calendar {trend.granularity}s in {time_zone}"
+    if outlook is not None:
+        return f"UTC; days are calendar days in {time_zone}"
+    return "UTC"
+
+
+def _forecast_facts(outlook: Outlook) -> list[Fact]:
+    facts = [
+        Fact("As of (UTC)", format_utc(outlook.as_of)),
+        Fact("Last day of the forecast", outlook.last_day.isoformat()),
+        Fact("Used so far", outlook.used_so_far, CREDITS_FORMAT),
+        Fact("Projected total", outlook.projected_total, CREDITS_FORMAT),
+        Fact("80% interval: low", outlook.interval_80[0], CREDITS_FORMAT),
+        Fact("80% interval: high", outlook.interval_80[1], CREDITS_FORMAT),
+        Fact("95% interval: low", outlook.interval_95[0], CREDITS_FORMAT),
+        Fact("95% interval: high", outlook.interval_95[1], CREDITS_FORMAT),
+        Fact("History learned from (days)", outlook.history_days),
+    ]
+    if not outlook.enough_history:
+        facts.append(Fact("Caution", outlook.too_little_history()))
+    if outlook.balance is not None and outlook.balance_runs_out is not None:
+        earliest, likely, latest = outlook.balance_runs_out
+        facts += [
+            Fact("Credit balance now", outlook.balance, CREDITS_FORMAT),
+            Fact("Balance runs out, earliest", earliest or "lasts the period"),
+            Fact("Balance runs out, expected", likely or "lasts the period"),
+            Fact("Balance runs out, latest", latest or "lasts the period"),
+        ]
+    return facts
 
 
 def _trend_facts(trend: Trend) -> list[Fact]:

@@ -26,19 +26,21 @@ Progress = Callable[[float, float | None, str], Awaitable[None]]
 
 @dataclass
 class Table:
-    """Column names and rows. The last `amounts` columns are credits (floats); the very last is the row's total."""
+    """Column names and rows. The last `amounts` columns are credits (floats); the one at `total_index` (the very
+    last, by default) is the row's total."""
 
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     amounts: int = 1
+    total_index: int = -1
 
     @property
     def total_credits(self) -> float:
-        return math.fsum(row[-1] for row in self.rows)
+        return math.fsum(row[self.total_index] for row in self.rows)
 
     @property
     def rest_credits(self) -> float:
-        return math.fsum(row[-1] for row in self.rows[PREVIEW_ROWS:])
+        return math.fsum(row[self.total_index] for row in self.rows[PREVIEW_ROWS:])
 
     @property
     def row_count(self) -> int:
@@ -77,11 +79,13 @@ class TableSink:
         self._writer: WorkbookWriter | None = None
         self.define(columns, amounts=amounts)
 
-    def define(self, columns: Sequence[str], *, amounts: int = 1) -> None:
+    def define(self, columns: Sequence[str], *, amounts: int = 1, total: int = -1) -> None:
+        """`total`: the index of the column holding each row's credits (the last, except in a forecast's days)."""
         if self.row_count:
             raise RuntimeError("the columns are fixed once rows have arrived")
         self.columns = tuple(columns)
         self.amounts = amounts
+        self.total_index = total
         labels = self.columns[: len(self.columns) - amounts]
         self._breakdown_columns = [(name, labels.index(name)) for name in BREAKDOWN_DIMENSIONS if name in labels]
 
@@ -121,15 +125,15 @@ class TableSink:
         room = max(0, PREVIEW_ROWS - len(self.preview_rows))
         if room:
             self.preview_rows.extend(rows[:room])
-            self._shown_sums.append(math.fsum(row[-1] for row in rows[:room]))
+            self._shown_sums.append(math.fsum(row[self.total_index] for row in rows[:room]))
         if len(rows) > room:
-            self._rest_sums.append(math.fsum(row[-1] for row in rows[room:]))
+            self._rest_sums.append(math.fsum(row[self.total_index] for row in rows[room:]))
         self.row_count += len(rows)
         # Running sums for the Summary sheet's top 5s: cheap, and the rows need not be kept for them.
         for dimension, index in self._breakdown_columns:
             sums = self._breakdowns.setdefault(dimension, {})
             for row in rows:
-                sums[row[index]] = sums.get(row[index], 0.0) + row[-1]
+                sums[row[index]] = sums.get(row[index], 0.0) + row[self.total_index]
         await self._workbook().append(rows)
 
     async def workbook(self, report: Report) -> bytes:

@@ -345,7 +345,8 @@ def openmeter_request(
     path: str, meter: str | None, *, method: str = "GET", template: str | None = None
 ) -> Iterator[OpenMeterRequest]:
     """Wraps one OpenMeter request: the path as a template, so no meter slug or id, tenant or query string reaches
-    the span name (`template` when the caller names it, else `path` with the meter's key as `{meter}`)."""
+    the span name (`template` when the caller names it, e.g. a customer's entitlement path; else `path` with the
+    meter's key as `{meter}`)."""
     if template is None:
         template = path.replace(f"/meters/{meter}", "/meters/{meter}", 1) if meter else path
     attributes = {"http.request.method": method, "url.template": template}

@@ -3,20 +3,34 @@ and its file label. server.py registers them in a loop; adding a tool is a `Tool
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
+from ai_credit_usage.balance import BalanceService, CreditBalance
 from ai_credit_usage.findings import Findings
-from ai_credit_usage.query import Query
-from ai_credit_usage.structured import EventsResult, SummaryResult, TenantTotalResult, TrendResult, UsageResult
+from ai_credit_usage.forecast import LOOKBACK_DAYS
+from ai_credit_usage.query import Query, parse_forecast_query, parse_query
+from ai_credit_usage.settings import Settings
+from ai_credit_usage.structured import (
+    BalanceResult,
+    EventsResult,
+    ForecastResult,
+    SummaryResult,
+    TenantTotalResult,
+    TrendResult,
+    UsageResult,
+)
 from ai_credit_usage.table import TableSink
 from ai_credit_usage.trend import Dimension, Granularity
 from ai_credit_usage.usage import UsageService
 
 Question = Callable[[UsageService, str, Query, TableSink], Awaitable[Findings]]
+BalanceQuestion = Callable[[BalanceService, str, datetime], Awaitable[CreditBalance]]
+Parser = Callable[[Mapping[str, Any], datetime], Query]
 
 FromDate = Annotated[
     str | None,
@@ -50,7 +64,30 @@ TimeZoneParameter = Annotated[
         "given without an offset. Default: UTC."
     ),
 ]
-# Every tool takes these two; a spec lists only what it takes besides.
+ForecastTimeZone = Annotated[
+    str | None,
+    Field(description="IANA time zone name (e.g. Europe/Paris) for the calendar month and its days. Default: UTC."),
+]
+ForecastToDate = Annotated[
+    str | None,
+    Field(
+        description="Last day of the forecast, inclusive, as a date (2026-06-30), today or later and at most a year "
+        "ahead. Default: the last day of the current month (in time_zone)."
+    ),
+]
+
+
+def always(settings: Settings) -> bool:
+    return True
+
+
+def credits_configured(settings: Settings) -> bool:
+    """The balance is offered when the credits feature is set, on the v1 API: v3 (Kong Konnect) has no entitlement
+    value to read, only a beta credits ledger this server does not model (docs/credits.md)."""
+    return settings.openmeter_credits_feature is not None and settings.api == "v1"
+
+
+# Every usage tool takes these two; a spec lists only what it takes besides.
 WINDOW_PARAMETERS: tuple[tuple[str, Any], ...] = (("from_date", FromDate), ("to_date", ToDate))
 
 
@@ -59,14 +96,30 @@ class ToolSpec:
     name: str
     title: str
     description: str
-    question: Question  # a UsageService method: (service, tenant, query, sink) -> Findings
-    result: type[UsageResult]  # the structured result, published as the tool's output schema
+    question: Question | None  # a UsageService method: (service, tenant, query, sink) -> Findings
+    result: type[BaseModel]  # the structured result, published as the tool's output schema
     file_label: str  # names the workbook: ai-credits_<label>_<tenant>_<window>.xlsx
-    parameters: tuple[tuple[str, Any], ...] = ()  # (name, annotated type), beyond from_date and to_date
+    parameters: tuple[tuple[str, Any], ...] = ()  # (name, annotated type), beyond the window's
+    window_parameters: tuple[tuple[str, Any], ...] = WINDOW_PARAMETERS  # how the window is asked for
+    parse: Parser = parse_query  # the arguments as a Query
+    # Whether this server offers the tool at all (in tools/list and callable): a tool that can only fail under these
+    # settings is not offered, so the model never picks it.
+    offered: Callable[[Settings], bool] = always
+    # Instead of `question`: a BalanceService method, (service, tenant, now) -> CreditBalance (no window, no Query).
+    balance_question: BalanceQuestion | None = None
+    # What the server instructions add when the tool is offered: when to pick it.
+    pick: str = ""
 
     @property
     def all_parameters(self) -> tuple[tuple[str, Any], ...]:
-        return WINDOW_PARAMETERS + self.parameters
+        return self.window_parameters + self.parameters
+
+    @property
+    def usage(self) -> tuple[Question, type[UsageResult]]:
+        """The question and result of a usage tool (one over a window of the tenant meter)."""
+        if self.question is None or not issubclass(self.result, UsageResult):
+            raise TypeError(f"{self.name} is not a usage tool")
+        return self.question, self.result
 
 
 INSTRUCTIONS = """\
@@ -74,10 +127,25 @@ Answers a tenant administrator's questions about their own tenant's AI credit us
 Pick the tool by the question: totals and the change against the previous period -> get_credit_usage_by_tenant;
 who or what uses the most (breakdown by user, module, product, skill, and who changed most) ->
 get_credit_usage_summary; individual events ("what happened on Jan 15th?") -> get_credit_events; usage over time
-("is it going up?", per day, week or month, unusual periods) -> get_credit_usage_trend. Every tool takes from_date
-and to_date (ISO 8601, both optional; default: the last 7 days), the trend tool also granularity, group_by and
-time_zone, and always answers for the caller's own tenant. Each answer has a short table and a link to the full
-Excel report, which expires after a few minutes: give the user the link as it is."""
+("is it going up?", per day, week or month, unusual periods) -> get_credit_usage_trend; how much will be used by
+the end of the month or by a later day ("what will we have used by month-end?", a projection with ranges) ->
+get_credit_forecast, never an extrapolation of your own from the usage tools. The usage tools take from_date and
+to_date (ISO 8601, both optional; default: the last 7 days), the trend tool also granularity, group_by and
+time_zone; the forecast takes to_date (a day ahead) and time_zone. Every tool always answers for the caller's own
+tenant. Each answer has a short table and a link to the full Excel report, which expires after a few minutes: give
+the user the link as it is."""
+
+# Added to INSTRUCTIONS only when the balance is offered, so the model is never told of a tool it cannot call.
+BALANCE_PICK = (
+    " How much is left, when the allowance resets and when it runs out at the current pace ('How many credits do we "
+    "have left?', 'When do we run out?', 'When does it reset?') -> get_credit_balance (no arguments)."
+)
+
+
+def instructions(settings: Settings) -> str:
+    """The server instructions: the usage tools, and what each further offered tool adds."""
+    return INSTRUCTIONS + "".join(spec.pick for spec in TOOLS if spec.pick and spec.offered(settings))
+
 
 WINDOW_HELP = (
     " The window defaults to the last 7 days; a date-only to_date includes that whole day. The answer names the "
@@ -143,5 +211,45 @@ TOOLS = (
             ("group_by", GroupByParameter),
             ("time_zone", TimeZoneParameter),
         ),
+    ),
+    ToolSpec(
+        name="get_credit_forecast",
+        title="AI credit forecast",
+        description=(
+            'How many AI credits the tenant will have used by the end of the month (or by to_date): "What will we '
+            'have used by the end of the month?", "At this pace, how much by June 30th?". Used so far since the '
+            "month began, the projected total at the end with 80% and 95% intervals, and one row per day (used, "
+            "forecast, cumulative with its intervals). The projection learns a weekday rhythm and the recent level "
+            f"from the last {LOOKBACK_DAYS // 7} weeks of the tenant's own usage; with too little history the answer "
+            "says so. For usage already recorded use get_credit_usage_by_tenant or get_credit_usage_trend; for what "
+            "is left or when it runs out, get_credit_balance when it is offered. The answer links an Excel file with "
+            "every day and a chart."
+        ),
+        question=UsageService.forecast,
+        result=ForecastResult,
+        file_label="forecast",
+        parameters=(("time_zone", ForecastTimeZone),),
+        window_parameters=(("to_date", ForecastToDate),),
+        parse=parse_forecast_query,
+    ),
+    ToolSpec(
+        name="get_credit_balance",
+        title="AI credits left",
+        description=(
+            "How many AI credits the caller's tenant has left, and how long they last: \"How many credits do we "
+            'have left?", "When does our allowance reset?", "At this rate, when do we run out?". From the tenant\'s '
+            "credit allowance in OpenMeter: the balance now, this period's usage and when the period resets, each "
+            "grant with what is left of it and when it expires, overage, and the runway (when the balance runs out "
+            "at the recent pace, as a range, and whether that is before the reset or a grant's expiry). Takes no "
+            "arguments. For credits used in a window use get_credit_usage_by_tenant; over time, "
+            "get_credit_usage_trend. The answer links an Excel file with every grant and the daily usage."
+        ),
+        question=None,
+        balance_question=BalanceService.balance,
+        result=BalanceResult,
+        file_label="balance",
+        offered=credits_configured,
+        pick=BALANCE_PICK,
+        window_parameters=(),
     ),
 )

@@ -15,15 +15,25 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar, overload
 
 import anyio
 
+from ai_credit_usage.balance import BalanceService
 from ai_credit_usage.compare import Previous, compare, preceding, top_movers
-from ai_credit_usage.errors import first_error
+from ai_credit_usage.errors import UserFacingError, first_error
 from ai_credit_usage.event_walk import MAX_SLICES, EventWalk
 from ai_credit_usage.findings import Findings
+from ai_credit_usage.forecast import (
+    DAY_COLUMNS,
+    DAY_TOTAL_COLUMN,
+    HALF_LIFE_DAYS,
+    LOOKBACK_DAYS,
+    Outlook,
+    daily_rows,
+    project_usage,
+)
 from ai_credit_usage.openmeter.http import UNREADABLE, OpenMeterError
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter, UsageRow
 from ai_credit_usage.openmeter.meter import Meter, MeterConfigError
@@ -31,7 +41,7 @@ from ai_credit_usage.openmeter.meter_cache import DEFINITIVE_STATUSES, MeterCach
 from ai_credit_usage.query import Query
 from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, TableSink
 from ai_credit_usage.trend import UNUSUAL_RULE, build_trend, calendar_unit, choose_granularity, periods_of
-from ai_credit_usage.window import Window, format_utc
+from ai_credit_usage.window import Window, format_utc, local_midnight
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +67,11 @@ class UsageService:
         parallel_slices: int = 8,
         max_slices: int = MAX_SLICES,
         meter_clock: Callable[[], float] = time.monotonic,
+        balance: BalanceService | None = None,
     ) -> None:
         self._openmeter = openmeter
         self._meters = MeterCache(openmeter, meter_key, clock=meter_clock)
+        self._balance = balance  # the credit allowance, when configured: the forecast says when it runs out
         self._max_event_rows = max_event_rows
         self._parallel_slices = parallel_slices
         self._max_slices = max_slices
@@ -194,6 +206,77 @@ class UsageService:
         findings.trend = trend
         return findings
 
+    async def forecast(self, tenant: str, query: Query, sink: TableSink) -> Findings:
+        """Used so far this window and the projection of the rest, per day in the query's time zone.
+
+        One meter query: the tenant's daily credits in that time zone (the numbers the trend tool shows) from
+        LOOKBACK_DAYS before today, or the window's start if earlier, to now. Today's usage so far is known; the
+        projection (forecast.py) covers only the rest of today and the days through the window's last day.
+        """
+        window, zone = query.window, query.zone
+        now = (query.as_of or window.start).replace(microsecond=0)
+        today = now.astimezone(zone).date()
+        first_day = window.start.astimezone(zone).date()
+        last_day = window.end.astimezone(zone).date() - timedelta(days=1)
+        since = min(first_day, today - timedelta(days=LOOKBACK_DAYS))
+        meter = await self.meter()
+        daily = AggregateQuery(Window(local_midnight(since, zone), now), ("tenant",), tenant, "day", query.time_zone)
+        rows = await self._ask(meter, daily) if now > local_midnight(since, zone) else []
+        used: dict[date, float] = defaultdict(float)
+        for row in _of_tenant(rows, tenant):
+            used[_window_start(row).astimezone(zone).date()] += row.value
+        midnight, next_midnight = local_midnight(today, zone), local_midnight(today + timedelta(days=1), zone)
+        elapsed = min(max((now - midnight) / (next_midnight - midnight), 0.0), 0.999_999)
+        history = {day: value for day, value in used.items() if day < today}
+        projection = project_usage(history, today=today, today_elapsed=elapsed, until=last_day)
+        used_so_far = math.fsum(value for day, value in used.items() if first_day <= day <= today)
+        sink.define(DAY_COLUMNS, amounts=len(DAY_COLUMNS) - 1, total=DAY_TOTAL_COLUMN)
+        await sink.add(list(daily_rows(used, projection, first_day=first_day, used_so_far=used_so_far)))
+        end = projection.days[-1]
+        findings = Findings(
+            about=[
+                ("query", self._openmeter.describe_query(meter, daily)),
+                ("a row", DAY_ROW.format(zone=query.time_zone)),
+                ("method", FORECAST_METHOD),
+            ]
+        )
+        crossing = await self._balance_crossing(tenant, now)
+        findings.forecast = Outlook(
+            as_of=now,
+            time_zone=query.time_zone,
+            first_day=first_day,
+            last_day=last_day,
+            used_so_far=used_so_far,
+            projected_total=used_so_far + end.total,
+            interval_80=(used_so_far + end.total_80[0], used_so_far + end.total_80[1]),
+            interval_95=(used_so_far + end.total_95[0], used_so_far + end.total_95[1]),
+            enough_history=projection.enough_history,
+            history_days=projection.history_days,
+            level=projection.level,
+            **crossing,
+        )
+        return findings
+
+    async def _balance_crossing(self, tenant: str, now: datetime) -> dict[str, Any]:
+        """The Outlook's balance fields: the balance and when it runs out at the entitlement's own pace. Empty when
+        no balance is configured or the tenant has no metered allowance; a failure to read it leaves the forecast
+        standing without it."""
+        if self._balance is None:
+            return {}
+        try:
+            found = await self._balance.balance(tenant, now)
+        except UserFacingError as exc:
+            logger.warning("forecast without the balance crossing for tenant %r: %s", tenant, exc)
+            return {}
+        if found.status != "metered" or found.outlook is None:
+            return {}
+        outlook = found.outlook
+        return {
+            "balance": found.balance,
+            "balance_runs_out": (outlook.earliest, outlook.likely, outlook.latest),
+            "balance_horizon": outlook.horizon,
+        }
+
     def _combinations(self, meter: Meter, tenant: str, window: Window) -> AggregateQuery:
         """The tenant's credits per (user, module, product, tenant, skill) over the whole window."""
         return AggregateQuery(
@@ -232,6 +315,16 @@ class UsageService:
 TENANT_ROW = "the tenant's credits over the whole window (one row, even at zero usage)"
 SUMMARY_ROW = (
     "one combination of user, module, product, tenant and skill that used credits in the window, largest first"
+)
+DAY_ROW = (
+    "one calendar day in {zone}, from the window's first day to its last: used = credits recorded (today: so far), "
+    "forecast = expected (today: the rest of the day), credits = the two together; cumulative = from the window's "
+    "start through that day, with its 80% and 95% intervals (exact for days already past)"
+)
+FORECAST_METHOD = (
+    "a weekday profile times a recent level (exponentially weighted, half-life "
+    f"{HALF_LIFE_DAYS:g} days, spikes capped) and a trend shrunk towards flat; intervals from the method's own errors "
+    f"replayed on the last {LOOKBACK_DAYS} days; see docs/forecast.md"
 )
 EVENT_ROW = "one AI-credit event as OpenMeter received it: its time (UTC), user, module, product, tenant, credits"
 

@@ -15,6 +15,7 @@ DEFAULT_SPAN = timedelta(days=7)
 # (years 1 and 9999) a time zone, a calendar period or the preceding window overflows (issue 16 F5).
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+FORECAST_REACH_DAYS = 366  # a forecast's to_date may be at most this many days after today
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Calendar date, a time to at least the minute, an optional offset. Python's fromisoformat also takes forms such as
 # 20260131 or 2026-W05-6 that would then be read as midnight, silently dropping the day a date-only to_date includes.
@@ -111,3 +112,39 @@ def _parse(name: str, raw: str | None, *, whole_day: bool, zone: tzinfo = UTC) -
             f"{name} {raw!r} is not a date: use ISO 8601 such as 2026-01-15, 2026-01-15T00:00:00Z "
             "or 2026-01-15T00:00:00+02:00."
         ) from None
+
+
+def forecast_window(to_date: str | None, now: datetime, zone: tzinfo = UTC) -> Window:
+    """The window a forecast answers for: from the start of the current calendar month in `zone` to the end of
+    `to_date` (a day, inclusive; default: the last day of this month). `to_date` must not be in the past (that is
+    what the usage tools answer) and at most FORECAST_REACH_DAYS ahead."""
+    today = now.astimezone(zone).date()
+    month_start = today.replace(day=1)
+    if _given(to_date):
+        text = (to_date or "").strip()
+        try:
+            if not _DATE_ONLY.match(text):
+                raise ValueError(text)
+            last_day = date.fromisoformat(text)
+        except ValueError:
+            raise WindowError(
+                f"to_date {to_date!r} is not a day: the forecast runs through a whole day, such as 2026-06-30."
+            ) from None
+        if last_day < today:
+            raise WindowError(
+                f"to_date {to_date!r} is in the past (today is {today.isoformat()} in {_zone_name(zone)}): the "
+                "forecast looks ahead; for usage already recorded use get_credit_usage_by_tenant or "
+                "get_credit_usage_trend."
+            )
+        reach = today + timedelta(days=FORECAST_REACH_DAYS)
+        if last_day > reach:
+            raise WindowError(
+                f"to_date {to_date!r} is more than a year ahead: the forecast reaches {reach.isoformat()} at most."
+            )
+    else:
+        last_day = (month_start + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+    return Window(local_midnight(month_start, zone), local_midnight(last_day + timedelta(days=1), zone))
+
+
+def _zone_name(zone: tzinfo) -> str:
+    return str(getattr(zone, "key", None) or zone.tzname(None) or "UTC")

@@ -240,6 +240,78 @@ def build_workbook(table: Rows, *, report: Report = Report()) -> bytes:
         raise
 
 
+@dataclass(frozen=True)
+class Sheet:
+    """One data sheet of a small report workbook: exactly its table, a format per column (None: as it is)."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    formats: tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class SheetChart:
+    """A line chart on the Summary of `sheet`'s columns `first`..`last` (1-based) against its first column."""
+
+    title: str
+    sheet: str
+    first: int
+    last: int
+    y_title: str = "credits"
+
+
+def build_report_workbook(report: Report, sheets: Sequence[Sheet], chart: SheetChart | None = None) -> bytes:
+    """A small workbook at once: Summary (the report's facts and blocks, and the chart), the data sheets in order,
+    then About. For answers of a few hundred rows (the balance); big tables stream through WorkbookBuilder."""
+    workbook = Workbook(write_only=True)
+    summary = workbook.create_sheet(SUMMARY_SHEET)
+    for column, width in zip("ABCDEF", (30, 22, 16, 22, 22, 12), strict=True):
+        summary.column_dimensions[column].width = width
+    summary.append([_text(summary, report.title, font=_TITLE)])
+    summary.append([])
+    for fact in report.facts:
+        summary.append([_text(summary, fact.label, font=_BOLD), _formatted(summary, fact.value, fact.number_format)])
+    for block in report.blocks:
+        summary.append([])
+        summary.append([_text(summary, block.title, font=_BOLD)])
+        summary.append([_text(summary, name, font=_BOLD) for name in block.heading])
+        for values in block.rows:
+            summary.append([_formatted(summary, v, f) for v, f in zip(values, block.formats, strict=True)])
+    written: dict[str, tuple[WriteOnlyWorksheet, int]] = {}
+    for spec in sheets:
+        sheet = workbook.create_sheet(spec.name)
+        for index, name in enumerate(spec.columns):
+            sheet.column_dimensions[get_column_letter(index + 1)].width = _COLUMN_WIDTHS.get(name, 18)
+        sheet.freeze_panes = "A2"
+        sheet.append([_text(sheet, name, font=_BOLD) for name in spec.columns])
+        for row in spec.rows:
+            sheet.append([_formatted(sheet, v, f) for v, f in zip(row, spec.formats, strict=True)])
+        sheet.auto_filter.ref = f"A1:{get_column_letter(max(1, len(spec.columns)))}{len(spec.rows) + 1}"
+        written[spec.name] = (sheet, len(spec.rows))
+    if chart is not None and written.get(chart.sheet, (None, 0))[1] > 0:
+        data_sheet, rows = written[chart.sheet]
+        line = LineChart()
+        line.title, line.y_axis.title = chart.title, chart.y_title
+        line.x_axis.number_format = DATE_FORMAT
+        line.x_axis.delete = line.y_axis.delete = False
+        line.width, line.height = 24, 10
+        line.add_data(
+            Reference(data_sheet, min_col=chart.first, max_col=chart.last, min_row=1, max_row=rows + 1),
+            titles_from_data=True,
+        )
+        line.set_categories(Reference(data_sheet, min_col=1, min_row=2, max_row=rows + 1))
+        summary.add_chart(line, f"{_CHART_COLUMN}3")
+    about = workbook.create_sheet(ABOUT_SHEET)
+    about.column_dimensions["A"].width = 22
+    about.column_dimensions["B"].width = 100
+    for key, value in report.about:
+        about.append([_text(about, key, font=_BOLD), _text(about, value)])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()
+
+
 def _excel_time(moment: datetime) -> datetime:
     """Excel has no time zones: store the UTC wall time (the About sheet says it is UTC)."""
     if moment.tzinfo is not UTC:
@@ -292,6 +364,8 @@ def _formatted(sheet: WriteOnlyWorksheet, value: Any, number_format: str | None)
         return _text(sheet, value)
     if isinstance(value, datetime):
         return _styled(sheet, _excel_time(value), number_format=number_format or TIME_FORMAT)
+    if isinstance(value, date):
+        return _styled(sheet, value, number_format=number_format or DATE_FORMAT)
     if number_format is not None:
         return _styled(sheet, value, number_format=number_format)
     return value

@@ -68,15 +68,31 @@ MUST_PASS = ("server-initialize", "ping", "tools-list", "dns-rebinding-protectio
 # The suite sends no TAIS headers, so these call our gate's refusal, and an isError refusal satisfies them.
 PASS_ON_REFUSAL = ("tools-call-simple-text", "tools-call-error")
 READ_ONLY_ANNOTATIONS = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
-TOOLS = {
-    "get_credit_usage_by_tenant": "| tenant | credits |",
-    "get_credit_usage_summary": "| user | module | product | tenant | skill | credits |",
-    "get_credit_events": "| time | user | module | product | tenant | credits |",
-    "get_credit_usage_trend": "| day | partial | credits |",
-}
 TENANT = "demo"
+# What an admin's answer of each tool --demo offers must contain (its table header among it).
+TOOLS = {
+    "get_credit_usage_by_tenant": (f"Tenant {TENANT}, ", "| tenant | credits |", "Total credits: "),
+    "get_credit_usage_summary": (
+        f"Tenant {TENANT}, ",
+        "| user | module | product | tenant | skill | credits |",
+        "Total credits: ",
+    ),
+    "get_credit_events": (
+        f"Tenant {TENANT}, ",
+        "| time | user | module | product | tenant | credits |",
+        "Total credits: ",
+    ),
+    "get_credit_usage_trend": (f"Tenant {TENANT}, ", "| day | partial | credits |", "Total credits: "),
+    "get_credit_forecast": (f"Tenant {TENANT}, ", "Projected total by the end of "),
+    "get_credit_balance": (f"Tenant {TENANT}: ", "credits left**", "| grant | amount | left | expires | recurs |"),
+}
 WINDOW_ARGUMENTS = {"from_date", "to_date"}
 TREND_ARGUMENTS = {"granularity", "group_by", "time_zone"}
+ARGUMENTS = {
+    "get_credit_usage_trend": WINDOW_ARGUMENTS | TREND_ARGUMENTS,
+    "get_credit_forecast": {"to_date", "time_zone"},
+    "get_credit_balance": set(),
+}
 ADMIN = {"X-Tenant-Name": TENANT, "X-User-UserRole": "admin"}
 NON_ADMIN = {"X-Tenant-Name": TENANT, "X-User-UserRole": "user"}
 REFUSAL = "Only tenant administrators can see AI credit usage"
@@ -395,7 +411,7 @@ def check_tools_list(mcp_url: str, env: dict[str, str], workdir: Path) -> str:
         raise CheckFailed(f"tools {sorted(tools)}, expected {sorted(TOOLS)}")
     for name, tool in tools.items():
         schema = tool.get("inputSchema", {})
-        expected = WINDOW_ARGUMENTS | (TREND_ARGUMENTS if name == "get_credit_usage_trend" else set())
+        expected = ARGUMENTS.get(name, WINDOW_ARGUMENTS)
         if set(schema.get("properties", {})) != expected or schema.get("required"):
             raise CheckFailed(f"{name}: inputSchema is {json.dumps(schema)[:300]}")
         annotations = tool.get("annotations") or {}
@@ -423,7 +439,7 @@ def check_admin_call(mcp_url: str, env: dict[str, str], workdir: Path, tool: str
         raise CheckFailed(f"exit {status}, isError {result.get('isError')}: {text[:300]}")
     if not isinstance(result.get("structuredContent"), dict):
         raise CheckFailed("no structuredContent beside the text")
-    for expected in (f"Tenant {TENANT}, ", TOOLS[tool], "Total credits: "):
+    for expected in TOOLS[tool]:
         if expected not in text:
             raise CheckFailed(f"{expected!r} is not in the answer: {text[:400]}")
     link = re.search(rf"\[Download Excel\]\((http://localhost:{port}/download/[\w-]+)\)", text)

@@ -59,5 +59,5 @@ def test_dependencies_run_one_way() -> None:
     questions = {f"{PACKAGE}.{name}" for name in ("usage", "event_walk", "pipeline", "tools", "gate", "render")}
     for module in openmeter_side - {f"{PACKAGE}.openmeter.standin"}:
         assert not reaches(module) & questions, f"{module} reaches the questions"
-    for pure in ("window", "trend", "compare"):
+    for pure in ("window", "trend", "compare", "forecast"):
         assert reaches(f"{PACKAGE}.{pure}") <= {f"{PACKAGE}.{name}" for name in ("errors", "window")}, pure

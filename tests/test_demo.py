@@ -155,6 +155,26 @@ async def test_the_trend_finds_the_spike_and_only_the_spike(demo_url: str, argum
     assert days == sorted(days) and len(days) == len(set(days))  # one row per day, zero-filled, oldest first
 
 
+@pytest.mark.parametrize("tenant", sorted(TENANTS))
+async def test_the_demo_answers_the_forecast(demo_url: str, events: list[dict[str, Any]], tenant: str) -> None:
+    result = await call_tool(demo_url, "get_credit_forecast", headers={**DEMO, "X-Tenant-Name": tenant})
+    text = text_of(result)
+    assert not result.is_error, text
+    assert text.splitlines()[0] == DEMO_BANNER
+    structured = result.structured_content
+    assert structured is not None and structured["demo"] is True
+    month = [value for day, value in daily_credits(events, tenant).items() if day >= TODAY.replace(day=1)]
+    assert structured["used_so_far"] == pytest.approx(math.fsum(month))
+    assert structured["enough_history"] is True  # 90 days of history
+    # The rest of January (11.5 days, three weekends) at the demo's pace: at least a few hundred credits more.
+    rest = structured["projected_total"] - structured["used_so_far"]
+    assert structured["used_so_far"] / 20 < rest < structured["used_so_far"]
+    assert structured["interval_95"]["low"] < structured["projected_total"] < structured["interval_95"]["high"]
+    rows, about, filename = workbook_rows(demo_url, result)
+    assert filename.startswith(f"DEMO_ai-credits_forecast_{tenant}_")
+    assert len(rows) == 31 and about["data"] == DEMO_ABOUT
+
+
 async def test_every_answer_and_workbook_says_demo(demo_url: str) -> None:
     result = await call_tool(demo_url, "get_credit_usage_summary", headers=DEMO)
     text = text_of(result)
@@ -278,3 +298,35 @@ def test_main_demo_starts_without_a_key(tmp_path: Path, api: str | None) -> None
     assert "DEMO MODE" in stderr
     assert f"an in-process stand-in of its {api or 'v1'} API" in stderr
     assert "Traceback" not in stderr
+
+
+async def test_the_demo_tenants_answer_the_balance(demo_url: str) -> None:
+    """acme comfortable, demo running out before the reset, globex with a top-up that expires soon, initech none."""
+    found: dict[str, dict[str, Any]] = {}
+    texts: dict[str, str] = {}
+    for tenant in TENANTS:
+        headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
+        result = await call_tool(demo_url, "get_credit_balance", headers=headers)
+        assert not result.is_error, text_of(result)
+        assert text_of(result).startswith(DEMO_BANNER)
+        assert result.structured_content is not None
+        found[tenant], texts[tenant] = result.structured_content, text_of(result)
+    assert found["initech"]["status"] == "none" and found["initech"]["balance"] is None
+    reset = datetime.fromisoformat(found["acme"]["period"]["to"])
+    days_left = (reset - NOW).total_seconds() / 86400
+    for tenant in ("acme", "demo", "globex"):
+        data = found[tenant]
+        assert data["status"] == "metered" and data["has_access"]
+        assert datetime.fromisoformat(data["period"]["to"]) == reset
+    pace = {tenant: found[tenant]["usage"] / (NOW - datetime.fromisoformat(found[tenant]["period"]["from"])).days
+            for tenant in ("acme", "demo")}  # fmt: skip
+    assert found["acme"]["balance"] > 3 * pace["acme"] * days_left  # comfortable
+    assert found["demo"]["balance"] < 0.6 * pace["demo"] * days_left  # runs out before the reset
+    top_up, plan = found["globex"]["grants"]
+    assert top_up["remaining"] > 0 and not top_up["recurring"]
+    assert NOW < datetime.fromisoformat(top_up["expires_at"]) < NOW + timedelta(days=7)
+    assert plan["recurring"] and plan["expires_at"] is None
+    assert found["acme"]["runway"] is None and "lasts until the period resets" in texts["acme"]
+    assert found["demo"]["runway"]["before_reset"] is True
+    assert date.fromisoformat(found["demo"]["runway"]["likely"]) < reset.date()
+    assert "Top-up (30 days) expires on" in texts["globex"]  # with credits the pace will not use up

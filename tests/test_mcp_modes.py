@@ -20,6 +20,7 @@ from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, text_of
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
+EVERY_TOOL = (*TOOLS, "get_credit_forecast")
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -66,7 +67,7 @@ async def test_only_the_stateful_mode_hands_out_a_session(mode_url: str, statele
     assert ("mcp-session-id" in response.headers) is not stateless
 
 
-@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("tool", EVERY_TOOL)
 async def test_every_tool_answers_with_a_working_link(mode_url: str, tool: str) -> None:
     result = await call_tool(mode_url, tool)
     text = text_of(result)

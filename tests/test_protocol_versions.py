@@ -21,7 +21,13 @@ from tests.conftest import ADMIN, CLIENT_TIMEOUT, ServerStarter
 
 VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 VERSION_HEADER_SINCE = "2025-06-18"
-TOOLS = {"get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend"}
+TOOLS = {
+    "get_credit_usage_by_tenant",
+    "get_credit_usage_summary",
+    "get_credit_events",
+    "get_credit_usage_trend",
+    "get_credit_forecast",
+}
 
 
 @pytest.fixture(params=[False, True], ids=["stateless", "stateful"])

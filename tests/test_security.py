@@ -22,6 +22,7 @@ from tests.conftest import API_KEY, NOW, call_tool, on_both_apis, raw_initialize
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
+EVERY_TOOL = (*TOOLS, "get_credit_forecast")
 REFUSED_ROLE = "Only tenant administrators can see AI credit usage"
 
 
@@ -46,7 +47,7 @@ async def test_admin_roles_are_accepted(server_url: str, two_tenants: None, role
     assert "| acme | 465.00 |" in text_of(result)
 
 
-@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("tool", EVERY_TOOL)
 @pytest.mark.parametrize(
     "headers",
     [
@@ -165,6 +166,11 @@ async def test_hostile_tenant_names_see_nothing(server_url: str, two_tenants: No
         assert not result.is_error, text
         assert "acme-user" not in text and "globex-user" not in text
         assert "Total credits: 0.00" in text
+    forecast = await call_tool(
+        server_url, "get_credit_forecast", headers={"X-Tenant-Name": hostile, "X-User-UserRole": "admin"}
+    )
+    assert not forecast.is_error and forecast.structured_content is not None
+    assert forecast.structured_content["used_so_far"] == forecast.structured_content["projected_total"] == 0
 
 
 async def test_concurrent_tenants_never_see_each_other(server_url: str, two_tenants: None) -> None:
@@ -211,7 +217,7 @@ async def test_meter_without_tenant_dimension_fails_closed(
     meter = dict(AI_CREDITS_METER)
     meter["groupBy"] = {k: v for k, v in meter["groupBy"].items() if k != "tenant"}
     openmeter.add_meter(meter)
-    for tool in TOOLS:
+    for tool in EVERY_TOOL:
         result = await call_tool(server_url, tool)
         assert result.is_error
         assert "no tenant dimension" in text_of(result)
@@ -236,7 +242,7 @@ async def test_api_key_is_sent_to_openmeter_but_never_shown(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     texts = []
-    for tool in TOOLS:
+    for tool in EVERY_TOOL:
         result = await call_tool(server_url, tool)
         texts.append(text_of(result))
         match = re.search(r"(/download/[\w-]+)", texts[-1])

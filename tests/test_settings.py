@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +238,34 @@ def test_env_example_loads_and_names_every_setting(tmp_path: Path, monkeypatch: 
     assert (settings.api, settings.openmeter_url) == ("v1", "https://openmeter.cloud")
     missing = [name.upper() for name in Settings.model_fields if f"{name.upper()}=" not in example]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        pytest.param({"openmeter_credits_feature": "AI-Credits"}, "OPENMETER_CREDITS_FEATURE=", id="feature"),
+        pytest.param({"openmeter_customer_key": "tais"}, "OPENMETER_CUSTOMER_KEY='tais' is not valid", id="no-tenant"),
+        pytest.param({"openmeter_customer_key": "{tenant}-{tenant}"}, "with {tenant} once", id="twice"),
+        pytest.param({"openmeter_customer_key": "{tenant:>9}"}, "with {tenant} once", id="format-spec"),
+        pytest.param({"openmeter_customer_key": "{user}"}, "with {tenant} once", id="other-field"),
+        pytest.param({"openmeter_customer_key": "{tenant"}, "with {tenant} once", id="unmatched"),
+        pytest.param({"openmeter_customer_key": "tais/{tenant}"}, "must not contain /", id="slash"),
+        pytest.param({"openmeter_customer_key": "tais%2F{tenant}"}, "must not contain /", id="percent"),
+    ],
+)
+def test_bad_credit_settings_are_one_clear_line(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        load_settings(_env_file=None, openmeter_api_key=KEY, **overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_customer_key_template_fills_the_tenant_and_refuses_path_changing_names() -> None:
+    default = load_settings(_env_file=None, openmeter_api_key=KEY)
+    assert default.openmeter_credits_feature is None
+    assert default.customer_key("acme") == "acme"
+    prefixed = load_settings(_env_file=None, openmeter_api_key=KEY, openmeter_customer_key="tais-{tenant}")
+    assert prefixed.customer_key("Initech Ltd") == "tais-Initech Ltd"  # escaped when it goes into the path
+    for name in ("a/b", "..", ".", "a\\b", "50%", "a\nb", ""):
+        assert default.customer_key(name) is None, name
+    assert prefixed.customer_key("..") == "tais-.."  # one path segment, not a parent directory
+    assert default.customer_key("x" * 257) is None

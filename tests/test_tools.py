@@ -19,6 +19,7 @@ from tests.sent import SentQuery, event_pages, meter_queries
 # The whole tool contract runs against each OpenMeter API: the same rows, totals, order and workbook.
 pytestmark = [pytest.mark.anyio, on_both_apis]
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
+FORECAST = "get_credit_forecast"
 WINDOW_ARGUMENTS = {"from_date", "to_date"}
 TREND_ARGUMENTS = WINDOW_ARGUMENTS | {"granularity", "group_by", "time_zone"}
 
@@ -58,12 +59,15 @@ async def test_tools_are_listed_without_headers(server_url: str) -> None:
 
     async with httpx2.AsyncClient() as http, Client(streamable_http_client(f"{server_url}/mcp", http_client=http)) as c:
         tools = (await c.list_tools()).tools
-    assert sorted(tool.name for tool in tools) == sorted(TOOLS)
+    assert sorted(tool.name for tool in tools) == sorted((*TOOLS, FORECAST))
     for tool in tools:
         expected = TREND_ARGUMENTS if tool.name == "get_credit_usage_trend" else WINDOW_ARGUMENTS
+        if tool.name == FORECAST:
+            expected = {"to_date", "time_zone"}
         assert set(tool.input_schema["properties"]) == expected
         assert not tool.input_schema.get("required")
-        assert "last 7 days" in (tool.description or "")
+        default = "the end of the month" if tool.name == FORECAST else "last 7 days"
+        assert default in (tool.description or "")
         assert "\n " not in (tool.description or "")
 
 

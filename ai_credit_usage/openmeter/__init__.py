@@ -6,20 +6,31 @@ from __future__ import annotations
 
 import httpx2
 
+from ai_credit_usage.openmeter.entitlements import EntitlementsV2
 from ai_credit_usage.openmeter.http import OpenMeterHttp, RetryPolicy
 from ai_credit_usage.openmeter.interface import OpenMeter
 from ai_credit_usage.openmeter.v1 import OpenMeterV1
 from ai_credit_usage.openmeter.v3 import OpenMeterV3
 from ai_credit_usage.settings import Settings
 
-__all__ = ["OpenMeter", "OpenMeterHttp", "OpenMeterV1", "OpenMeterV3", "RetryPolicy", "connect"]
+__all__ = [
+    "EntitlementsV2",
+    "OpenMeter",
+    "OpenMeterHttp",
+    "OpenMeterV1",
+    "OpenMeterV3",
+    "RetryPolicy",
+    "connect",
+    "connect_entitlements",
+    "open_http",
+]
 
 
-def connect(
+def open_http(
     settings: Settings, *, retry: RetryPolicy | None = None, transport: httpx2.AsyncBaseTransport | None = None
-) -> OpenMeter:
-    """The OpenMeter API the settings point at, on one shared HTTP client; `transport` replaces the network."""
-    http = OpenMeterHttp(
+) -> OpenMeterHttp:
+    """The one HTTP client every OpenMeter API of the process shares; `transport` replaces the network."""
+    return OpenMeterHttp(
         settings.openmeter_url,
         settings.openmeter_api_key.get_secret_value(),
         timeout_seconds=settings.openmeter_timeout_seconds,
@@ -27,4 +38,22 @@ def connect(
         retry=retry,
         transport=transport,
     )
+
+
+def connect(
+    settings: Settings,
+    *,
+    retry: RetryPolicy | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
+    http: OpenMeterHttp | None = None,
+) -> OpenMeter:
+    """The OpenMeter API the settings point at, on one shared HTTP client (`http`, or a new one)."""
+    http = http or open_http(settings, retry=retry, transport=transport)
     return OpenMeterV3(http) if settings.api == "v3" else OpenMeterV1(http)
+
+
+def connect_entitlements(settings: Settings, http: OpenMeterHttp) -> EntitlementsV2 | None:
+    """The customer-entitlement client of the credits feature, on `http`; None when no feature is configured or the
+    API is v3 (which has no entitlement value API)."""
+    feature = settings.openmeter_credits_feature
+    return None if feature is None or settings.api != "v1" else EntitlementsV2(http, feature)

@@ -146,10 +146,21 @@ class OpenMeterHttp:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def get_json(self, path: str, params: Any, *, meter: str | None, template: str | None = None) -> Any:
+    async def get_json(
+        self,
+        path: str,
+        params: Any,
+        *,
+        meter: str | None,
+        template: str | None = None,
+        absent: frozenset[int] = frozenset(),
+    ) -> Any:
         """GET `path` and its JSON body, retried as the policy says; `meter` names the meter a 404 is about.
-        `template` is the path as telemetry names it (default: `path` with the meter's key as `{meter}`)."""
-        return await self.request_json("GET", path, params=params, meter=meter, template=template)
+
+        `template` is the path as telemetry names it (default: `path` with the meter's key as `{meter}`; never a
+        tenant); a status in `absent` (e.g. 404 for a customer that does not exist) is an answer, not an error: it
+        returns None."""
+        return await self.request_json("GET", path, params=params, meter=meter, template=template, absent=absent)
 
     async def post_json(self, path: str, body: Any, *, meter: str | None, template: str | None = None) -> Any:
         """POST `body` as JSON to `path` (a read: v3's meter query), retried like a GET."""
@@ -164,6 +175,7 @@ class OpenMeterHttp:
         body: Any = None,
         meter: str | None,
         template: str | None = None,
+        absent: frozenset[int] = frozenset(),
     ) -> Any:
         retrying = AsyncRetrying(
             stop=self._stop,
@@ -178,11 +190,21 @@ class OpenMeterHttp:
                 with attempt:
                     async with self._in_flight:
                         with traced.attempt():
-                            return await self._json_once(method, path, params, body, meter=meter, traced=traced)
+                            return await self._json_once(
+                                method, path, params, body, meter=meter, traced=traced, absent=absent
+                            )
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _json_once(
-        self, method: str, path: str, params: Any, body: Any, *, meter: str | None, traced: OpenMeterRequest
+        self,
+        method: str,
+        path: str,
+        params: Any,
+        body: Any,
+        *,
+        meter: str | None,
+        traced: OpenMeterRequest,
+        absent: frozenset[int],
     ) -> Any:
         started = time.perf_counter()
         try:
@@ -207,6 +229,9 @@ class OpenMeterHttp:
             ) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
         traced.note_status(response.status_code)
+        if response.status_code in absent:
+            logger.info("OpenMeter %s %s -> %d in %.0f ms (absent)", method, path, response.status_code, elapsed_ms)
+            return None
         if response.status_code >= 300:
             _log_problem(f"{method} {path}", response, elapsed_ms, self.redact)
             error = _status_error(response, meter, self._retry)

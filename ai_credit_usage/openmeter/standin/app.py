@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ai_credit_usage.openmeter.standin.entitlements import EntitlementsStandIn
 from ai_credit_usage.openmeter.standin.problems import ApiError, Problem, api_error_response, problem_response
 from ai_credit_usage.openmeter.standin.store import (
     AGGREGATIONS,
@@ -88,7 +89,6 @@ class OpenMeterStandIn:
             raise ValueError(f"the stand-in serves {sorted(API_ROUTERS)}, not {api!r}")
         self.api = api
         self.base_path = "/" + "/".join(V3_BASES[0]) if api == "v3" else ""
-        self.routers = list(routers or [API_ROUTERS[api]])
         self.api_key = api_key
         self.record_requests = record_requests
         self.meters: dict[str, dict[str, Any]] = {}
@@ -99,6 +99,11 @@ class OpenMeterStandIn:
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        # Customers, entitlements and grants (`/api/v2/customers/…/entitlements…`), over the same events: served
+        # beside the v1 paths only, as v3 (Konnect) has no entitlement API.
+        self.entitlements = EntitlementsStandIn(self._lock)
+        default: list[Router] = [API_ROUTERS[api], self.entitlements] if api == "v1" else [API_ROUTERS[api]]
+        self.routers: list[Router] = list(routers or default)
         self._request_seq = 0
         self._row_seq = 0
         self.latency = 0.0  # seconds every answer takes, to stand in for a remote server (soak, benchmarks)
