@@ -21,6 +21,7 @@ import httpx2
 import pytest
 from openpyxl import load_workbook
 
+from ai_credit_usage.openmeter.interface import sequential_event_pages
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.v1 import OpenMeterV1
 from ai_credit_usage.query import Query
@@ -52,7 +53,7 @@ async def events_of(client: OpenMeterV1, tenant: str, window: Window = WINDOW, *
 async def naive_walk(client: OpenMeterV1, tenant: str, window: Window = WINDOW) -> list[tuple]:
     """The straightforward way: one cursor over every event of the type, filtered here."""
     rows = []
-    async for page in client.iter_event_pages(AI_METER, window):
+    async for page in sequential_event_pages(client, AI_METER, window):
         for event in page:
             data = event.data
             if data["tenant"] == tenant:

@@ -17,7 +17,7 @@ import pytest
 from mcp.types import CallToolResult
 
 from ai_credit_usage.openmeter.http import OpenMeterError
-from ai_credit_usage.openmeter.interface import AggregateQuery
+from ai_credit_usage.openmeter.interface import AggregateQuery, sequential_event_pages
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.v1 import SERVES_V3
 from ai_credit_usage.openmeter.v3 import NOT_V3, OpenMeterV3
@@ -205,8 +205,8 @@ async def test_event_pages_ask_100_newest_first_follow_the_cursor_and_repeat_no_
         make_event(tenant="acme", credits=1, time=T0, subject="s0", type="other"),
     )
     meter = await v3.meter("ai_credits")
-    pages = [page async for page in v3.iter_event_pages(meter, JANUARY, ["s0", "s1"])]
-    (comma,) = [page async for page in v3.iter_event_pages(meter, JANUARY, ["b,c"])]
+    pages = [page async for page in sequential_event_pages(v3, meter, JANUARY, ["s0", "s1"])]
+    (comma,) = [page async for page in sequential_event_pages(v3, meter, JANUARY, ["b,c"])]
     await v3.aclose()
     events = [event for page in pages for event in page]
     assert [len(page) for page in pages] == [100, 67]

@@ -7,7 +7,7 @@ one implementation; another API is another class with these methods.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -71,9 +71,10 @@ class OpenMeter(Protocol):
         ...
 
     async def event_page(
-        self, meter: Meter, window: Window, subjects: Sequence[str], cursor: str | None
+        self, meter: Meter, window: Window, subjects: Sequence[str] | None, cursor: str | None
     ) -> tuple[list[CloudEvent], str | None]:
-        """One page of the meter's events of `subjects` in the window, newest first, and the next page's cursor."""
+        """One page of the meter's events (of `subjects`; None: of every subject) in the window, newest first, and
+        the next page's cursor."""
         ...
 
     def subject_chunks(self, meter: Meter, window: Window, subjects: Sequence[str]) -> list[list[str]]:
@@ -89,3 +90,16 @@ class OpenMeter(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def sequential_event_pages(
+    openmeter: OpenMeter, meter: Meter, window: Window, subjects: Sequence[str] | None = None
+) -> AsyncIterator[list[CloudEvent]]:
+    """Every event of the meter's type (of `subjects`, if given) in the window, newest first, a page at a time: the
+    plain sequential walk, which the sliced walk in event_walk.py must reproduce exactly (the tests compare)."""
+    events, cursor = await openmeter.event_page(meter, window, subjects, None)
+    while True:
+        yield events
+        if cursor is None:
+            return
+        events, cursor = await openmeter.event_page(meter, window, subjects, cursor)

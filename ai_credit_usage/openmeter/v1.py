@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -153,18 +153,6 @@ class OpenMeterV1:
                 chunks.append([subject])
                 size = base + cost
         return chunks
-
-    async def iter_event_pages(
-        self, meter: Meter, window: Window, subjects: Sequence[str] | None = None
-    ) -> AsyncIterator[list[CloudEvent]]:
-        """Every event of the meter's type (of `subjects`, if given) in the window, newest first, a page at a time:
-        the plain sequential walk, which the sliced walk in event_walk.py must reproduce exactly (the tests compare)."""
-        events, cursor = await self.event_page(meter, window, subjects, None)
-        while True:
-            yield events
-            if cursor is None:
-                return
-            events, cursor = await self.event_page(meter, window, subjects, cursor)
 
     def describe_query(self, meter: Meter, query: AggregateQuery) -> str:
         calendar = " without windowSize"

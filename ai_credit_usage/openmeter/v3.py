@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -217,17 +217,6 @@ class OpenMeterV3:
             chunks.append([subject])
             listed = True
         return chunks
-
-    async def iter_event_pages(
-        self, meter: Meter, window: Window, subjects: Sequence[str] | None = None
-    ) -> AsyncIterator[list[CloudEvent]]:
-        """Every event of the meter's type (of `subjects`, if given) in the window, newest first, a page at a time."""
-        events, cursor = await self.event_page(meter, window, subjects, None)
-        while True:
-            yield events
-            if cursor is None:
-                return
-            events, cursor = await self.event_page(meter, window, subjects, cursor)
 
     def describe_query(self, meter: Meter, query: AggregateQuery) -> str:
         calendar = " without granularity"

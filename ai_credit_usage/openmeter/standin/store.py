@@ -17,6 +17,7 @@ from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ai_credit_usage.openmeter.numbers import to_float64_or_null
 from ai_credit_usage.openmeter.standin.problems import Problem
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -270,17 +271,63 @@ def row_key(row: Row) -> tuple[int, str]:
     return row.time, row.row_id
 
 
-def decode_cursor(raw: str | None) -> tuple[int, str] | None:
-    """Decode the opaque base64 "<RFC 3339 time>,<store row id>" cursor."""
-    if raw is None:
-        return None
-    try:
-        when, _, row_id = base64.b64decode(raw, validate=True).decode().partition(",")
-        if not row_id:
-            raise ValueError("no delimiter")
-        return unix(parse_rfc3339(when)), row_id
-    except ValueError:  # includes binascii.Error and UnicodeDecodeError
-        raise Problem(400, f"invalid cursor: {raw!r}") from None
+def encode_cursor(seconds: int, row_id: str) -> str:
+    """The opaque cursor both APIs hand out: base64 of "<RFC 3339 time>,<store row id>"."""
+    return base64.b64encode(f"{format_time(seconds)},{row_id}".encode()).decode()
+
+
+def decode_cursor(raw: str) -> tuple[int, str]:
+    """The (time, row id) a cursor names; ValueError when it is not one (each API words its own 400)."""
+    when, _, row_id = base64.b64decode(raw, validate=True).decode().partition(",")  # binascii.Error is a ValueError
+    if not row_id:
+        raise ValueError("no delimiter")
+    return unix(parse_rfc3339(when)), row_id
+
+
+GroupKey = tuple[tuple[int, int], str, tuple[str, ...]]
+
+
+def group_events(
+    rows: list[Row],
+    meter: Mapping[str, Any],
+    start: datetime | None,
+    end: datetime | None,
+    window_size: str | None,
+    tz: ZoneInfo,
+    group_by: list[str],
+    subjects: list[str],
+    keep: Mapping[str, Callable[[str], bool]],
+) -> dict[GroupKey, list[Row]]:
+    """The meter query's SQL on the store, both APIs alike: the meter's events of its type (of `subjects`, if any)
+    in [start, end) with the meter's eventFrom clamping `start`, each dimension's value passing its `keep` test,
+    grouped by (tumbling window, subject when grouped by it, the other grouped dimensions' values)."""
+    low = unix(start) if start else None
+    if meter.get("eventFrom"):
+        event_from = unix(parse_rfc3339(meter["eventFrom"]))
+        low = event_from if low is None else max(low, event_from)
+    high = unix(end) if end else None
+    paths = {key: compile_json_path(path) for key, path in (meter.get("groupBy") or {}).items()}
+    dims = [key for key in group_by if key != "subject"]
+    groups: dict[GroupKey, list[Row]] = {}
+    for row in rows:
+        event, data = row.event, row.event.get("data")
+        if event["type"] != meter["eventType"] or (subjects and event["subject"] not in subjects):
+            continue
+        if (low is not None and row.time < low) or (high is not None and row.time >= high):
+            continue
+        if not all(test(json_value(data, paths[key])) for key, test in keep.items()):
+            continue
+        window = tumble_window(row.time, window_size, tz) if window_size else (0, 0)
+        subject = event["subject"] if "subject" in group_by else ""
+        groups.setdefault((window, subject, tuple(json_value(data, paths[dim]) for dim in dims)), []).append(row)
+    return groups
+
+
+def group_value(meter: Mapping[str, Any], members: list[Row]) -> float | None:
+    """The meter's aggregation over one group, values read as ClickHouse's toFloat64OrNull reads them."""
+    value_path = compile_json_path(meter.get("valueProperty") or "$")
+    values = [to_float64_or_null(json_value(row.event.get("data"), value_path)) for row in members]
+    return aggregate(str(meter["aggregation"]).upper(), values)
 
 
 def ingested_event(row: Row) -> dict[str, Any]:

@@ -7,7 +7,6 @@ two differ: `to` is exclusive, times have second resolution, a filter object hol
 
 from __future__ import annotations
 
-import base64
 import heapq
 import re
 from datetime import datetime
@@ -16,7 +15,6 @@ from zoneinfo import ZoneInfo
 
 from starlette.datastructures import QueryParams
 
-from ai_credit_usage.openmeter.numbers import to_float64_or_null
 from ai_credit_usage.openmeter.standin.problems import Problem
 from ai_credit_usage.openmeter.standin.store import (
     EVENT_FILTER_KEYS,
@@ -25,18 +23,17 @@ from ai_credit_usage.openmeter.standin.store import (
     TIME_OPS,
     WINDOW_SIZES,
     Row,
-    aggregate,
     check_filter,
-    compile_json_path,
     decode_cursor,
     descending,
+    encode_cursor,
     format_time,
+    group_events,
+    group_value,
     ingested_event,
-    json_value,
     matches,
     parse_rfc3339,
     row_key,
-    tumble_window,
     unix,
     upper_bound,
 )
@@ -151,37 +148,18 @@ def aggregate_rows(
     subjects: list[str],
     filters: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    low = unix(start) if start else None
-    if meter.get("eventFrom"):
-        event_from = unix(parse_rfc3339(meter["eventFrom"]))
-        low = event_from if low is None else max(low, event_from)
-    high = unix(end) if end else None
-    paths = {key: compile_json_path(path) for key, path in meter["groupBy"].items()}
-    value_path = compile_json_path(meter.get("valueProperty") or "$")
+    keep = {key: (lambda value, f=f: matches(f, value)) for key, f in filters.items()}
+    groups = group_events(rows, meter, start, end, window_size, tz, group_by, subjects, keep)
     dims = [key for key in group_by if key != "subject"]
-    groups: dict[tuple[Any, ...], list[Row]] = {}
-    for row in rows:
-        event, data = row.event, row.event.get("data")
-        if event["type"] != meter["eventType"] or (subjects and event["subject"] not in subjects):
-            continue
-        if (low is not None and row.time < low) or (high is not None and row.time >= high):
-            continue
-        if not all(matches(f, json_value(data, paths[key])) for key, f in filters.items()):
-            continue
-        window = tumble_window(row.time, window_size, tz) if window_size else (0, 0)
-        subject = event["subject"] if "subject" in group_by else ""
-        key = (window, subject, tuple(json_value(data, paths[dim]) for dim in dims))
-        groups.setdefault(key, []).append(row)
     data_rows = []
-    for (window, subject, values), rows in sorted(groups.items(), key=lambda item: item[0]):
-        values_read = [to_float64_or_null(json_value(r.event.get("data"), value_path)) for r in rows]
-        value = aggregate(meter["aggregation"], values_read)
+    for (window, subject, values), members in sorted(groups.items(), key=lambda item: item[0]):
+        value = group_value(meter, members)
         if value is None:
             continue
         if window_size:
             window_start, window_end = format_time(window[0]), format_time(window[1])
         else:  # min/max event time rounded to the minute, replaced by the request's from/to when given
-            first, last = min(r.time for r in rows), max(r.time for r in rows)
+            first, last = min(r.time for r in members), max(r.time for r in members)
             window_start = format_time(start) if start else format_time(first - first % 60)
             window_end = format_time(end) if end else format_time(last - last % 60 + 60)
         data_rows.append(
@@ -211,7 +189,7 @@ def list_events(standin: EventStore, q: QueryParams) -> dict[str, Any]:
     limit = 100 if limit_raw is None else int(limit_raw)
     if not 1 <= limit <= 100:
         raise Problem(400, "limit must be between 1 and 100")
-    cursor = decode_cursor(single_param(q, "cursor"))
+    cursor = _cursor(single_param(q, "cursor"))
     raw_filter = json_param(q, "filter") or {}
     if not isinstance(raw_filter, dict):
         raise Problem(400, "filter must be a JSON object")
@@ -255,5 +233,12 @@ def list_events(standin: EventStore, q: QueryParams) -> dict[str, Any]:
     body: dict[str, Any] = {"items": [ingested_event(row) for row in page]}
     if page and len(page) == limit:  # only a full page gets a cursor, so a last full page is followed by []
         last = page[-1]
-        body["nextCursor"] = base64.b64encode(f"{format_time(last.time)},{last.row_id}".encode()).decode()
+        body["nextCursor"] = encode_cursor(last.time, last.row_id)
     return body
+
+
+def _cursor(raw: str | None) -> tuple[int, str] | None:
+    try:
+        return None if raw is None else decode_cursor(raw)
+    except ValueError:  # includes binascii.Error and UnicodeDecodeError
+        raise Problem(400, f"invalid cursor: {raw!r}") from None

@@ -11,7 +11,6 @@ as the v1 routes', so the same events give the same answers.
 
 from __future__ import annotations
 
-import base64
 import heapq
 import json
 import re
@@ -21,18 +20,17 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ai_credit_usage.openmeter.numbers import to_float64_or_null
 from ai_credit_usage.openmeter.standin.problems import ApiError, InvalidParameter, Problem
 from ai_credit_usage.openmeter.standin.store import (
     Row,
-    aggregate,
-    compile_json_path,
+    decode_cursor,
     descending,
+    encode_cursor,
     format_time,
-    json_value,
+    group_events,
+    group_value,
     parse_rfc3339,
     row_key,
-    tumble_window,
     unix,
 )
 from ai_credit_usage.openmeter.standin.wire import EventStore, Handler, StandInRequest
@@ -350,36 +348,15 @@ def _aggregate(
 ) -> list[dict[str, Any]]:
     """The same ClickHouse semantics as the v1 query (events_from clamps `from`, `to` exclusive, the dimension
     filters on each event, NULL aggregates dropped); rows in v3's shape."""
-    low = unix(start) if start else None
-    if meter.get("eventFrom"):
-        event_from = unix(parse_rfc3339(meter["eventFrom"]))
-        low = event_from if low is None else max(low, event_from)
-    high = unix(end) if end else None
-    paths = {key: compile_json_path(path) for key, path in (meter.get("groupBy") or {}).items()}
-    value_path = compile_json_path(meter.get("valueProperty") or "$")
+    grouped = group_events(rows, meter, start, end, window_size, tz, group_by, subjects, filters)
     dims = [key for key in group_by if key != "subject"]
-    grouped: dict[tuple[Any, ...], list[Row]] = {}
-    for row in rows:
-        event, data = row.event, row.event.get("data")
-        if event["type"] != meter["eventType"] or (subjects and event["subject"] not in subjects):
-            continue
-        if (low is not None and row.time < low) or (high is not None and row.time >= high):
-            continue
-        if not all(check(json_value(data, paths[key])) for key, check in filters.items()):
-            continue
-        window = tumble_window(row.time, window_size, tz) if window_size else (0, 0)
-        subject = event["subject"] if "subject" in group_by else ""
-        grouped.setdefault((window, subject, tuple(json_value(data, paths[key]) for key in dims)), []).append(row)
     out = []
     # With a granularity the SQL orders by window start only; without one it has no ORDER BY. The stand-in sorts
     # the groups the other way round inside that, so a client that relies on an order it was not promised fails.
     ordered = sorted(grouped.items(), key=lambda item: item[0][1:], reverse=True)
     ordered.sort(key=lambda item: item[0][0])
     for (window, subject, values), members in ordered:
-        value = aggregate(
-            str(meter["aggregation"]).upper(),
-            [to_float64_or_null(json_value(r.event.get("data"), value_path)) for r in members],
-        )
+        value = group_value(meter, members)
         if value is None:
             continue
         if window_size:
@@ -474,7 +451,7 @@ def list_events(standin: EventStore, request: StandInRequest) -> dict[str, Any]:
         sort_key = row_key
     meta: dict[str, Any] = {"size": size, "next": None, "previous": None}
     if chosen:
-        meta["first"], meta["last"] = _encode_cursor(*sort_key(chosen[0])), _encode_cursor(*sort_key(chosen[-1]))
+        meta["first"], meta["last"] = encode_cursor(*sort_key(chosen[0])), encode_cursor(*sort_key(chosen[-1]))
         if len(chosen) == size:  # the cursor only on a full page (api/v3/response/cursorpagination.go)
             meta["next"] = meta["last"]
     return {"data": [_ingested_event(row) for row in chosen], "meta": {"page": meta}}
@@ -507,18 +484,9 @@ def _time_check(field: str, op: str, bound: int) -> Callable[[Row], bool]:
     return lambda row: test(getattr(row, field))
 
 
-def _encode_cursor(seconds: int, row_id: str) -> str:
-    return base64.b64encode(f"{format_time(seconds)},{row_id}".encode()).decode()
-
-
 def _cursor(raw: str | None) -> tuple[int, str] | None:
-    if raw is None:
-        return None
     try:
-        when, _, row_id = base64.b64decode(raw, validate=True).decode().partition(",")
-        if not row_id:
-            raise ValueError("no delimiter")
-        return unix(parse_rfc3339(when)), row_id
+        return None if raw is None else decode_cursor(raw)
     except ValueError:
         raise ApiError.bad_request(InvalidParameter("page[after]", "invalid cursor", "query")) from None
 
