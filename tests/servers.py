@@ -8,6 +8,8 @@ it; the app must therefore be thread-safe with respect to state that tests read 
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -130,3 +132,18 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     """Serve ``app`` for the duration of the ``with`` block and yield its base URL."""
     with ServerThread(app) as url:
         yield url
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a process the test starts, chosen below the kernel's ephemeral range
+    (32768-60999 on Linux): a port that bind(0) handed out, once closed, can be handed to another test's server
+    under xdist before the child binds it, and the test then talks to the wrong server."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port between 20000 and 32000")

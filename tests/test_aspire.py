@@ -6,21 +6,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx2
 
+from tests.servers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 UV = shutil.which("uv") or "uv"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_main_serves_health_on_the_port_aspire_gives_it(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.settings import ConfigError, load_settings
 from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, raw_initialize, text_of
-from tests.servers import serve_in_thread
+from tests.servers import free_port, serve_in_thread
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,12 +138,6 @@ async def test_the_download_listener_serves_downloads_and_health_only(
         assert raw_initialize(downloads_url, {}) == 404
         assert raw_initialize(downloads_url, GLOBEX_ADMIN) == 404
         assert httpx2.get(f"{downloads_url}/.well-known/oauth-protected-resource").status_code == 404
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

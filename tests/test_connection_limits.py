@@ -16,6 +16,7 @@ import pytest
 
 from ai_credit_usage.settings import ConfigError, load_settings
 from tests.conftest import API_KEY
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,9 +31,7 @@ def test_the_limits_have_defaults_and_are_checked() -> None:
 
 
 def test_main_refuses_connections_beyond_the_limit(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), "--demo"],

@@ -11,7 +11,6 @@ import io
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ from ai_credit_usage.demo import (
 from ai_credit_usage.settings import load_settings
 from server import create_app
 from tests.conftest import NOW, SETTINGS_VARIABLES, FakeClock, call_tool, text_of
-from tests.servers import serve_in_thread
+from tests.servers import free_port, serve_in_thread
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,9 +267,7 @@ async def test_overrides_serve_the_demo_to_a_client_without_headers() -> None:
 def test_main_demo_starts_without_a_key(tmp_path: Path, api: str | None) -> None:
     """`main.py --demo` needs no OPENMETER_API_KEY (without --demo, test_settings checks that start-up stops); it
     speaks v1 unless OPENMETER_API=v3."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), "--demo"],

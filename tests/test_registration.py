@@ -15,7 +15,6 @@ import pty
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from scripts import registration
 from scripts.registration import identify, load_config, main, read_variables
 from server import create_app
 from tests.fake_tais import TOOLS_PATH, FakeTais, Recorded, Reply
-from tests.servers import serve_in_thread
+from tests.servers import free_port, serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "register.sh"
@@ -69,9 +68,7 @@ def assert_no_jwt(*outputs: str, jwt: str = JWT) -> None:
 
 def closed_url() -> str:
     """An address where nothing listens: connecting is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     return f"http://127.0.0.1:{port}"
 
 

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from ai_credit_usage.downloads import (
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.settings import ConfigError, load_settings
 from tests.conftest import API_KEY, NOW, FakeClock, ServerStarter, call_tool, text_of
-from tests.servers import serve_in_thread
+from tests.servers import free_port, serve_in_thread
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +46,6 @@ REDIS_PASSWORD = "redis-pw-7d1f0c"  # must never show up in a log line or a mess
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 LOAD_BALANCER = "http://ai-credits.lb.test"
 OUTAGE_BOUND_SECONDS = 10  # an outage must turn into an answer well within this, never a hang
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(condition, *, timeout: float, what: str, interval: float = 0.05) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import socket
 import zipfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,6 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from tests.conftest import API_KEY, NOW, call_tool, on_both_apis, raw_initialize, text_of
+from tests.servers import free_port
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
@@ -300,9 +300,7 @@ async def test_unknown_meter_names_the_setting(start_server: Callable[..., str])
 
 
 async def test_openmeter_down_is_a_clean_error(start_server: Callable[..., str]) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()  # a port nothing listens on
     url = start_server(openmeter_url=f"http://127.0.0.1:{closed_port}")
     result = await call_tool(url, "get_credit_usage_summary")
     assert result.is_error
