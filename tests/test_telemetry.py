@@ -38,8 +38,7 @@ from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn
 from ai_credit_usage.settings import ConfigError
 from tests.conftest import ADMIN, API_KEY, FakeClock, ServerStarter, call_tool, text_of
 from tests.otel_capture import Captured, TelemetryCapture, telemetry_capture
-from tests.servers import serve_in_thread
-from tests.test_aspire import free_port
+from tests.servers import free_port, serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERY = "/api/v1/meters/ai_credits/query"
