@@ -13,7 +13,7 @@ The method (pure, no I/O; measured by scripts/backtest.py, described with its fi
 5. Intervals: the method replayed on the history (fitted before each cut-off, compared with the days after it);
    the errors of the cumulative totals, in the cut-off's typical days, summarised per horizon robustly and fitted as
    a x h + b x h^2 (noise grows with h, a wrong level with h^2), with floors. The bounds lie the errors' own
-   quantiles of that spread from the point (at least the normal ones, at most MAX_TAIL_STRETCH times), never below
+   quantiles of that spread from the point (MIN_TAIL_SHRINK to MAX_TAIL_STRETCH times the normal ones), never below
    zero and never decreasing (usage accumulates).
 """
 
@@ -45,7 +45,7 @@ MIN_ERRORS_PER_HORIZON = 5  # replayed errors a horizon needs to count in the va
 REPLAY_CAPPED = False  # compare the replayed forecasts with the history's spikes capped
 MIN_QUANTILE_ROWS = 200  # replayed errors needed before their own quantiles widen the bounds
 MAX_TAIL_STRETCH = 1.5  # a bound lies at most this many times the normal distance from the point
-MIN_TAIL_SHRINK = 1.0  # and at least this many times it
+MIN_TAIL_SHRINK = 0.85  # and at least this many times it (the replayed errors may say narrower)
 Z_80 = 1.2815515655446004
 Z_95 = 1.959963984540054
 
