@@ -42,7 +42,6 @@ FLOOR_DAILY = 0.10  # relative spread floor per day of noise (a x h part)
 FLOOR_LEVEL = 0.05  # relative spread floor of the level (b x h^2 part)
 NORMAL_MEDIAN_SQUARE = 0.45493642311957283  # the median of the square of a standard normal variable
 MIN_ERRORS_PER_HORIZON = 5  # replayed errors a horizon needs to count in the variance fit
-REPLAY_CAPPED = False  # compare the replayed forecasts with the history's spikes capped
 MIN_QUANTILE_ROWS = 200  # replayed errors needed before their own quantiles widen the bounds
 MAX_TAIL_STRETCH = 1.5  # a bound lies at most this many times the normal distance from the point
 MIN_TAIL_SHRINK = 0.85  # and at least this many times it (the replayed errors may say narrower)
@@ -324,7 +323,6 @@ def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
     compared with the days after it, the errors relative to the level at the cut-off. Their variance is fitted as
     a x h + b x h^2; the bounds are the empirical quantiles of the standardised errors, at least the normal ones."""
     rows: list[tuple[float, float]] = []  # (h, relative error)
-    actuals = _capped(values, weekdays) if REPLAY_CAPPED else values
     for cut in range(MIN_TRAIN_DAYS, len(values)):
         model = _fit(values[:cut], weekdays[:cut])
         typical = statistics.fmean(values[:cut])  # the unit of the errors: the cut-off's typical day so far
@@ -333,7 +331,7 @@ def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
         forecast = actual = 0.0
         for h in range(1, len(values) - cut + 1):
             forecast += model.expected(weekdays[cut + h - 1], h - 1)
-            actual += actuals[cut + h - 1]
+            actual += values[cut + h - 1]
             rows.append((float(h), (actual - forecast) / typical))
     a, b = _fit_variance(_robust_variances(rows))
     spread = _Spread(max(a, FLOOR_DAILY**2), max(b, FLOOR_LEVEL**2))
