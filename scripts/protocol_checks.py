@@ -71,7 +71,9 @@ TOOLS = {
     "get_credit_usage_summary": "| user | module | product | tenant | skill | credits |",
     "get_credit_events": "| time | user | module | product | tenant | credits |",
     "get_credit_usage_trend": "| day | partial | credits |",
+    "get_credit_forecast": "| day | used | forecast | credits | cumulative |",
 }
+FORECAST_ARGUMENTS = {"to_date", "time_zone"}
 TENANT = "demo"
 WINDOW_ARGUMENTS = {"from_date", "to_date"}
 TREND_ARGUMENTS = {"granularity", "group_by", "time_zone"}
@@ -394,6 +396,8 @@ def check_tools_list(mcp_url: str, env: dict[str, str], workdir: Path) -> str:
     for name, tool in tools.items():
         schema = tool.get("inputSchema", {})
         expected = WINDOW_ARGUMENTS | (TREND_ARGUMENTS if name == "get_credit_usage_trend" else set())
+        if name == "get_credit_forecast":
+            expected = FORECAST_ARGUMENTS
         if set(schema.get("properties", {})) != expected or schema.get("required"):
             raise CheckFailed(f"{name}: inputSchema is {json.dumps(schema)[:300]}")
         annotations = tool.get("annotations") or {}
@@ -421,7 +425,8 @@ def check_admin_call(mcp_url: str, env: dict[str, str], workdir: Path, tool: str
         raise CheckFailed(f"exit {status}, isError {result.get('isError')}: {text[:300]}")
     if not isinstance(result.get("structuredContent"), dict):
         raise CheckFailed("no structuredContent beside the text")
-    for expected in (f"Tenant {TENANT}, ", TOOLS[tool], "Total credits: "):
+    total = "Projected total by the end of " if tool == "get_credit_forecast" else "Total credits: "
+    for expected in (f"Tenant {TENANT}, ", TOOLS[tool], total):
         if expected not in text:
             raise CheckFailed(f"{expected!r} is not in the answer: {text[:400]}")
     link = re.search(rf"\[Download Excel\]\((http://localhost:{port}/download/[\w-]+)\)", text)
