@@ -27,8 +27,8 @@ from datetime import date, datetime, timedelta
 
 LOOKBACK_DAYS = 84  # twelve weeks: a weekday profile, a trend, and one odd week is only one of twelve
 MIN_HISTORY_DAYS = 14  # below two weeks the answer says there is too little history to trust
-HALF_LIFE_DAYS = 14.0
-SPIKE_MADS = 5.0
+HALF_LIFE_DAYS = 14.0  # of the weights of the weeks in the level
+SPIKE_MADS = 5.0  # a day above the median by more than this many MADs (weekday effect out) is capped there
 FLAT_SCALE = 0.25  # the MAD stand-in, as a share of the typical day, where the MAD is 0 (a flat series)
 PROFILE_SHRINK_WEEKS = 1.0  # pseudo-weeks at factor 1 added to each weekday's mean
 WEEK_MADS = 3.0  # a week further than this many robust deviations from the median week is held at that distance
@@ -38,11 +38,11 @@ TREND_DAMPING = 1.0  # share of the fitted trend carried forward
 TREND_SHRINK = 4.0  # the James-Stein constant c: a trend must stand out clearly to be carried forward
 MIN_REPLAY_DAYS = 7  # days after the first replayed cut-off needed before the history's own errors are used
 MIN_TRAIN_DAYS = 21  # a replayed cut-off needs this many days before it (three weeks: a trend can be fitted)
-FLOOR_DAILY = 0.10  # relative spread floor per day of noise (a x h part)
-FLOOR_LEVEL = 0.05  # relative spread floor of the level (b x h^2 part)
+FLOOR_DAILY = 0.10  # floor of the day-to-day spread, in typical days (the a x h part)
+FLOOR_LEVEL = 0.05  # floor of the level's spread per day ahead, in typical days (the b x h^2 part)
 NORMAL_MEDIAN_SQUARE = 0.45493642311957283  # the median of the square of a standard normal variable
 MIN_ERRORS_PER_HORIZON = 5  # replayed errors a horizon needs to count in the variance fit
-MIN_QUANTILE_ROWS = 200  # replayed errors needed before their own quantiles widen the bounds
+MIN_QUANTILE_ROWS = 200  # replayed errors needed before their own quantiles place the bounds
 MAX_TAIL_STRETCH = 1.5  # a bound lies at most this many times the normal distance from the point
 MIN_TAIL_SHRINK = 0.85  # and at least this many times it (the replayed errors may say narrower)
 Z_80 = 1.2815515655446004
