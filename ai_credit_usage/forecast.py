@@ -13,7 +13,7 @@ The method (pure, no I/O; measured by scripts/backtest.py, described with its fi
 5. Intervals: the method replayed on the history (fitted before each cut-off, compared with the days after it);
    the errors of the cumulative totals, in the cut-off's typical days, summarised per horizon robustly and fitted as
    a x h + b x h^2 (noise grows with h, a wrong level with h^2), with floors. The bounds lie the errors' own
-   quantiles of that spread from the point (at least the normal ones, at most MAX_TAIL_STRETCH times), never below
+   quantiles of that spread from the point (MIN_TAIL_SHRINK to MAX_TAIL_STRETCH times the normal ones), never below
    zero and never decreasing (usage accumulates).
 """
 
@@ -27,8 +27,8 @@ from datetime import date, datetime, timedelta
 
 LOOKBACK_DAYS = 84  # twelve weeks: a weekday profile, a trend, and one odd week is only one of twelve
 MIN_HISTORY_DAYS = 14  # below two weeks the answer says there is too little history to trust
-HALF_LIFE_DAYS = 14.0
-SPIKE_MADS = 5.0
+HALF_LIFE_DAYS = 14.0  # of the weights of the weeks in the level
+SPIKE_MADS = 5.0  # a day above the median by more than this many MADs (weekday effect out) is capped there
 FLAT_SCALE = 0.25  # the MAD stand-in, as a share of the typical day, where the MAD is 0 (a flat series)
 PROFILE_SHRINK_WEEKS = 1.0  # pseudo-weeks at factor 1 added to each weekday's mean
 WEEK_MADS = 3.0  # a week further than this many robust deviations from the median week is held at that distance
@@ -38,14 +38,13 @@ TREND_DAMPING = 1.0  # share of the fitted trend carried forward
 TREND_SHRINK = 4.0  # the James-Stein constant c: a trend must stand out clearly to be carried forward
 MIN_REPLAY_DAYS = 7  # days after the first replayed cut-off needed before the history's own errors are used
 MIN_TRAIN_DAYS = 21  # a replayed cut-off needs this many days before it (three weeks: a trend can be fitted)
-FLOOR_DAILY = 0.10  # relative spread floor per day of noise (a x h part)
-FLOOR_LEVEL = 0.05  # relative spread floor of the level (b x h^2 part)
+FLOOR_DAILY = 0.10  # floor of the day-to-day spread, in typical days (the a x h part)
+FLOOR_LEVEL = 0.05  # floor of the level's spread per day ahead, in typical days (the b x h^2 part)
 NORMAL_MEDIAN_SQUARE = 0.45493642311957283  # the median of the square of a standard normal variable
 MIN_ERRORS_PER_HORIZON = 5  # replayed errors a horizon needs to count in the variance fit
-REPLAY_CAPPED = False  # compare the replayed forecasts with the history's spikes capped
-MIN_QUANTILE_ROWS = 200  # replayed errors needed before their own quantiles widen the bounds
+MIN_QUANTILE_ROWS = 200  # replayed errors needed before their own quantiles place the bounds
 MAX_TAIL_STRETCH = 1.5  # a bound lies at most this many times the normal distance from the point
-MIN_TAIL_SHRINK = 1.0  # and at least this many times it
+MIN_TAIL_SHRINK = 0.85  # and at least this many times it (the replayed errors may say narrower)
 Z_80 = 1.2815515655446004
 Z_95 = 1.959963984540054
 
@@ -327,7 +326,6 @@ def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
     compared with the days after it, the errors relative to the level at the cut-off. Their variance is fitted as
     a x h + b x h^2; the bounds are the empirical quantiles of the standardised errors, at least the normal ones."""
     rows: list[tuple[float, float]] = []  # (h, relative error)
-    actuals = _capped(values, weekdays) if REPLAY_CAPPED else values
     for cut in range(MIN_TRAIN_DAYS, len(values)):
         model = _fit(values[:cut], weekdays[:cut])
         typical = statistics.fmean(values[:cut])  # the unit of the errors: the cut-off's typical day so far
@@ -336,7 +334,7 @@ def _spread(values: Sequence[float], weekdays: Sequence[int]) -> _Spread:
         forecast = actual = 0.0
         for h in range(1, len(values) - cut + 1):
             forecast += model.expected(weekdays[cut + h - 1], h - 1)
-            actual += actuals[cut + h - 1]
+            actual += values[cut + h - 1]
             rows.append((float(h), (actual - forecast) / typical))
     a, b = _fit_variance(_robust_variances(rows))
     spread = _Spread(max(a, FLOOR_DAILY**2), max(b, FLOOR_LEVEL**2))

@@ -216,7 +216,8 @@ def _render(
     else:
         lines.append(f"Total credits: {format_credits(table.total_credits)}")
     if preview.hidden:
-        lines.append(_hidden_line(preview, table.total_credits, trend, table.total_index))
+        total_name = "the projected total" if outlook is not None else "the total"
+        lines.append(_hidden_line(preview, table.total_credits, trend, table.total_index, total_name))
     if findings.comparison_in_text:
         lines.append(_comparison_line(findings.comparison))
     if findings.movers is not None and findings.comparison is not None:
@@ -286,7 +287,9 @@ def _cut_line(preview: Shown, count: int, trend: Trend | None) -> str:
     )
 
 
-def _hidden_line(preview: Shown, total: float, trend: Trend | None, total_index: int = -1) -> str:
+def _hidden_line(
+    preview: Shown, total: float, trend: Trend | None, total_index: int = -1, total_name: str = "the total"
+) -> str:
     """The credits of the rows not shown, such that the amounts as shown add up to the total as shown: each row is
     rounded to cents, so the exact rest (in the structured result) can be off by a few cents from that."""
     rest = shown_cents(total) - sum((shown_cents(row[total_index]) for row in preview.rows), Decimal(0))
@@ -298,9 +301,9 @@ def _hidden_line(preview: Shown, total: float, trend: Trend | None, total_index:
     if rest < 0:  # only when many rows round up and the rest is tiny: then say the rest as it is, and why
         return (
             f"The {hidden:,} {what} not shown hold {format_credits(preview.hidden_credits)} credits (the {shown} are "
-            "rounded to cents, so with them this makes the total only approximately)."
+            f"rounded to cents, so with them this makes {total_name} only approximately)."
         )
-    return f"The {hidden:,} {what} not shown hold {rest:,.2f} credits (with the {shown}, they make the total)."
+    return f"The {hidden:,} {what} not shown hold {rest:,.2f} credits (with the {shown}, they make {total_name})."
 
 
 def _comparison_line(comparison: Comparison | None) -> str:

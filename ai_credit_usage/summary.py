@@ -21,6 +21,12 @@ from ai_credit_usage.trend import NO_VALUE, Trend, unusual_rule
 from ai_credit_usage.window import format_utc
 from ai_credit_usage.workbook import CREDITS_FORMAT, SHARE_FORMAT, Block, Fact, LineChartSpec, Report
 
+TOP_SUMMARY = "top 5s: the credits of each user, module, product or skill, and its share of the total"
+FORECAST_SUMMARY = (
+    "the forecast for the whole window (used so far plus the projected rest) with its intervals, as of when it was "
+    "made; a line chart of the cumulative total and its bounds from the Data sheet"
+)
+
 
 @dataclass(frozen=True)
 class Asked:
@@ -83,7 +89,7 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
         *findings.about,
         ("times", _times(trend, outlook, time_zone)),
         ("credits", "exact, as OpenMeter sums them; the chat answer rounds them to 2 decimals"),
-        ("Summary sheet", "top 5s: the credits of each user, module, product or skill, and its share of the total"),
+        ("Summary sheet", FORECAST_SUMMARY if outlook is not None else TOP_SUMMARY),
         ("generated at (UTC)", generated),
     ]
     return Report(

@@ -83,7 +83,11 @@ TOOLS = {
         "Total credits: ",
     ),
     "get_credit_usage_trend": (f"Tenant {TENANT}, ", "| day | partial | credits |", "Total credits: "),
-    "get_credit_forecast": (f"Tenant {TENANT}, ", "Projected total by the end of "),
+    "get_credit_forecast": (
+        f"Tenant {TENANT}, ",
+        "| day | used | forecast | credits | cumulative |",
+        "Projected total by the end of ",
+    ),
     "get_credit_balance": (f"Tenant {TENANT}: ", "credits left**", "| grant | amount | left | expires | recurs |"),
 }
 WINDOW_ARGUMENTS = {"from_date", "to_date"}

@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ai_credit_usage.forecast import Projection, daily_rows, project_usage
 from ai_credit_usage.window import WindowError, forecast_window
@@ -158,3 +160,24 @@ def test_rows_are_the_past_days_as_they_were_then_the_projection() -> None:
     today = rows[10]
     assert today[1] == 25.0 and today[2] == pytest.approx(20.0) and today[4] == pytest.approx(so_far + 20.0)
     assert math.fsum(row[3] for row in rows) == pytest.approx(rows[-1][4])  # the days add up to the total
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.just(0.0), st.floats(0, 1e6)), min_size=0, max_size=100),
+    elapsed=st.floats(0, 0.999),
+    ahead=st.integers(0, 120),
+)
+def test_any_history_gives_nested_widening_non_negative_bounds(values: list[float], elapsed: float, ahead: int) -> None:
+    history = dict(zip(days_before(TODAY, len(values)), values, strict=True))
+    projection = project_usage(history, today=TODAY, today_elapsed=elapsed, until=TODAY + timedelta(days=ahead))
+    assert len(projection.days) == ahead + 1
+    previous_low = previous_width = 0.0
+    for day in projection.days:
+        assert day.expected >= 0
+        low_95, high_95 = day.total_95
+        low_80, high_80 = day.total_80
+        assert 0 <= low_95 <= low_80 <= day.total <= high_80 <= high_95
+        assert low_95 >= previous_low  # usage accumulates
+        assert high_95 - low_95 >= previous_width - 1e-6 * max(1.0, high_95)
+        previous_low, previous_width = low_95, high_95 - low_95

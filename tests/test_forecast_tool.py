@@ -109,6 +109,9 @@ async def test_the_workbook_has_the_days_the_forecast_and_a_cumulative_chart(
     assert structured["window"] == {"from": "2026-01-01T00:00:00Z", "to": "2026-04-01T00:00:00Z"}
     assert len(structured["days"]) == 50  # 90 days, at most 50 shown
     assert "Showing 50 of 90 rows; the Excel file has all 90." in text
+    assert re.search(
+        r"The 40 rows not shown hold [\d,.]+ credits \(with the rows shown, they make the projected total\)", text
+    )
     workbook = load_workbook(io.BytesIO(download_bytes(server_url, text)))
     data = list(workbook["Data"].iter_rows(values_only=True))
     assert data[0] == DAY_COLUMNS
@@ -129,6 +132,7 @@ async def test_the_workbook_has_the_days_the_forecast_and_a_cumulative_chart(
     about = dict(workbook["About"].iter_rows(values_only=True))
     assert "weekday profile" in about["method"]
     assert about["projected total credits"] == pytest.approx(structured["projected_total"])
+    assert about["Summary sheet"].startswith("the forecast for the whole window")
 
 
 async def test_a_tenant_without_history_gets_zero_and_the_caution(server_url: str, openmeter: OpenMeterStandIn) -> None:
