@@ -30,6 +30,7 @@ ASKED = [
     ("get_credit_usage_trend", WINDOW),
     ("get_credit_usage_trend", {**WINDOW, "granularity": "week", "group_by": "user", "time_zone": "Europe/Paris"}),
     ("get_credit_usage_trend", {"from_date": "2025-10-01", "to_date": "2026-01-19", "granularity": "month"}),
+    ("get_credit_forecast", {"time_zone": "Europe/Paris"}),
 ]
 
 
