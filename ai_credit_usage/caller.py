@@ -77,7 +77,12 @@ def trim(value: str) -> str:
 def is_admin_role(role: str) -> bool:
     """`admin` or `Administrators`, ASCII letters in any case and nothing else: no Unicode case folding, which
     would make "Admini\\u017ftrators" (long s) or "admini\\ufb06rators" (ligature) an administrator."""
-    return role.isascii() and role.translate(_ASCII_LOWER) in ADMIN_ROLES
+    return role.isascii() and ascii_lower(role) in ADMIN_ROLES
+
+
+def ascii_lower(role: str) -> str:
+    """Only A-Z lowered: roles compare ASCII-case-insensitively, never by Unicode case rules."""
+    return role.translate(_ASCII_LOWER)
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str:

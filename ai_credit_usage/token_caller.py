@@ -10,12 +10,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ai_credit_usage.caller import ADMIN_ROLES, ROLE_HEADER, TENANT_HEADER, Caller, Refusal, header_values
+from ai_credit_usage.caller import (
+    ROLE_HEADER,
+    TENANT_HEADER,
+    Caller,
+    Refusal,
+    ascii_lower,
+    header_values,
+    is_admin_role,
+    trim,
+)
 
-BLANKS = " \t"
 DEFAULT_TENANT_CLAIM = "tenant"
 DEFAULT_ROLES_CLAIM = "roles"
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def caller_from_claims(
@@ -28,19 +35,19 @@ def caller_from_claims(
     """The caller the token names if they are an administrator; `Refusal` otherwise."""
     headers = headers or {}
     tenant = claim(claims, tenant_claim)
-    if not isinstance(tenant, str) or not tenant.strip(BLANKS):
+    if not isinstance(tenant, str) or not trim(tenant):
         raise Refusal(
             f"Your sign-in token names no tenant (claim {tenant_claim!r}), so no usage can be shown; "
             "ask the TAIS operator to check MCP_JWT_TENANT_CLAIM."
         )
-    tenant = tenant.strip(BLANKS)
+    tenant = trim(tenant)
     roles = _roles(claim(claims, roles_claim))
     if roles is None:
         raise Refusal(
             f"Your sign-in token carries no roles (claim {roles_claim!r}), so no usage can be shown; "
             "ask the TAIS operator to check MCP_JWT_ROLES_CLAIM."
         )
-    sent_tenants = {value.strip(BLANKS) for value in header_values(headers, TENANT_HEADER)}
+    sent_tenants = {trim(value) for value in header_values(headers, TENANT_HEADER)}
     if sent_tenants and sent_tenants != {tenant}:
         raise Refusal(
             "The chat service sent a tenant (X-Tenant-Name) that is not your sign-in token's, so no usage can be "
@@ -52,7 +59,7 @@ def caller_from_claims(
             "The chat service sent roles (X-User-UserRole) that are not your sign-in token's, so no usage can be "
             "shown; ask the TAIS operator to check the tool's configuration."
         )
-    if not _role_set(roles) & ADMIN_ROLES:
+    if not any(is_admin_role(role) for role in roles):
         raise Refusal(
             "Only tenant administrators can see AI credit usage; ask an administrator of your tenant for these figures."
         )
@@ -76,13 +83,13 @@ def _roles(value: Any) -> tuple[str, ...] | None:
     if isinstance(value, str):
         return _split(value.replace(" ", ","))
     if isinstance(value, list) and all(isinstance(role, str) for role in value):
-        return tuple(role.strip(BLANKS) for role in value if role.strip(BLANKS))
+        return tuple(trim(role) for role in value if trim(role))
     return None
 
 
 def _split(value: str) -> tuple[str, ...]:
-    return tuple(role.strip(BLANKS) for role in value.split(",") if role.strip(BLANKS))
+    return tuple(trim(role) for role in value.split(",") if trim(role))
 
 
 def _role_set(roles: tuple[str, ...]) -> set[str]:
-    return {role.translate(_ASCII_LOWER) for role in roles}
+    return {ascii_lower(role) for role in roles}
