@@ -30,6 +30,7 @@ from ai_credit_usage.downloads import UNAVAILABLE, DownloadStore, DownloadStoreU
 from ai_credit_usage.gate import caller_gate
 from ai_credit_usage.jwt_verifier import JwtRules, JwtVerifier
 from ai_credit_usage.openmeter import RetryPolicy, connect, connect_entitlements, open_http
+from ai_credit_usage.openmeter.meter_cache import MeterCache
 from ai_credit_usage.pipeline import Pipeline
 from ai_credit_usage.results import error_result
 from ai_credit_usage.session_guard import SessionGuard
@@ -80,16 +81,22 @@ def create_app(
     http = open_http(settings, retry=retry, transport=openmeter_transport)
     openmeter = connect(settings, http=http)
     entitlements = connect_entitlements(settings, http)
+    # One cached meter definition for every question, the balance's meter-vs-entitlement check included; it ages by
+    # the injected clock when there is one (tests move it, never sleep).
+    meters = MeterCache(
+        openmeter,
+        settings.openmeter_meter,
+        clock=time.monotonic if clock is utc_now else lambda: clock().timestamp(),
+    )
     balance = None
     if entitlements is not None:
-        balance = BalanceService(entitlements, openmeter, settings.openmeter_meter, settings.customer_key)
+        balance = BalanceService(entitlements, openmeter, meters.get, settings.customer_key)
     usage = UsageService(
         openmeter,
         settings.openmeter_meter,
         max_event_rows=settings.max_event_rows,
         parallel_slices=settings.openmeter_max_concurrency,
-        # The meter definition's cache ages by the injected clock when there is one (tests move it, never sleep).
-        meter_clock=time.monotonic if clock is utc_now else lambda: clock().timestamp(),
+        meters=meters,
         balance=balance,
     )
     store_url = settings.download_store_url.get_secret_value() if settings.download_store_url else None

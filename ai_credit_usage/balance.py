@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
@@ -26,6 +26,7 @@ from ai_credit_usage.openmeter.entitlements import (
     HistoryWindow,
 )
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter
+from ai_credit_usage.openmeter.meter import Meter
 from ai_credit_usage.runway import Pot, RunwayFinding, runway
 from ai_credit_usage.window import Window
 
@@ -137,14 +138,14 @@ class BalanceService:
         self,
         entitlements: EntitlementsV2,
         openmeter: OpenMeter,
-        meter_slug: str,
+        meter: Callable[[], Awaitable[Meter]],  # the usage tools' cached meter definition (UsageService.meter)
         customer_key: Callable[[str], str | None],  # Settings.customer_key: None for a name that changes the path
         *,
         lookback_days: int = LOOKBACK_DAYS,
     ) -> None:
         self._entitlements = entitlements
         self._openmeter = openmeter
-        self._meter_slug = meter_slug
+        self._meter = meter
         self._customer_key = customer_key
         self._lookback_days = lookback_days
 
@@ -235,7 +236,7 @@ class BalanceService:
         if window.end <= window.start:
             return 0.0
         try:
-            meter = await self._openmeter.meter(self._meter_slug)
+            meter = await self._meter()
             rows = await self._openmeter.query(meter, AggregateQuery(window=window, group_by=(), tenant=tenant))
         except UserFacingError:
             return None

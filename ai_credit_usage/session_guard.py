@@ -8,7 +8,7 @@ with an id that is in flight (`7` again, or `"7"`) takes over the first one's st
 goes to the second caller, and the first caller's POST never gets one. The dispatcher
 (`mcp/shared/jsonrpc_dispatcher.py`, `_dispatch_request`) also overwrites `_in_flight[coerce_request_id(id)]` (a TODO
 there says so), and `notifications/cancelled` cancels whatever is in flight under that id, from whoever sent it:
-holding the session id is enough to cancel another tenant's call (issue 16 F2; NOTES-sec-hardening.md has the
+holding the session id is enough to cancel another tenant's call (issue 16 F2; notes/sec-hardening.md has the
 write-up for upstream).
 
 `SessionGuard` is an ASGI middleware in front of the SDK's app, installed only in stateful mode (stateless requests

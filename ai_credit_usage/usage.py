@@ -67,10 +67,12 @@ class UsageService:
         parallel_slices: int = 8,
         max_slices: int = MAX_SLICES,
         meter_clock: Callable[[], float] = time.monotonic,
+        meters: MeterCache | None = None,
         balance: BalanceService | None = None,
     ) -> None:
         self._openmeter = openmeter
-        self._meters = MeterCache(openmeter, meter_key, clock=meter_clock)
+        # `meters`: a cache the caller shares with other questions (the balance's); else one of its own.
+        self._meters = meters or MeterCache(openmeter, meter_key, clock=meter_clock)
         self._balance = balance  # the credit allowance, when configured: the forecast says when it runs out
         self._max_event_rows = max_event_rows
         self._parallel_slices = parallel_slices
