@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import heapq
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from ai_credit_usage.openmeter.standin.store import (
     CROCKFORD,
     Row,
     compile_json_path,
+    descending,
     format_time,
     parse_rfc3339,
     row_key,
@@ -298,3 +300,18 @@ class OpenMeterStandIn:
             for row in by_time:
                 self._by_subject.setdefault(row.event["subject"], []).append(row)
         return self._by_subject
+
+    def rows_newest_first(
+        self, cursor: tuple[int, str] | None, time_below: int | None, subjects: Sequence[str] | None
+    ) -> Iterator[Row]:
+        """Rows newest first by (time, store row), strictly below the cursor and the exclusive time bound, of
+        `subjects` if given; called with the lock held. Walking time-sorted indexes (all rows, or per subject, like
+        ClickHouse's sort key) keeps paging a large store fast."""
+        below = cursor
+        if time_below is not None and (below is None or (time_below, "") < below):
+            below = (time_below, "")
+        if subjects is None:
+            return descending(self.rows_by_time(), below)
+        by_subject = self.rows_by_subject()
+        walks = [descending(by_subject.get(subject, []), below) for subject in dict.fromkeys(subjects)]
+        return heapq.merge(*walks, key=row_key, reverse=True)

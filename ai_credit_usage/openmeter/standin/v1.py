@@ -7,7 +7,6 @@ two differ: `to` is exclusive, times have second resolution, a filter object hol
 
 from __future__ import annotations
 
-import heapq
 import re
 from datetime import datetime
 from typing import Any
@@ -25,7 +24,6 @@ from ai_credit_usage.openmeter.standin.store import (
     Row,
     check_filter,
     decode_cursor,
-    descending,
     encode_cursor,
     format_time,
     group_events,
@@ -33,7 +31,6 @@ from ai_credit_usage.openmeter.standin.store import (
     ingested_event,
     matches,
     parse_rfc3339,
-    row_key,
     unix,
     upper_bound,
 )
@@ -213,17 +210,8 @@ def list_events(standin: EventStore, q: QueryParams) -> dict[str, Any]:
             filters.append((lambda row, attr=attr: getattr(row, attr), f))
             if key == "time":
                 time_below = upper_bound(f)
-    # Newest first by (time, store row), resumed strictly below the cursor, the first `limit` matches. Walking
-    # time-sorted indexes (all rows, or per subject like ClickHouse's sort key) keeps paging a large store fast.
-    below = cursor
-    if time_below is not None and (below is None or (time_below, "") < below):
-        below = (time_below, "")
-    if subjects is None:
-        candidates = descending(standin.rows_by_time(), below)
-    else:
-        by_subject = standin.rows_by_subject()
-        walks = [descending(by_subject.get(subject, []), below) for subject in dict.fromkeys(subjects)]
-        candidates = heapq.merge(*walks, key=row_key, reverse=True)
+    # Newest first by (time, store row), resumed strictly below the cursor, the first `limit` matches.
+    candidates = standin.rows_newest_first(cursor, time_below, subjects)
     page: list[Row] = []
     for row in candidates:
         if all(matches(f, get(row)) for get, f in filters):

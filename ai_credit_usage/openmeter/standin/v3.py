@@ -11,7 +11,6 @@ as the v1 routes', so the same events give the same answers.
 
 from __future__ import annotations
 
-import heapq
 import json
 import re
 from collections.abc import Callable
@@ -24,7 +23,6 @@ from ai_credit_usage.openmeter.standin.problems import ApiError, InvalidParamete
 from ai_credit_usage.openmeter.standin.store import (
     Row,
     decode_cursor,
-    descending,
     encode_cursor,
     format_time,
     group_events,
@@ -433,15 +431,7 @@ def list_events(standin: EventStore, request: StandInRequest) -> dict[str, Any]:
         chosen = matching[:size]
         sort_key = key
     else:  # newest first by (time, store row), like ClickHouse's sort key: walk the time-sorted indexes
-        below = cursor
-        if time_below is not None and (below is None or (time_below, "") < below):
-            below = (time_below, "")
-        if subjects is None:
-            candidates = descending(standin.rows_by_time(), below)
-        else:
-            by_subject = standin.rows_by_subject()
-            walks = [descending(by_subject.get(s, []), below) for s in dict.fromkeys(subjects)]
-            candidates = heapq.merge(*walks, key=row_key, reverse=True)
+        candidates = standin.rows_newest_first(cursor, time_below, subjects)
         chosen = []
         for row in candidates:
             if all(check(row) for check in checks):

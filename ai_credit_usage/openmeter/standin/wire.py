@@ -4,7 +4,7 @@ them, the request log, and injected faults."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -27,6 +27,9 @@ class EventStore(Protocol):
     def meter(self, id_or_slug: str) -> dict[str, Any]: ...
     def rows_by_time(self) -> list[Row]: ...
     def rows_by_subject(self) -> dict[str, list[Row]]: ...
+    def rows_newest_first(
+        self, cursor: tuple[int, str] | None, time_below: int | None, subjects: Sequence[str] | None
+    ) -> Iterator[Row]: ...
 
 
 @dataclass(frozen=True)
