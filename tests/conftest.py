@@ -245,3 +245,18 @@ def short_tmp_path() -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(prefix="aic-", dir="/tmp"))
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def standin_url(fake: OpenMeterStandIn) -> Iterator[str]:
+    """The stand-in a contract-test module builds (its own `fake` fixture), served over HTTP once per module."""
+    with serve_in_thread(fake.app) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def standin_client(fake: OpenMeterStandIn, url: str) -> Iterator[httpx2.Client]:
+    """A client with the stand-in's key, against the stand-in emptied for this test (its server is shared)."""
+    fake.reset()
+    with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {fake.api_key}"}, timeout=5) as client:
+        yield client

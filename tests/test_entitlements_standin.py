@@ -24,7 +24,7 @@ from ai_credit_usage.openmeter.http import OpenMeterHttp
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.standin.entitlements import add_interval, period_at
 from ai_credit_usage.window import Window
-from tests.servers import serve_in_thread
+from tests.conftest import standin_client
 
 KEY = "fake-key-123"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -57,18 +57,11 @@ def fake() -> OpenMeterStandIn:
     return OpenMeterStandIn(api_key=KEY)
 
 
-@pytest.fixture(scope="module")
-def base_url(fake: OpenMeterStandIn) -> Iterator[str]:
-    with serve_in_thread(fake.app) as url:
-        yield url
-
-
 @pytest.fixture
-def om(fake: OpenMeterStandIn, base_url: str) -> Iterator[httpx2.Client]:
-    fake.reset()
+def om(fake: OpenMeterStandIn, standin_url: str) -> Iterator[httpx2.Client]:
     fake.entitlements.reset()
     fake.entitlements.clock = lambda: NOW
-    with httpx2.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=5) as client:
+    with standin_client(fake, standin_url) as client:
         yield client
 
 
@@ -243,8 +236,8 @@ def test_history_is_daily_zero_filled_from_measure_usage_from(om: httpx2.Client,
 
 
 @pytest.fixture
-async def client(om: httpx2.Client, base_url: str) -> AsyncIterator[EntitlementsV2]:
-    http = OpenMeterHttp(base_url, KEY)
+async def client(om: httpx2.Client, standin_url: str) -> AsyncIterator[EntitlementsV2]:
+    http = OpenMeterHttp(standin_url, KEY)
     yield EntitlementsV2(http, "ai_credits")
     await http.aclose()
 

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
-from tests.servers import serve_in_thread
+from tests.conftest import standin_client
 
 KEY = "fake-key-123"
 QUERY = "/api/v1/meters/ai_credits/query"
@@ -32,17 +32,10 @@ def fake() -> OpenMeterStandIn:
     return OpenMeterStandIn(api_key=KEY)
 
 
-@pytest.fixture(scope="module")
-def base_url(fake: OpenMeterStandIn) -> Iterator[str]:
-    with serve_in_thread(fake.app) as url:
-        yield url
-
-
 @pytest.fixture
-def om(fake: OpenMeterStandIn, base_url: str) -> Iterator[httpx2.Client]:
+def om(fake: OpenMeterStandIn, standin_url: str) -> Iterator[httpx2.Client]:
     """A client with the right key, against a fake emptied for this test (the server is shared per module)."""
-    fake.reset()
-    with httpx2.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=5) as client:
+    with standin_client(fake, standin_url) as client:
         yield client
 
 
@@ -72,9 +65,9 @@ def all_pages(om: httpx2.Client, **params: Any) -> list[dict[str, Any]]:
         params["cursor"] = page["nextCursor"]
 
 
-def test_every_request_needs_the_bearer_key(om: httpx2.Client, base_url: str) -> None:
-    assert "detail" in problem(httpx2.get(base_url + "/api/v1/meters/ai_credits"), 401)
-    problem(httpx2.get(base_url + "/api/v1/meters/ai_credits", headers={"Authorization": "Bearer nope"}), 401)
+def test_every_request_needs_the_bearer_key(om: httpx2.Client, standin_url: str) -> None:
+    assert "detail" in problem(httpx2.get(standin_url + "/api/v1/meters/ai_credits"), 401)
+    problem(httpx2.get(standin_url + "/api/v1/meters/ai_credits", headers={"Authorization": "Bearer nope"}), 401)
     assert om.get("/api/v1/meters/ai_credits").status_code == 200
 
 

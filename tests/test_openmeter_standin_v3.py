@@ -19,7 +19,7 @@ import pytest
 
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.standin.v3 import numeric
-from tests.servers import serve_in_thread
+from tests.conftest import standin_client
 
 KEY = "fake-key-123"
 METER_ID = AI_CREDITS_METER["id"]
@@ -38,16 +38,9 @@ def fake() -> OpenMeterStandIn:
     return OpenMeterStandIn(api_key=KEY, api="v3")
 
 
-@pytest.fixture(scope="module")
-def base_url(fake: OpenMeterStandIn) -> Iterator[str]:
-    with serve_in_thread(fake.app) as url:
-        yield url
-
-
 @pytest.fixture
-def om(fake: OpenMeterStandIn, base_url: str) -> Iterator[httpx2.Client]:
-    fake.reset()
-    with httpx2.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=5) as client:
+def om(fake: OpenMeterStandIn, standin_url: str) -> Iterator[httpx2.Client]:
+    with standin_client(fake, standin_url) as client:
         yield client
 
 
@@ -69,8 +62,8 @@ def domain_problem(response: httpx2.Response, status: int) -> dict[str, Any]:
     return body
 
 
-def test_the_gateway_wants_the_bearer_token_and_v1_paths_are_unknown(om: httpx2.Client, base_url: str) -> None:
-    api_error(httpx2.get(base_url + "/v3/openmeter/meters"), 401)
+def test_the_gateway_wants_the_bearer_token_and_v1_paths_are_unknown(om: httpx2.Client, standin_url: str) -> None:
+    api_error(httpx2.get(standin_url + "/v3/openmeter/meters"), 401)
     assert om.get("/v3/openmeter/meters").status_code == 200  # Konnect's base
     assert om.get("/api/v3/openmeter/meters").status_code == 200  # self-hosted OpenMeter's
     assert api_error(om.get("/api/v1/meters/ai_credits"), 404)["detail"] == "The requested route was not found"
