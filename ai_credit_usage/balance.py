@@ -9,7 +9,6 @@ tools read: where the two differ, the answer says so.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from ai_credit_usage.openmeter.entitlements import (
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter
 from ai_credit_usage.openmeter.meter import Meter
 from ai_credit_usage.runway import Pot, RunwayFinding, runway
+from ai_credit_usage.together import together
 from ai_credit_usage.window import Window
 
 # The history the runway's pace is learned from: as much as the forecast method uses (twelve weeks).
@@ -174,11 +174,11 @@ class BalanceService:
         if entitlement.type != "metered":
             return replace(base, status="not_metered", entitlement_type=entitlement.type)
         lookback = self._lookback(entitlement, now)
-        value, grants, history, meter_usage = await asyncio.gather(
-            self._entitlements.value(key, now),
-            self._entitlements.grants(key),
-            self._history(key, lookback),
-            self._meter_usage(tenant, lookback),
+        value, grants, history, meter_usage = await together(
+            lambda: self._entitlements.value(key, now),
+            lambda: self._entitlements.grants(key),
+            lambda: self._history(key, lookback),
+            lambda: self._meter_usage(tenant, lookback),
         )
         if value is None:  # the customer went away between the two requests
             return base

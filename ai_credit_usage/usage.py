@@ -14,15 +14,13 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
-from typing import Any, TypeVar, overload
-
-import anyio
+from typing import Any
 
 from ai_credit_usage.balance import BalanceService
 from ai_credit_usage.compare import Previous, compare, preceding, top_movers
-from ai_credit_usage.errors import UserFacingError, first_error
+from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.event_walk import MAX_SLICES, EventWalk
 from ai_credit_usage.findings import Findings
 from ai_credit_usage.forecast import (
@@ -40,6 +38,7 @@ from ai_credit_usage.openmeter.meter import Meter, MeterConfigError
 from ai_credit_usage.openmeter.meter_cache import DEFINITIVE_STATUSES, MeterCache
 from ai_credit_usage.query import Query
 from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, TableSink
+from ai_credit_usage.together import together
 from ai_credit_usage.trend import UNUSUAL_RULE, build_trend, calendar_unit, choose_granularity, periods_of
 from ai_credit_usage.window import Window, format_utc, local_midnight
 
@@ -49,10 +48,6 @@ TENANT_COLUMNS = ("tenant", "credits")
 SUMMARY_COLUMNS = ("user", "module", "product", "tenant", "skill", "credits")
 EVENT_COLUMNS = ("time", "user", "module", "product", "tenant", "credits")
 BREAKDOWN_COLUMNS = SUMMARY_COLUMNS[:-1]
-A = TypeVar("A")
-B = TypeVar("B")
-C = TypeVar("C")
-Call = Callable[[], Awaitable[A]]
 
 
 class UsageService:
@@ -95,7 +90,7 @@ class UsageService:
         sink.define(TENANT_COLUMNS)
         meter = await self.meter()
         combinations = self._combinations(meter, tenant, query.window)
-        rows, previous = await _together(
+        rows, previous = await together(
             lambda: self._ask(meter, combinations), lambda: self._previous(meter, tenant, query.window)
         )
         mine = _tally_breakdowns(meter, tenant, rows, sink)
@@ -109,7 +104,7 @@ class UsageService:
         sink.define(SUMMARY_COLUMNS)
         meter = await self.meter()
         combinations = self._combinations(meter, tenant, query.window)
-        rows, previous = await _together(
+        rows, previous = await together(
             lambda: self._ask(meter, combinations), lambda: self._previous(meter, tenant, query.window)
         )
         table: list[tuple[Any, ...]] = [
@@ -162,7 +157,7 @@ class UsageService:
             )
             await walker.run(self._parallel_slices)
 
-        _, previous = await _together(walk, lambda: self._previous(meter, tenant, window))
+        _, previous = await together(walk, lambda: self._previous(meter, tenant, window))
         if "skill" in meter.dimension_paths:
             sink.tally("skill", skills)  # not a column of the events table, but the Summary sheet shows it
         return _findings(window, sink, previous, about=about)
@@ -184,7 +179,7 @@ class UsageService:
             window, ("tenant", *([group_by] if group_by else [])), tenant, calendar_unit(chosen), query.time_zone
         )
         combinations = self._combinations(meter, tenant, window)
-        rows, breakdown, previous = await _together(
+        rows, breakdown, previous = await together(
             lambda: self._ask(meter, per_period),
             lambda: self._ask(meter, combinations),
             lambda: self._previous(meter, tenant, window),
@@ -223,7 +218,12 @@ class UsageService:
         since = min(first_day, today - timedelta(days=LOOKBACK_DAYS))
         meter = await self.meter()
         daily = AggregateQuery(Window(local_midnight(since, zone), now), ("tenant",), tenant, "day", query.time_zone)
-        rows = await self._ask(meter, daily) if now > local_midnight(since, zone) else []
+
+        async def daily_usage() -> list[UsageRow]:
+            return await self._ask(meter, daily) if now > local_midnight(since, zone) else []
+
+        # The balance (when configured) is asked beside the meter, not after it: one round trip's wait, not two.
+        rows, crossing = await together(daily_usage, lambda: self._balance_crossing(tenant, now))
         used: dict[date, float] = defaultdict(float)
         for row in _of_tenant(rows, tenant):
             used[_window_start(row).astimezone(zone).date()] += row.value
@@ -242,7 +242,6 @@ class UsageService:
                 ("method", FORECAST_METHOD),
             ]
         )
-        crossing = await self._balance_crossing(tenant, now)
         findings.forecast = Outlook(
             as_of=now,
             time_zone=query.time_zone,
@@ -352,26 +351,6 @@ def _findings(
             ),
         ]
     return Findings(comparison=comparison, comparison_in_text=in_text, about=about)
-
-
-@overload
-async def _together(first: Call[A], second: Call[B], /) -> tuple[A, B]: ...
-@overload
-async def _together(first: Call[A], second: Call[B], third: Call[C], /) -> tuple[A, B, C]: ...
-async def _together(*calls: Call[Any]) -> tuple[Any, ...]:
-    """Every call at the same time, their results in order; the first failure (a user-facing one first) ends all."""
-    results: list[Any] = [None] * len(calls)
-
-    async def run(index: int) -> None:
-        results[index] = await calls[index]()
-
-    try:
-        async with anyio.create_task_group() as tasks:
-            for index in range(len(calls)):
-                tasks.start_soon(run, index)
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
-    return tuple(results)
 
 
 def _trend_about(query: str, granularity: str, time_zone: str, group_by: str | None) -> list[tuple[str, object]]:
