@@ -33,9 +33,18 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def connection_limits(settings: Settings) -> dict[str, Any]:
-    """uvicorn's bounds on connections: how many at once (beyond: 503) and how long an idle one is kept."""
-    return {"limit_concurrency": settings.mcp_limit_concurrency, "timeout_keep_alive": settings.mcp_keep_alive_seconds}
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What every listener of this process runs with. No access log: download URLs carry their capability token,
+    which must not end up in log files. No uvicorn log config: it would give its loggers private handlers; without
+    it their lines (start-up, "Exception in ASGI application") reach the root handlers, the console format and
+    OpenTelemetry. And the bounds on connections: how many at once (beyond: 503), how long an idle one is kept."""
+    return {
+        "access_log": False,
+        "log_level": "info",
+        "log_config": None,
+        "limit_concurrency": settings.mcp_limit_concurrency,
+        "timeout_keep_alive": settings.mcp_keep_alive_seconds,
+    }
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -147,21 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = create_app(settings, demo=arguments.demo, telemetry=telemetry)
         if settings.download_port is None:
-            uvicorn.run(
-                app, host=settings.mcp_host, port=settings.mcp_port, **UVICORN_OPTIONS, **connection_limits(settings)
-            )
+            uvicorn.run(app, host=settings.mcp_host, port=settings.mcp_port, **uvicorn_options(settings))
         else:
             serve_with_download_listener(app, settings, settings.download_port)
     finally:
         if telemetry is not None:
             telemetry.shutdown()  # when the app's lifespan did not get to it (e.g. the port was taken)
     return 0
-
-
-# No access log: download URLs carry their capability token, which must not end up in log files. Uvicorn's own log
-# config would give its loggers private handlers; without it their lines (start-up, and "Exception in ASGI
-# application") reach the root handlers: the console format and OpenTelemetry.
-UVICORN_OPTIONS: dict[str, Any] = {"access_log": False, "log_level": "info", "log_config": None}
 
 
 def serve_with_download_listener(app: Any, settings: Settings, download_port: int) -> None:
@@ -177,18 +178,15 @@ def serve_with_download_listener(app: Any, settings: Settings, download_port: in
         def capture_signals(self) -> Iterator[None]:  # the main server takes the signals, and stops this one
             yield
 
-    limits = connection_limits(settings)
-    main_server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.mcp_host, port=settings.mcp_port, **UVICORN_OPTIONS, **limits)
-    )
+    options = uvicorn_options(settings)
+    main_server = uvicorn.Server(uvicorn.Config(app, host=settings.mcp_host, port=settings.mcp_port, **options))
     listener = Listener(
         uvicorn.Config(
             app.state.download_app,
             host=settings.download_host or settings.mcp_host,
             port=download_port,
             lifespan="off",
-            **UVICORN_OPTIONS,
-            **limits,
+            **options,
         )
     )
 
