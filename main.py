@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.tenant_override,
             settings.role_override,
         )
-    if not settings.binds_loopback and settings.mcp_auth_token is None and not settings.jwt_mode:
+    if settings.mcp_unguarded:  # start-up stopped unless MCP_ALLOW_UNAUTHENTICATED=true said the network is private
         logger.warning(
             "!!! /mcp IS OPEN: MCP_HOST=%r is not loopback and neither MCP_AUTH_TOKEN nor MCP_JWT_JWKS_URL is set; "
             "MCP_ALLOW_UNAUTHENTICATED=true says only TAIS can reach it. Anyone else who can would be any tenant's "

@@ -236,6 +236,11 @@ class Settings(BaseSettings):
         except ValueError:
             return False
 
+    @property
+    def mcp_unguarded(self) -> bool:
+        """`/mcp` off loopback with neither MCP_AUTH_TOKEN nor JWT mode: anyone who reaches it is any tenant's admin."""
+        return not self.binds_loopback and self.mcp_auth_token is None and not self.jwt_mode
+
 
 def url_api(url: str) -> OpenMeterApi | None:
     """ "v3" when the URL is a v3 base (its path ends in /v3 or /api/v3); "v1" when it is a server's root (where the
@@ -314,8 +319,7 @@ def _check_mcp_guard(settings: Settings) -> None:
             )
     elif any(value is not None for value in jwt.values()):
         raise ConfigError("MCP_JWT_ISSUER/MCP_JWT_AUDIENCE are set without MCP_JWT_JWKS_URL, where the keys are.")
-    guarded = settings.mcp_auth_token is not None or settings.jwt_mode
-    if not settings.binds_loopback and not guarded and not settings.mcp_allow_unauthenticated:
+    if settings.mcp_unguarded and not settings.mcp_allow_unauthenticated:
         raise ConfigError(
             f"MCP_AUTH_TOKEN is not set, and MCP_HOST={settings.mcp_host!r} is not loopback: anyone who reaches it "
             "could call /mcp as any tenant's admin. Set MCP_AUTH_TOKEN (or MCP_JWT_JWKS_URL), or set "
