@@ -26,7 +26,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
 from ai_credit_usage.errors import Outcome, UserFacingError
-from ai_credit_usage.window import Window, local_midnight
+from ai_credit_usage.window import Window, local_midnight, next_month
 
 Granularity = Literal["day", "week", "month"]
 Dimension = Literal["user", "module", "product", "skill"]
@@ -119,7 +119,7 @@ def _following(label: date, granularity: Granularity) -> date:
         return label + timedelta(days=1)
     if granularity == "week":
         return label + timedelta(weeks=1)
-    return date(label.year + label.month // 12, label.month % 12 + 1, 1)
+    return next_month(label)
 
 
 @dataclass(frozen=True)

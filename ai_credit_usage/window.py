@@ -142,8 +142,13 @@ def forecast_window(to_date: str | None, now: datetime, zone: tzinfo = UTC) -> W
                 f"to_date {to_date!r} is more than a year ahead: the forecast reaches {reach.isoformat()} at most."
             )
     else:
-        last_day = (month_start + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+        last_day = next_month(month_start) - timedelta(days=1)
     return Window(local_midnight(month_start, zone), local_midnight(last_day + timedelta(days=1), zone))
+
+
+def next_month(day: date) -> date:
+    """The first day of the month after `day`'s."""
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
 
 
 def _zone_name(zone: tzinfo) -> str:
