@@ -230,19 +230,12 @@ def demo_allowances(
             key, feature, meter=meter_slug, interval="MONTH", anchor=anchor, created_at=first_day,
             measure_usage_from=first_day,
         )  # fmt: skip
-        plan_start = first_day
-        if tenant == COMFORTABLE_TENANT:
-            amount = round(used + pace * 60, -2)
-            entitlements.add_grant(key, feature, amount=amount, effective_at=plan_start, priority=5,
-                                   recurrence=("MONTH", anchor), name="Monthly plan")  # fmt: skip
-        elif tenant == RUNNING_OUT_TENANT:
-            amount = round(used + pace * (ALLOWANCE_RESET_DAYS / 3), -1)  # a third of the days to the reset
-            entitlements.add_grant(key, feature, amount=amount, effective_at=plan_start, priority=5,
-                                   recurrence=("MONTH", anchor), name="Monthly plan")  # fmt: skip
-        else:  # the top-up is burnt first (priority 1) and expires in 4 days with credits left
-            amount = round(used + pace * 30, -2)
-            entitlements.add_grant(key, feature, amount=amount, effective_at=plan_start, priority=5,
-                                   recurrence=("MONTH", anchor), name="Monthly plan")  # fmt: skip
+        # The monthly plan: what this period used so far, plus this many days of the recent pace.
+        days_left_in_plan = {COMFORTABLE_TENANT: 60, RUNNING_OUT_TENANT: ALLOWANCE_RESET_DAYS / 3, TOP_UP_TENANT: 30}
+        amount = round(used + pace * days_left_in_plan[tenant], -1 if tenant == RUNNING_OUT_TENANT else -2)
+        entitlements.add_grant(key, feature, amount=amount, effective_at=first_day, priority=5,
+                               recurrence=("MONTH", anchor), name="Monthly plan")  # fmt: skip
+        if tenant == TOP_UP_TENANT:  # the top-up is burnt first (priority 1) and expires in 4 days with credits left
             top_up_start = today - timedelta(days=26)
             top_up_used = sum(_credits(e) for e in mine if e["time"] >= format_time(top_up_start))
             entitlements.add_grant(key, feature, amount=round(top_up_used + pace * 8, -1), effective_at=top_up_start,
