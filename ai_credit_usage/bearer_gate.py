@@ -24,18 +24,15 @@ class BearerTokenGate:
         self._expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            supplied = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-            scheme, _, credentials = supplied.strip().partition(b" ")
-            # The scheme is case-insensitive (RFC 9110 §11.1); the token is compared in constant time.
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self._expected):
-                response = JSONResponse(
-                    {"error": "unauthorized", "detail": "this MCP endpoint needs Authorization: Bearer <token>"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="ai-credits-mcp"'},
-                )
-                await response(scope, receive, send)
-                return
+        # The token is compared in constant time.
+        if scope["type"] == "http" and not hmac.compare_digest(bearer_credentials(scope), self._expected):
+            response = JSONResponse(
+                {"error": "unauthorized", "detail": "this MCP endpoint needs Authorization: Bearer <token>"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="ai-credits-mcp"'},
+            )
+            await response(scope, receive, send)
+            return
         await self._app(scope, receive, send)
 
 
@@ -57,10 +54,8 @@ class JwtBearerGate:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        supplied = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-        scheme, _, credentials = supplied.decode("latin-1").strip().partition(" ")
-        token = credentials.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_credentials(scope).decode("latin-1")
+        if not token:
             await self._refuse(scope, receive, send, None, "This MCP endpoint needs Authorization: Bearer <JWT>.")
             return
         try:
@@ -89,6 +84,14 @@ class JwtBearerGate:
             headers={"WWW-Authenticate": "Bearer " + ", ".join(challenge)},
         )
         await response(scope, receive, send)
+
+
+def bearer_credentials(scope: Scope) -> bytes:
+    """What follows `Authorization: Bearer` (the scheme is case-insensitive, RFC 9110 §11.1), trimmed; b"" when the
+    header is missing or names another scheme."""
+    supplied = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+    scheme, _, credentials = supplied.strip().partition(b" ")
+    return credentials.strip() if scheme.lower() == b"bearer" else b""
 
 
 KEYS_UNAVAILABLE = (
