@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from ai_credit_usage.balance import CreditBalance, GrantLine
 from ai_credit_usage.demo import DEMO_ABOUT
-from ai_credit_usage.render import format_credits, shorten_cell
+from ai_credit_usage.render import download_line, format_credits, shorten_cell
 from ai_credit_usage.runway import LEFT_OVER
 from ai_credit_usage.table import PREVIEW_ROWS
 from ai_credit_usage.window import format_utc
@@ -175,10 +175,7 @@ def render_balance(found: CreditBalance, *, download_url: str, expires_at: datet
     lines += runway_lines(found)
     if (note := disagreement_line(found)) is not None:
         lines.append(note)
-    lines.append(
-        f"[Download Excel]({download_url}) (link expires at {format_utc(expires_at)}, "
-        f"{_from_now(expires_at, found.as_of)})"
-    )
+    lines.append(download_line(download_url, expires_at, found.as_of))
     return "\n".join(lines)
 
 

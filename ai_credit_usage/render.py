@@ -224,9 +224,7 @@ def _render(
         lines += _mover_lines(findings.movers, findings.comparison, cell)
     if trend is not None:
         lines += _trend_lines(trend)
-    lines.append(
-        f"[Download Excel]({download_url}) (link expires at {format_utc(expires_at)}, {_in(expires_at - now)})"
-    )
+    lines.append(download_line(download_url, expires_at, now))
     return "\n".join(lines)
 
 
@@ -265,6 +263,11 @@ def balance_crossing_line(outlook: Outlook) -> str | None:
         f"{head} at the allowance's own pace it runs out {when} (80% range {earliest.isoformat()} to {slow}){ahead}, "
         f"before the allowance resets on {reset}."
     )
+
+
+def download_line(download_url: str, expires_at: datetime, now: datetime) -> str:
+    """The last line of every answer with figures: the workbook's link and when it stops working."""
+    return f"[Download Excel]({download_url}) (link expires at {format_utc(expires_at)}, {_in(expires_at - now)})"
 
 
 def _in(remaining: timedelta) -> str:

@@ -116,6 +116,15 @@ async def test_balance_grants_and_reset_of_a_metered_allowance(
     assert workbook["Summary"]._charts  # cumulative usage against the allowance
 
 
+async def test_a_short_link_life_is_said_in_seconds_as_on_every_answer(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    allowance(openmeter)
+    openmeter.entitlements.add_grant("acme", "ai_credits", amount=100, effective_at=PERIOD_START, name="Plan")
+    text = text_of(await call_tool(balance_server(download_ttl_seconds=30), TOOL))
+    assert text.endswith("(link expires at 2026-01-20T12:00:30Z, in 30 seconds)"), text
+
+
 async def test_no_customer_or_no_entitlement_is_one_sentence_not_an_error(
     balance_server: Callable[..., str], openmeter: OpenMeterStandIn
 ) -> None:
