@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
 
+import httpx2
+import pytest
 import uvicorn
 
 __all__ = ["PromptServer", "ServerThread", "serve_in_thread"]
@@ -147,3 +151,17 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free loopback port between 20000 and 32000")
+
+
+def wait_for_health(port: int, proc: subprocess.Popen[str], *, timeout: float = 30) -> httpx2.Response:
+    """`/health`'s first 200 on a loopback port served by `proc` (a main.py the test started); the test fails if
+    the process exits or none comes within `timeout` seconds. Polling for a server to come up, not sleeping."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            response = httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            if response.status_code == 200:
+                return response
+        except httpx2.TransportError:
+            time.sleep(0.05)  # not listening yet
+    pytest.fail(f"no /health on port {port}; exit status {proc.poll()}")

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.settings import ConfigError, load_settings
 from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, raw_initialize, text_of
-from tests.servers import free_port, serve_in_thread
+from tests.servers import free_port, serve_in_thread, wait_for_health
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,17 +168,6 @@ def demo_main(tmp_path: Path) -> Iterator[tuple[int, int, subprocess.Popen[str]]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
-
-
-def wait_for_health(port: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return
-        except httpx2.TransportError:
-            time.sleep(0.05)  # not listening yet
-    pytest.fail(f"no /health on port {port}; exit status {proc.poll()}")
 
 
 async def test_main_runs_a_download_listener_without_mcp(demo_main: tuple[int, int, subprocess.Popen[str]]) -> None:

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2
@@ -16,7 +15,7 @@ import pytest
 
 from ai_credit_usage.settings import ConfigError, load_settings
 from tests.conftest import API_KEY
-from tests.servers import free_port
+from tests.servers import free_port, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,14 +41,7 @@ def test_main_refuses_connections_beyond_the_limit(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(httpx2.TransportError):
-                assert httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-                break
-            time.sleep(0.1)  # polling for the server to come up, not waiting for time to pass
-        else:
-            pytest.fail(f"main.py --demo did not become healthy (exit code {process.poll()})")
+        wait_for_health(port, process)
         with contextlib.ExitStack() as held:
             for _ in range(2):  # two idle connections, as a slow or idle client would hold them
                 held.enter_context(socket.create_connection(("127.0.0.1", port)))

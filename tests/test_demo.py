@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -43,7 +42,7 @@ from ai_credit_usage.demo import (
 from ai_credit_usage.settings import load_settings
 from server import create_app
 from tests.conftest import NOW, SETTINGS_VARIABLES, FakeClock, call_tool, text_of
-from tests.servers import free_port, serve_in_thread
+from tests.servers import free_port, serve_in_thread, wait_for_health
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,17 +277,7 @@ def test_main_demo_starts_without_a_key(tmp_path: Path, api: str | None) -> None
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                response = httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1)
-            except httpx2.TransportError:
-                time.sleep(0.1)
-                continue
-            assert response.json() == {"status": "ok"}
-            break
-        else:
-            pytest.fail(f"main.py --demo did not become healthy (exit code {process.poll()})")
+        assert wait_for_health(port, process).json() == {"status": "ok"}
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=15)
