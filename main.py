@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ai_credit_usage.settings import Settings
+    from ai_credit_usage.runtime.settings import Settings
 
 # Everything else is imported inside the functions: each workbook process re-runs this module's top level
 # (multiprocessing's __main__ fix-up under forkserver), where these imports cost about a second per call.
@@ -22,7 +22,7 @@ logger = logging.getLogger("ai_credit_usage")
 
 
 def configure_logging() -> None:
-    from ai_credit_usage.telemetry import TraceIdFormatter
+    from ai_credit_usage.runtime.telemetry import TraceIdFormatter
 
     # Before the MCP SDK is imported: its server calls basicConfig() too, which is then a no-op.
     console = logging.StreamHandler()
@@ -67,15 +67,15 @@ def _setting(name: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ai_credit_usage.settings import ConfigError, load_settings
-    from ai_credit_usage.telemetry import setup_telemetry
+    from ai_credit_usage.runtime.settings import ConfigError, load_settings
+    from ai_credit_usage.runtime.telemetry import setup_telemetry
 
     arguments = parse_arguments(argv)
     configure_logging()
     try:
         overrides: dict[str, str] = {}
         if arguments.demo:  # a placeholder key and URL stand in for OpenMeter's; without --demo a missing key stops
-            from ai_credit_usage.demo import demo_settings
+            from ai_credit_usage.openmeter.standin.demo import demo_settings
 
             overrides = demo_settings(_setting("OPENMETER_API"))  # v1 unless OPENMETER_API=v3
         settings = load_settings(**overrides)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from urllib.parse import urlsplit
 
-    from ai_credit_usage.redaction import redact_log_handlers
+    from ai_credit_usage.runtime.redaction import redact_log_handlers
 
     # Whatever a library or a traceback writes, the secrets' values never reach the console or OpenTelemetry.
     store_url = settings.download_store_url.get_secret_value() if settings.download_store_url else ""
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     # The rest only once the configuration is known good, so a mistake is reported at once; server after logging.
     import uvicorn
 
-    from ai_credit_usage.downloads import describe_store_url
+    from ai_credit_usage.answers.downloads import describe_store_url
     from server import create_app
 
     if settings.tenant_override or settings.role_override:

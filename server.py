@@ -23,24 +23,25 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from ai_credit_usage.balance import BalanceService
-from ai_credit_usage.bearer_gate import BearerTokenGate, JwtBearerGate, protected_resource_routes
-from ai_credit_usage.demo import DEMO_INSTRUCTIONS, demo_transport
-from ai_credit_usage.downloads import UNAVAILABLE, DownloadStore, DownloadStoreUnavailable, open_download_store
-from ai_credit_usage.gate import caller_gate
-from ai_credit_usage.jwt_verifier import JwtRules, JwtVerifier
+from ai_credit_usage.access.bearer_gate import BearerTokenGate, JwtBearerGate, protected_resource_routes
+from ai_credit_usage.access.gate import caller_gate
+from ai_credit_usage.access.jwt_verifier import JwtRules, JwtVerifier
+from ai_credit_usage.access.session_guard import SessionGuard
+from ai_credit_usage.answers.demo_notice import DEMO_INSTRUCTIONS
+from ai_credit_usage.answers.downloads import UNAVAILABLE, DownloadStore, DownloadStoreUnavailable, open_download_store
+from ai_credit_usage.answers.results import error_result
 from ai_credit_usage.openmeter import RetryPolicy, connect, connect_entitlements, open_http
 from ai_credit_usage.openmeter.meter_cache import MeterCache
+from ai_credit_usage.openmeter.standin.demo import demo_transport
 from ai_credit_usage.pipeline import Pipeline
-from ai_credit_usage.results import error_result
-from ai_credit_usage.session_guard import SessionGuard
-from ai_credit_usage.settings import LOOPBACK_NAMES, Settings
-from ai_credit_usage.telemetry import Telemetry, traced_download, watch_download_store
-from ai_credit_usage.tool_call import current_call
+from ai_credit_usage.questions.balance import BalanceService
+from ai_credit_usage.questions.usage import UsageService
+from ai_credit_usage.runtime.settings import LOOPBACK_NAMES, Settings
+from ai_credit_usage.runtime.telemetry import Telemetry, traced_download, watch_download_store
+from ai_credit_usage.runtime.tool_call import current_call
+from ai_credit_usage.runtime.window import Clock, utc_now
 from ai_credit_usage.tools import TOOLS, ToolSpec
 from ai_credit_usage.tools import instructions as tool_instructions
-from ai_credit_usage.usage import UsageService
-from ai_credit_usage.window import Clock, utc_now
 
 logger = logging.getLogger("ai_credit_usage.server")
 
@@ -107,7 +108,6 @@ def create_app(
     pipeline = Pipeline(
         usage,
         downloads,
-        balance=balance,
         download_base_url=settings.download_base_url,
         source=f"OpenMeter meter '{settings.openmeter_meter}'" + (" (in-process demo stand-in)" if demo else ""),
         clock=clock,

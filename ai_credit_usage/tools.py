@@ -10,26 +10,24 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from ai_credit_usage.balance import BalanceService, CreditBalance
-from ai_credit_usage.findings import Findings
-from ai_credit_usage.forecast import LOOKBACK_DAYS
-from ai_credit_usage.query import Query, parse_forecast_query, parse_query
-from ai_credit_usage.settings import Settings
-from ai_credit_usage.structured import (
+from ai_credit_usage.answers.structured import (
     BalanceResult,
     EventsResult,
     ForecastResult,
     SummaryResult,
     TenantTotalResult,
     TrendResult,
-    UsageResult,
 )
-from ai_credit_usage.table import TableSink
-from ai_credit_usage.trend import Dimension, Granularity
-from ai_credit_usage.usage import UsageService
+from ai_credit_usage.questions.findings import Findings
+from ai_credit_usage.questions.forecast import LOOKBACK_DAYS
+from ai_credit_usage.questions.query import Query, parse_forecast_query, parse_moment_query, parse_query
+from ai_credit_usage.questions.sink import TableSink
+from ai_credit_usage.questions.trend import Dimension, Granularity
+from ai_credit_usage.questions.usage import UsageService
+from ai_credit_usage.runtime.settings import Settings
 
+# A UsageService method: the tenant comes from the caller, the rest from the parsed arguments.
 Question = Callable[[UsageService, str, Query, TableSink], Awaitable[Findings]]
-BalanceQuestion = Callable[[BalanceService, str, datetime], Awaitable[CreditBalance]]
 Parser = Callable[[Mapping[str, Any], datetime], Query]
 
 FromDate = Annotated[
@@ -96,7 +94,7 @@ class ToolSpec:
     name: str
     title: str
     description: str
-    question: Question | None  # a UsageService method: (service, tenant, query, sink) -> Findings
+    question: Question  # (service, tenant, query, sink) -> Findings: rows in the sink, what it found besides
     result: type[BaseModel]  # the structured result, published as the tool's output schema
     file_label: str  # names the workbook: ai-credits_<label>_<tenant>_<window>.xlsx
     parameters: tuple[tuple[str, Any], ...] = ()  # (name, annotated type), beyond the window's
@@ -105,21 +103,12 @@ class ToolSpec:
     # Whether this server offers the tool at all (in tools/list and callable): a tool that can only fail under these
     # settings is not offered, so the model never picks it.
     offered: Callable[[Settings], bool] = always
-    # Instead of `question`: a BalanceService method, (service, tenant, now) -> CreditBalance (no window, no Query).
-    balance_question: BalanceQuestion | None = None
     # What the server instructions add when the tool is offered: when to pick it.
     pick: str = ""
 
     @property
     def all_parameters(self) -> tuple[tuple[str, Any], ...]:
         return self.window_parameters + self.parameters
-
-    @property
-    def usage(self) -> tuple[Question, type[UsageResult]]:
-        """The question and result of a usage tool (one over a window of the tenant meter)."""
-        if self.question is None or not issubclass(self.result, UsageResult):
-            raise TypeError(f"{self.name} is not a usage tool")
-        return self.question, self.result
 
 
 INSTRUCTIONS = """\
@@ -244,12 +233,12 @@ TOOLS = (
             "arguments. For credits used in a window use get_credit_usage_by_tenant; over time, "
             "get_credit_usage_trend. The answer links an Excel file with every grant and the daily usage."
         ),
-        question=None,
-        balance_question=BalanceService.balance,
+        question=UsageService.balance_left,
         result=BalanceResult,
         file_label="balance",
         offered=credits_configured,
         pick=BALANCE_PICK,
         window_parameters=(),
+        parse=parse_moment_query,
     ),
 )

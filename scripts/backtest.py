@@ -1,14 +1,14 @@
-"""Backtest of the month-end forecast (ai_credit_usage/forecast.py) against the linear run-rate projection.
+"""Backtest of the month-end forecast (ai_credit_usage/questions/forecast.py) against the linear run-rate projection.
 
     uv run python scripts/backtest.py              # the figures docs/forecast.md quotes
     uv run python scripts/backtest.py --series 40  # fewer synthetic series, quicker
 
 Cases: synthetic daily series (a weekday rhythm, growth or decline, day-to-day noise, spikes, quiet weeks, zero days,
-a few sparse or switched-on-late tenants) and the demo data set (ai_credit_usage/demo.py, its four tenants' daily
-UTC sums). For every month whose days are all known and that has at least two weeks of history before it, the
-month-end total is forecast from every cut-off day from the 2nd to the last day of the month, at a random moment of
-that day (the part of the day already past is known, as it is to the tool). Day 1 is left out because the run-rate
-has nothing to divide there.
+a few sparse or switched-on-late tenants) and the demo data set (ai_credit_usage/openmeter/standin/demo.py, its four
+tenants' daily UTC sums). For every month whose days are all known and that has at least two weeks of history
+before it, the month-end total is forecast from every cut-off day from the 2nd to the last day of the month, at a
+random moment of that day (the part of the day already past is known, as it is to the tool). Day 1 is left out
+because the run-rate has nothing to divide there.
 
 - Ours: month-to-date (complete days plus the known part of today) + project_usage(...).days[-1].total, with the
   80% and 95% intervals of that total.
@@ -36,8 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ai_credit_usage import forecast  # noqa: E402
-from ai_credit_usage.forecast import project_usage  # noqa: E402
+from ai_credit_usage.questions import forecast  # noqa: E402
+from ai_credit_usage.questions.forecast import project_usage  # noqa: E402
 
 SERIES_START = date(2025, 7, 1)
 SERIES_DAYS = 240  # about eight months
@@ -92,7 +92,7 @@ def synthetic_series(rng: random.Random) -> tuple[str, dict[date, float]]:
 
 
 def demo_series() -> Iterator[tuple[str, dict[date, float]]]:
-    from ai_credit_usage.demo import demo_events
+    from ai_credit_usage.openmeter.standin.demo import demo_events
 
     sums: dict[str, dict[date, float]] = defaultdict(lambda: defaultdict(float))
     for event in demo_events(DEMO_NOW):

@@ -315,8 +315,8 @@ async def call_baseline(base_url: str, window: tuple[str, str]) -> dict[str, Any
 
 def writer_ratio(rows: int) -> dict[str, float]:
     """Workbook writing (ours: write-only, styled, guarded) against the csv module on the same rows."""
-    from ai_credit_usage.usage import EVENT_COLUMNS
-    from ai_credit_usage.workbook import Report, WorkbookBuilder
+    from ai_credit_usage.answers.workbook import Report, WorkbookBuilder
+    from ai_credit_usage.questions.usage import EVENT_COLUMNS
 
     rng = random.Random(2)
     data = [
@@ -341,7 +341,7 @@ def writer_ratio(rows: int) -> dict[str, float]:
 
 def server_environment() -> dict[str, str]:
     """This environment without anything our server would read as configuration (or an OpenTelemetry exporter)."""
-    from ai_credit_usage.settings import Settings
+    from ai_credit_usage.runtime.settings import Settings
 
     ours = {name.upper() for name in Settings.model_fields}
     return {name: value for name, value in os.environ.items() if name not in ours and not name.startswith("OTEL_")}

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event  # noqa: E402
-from ai_credit_usage.settings import Settings, load_settings  # noqa: E402
+from ai_credit_usage.runtime.settings import Settings, load_settings  # noqa: E402
 from server import create_app  # noqa: E402
 from tests.servers import serve_in_thread  # noqa: E402
 

@@ -36,7 +36,7 @@ from openpyxl import load_workbook
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from ai_credit_usage.settings import load_settings
+from ai_credit_usage.runtime.settings import load_settings
 from server import create_app
 from tests.servers import serve_in_thread
 

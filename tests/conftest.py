@@ -28,9 +28,9 @@ from ai_credit_usage.openmeter.meter import Meter
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn
 from ai_credit_usage.openmeter.v1 import OpenMeterV1
 from ai_credit_usage.openmeter.v3 import OpenMeterV3
-from ai_credit_usage.settings import Settings, load_settings
-from ai_credit_usage.table import TableSink
-from ai_credit_usage.usage import EVENT_COLUMNS
+from ai_credit_usage.questions.sink import TableSink
+from ai_credit_usage.questions.usage import EVENT_COLUMNS
+from ai_credit_usage.runtime.settings import Settings, load_settings
 from server import create_app
 from tests.servers import serve_in_thread
 
@@ -227,10 +227,10 @@ def raw_initialize(url: str, headers: dict[str, str]) -> int:
 
 
 class CollectingSink(TableSink):
-    """A sink that also keeps every row it was given, in order (the workbook stays in this process)."""
+    """A sink that also keeps every row it was given, in order."""
 
     def __init__(self) -> None:
-        super().__init__(EVENT_COLUMNS, process_rows=10**9)
+        super().__init__(EVENT_COLUMNS)
         self.rows: list[tuple[Any, ...]] = []
 
     async def add(self, rows: list[tuple[Any, ...]]) -> None:

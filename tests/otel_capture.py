@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ai_credit_usage.telemetry import Telemetry, install_telemetry
+from ai_credit_usage.runtime.telemetry import Telemetry, install_telemetry
 
 GAUGES = frozenset({"ai_credits.download_store.entries", "ai_credits.download_store.size"})
 

@@ -21,13 +21,13 @@ import httpx2
 import pytest
 from openpyxl import load_workbook
 
+from ai_credit_usage.answers.workbook_writer import WORKBOOK_FAILED, ProcessWorkbookWriter
 from ai_credit_usage.openmeter.interface import sequential_event_pages
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.v1 import OpenMeterV1
-from ai_credit_usage.query import Query
-from ai_credit_usage.usage import UsageService
-from ai_credit_usage.window import Window
-from ai_credit_usage.workbook_writer import WORKBOOK_FAILED, ProcessWorkbookWriter
+from ai_credit_usage.questions.query import Query
+from ai_credit_usage.questions.usage import UsageService
+from ai_credit_usage.runtime.window import Window
 from tests.conftest import AI_METER, FAST_RETRY, CollectingSink, ServerStarter, call_tool, text_of, v1_client
 
 pytestmark = pytest.mark.anyio
@@ -192,7 +192,7 @@ async def test_a_killed_workbook_process_is_a_clear_error(
     openmeter.ingest(*[make_event(tenant="acme", credits=1, time=START + timedelta(seconds=i)) for i in range(900)])
     url = start_server(workbook_process_rows=100)
     killed = signal_workbook_process_before(monkeypatch, moment, signal.SIGKILL)  # as the OOM killer would
-    with caplog.at_level(logging.WARNING, logger="ai_credit_usage.workbook_writer"):
+    with caplog.at_level(logging.WARNING, logger="ai_credit_usage.answers.workbook_writer"):
         result = await call_tool(url, "get_credit_events", {"from_date": "2026-01-15", "to_date": "2026-01-15"})
     assert killed
     assert result.is_error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ai_credit_usage.caller import Refusal, identify_caller
+from ai_credit_usage.access.caller import Refusal, identify_caller
 
 
 def test_tenant_is_trimmed_and_roles_are_a_list() -> None:

@@ -18,7 +18,7 @@ import httpx2
 import pytest
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from ai_credit_usage.settings import ConfigError, load_settings
+from ai_credit_usage.runtime.settings import ConfigError, load_settings
 from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, raw_initialize, text_of
 from tests.servers import free_port, serve_in_thread, wait_for_health
 

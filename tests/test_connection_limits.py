@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from ai_credit_usage.settings import ConfigError, load_settings
+from ai_credit_usage.runtime.settings import ConfigError, load_settings
 from tests.conftest import API_KEY
 from tests.servers import free_port, wait_for_health
 

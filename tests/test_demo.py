@@ -26,10 +26,9 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 from openpyxl import load_workbook
 
-from ai_credit_usage.demo import (
+from ai_credit_usage.answers.demo_notice import DEMO_ABOUT, DEMO_BANNER
+from ai_credit_usage.openmeter.standin.demo import (
     DAYS,
-    DEMO_ABOUT,
-    DEMO_BANNER,
     DEMO_SETTINGS,
     DEMO_SETTINGS_V3,
     MODULES,
@@ -39,7 +38,7 @@ from ai_credit_usage.demo import (
     USERS_PER_TENANT,
     demo_events,
 )
-from ai_credit_usage.settings import load_settings
+from ai_credit_usage.runtime.settings import load_settings
 from server import create_app
 from tests.conftest import NOW, SETTINGS_VARIABLES, FakeClock, call_tool, text_of
 from tests.servers import free_port, serve_in_thread, wait_for_health

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from openpyxl import load_workbook
 
-from ai_credit_usage.downloads import DownloadTooLarge, MemoryDownloadStore
+from ai_credit_usage.answers.downloads import DownloadTooLarge, MemoryDownloadStore
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from tests.conftest import NOW, FakeClock, call_tool, text_of
 

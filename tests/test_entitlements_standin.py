@@ -23,7 +23,7 @@ from ai_credit_usage.openmeter.entitlements import EntitlementsV2
 from ai_credit_usage.openmeter.http import OpenMeterHttp
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.standin.entitlements import add_interval, period_at
-from ai_credit_usage.window import Window
+from ai_credit_usage.runtime.window import Window
 from tests.conftest import standin_client
 
 KEY = "fake-key-123"

@@ -18,9 +18,9 @@ import pytest
 from ai_credit_usage.openmeter.interface import OpenMeter
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, RecordedRequest, make_event
 from ai_credit_usage.openmeter.v1 import MAX_QUERY_BYTES
-from ai_credit_usage.query import Query
-from ai_credit_usage.usage import UsageService
-from ai_credit_usage.window import Window
+from ai_credit_usage.questions.query import Query
+from ai_credit_usage.questions.usage import UsageService
+from ai_credit_usage.runtime.window import Window
 from tests.conftest import FAST_RETRY, CollectingSink, on_both_apis, v1_client, v3_client
 from tests.sent import SentPage, events_path, page_of
 

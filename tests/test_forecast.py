@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ai_credit_usage.forecast import Projection, daily_rows, project_usage
-from ai_credit_usage.window import WindowError, forecast_window
+from ai_credit_usage.questions.forecast import Projection, daily_rows, project_usage
+from ai_credit_usage.runtime.window import WindowError, forecast_window
 
 TODAY = date(2026, 3, 11)  # a Wednesday
 

@@ -12,8 +12,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from openpyxl import load_workbook
 
-from ai_credit_usage.forecast import DAY_COLUMNS, LOOKBACK_DAYS
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
+from ai_credit_usage.questions.forecast import DAY_COLUMNS, LOOKBACK_DAYS
 from tests.conftest import ADMIN, NOW, FakeClock, call_tool, download_bytes, text_of
 
 pytestmark = pytest.mark.anyio

@@ -25,10 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ai_credit_usage.caller import Refusal
-from ai_credit_usage.jwt_verifier import JwtRules, JwtVerifier, KeysUnavailable, TokenRejected
+from ai_credit_usage.access.caller import Refusal
+from ai_credit_usage.access.jwt_verifier import JwtRules, JwtVerifier, KeysUnavailable, TokenRejected
+from ai_credit_usage.access.token_caller import caller_from_claims
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from ai_credit_usage.token_caller import caller_from_claims
 from tests.conftest import NOW, ServerStarter, call_tool, raw_initialize, text_of
 from tests.servers import serve_in_thread
 

@@ -7,14 +7,14 @@ import logging
 
 import pytest
 
-from ai_credit_usage.caller import Caller
-from ai_credit_usage.downloads import MemoryDownloadStore
-from ai_credit_usage.findings import Findings
+from ai_credit_usage.answers.downloads import MemoryDownloadStore
 from ai_credit_usage.pipeline import UNEXPECTED, Pipeline
-from ai_credit_usage.query import Query
-from ai_credit_usage.table import TableSink
+from ai_credit_usage.questions.findings import Findings
+from ai_credit_usage.questions.query import Query
+from ai_credit_usage.questions.sink import TableSink
+from ai_credit_usage.questions.usage import UsageService
+from ai_credit_usage.runtime.tool_call import Caller
 from ai_credit_usage.tools import TOOLS
-from ai_credit_usage.usage import UsageService
 from tests.conftest import NOW, FakeClock, v1_client
 
 pytestmark = pytest.mark.anyio

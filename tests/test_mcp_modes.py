@@ -15,7 +15,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from ai_credit_usage.settings import load_settings
+from ai_credit_usage.runtime.settings import load_settings
 from tests.conftest import API_KEY, NOW, ServerStarter, call_tool, text_of
 
 pytestmark = pytest.mark.anyio

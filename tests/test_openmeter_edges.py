@@ -17,7 +17,7 @@ from ai_credit_usage.openmeter.interface import AggregateQuery
 from ai_credit_usage.openmeter.numbers import meter_value, to_float64_or_null
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.standin.store import compile_json_path, json_value
-from ai_credit_usage.window import Window
+from ai_credit_usage.runtime.window import Window
 from tests.conftest import AI_METER, ServerStarter, call_tool, download_bytes, text_of, v1_client
 
 JANUARY = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))

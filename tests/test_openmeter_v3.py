@@ -21,8 +21,8 @@ from ai_credit_usage.openmeter.interface import AggregateQuery, sequential_event
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.v1 import SERVES_V3
 from ai_credit_usage.openmeter.v3 import NOT_V3, OpenMeterV3
-from ai_credit_usage.settings import Settings
-from ai_credit_usage.window import Window
+from ai_credit_usage.runtime.settings import Settings
+from ai_credit_usage.runtime.window import Window
 from tests.conftest import AI_METER, API_KEY, FAST_RETRY, NOW, FakeClock, call_tool, text_of, v1_client, v3_client
 from tests.servers import serve_in_thread
 

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from openpyxl import load_workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-from ai_credit_usage.render import ELLIPSIS, MAX_PREVIEW_CHARS, escape_cell, render_answer, shorten_cell
-from ai_credit_usage.table import Table
-from ai_credit_usage.usage import SUMMARY_COLUMNS
-from ai_credit_usage.window import Window, WindowError, resolve_window
-from ai_credit_usage.workbook import DATA_SHEET, Report, build_workbook
+from ai_credit_usage.answers.render import ELLIPSIS, MAX_PREVIEW_CHARS, escape_cell, render_answer, shorten_cell
+from ai_credit_usage.answers.table import Table
+from ai_credit_usage.answers.workbook import DATA_SHEET, Report, build_workbook
+from ai_credit_usage.questions.usage import SUMMARY_COLUMNS
+from ai_credit_usage.runtime.window import Window, WindowError, resolve_window
 
 NOW = datetime(2026, 1, 20, 12, tzinfo=UTC)
 moments = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)).map(

@@ -14,7 +14,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn
-from ai_credit_usage.redaction import REDACTED, RedactingFilter, Redactor, redact_log_handlers
+from ai_credit_usage.runtime.redaction import REDACTED, RedactingFilter, Redactor, redact_log_handlers
 from tests.conftest import call_tool, text_of
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from ai_credit_usage.settings import load_settings
+from ai_credit_usage.runtime.settings import load_settings
 from scripts import registration
 from scripts.registration import identify, load_config, main, read_variables
 from server import create_app

@@ -6,10 +6,11 @@ from decimal import Decimal
 
 import pytest
 
-from ai_credit_usage.render import escape_cell, format_credits, render_answer
-from ai_credit_usage.table import PREVIEW_ROWS, Table
-from ai_credit_usage.usage import SUMMARY_COLUMNS
-from ai_credit_usage.window import Window, format_utc
+from ai_credit_usage.answers.render import escape_cell, format_credits, render_answer
+from ai_credit_usage.answers.table import Table
+from ai_credit_usage.questions.sink import PREVIEW_ROWS
+from ai_credit_usage.questions.usage import SUMMARY_COLUMNS
+from ai_credit_usage.runtime.window import Window, format_utc
 
 NOW = datetime(2026, 1, 20, 12, tzinfo=UTC)
 WINDOW = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))

@@ -26,7 +26,7 @@ import httpx2
 import pytest
 import redis
 
-from ai_credit_usage.downloads import (
+from ai_credit_usage.answers.downloads import (
     REDIS_KEY_PREFIX,
     UNAVAILABLE,
     DownloadStoreUnavailable,
@@ -35,7 +35,7 @@ from ai_credit_usage.downloads import (
     describe_store_url,
 )
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
-from ai_credit_usage.settings import ConfigError, load_settings
+from ai_credit_usage.runtime.settings import ConfigError, load_settings
 from tests.conftest import API_KEY, NOW, FakeClock, ServerStarter, call_tool, text_of
 from tests.servers import free_port, serve_in_thread
 
@@ -268,7 +268,7 @@ async def test_health_checks_during_an_outage_log_once_and_the_recovery_once(
     store = RedisDownloadStore(redis_server.url, 600, FakeClock(NOW))
     try:
         redis_server.stop()
-        with caplog.at_level(logging.WARNING, logger="ai_credit_usage.downloads"):
+        with caplog.at_level(logging.WARNING, logger="ai_credit_usage.answers.downloads"):
             assert [await store.healthy() for _ in range(5)] == [False] * 5
             redis_server.start()
             assert await store.healthy() and await store.healthy()

@@ -16,9 +16,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from openpyxl import load_workbook
 
-from ai_credit_usage.compare import describe_span
+from ai_credit_usage.answers.render import MAX_PREVIEW_CHARS, escape_cell
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from ai_credit_usage.render import MAX_PREVIEW_CHARS, escape_cell
+from ai_credit_usage.questions.compare import describe_span
 from tests.conftest import NOW, ServerStarter, call_tool, download_bytes, on_both_apis, text_of
 
 pytestmark = pytest.mark.anyio

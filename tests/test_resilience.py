@@ -14,12 +14,12 @@ import httpx2
 import pytest
 from mcp import MCPError
 
-from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.openmeter import RetryPolicy
 from ai_credit_usage.openmeter.interface import AggregateQuery
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.v1 import MAX_QUERY_BYTES
-from ai_credit_usage.window import Window
+from ai_credit_usage.runtime.errors import UserFacingError
+from ai_credit_usage.runtime.window import Window
 from tests.conftest import AI_METER, API_KEY, NOW, ServerStarter, call_tool, raw_initialize, text_of, v1_client
 
 pytestmark = pytest.mark.anyio

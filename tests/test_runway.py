@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, date, datetime, timedelta
 
-from ai_credit_usage.runway import Pot, run_out_day, runway
+from ai_credit_usage.questions.runway import Pot, run_out_day, runway
 
 NOW = datetime(2026, 1, 20, 12, 0, tzinfo=UTC)
 RESET = datetime(2026, 2, 1, tzinfo=UTC)

@@ -18,8 +18,8 @@ import httpx2
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from ai_credit_usage.access.session_guard import SessionGuard
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from ai_credit_usage.session_guard import SessionGuard
 from tests.conftest import CLIENT_TIMEOUT, NOW, ServerStarter
 
 pytestmark = pytest.mark.anyio

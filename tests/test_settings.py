@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_credit_usage.settings import ConfigError, Settings, load_settings
+from ai_credit_usage.runtime.settings import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "om-secret-value-123"
@@ -219,7 +219,7 @@ def test_main_stops_with_one_line_and_no_traceback(env: dict[str, str], message:
 
 def test_every_setting_is_documented() -> None:
     """Each variable the server reads is in .env.example and in README's configuration table."""
-    from ai_credit_usage.settings import Settings
+    from ai_credit_usage.runtime.settings import Settings
 
     example = (ROOT / ".env.example").read_text()
     readme = (ROOT / "README.md").read_text()

@@ -33,9 +33,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ai_credit_usage import telemetry
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
-from ai_credit_usage.settings import ConfigError
+from ai_credit_usage.runtime import telemetry
+from ai_credit_usage.runtime.settings import ConfigError
 from tests.conftest import ADMIN, API_KEY, FakeClock, ServerStarter, call_tool, text_of
 from tests.otel_capture import Captured, TelemetryCapture, telemetry_capture
 from tests.servers import free_port, serve_in_thread
@@ -309,9 +309,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from opentelemetry import metrics, trace
 from opentelemetry._logs import get_logger_provider
-from ai_credit_usage.demo import DEMO_SETTINGS
-from ai_credit_usage.settings import load_settings
-from ai_credit_usage.telemetry import setup_telemetry
+from ai_credit_usage.openmeter.standin.demo import DEMO_SETTINGS
+from ai_credit_usage.runtime.settings import load_settings
+from ai_credit_usage.runtime.telemetry import setup_telemetry
 from server import create_app
 
 assert setup_telemetry(os.environ) is None

@@ -17,7 +17,7 @@ from openpyxl import load_workbook
 from opentelemetry.trace import StatusCode
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from ai_credit_usage.trend import (
+from ai_credit_usage.questions.trend import (
     OTHER,
     Trend,
     TrendError,
@@ -26,7 +26,7 @@ from ai_credit_usage.trend import (
     parse_time_zone,
     periods_of,
 )
-from ai_credit_usage.window import Window, resolve_window
+from ai_credit_usage.runtime.window import Window, resolve_window
 from tests.conftest import call_tool, download_bytes, on_both_apis, text_of
 from tests.otel_capture import telemetry_capture
 from tests.sent import meter_queries

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ai_credit_usage.window import WindowError, format_utc, resolve_window
+from ai_credit_usage.runtime.window import WindowError, format_utc, resolve_window
 
 NOW = datetime(2026, 1, 20, 12, 30, 15, 987654, tzinfo=UTC)
 

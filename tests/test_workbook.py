@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from openpyxl import load_workbook
 
-from ai_credit_usage.table import Table
-from ai_credit_usage.usage import EVENT_COLUMNS
-from ai_credit_usage.workbook import ABOUT_SHEET, DATA_SHEET, SUMMARY_SHEET, Report, build_workbook
+from ai_credit_usage.answers.table import Table
+from ai_credit_usage.answers.workbook import ABOUT_SHEET, DATA_SHEET, SUMMARY_SHEET, Report, build_workbook
+from ai_credit_usage.questions.usage import EVENT_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,10 +70,10 @@ WORKBOOK_PROCESS_SCENARIOS = """
 import os, signal, sys, tempfile
 from datetime import UTC, datetime
 import anyio
-from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.usage import EVENT_COLUMNS
-from ai_credit_usage.workbook import Report
-from ai_credit_usage.workbook_writer import WORKBOOK_FAILED, ProcessWorkbookWriter
+from ai_credit_usage.runtime.errors import UserFacingError
+from ai_credit_usage.questions.usage import EVENT_COLUMNS
+from ai_credit_usage.answers.workbook import Report
+from ai_credit_usage.answers.workbook_writer import WORKBOOK_FAILED, ProcessWorkbookWriter
 
 ROWS = [(datetime(2026, 1, 15, tzinfo=UTC), f"u{i % 7}", "chat", "p1", "acme", 1.5) for i in range(5000)]
 BAD_ROW = (ROWS[0][0], {"not": "a cell"}, "chat", "p1", "acme", 1.0)
@@ -144,14 +144,14 @@ def test_main_py_imports_nothing_heavy_at_its_top_level() -> None:
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     loaded = done.stdout
-    for heavy in ("'uvicorn'", "'ai_credit_usage.telemetry'", "'openpyxl'", "'mcp'", "'opentelemetry'"):
+    for heavy in ("'uvicorn'", "'ai_credit_usage.runtime.telemetry'", "'openpyxl'", "'mcp'", "'opentelemetry'"):
         assert heavy not in loaded
 
 
 def test_the_workbook_process_imports_nothing_heavy() -> None:
     # The forkserver preloads workbook_writer once, and every child forks from it: MCP, OpenTelemetry or the
     # settings machinery there would be seconds of start-up and megabytes in each child.
-    probe = "import sys, ai_credit_usage.workbook_writer; print(sorted(sys.modules))"
+    probe = "import sys, ai_credit_usage.answers.workbook_writer; print(sorted(sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     for heavy in ("'mcp'", "'opentelemetry'", "'pydantic_settings'", "'httpx2'", "'starlette'"):

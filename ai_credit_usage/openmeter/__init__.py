@@ -1,6 +1,7 @@
 """Everything about OpenMeter's side: the seam the questions ask (`interface`), the HTTP core with its retries and
 errors (`http`), the v1/v2 API behind the seam (`v1`) and the v3 API (`v3`, as on Kong Konnect), the meter
-definition (`meter`), and an in-process stand-in of the real server for tests and `--demo` (`standin`)."""
+definition (`meter`), and an in-process stand-in of the real server for tests and `--demo` (`standin`). It may
+import `runtime` only; the stand-in imports nothing of the server but how the meter reads a number (`numbers`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ai_credit_usage.openmeter.http import OpenMeterHttp, RetryPolicy
 from ai_credit_usage.openmeter.interface import OpenMeter
 from ai_credit_usage.openmeter.v1 import OpenMeterV1
 from ai_credit_usage.openmeter.v3 import OpenMeterV3
-from ai_credit_usage.settings import Settings
+from ai_credit_usage.runtime.settings import Settings
 
 __all__ = [
     "EntitlementsV2",

@@ -22,7 +22,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ValidationError
 
 from ai_credit_usage.openmeter.http import OpenMeterHttp
-from ai_credit_usage.window import Window, format_utc
+from ai_credit_usage.runtime.window import Window, format_utc
 
 GRANTS_PAGE_SIZE = 100  # the server's default page size
 MAX_GRANT_PAGES = 20  # 2,000 grants: far more than any allowance has; the rest would not be read

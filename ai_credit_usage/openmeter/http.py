@@ -22,10 +22,10 @@ import anyio
 import httpx2
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.redaction import Redactor
-from ai_credit_usage.settings import DEFAULT_OPENMETER_MAX_CONCURRENCY, DEFAULT_OPENMETER_TIMEOUT_SECONDS
-from ai_credit_usage.telemetry import OpenMeterRequest, openmeter_request
+from ai_credit_usage.runtime.errors import UserFacingError
+from ai_credit_usage.runtime.redaction import Redactor
+from ai_credit_usage.runtime.settings import DEFAULT_OPENMETER_MAX_CONCURRENCY, DEFAULT_OPENMETER_TIMEOUT_SECONDS
+from ai_credit_usage.runtime.telemetry import OpenMeterRequest, openmeter_request
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from ai_credit_usage.openmeter.meter import Meter
-from ai_credit_usage.window import Window
+from ai_credit_usage.runtime.window import Window
 
 CalendarUnit = Literal["day", "month"]  # OpenMeter's calendar windows; weeks are folded from days by the caller
 

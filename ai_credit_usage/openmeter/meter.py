@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ai_credit_usage.errors import UserFacingError
 from ai_credit_usage.openmeter.numbers import meter_value
-from ai_credit_usage.window import Window
+from ai_credit_usage.runtime.errors import UserFacingError
+from ai_credit_usage.runtime.window import Window
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from ai_credit_usage.openmeter.http import OpenMeterError, OpenMeterHttp
 from ai_credit_usage.openmeter.interface import AggregateQuery, CloudEvent, UsageRow
 from ai_credit_usage.openmeter.meter import Meter
-from ai_credit_usage.window import Window, format_utc
+from ai_credit_usage.runtime.window import Window, format_utc
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ It follows the real Go server, not the OpenAPI spec where the two differ. Two us
 what the tests check:
 - the tests serve ``OpenMeterStandIn().app`` over real HTTP (``tests.servers.serve_in_thread``), replacing OpenMeter
   only at the network boundary, and inject faults with ``fail()``;
-- ``--demo`` (``ai_credit_usage.demo``) loads generated events into one and hands the production OpenMeter client an
-  ``httpx2.ASGITransport`` to its app, so demo answers go through exactly the production code path.
+- ``--demo`` (``demo``, beside this module) loads generated events into one and hands the production OpenMeter
+  client an ``httpx2.ASGITransport`` to its app, so demo answers go through exactly the production code path.
 Layout: ``app`` (the store, request log, faults, auth, routing to API routers), ``store`` (how the real server
 stores and reads events), ``wire`` and ``problems`` (the HTTP side every API shares), ``v1`` (the v1/v2 paths).
 """

@@ -1,54 +1,20 @@
-"""A result table, and the sink questions write their rows into.
+"""The sink a question writes its rows into.
 
 The sink sees every row once, in order: it keeps what the text and the Summary sheet need (the first rows, the count,
-the total, the credits of the rows not shown, running sums per user, module, product and skill) and hands the rows
-on to a `WorkbookWriter`, which decides where the workbook is written.
+the total, the credits of the rows not shown, running sums per user, module, product and skill) and passes the rows
+on (`_rows_out`); the answer side's `WorkbookSink` writes them into the workbook. The questions know only this class.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-
-import anyio
-
-from ai_credit_usage.settings import DEFAULT_WORKBOOK_PROCESS_ROWS
-from ai_credit_usage.workbook import Report
-from ai_credit_usage.workbook_writer import WorkbookWriter
 
 PREVIEW_ROWS = 50
 BREAKDOWN_DIMENSIONS = ("user", "module", "product", "skill")
 TOP_ROWS = 5
 Progress = Callable[[float, float | None, str], Awaitable[None]]
-
-
-@dataclass
-class Table:
-    """Column names and rows. The last `amounts` columns are credits (floats); the one at `total_index` (the very
-    last, by default) is the row's total."""
-
-    columns: tuple[str, ...]
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    amounts: int = 1
-    total_index: int = -1
-
-    @property
-    def total_credits(self) -> float:
-        return math.fsum(row[self.total_index] for row in self.rows)
-
-    @property
-    def rest_credits(self) -> float:
-        return math.fsum(row[self.total_index] for row in self.rows[PREVIEW_ROWS:])
-
-    @property
-    def row_count(self) -> int:
-        return len(self.rows)
-
-    @property
-    def preview_rows(self) -> list[tuple[Any, ...]]:
-        return self.rows[:PREVIEW_ROWS]
 
 
 async def _no_progress(done: float, total: float | None, message: str) -> None:
@@ -64,8 +30,6 @@ class TableSink:
         *,
         amounts: int = 1,
         progress: Progress | None = None,
-        process_rows: int = DEFAULT_WORKBOOK_PROCESS_ROWS,
-        process_slots: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.preview_rows: list[tuple[Any, ...]] = []
         self.row_count = 0
@@ -74,9 +38,6 @@ class TableSink:
         self._shown_sums: list[float] = []
         self._rest_sums: list[float] = []
         self._breakdowns: dict[str, dict[str, float]] = {}
-        self._process_rows = process_rows
-        self._process_slots = process_slots
-        self._writer: WorkbookWriter | None = None
         self.define(columns, amounts=amounts)
 
     def define(self, columns: Sequence[str], *, amounts: int = 1, total: int = -1) -> None:
@@ -134,21 +95,10 @@ class TableSink:
             sums = self._breakdowns.setdefault(dimension, {})
             for row in rows:
                 sums[row[index]] = sums.get(row[index], 0.0) + row[self.total_index]
-        await self._workbook().append(rows)
+        await self._rows_out(rows)
 
-    async def workbook(self, report: Report) -> bytes:
-        return await self._workbook().finish(report)
+    async def _rows_out(self, rows: list[tuple[Any, ...]]) -> None:
+        """Where the rows go once counted; here nowhere (a question's own tests), the workbook in `WorkbookSink`."""
 
     def close(self) -> None:
-        """Release the workbook's writer (after a failure, nothing half-written is kept)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def _workbook(self) -> WorkbookWriter:
-        """The writer, created with the first row (or at the end): by then the columns are final."""
-        if self._writer is None:
-            self._writer = WorkbookWriter(
-                self.columns, amounts=self.amounts, process_rows=self._process_rows, slots=self._process_slots
-            )
-        return self._writer
+        """Release whatever holds the rows (after a failure, nothing half-written is kept)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from ai_credit_usage.window import Window
+from ai_credit_usage.runtime.window import Window
 
 MOVERS = 3
 MoverStatus = Literal["new", "gone", "up", "down"]

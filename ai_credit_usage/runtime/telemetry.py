@@ -34,8 +34,8 @@ from opentelemetry._logs import set_logger_provider
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
-from ai_credit_usage.settings import ConfigError
-from ai_credit_usage.tool_call import ToolCall
+from ai_credit_usage.runtime.settings import ConfigError
+from ai_credit_usage.runtime.tool_call import ToolCall
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider

@@ -50,14 +50,6 @@ def demo_settings(api: str | None) -> dict[str, str]:
     return DEMO_SETTINGS_V3 if (api or "").strip().lower() == "v3" else DEMO_SETTINGS
 
 
-# The marks every demo answer and workbook carries.
-DEMO_BANNER = "**DEMO DATA** — generated sample data, not your tenant's real usage."
-DEMO_ABOUT = "DEMO — generated sample data, not real usage"
-DEMO_INSTRUCTIONS = (
-    "\nDEMO MODE: this server answers from generated sample data, not from real usage; say so whenever you relay "
-    "its figures."
-)
-
 SEED = 20_260_101
 DAYS = 90
 USERS_PER_TENANT = 12

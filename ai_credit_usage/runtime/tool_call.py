@@ -12,8 +12,15 @@ from dataclasses import dataclass, field
 
 from opentelemetry.trace import Span
 
-from ai_credit_usage.caller import Caller
-from ai_credit_usage.errors import Outcome
+from ai_credit_usage.runtime.errors import Outcome
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the tenant they act for and their roles, as access/ established them."""
+
+    tenant: str
+    roles: tuple[str, ...]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ai_credit_usage.jwt_verifier import JwtVerifier, KeysUnavailable, TokenRejected, access_token
+from ai_credit_usage.access.jwt_verifier import JwtVerifier, KeysUnavailable, TokenRejected, access_token
 
 
 class BearerTokenGate:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import logging
 
-from ai_credit_usage.tool_call import ToolCall
-from ai_credit_usage.window import format_utc, utc_now
+from ai_credit_usage.runtime.tool_call import ToolCall
+from ai_credit_usage.runtime.window import format_utc, utc_now
 
 audit_logger = logging.getLogger("ai_credit_usage.audit")
 _FIELDS = ("tool", "tenant", "role", "window_from", "window_to", "rows", "bytes", "outcome", "reason")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from ai_credit_usage.balance import CreditBalance, GrantLine
-from ai_credit_usage.demo import DEMO_ABOUT
-from ai_credit_usage.render import download_line, format_credits, shorten_cell
-from ai_credit_usage.runway import LEFT_OVER
-from ai_credit_usage.table import PREVIEW_ROWS
-from ai_credit_usage.window import format_utc
-from ai_credit_usage.workbook import CREDITS_FORMAT, DATE_FORMAT, Fact, Report, Sheet, SheetChart
+from ai_credit_usage.answers.demo_notice import DEMO_ABOUT
+from ai_credit_usage.answers.render import download_line, format_credits, shorten_cell
+from ai_credit_usage.answers.workbook import CREDITS_FORMAT, DATE_FORMAT, Fact, Report, Sheet, SheetChart
+from ai_credit_usage.questions.balance import CreditBalance, GrantLine
+from ai_credit_usage.questions.runway import LEFT_OVER
+from ai_credit_usage.questions.sink import PREVIEW_ROWS
+from ai_credit_usage.runtime.window import format_utc
 
 NAME_LIMIT = 80
 _EVERY = {"DAY": "daily", "WEEK": "weekly", "MONTH": "monthly", "YEAR": "yearly"}

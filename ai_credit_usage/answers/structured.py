@@ -13,13 +13,13 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ai_credit_usage.balance import CreditBalance
-from ai_credit_usage.compare import Comparison, Mover, MoverStatus
-from ai_credit_usage.findings import Findings
-from ai_credit_usage.render import Preview, period_text, shorten_plain
-from ai_credit_usage.table import PREVIEW_ROWS, TableSink
-from ai_credit_usage.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Dimension, Granularity
-from ai_credit_usage.window import Window
+from ai_credit_usage.answers.render import Preview, period_text, shorten_plain
+from ai_credit_usage.questions.balance import CreditBalance
+from ai_credit_usage.questions.compare import Comparison, Mover, MoverStatus
+from ai_credit_usage.questions.findings import Findings
+from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
+from ai_credit_usage.questions.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Dimension, Granularity
+from ai_credit_usage.runtime.window import Window
 
 UNUSUAL_KEPT = 50
 BALANCE_NAME_LIMIT = 80  # as balance_report.NAME_LIMIT cuts names in the text

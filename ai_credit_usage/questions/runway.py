@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from ai_credit_usage.forecast import Projection, project_usage
+from ai_credit_usage.questions.forecast import Projection, project_usage
 
 HORIZON_DAYS = 366
 LEFT_OVER = 0.005  # credits below half a cent count as none

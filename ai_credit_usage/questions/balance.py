@@ -15,8 +15,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.forecast import LOOKBACK_DAYS as FORECAST_LOOKBACK_DAYS
 from ai_credit_usage.openmeter.entitlements import (
     Entitlement,
     EntitlementsV2,
@@ -26,9 +24,11 @@ from ai_credit_usage.openmeter.entitlements import (
 )
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter
 from ai_credit_usage.openmeter.meter import Meter
-from ai_credit_usage.runway import Pot, RunwayFinding, runway
-from ai_credit_usage.together import together
-from ai_credit_usage.window import Window
+from ai_credit_usage.questions.forecast import LOOKBACK_DAYS as FORECAST_LOOKBACK_DAYS
+from ai_credit_usage.questions.runway import Pot, RunwayFinding, runway
+from ai_credit_usage.questions.together import together
+from ai_credit_usage.runtime.errors import UserFacingError
+from ai_credit_usage.runtime.window import Window
 
 # The history the runway's pace is learned from: as much as the forecast method uses (twelve weeks).
 LOOKBACK_DAYS = FORECAST_LOOKBACK_DAYS

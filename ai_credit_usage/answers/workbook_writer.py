@@ -29,15 +29,15 @@ from typing import Any
 
 import anyio.to_thread
 
-from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.workbook import Report, WorkbookBuilder, build_workbook
+from ai_credit_usage.answers.workbook import Report, WorkbookBuilder, build_workbook
+from ai_credit_usage.runtime.errors import UserFacingError
 
 WORKBOOK_FAILED = "The Excel file for this answer could not be written; try again, or ask for a shorter window."
 logger = logging.getLogger(__name__)
 _CONTEXT = multiprocessing.get_context("forkserver")  # fork() in a threaded server is unsafe; spawn is slow
 # Not "__main__": CPython 3.11-3.13 never pass its path to the forkserver (it asks for a key named "main_path"), so a
 # child re-runs the main script's top level anyway; main.py keeps its imports inside main() for that reason.
-_CONTEXT.set_forkserver_preload(["ai_credit_usage.workbook_writer"])
+_CONTEXT.set_forkserver_preload(["ai_credit_usage.answers.workbook_writer"])
 Row = tuple[Any, ...]
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ai_credit_usage.caller import (
+from ai_credit_usage.access.caller import (
     ROLE_HEADER,
     TENANT_HEADER,
-    Caller,
     Refusal,
     ascii_lower,
     header_values,
     is_admin_role,
     trim,
 )
+from ai_credit_usage.runtime.tool_call import Caller
 
 DEFAULT_TENANT_CLAIM = "tenant"
 DEFAULT_ROLES_CLAIM = "roles"

@@ -15,13 +15,13 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware
 from mcp.server.mcpserver import MCPServer
 
-from ai_credit_usage.audit import audit
-from ai_credit_usage.caller import Caller, Refusal, claimed, identify_caller
-from ai_credit_usage.results import error_result
-from ai_credit_usage.settings import Settings
-from ai_credit_usage.telemetry import record_tool_call, tool_span
-from ai_credit_usage.token_caller import caller_from_claims
-from ai_credit_usage.tool_call import ToolCall, current_call
+from ai_credit_usage.access.caller import Refusal, claimed, identify_caller
+from ai_credit_usage.access.token_caller import caller_from_claims
+from ai_credit_usage.answers.results import error_result
+from ai_credit_usage.runtime.audit import audit
+from ai_credit_usage.runtime.settings import Settings
+from ai_credit_usage.runtime.telemetry import record_tool_call, tool_span
+from ai_credit_usage.runtime.tool_call import Caller, ToolCall, current_call
 
 
 def caller_gate(settings: Settings, mcp: MCPServer) -> ServerMiddleware[Any]:

@@ -25,8 +25,8 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
-from ai_credit_usage.errors import Outcome, UserFacingError
-from ai_credit_usage.window import Window, local_midnight, next_month
+from ai_credit_usage.runtime.errors import Outcome, UserFacingError
+from ai_credit_usage.runtime.window import Window, local_midnight, next_month
 
 Granularity = Literal["day", "week", "month"]
 Dimension = Literal["user", "module", "product", "skill"]

@@ -16,12 +16,13 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ai_credit_usage.compare import COMPARISON_UNAVAILABLE, VISIBLE_CENT, Comparison, Mover
-from ai_credit_usage.findings import Findings
-from ai_credit_usage.forecast import Outlook
-from ai_credit_usage.table import PREVIEW_ROWS, Table, TableSink
-from ai_credit_usage.trend import Granularity, Trend, unusual_rule
-from ai_credit_usage.window import Window, format_utc
+from ai_credit_usage.answers.table import Table
+from ai_credit_usage.questions.compare import COMPARISON_UNAVAILABLE, VISIBLE_CENT, Comparison, Mover
+from ai_credit_usage.questions.findings import Findings
+from ai_credit_usage.questions.forecast import Outlook
+from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
+from ai_credit_usage.questions.trend import Granularity, Trend, unusual_rule
+from ai_credit_usage.runtime.window import Window, format_utc
 
 MAX_PREVIEW_CHARS = 20_000
 CELL_LIMITS = (200, 100, 50, 24, 12)  # the longest cell allowed, tried in turn until the preview fits

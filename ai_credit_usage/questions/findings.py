@@ -1,12 +1,14 @@
-"""What a question found besides its rows: the comparison, the movers, the trend, and notes for the About sheet."""
+"""What a question found besides its rows: the comparison, the movers, the trend, the forecast, a balance, and notes
+for the About sheet."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ai_credit_usage.compare import Comparison, Mover
-from ai_credit_usage.forecast import Outlook
-from ai_credit_usage.trend import Trend
+from ai_credit_usage.questions.balance import CreditBalance
+from ai_credit_usage.questions.compare import Comparison, Mover
+from ai_credit_usage.questions.forecast import Outlook
+from ai_credit_usage.questions.trend import Trend
 
 
 @dataclass
@@ -16,4 +18,6 @@ class Findings:
     movers: list[Mover] | None = None  # None: not part of this answer; [] when nobody's credits changed
     trend: Trend | None = None
     forecast: Outlook | None = None
+    balance: CreditBalance | None = None  # the credits left: the whole answer of get_credit_balance, no rows
+    source: str | None = None  # where the numbers come from when not the tool's meter (the balance's entitlement)
     about: list[tuple[str, object]] = field(default_factory=list)  # where the numbers come from, what a row is

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from ai_credit_usage.errors import first_error
+from ai_credit_usage.runtime.errors import first_error
 
 A = TypeVar("A")
 B = TypeVar("B")

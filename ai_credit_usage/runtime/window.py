@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
-from ai_credit_usage.errors import Outcome, UserFacingError
+from ai_credit_usage.runtime.errors import Outcome, UserFacingError
 
 Clock = Callable[[], datetime]
 DEFAULT_SPAN = timedelta(days=7)
@@ -46,6 +46,11 @@ class Window:
 
     def describe(self) -> str:
         return f"{format_utc(self.start)} to {format_utc(self.end)} (end exclusive)"
+
+    @property
+    def is_instant(self) -> bool:
+        """A question asked as of one moment (the balance) has no span."""
+        return self.start == self.end
 
 
 def resolve_window(from_date: str | None, to_date: str | None, now: datetime, zone: tzinfo = UTC) -> Window:

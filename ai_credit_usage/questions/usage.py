@@ -18,12 +18,15 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from ai_credit_usage.balance import BalanceService
-from ai_credit_usage.compare import Previous, compare, preceding, top_movers
-from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.event_walk import MAX_SLICES, EventWalk
-from ai_credit_usage.findings import Findings
-from ai_credit_usage.forecast import (
+from ai_credit_usage.openmeter.http import UNREADABLE, OpenMeterError
+from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter, UsageRow
+from ai_credit_usage.openmeter.meter import Meter, MeterConfigError
+from ai_credit_usage.openmeter.meter_cache import DEFINITIVE_STATUSES, MeterCache
+from ai_credit_usage.questions.balance import BalanceService
+from ai_credit_usage.questions.compare import Previous, compare, preceding, top_movers
+from ai_credit_usage.questions.event_walk import MAX_SLICES, EventWalk
+from ai_credit_usage.questions.findings import Findings
+from ai_credit_usage.questions.forecast import (
     DAY_COLUMNS,
     DAY_TOTAL_COLUMN,
     HALF_LIFE_DAYS,
@@ -32,15 +35,12 @@ from ai_credit_usage.forecast import (
     daily_rows,
     project_usage,
 )
-from ai_credit_usage.openmeter.http import UNREADABLE, OpenMeterError
-from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter, UsageRow
-from ai_credit_usage.openmeter.meter import Meter, MeterConfigError
-from ai_credit_usage.openmeter.meter_cache import DEFINITIVE_STATUSES, MeterCache
-from ai_credit_usage.query import Query
-from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, TableSink
-from ai_credit_usage.together import together
-from ai_credit_usage.trend import UNUSUAL_RULE, build_trend, calendar_unit, choose_granularity, periods_of
-from ai_credit_usage.window import Window, format_utc, local_midnight
+from ai_credit_usage.questions.query import Query
+from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, TableSink
+from ai_credit_usage.questions.together import together
+from ai_credit_usage.questions.trend import UNUSUAL_RULE, build_trend, calendar_unit, choose_granularity, periods_of
+from ai_credit_usage.runtime.errors import UserFacingError
+from ai_credit_usage.runtime.window import Window, format_utc, local_midnight
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,13 @@ class UsageService:
 
     async def aclose(self) -> None:
         await self._meters.aclose()
+
+    async def balance_left(self, tenant: str, query: Query, sink: TableSink) -> Findings:
+        """The credits left as of `query.as_of`: the allowance's balance, grants, usage and runway; no rows."""
+        if self._balance is None:  # the tool is offered only when configured; refuse rather than guess
+            raise UserFacingError("The credit balance is not configured on this server (OPENMETER_CREDITS_FEATURE).")
+        found = await self._balance.balance(tenant, query.as_of or query.window.end)
+        return Findings(balance=found, source=self._balance.describe(found.customer_key))
 
     async def tenant_total(self, tenant: str, query: Query, sink: TableSink) -> Findings:
         """One row, even at zero usage: the tenant's credits over the window.

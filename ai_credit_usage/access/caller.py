@@ -7,9 +7,9 @@ one MCP session may carry calls for different tenants.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from ai_credit_usage.errors import UserFacingError
+from ai_credit_usage.runtime.errors import UserFacingError
+from ai_credit_usage.runtime.tool_call import Caller
 
 TENANT_HEADER = "x-tenant-name"
 ROLE_HEADER = "x-user-userrole"
@@ -22,12 +22,6 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 class Refusal(UserFacingError):
     """The caller may not see usage data; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Caller:
-    tenant: str
-    roles: tuple[str, ...]
 
 
 def identify_caller(

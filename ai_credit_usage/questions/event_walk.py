@@ -24,11 +24,11 @@ from typing import Any
 
 import anyio
 
-from ai_credit_usage.errors import UserFacingError, first_error
 from ai_credit_usage.openmeter.interface import CloudEvent, OpenMeter
 from ai_credit_usage.openmeter.meter import Meter
-from ai_credit_usage.table import TableSink
-from ai_credit_usage.window import Window
+from ai_credit_usage.questions.sink import TableSink
+from ai_credit_usage.runtime.errors import UserFacingError, first_error
+from ai_credit_usage.runtime.window import Window
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ai_credit_usage.trend import Dimension, Granularity, parse_time_zone
-from ai_credit_usage.window import Window, forecast_window, resolve_window
+from ai_credit_usage.questions.trend import Dimension, Granularity, parse_time_zone
+from ai_credit_usage.runtime.window import Window, forecast_window, resolve_window
 
 UTC_ZONE = ZoneInfo("UTC")
 
@@ -45,3 +45,8 @@ def parse_forecast_query(arguments: Mapping[str, Any], now: datetime) -> Query:
     current calendar month there."""
     zone = parse_time_zone(arguments.get("time_zone"))
     return Query(forecast_window(arguments.get("to_date"), now, zone), zone, as_of=now.astimezone(UTC_ZONE))
+
+
+def parse_moment_query(arguments: Mapping[str, Any], now: datetime) -> Query:
+    """A question asked as of a moment, with no window to read (the balance): the window is that instant."""
+    return Query(Window(now, now), as_of=now)

@@ -25,10 +25,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ai_credit_usage.errors import UserFacingError
-from ai_credit_usage.settings import DEFAULT_DOWNLOAD_STORE_MAX_BYTES
-from ai_credit_usage.telemetry import downloads_expired
-from ai_credit_usage.window import Clock
+from ai_credit_usage.runtime.errors import UserFacingError
+from ai_credit_usage.runtime.settings import DEFAULT_DOWNLOAD_STORE_MAX_BYTES
+from ai_credit_usage.runtime.telemetry import downloads_expired
+from ai_credit_usage.runtime.window import Clock
 
 logger = logging.getLogger(__name__)
 

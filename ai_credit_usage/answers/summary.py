@@ -10,16 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ai_credit_usage.compare import COMPARISON_UNAVAILABLE, Comparison, Mover
-from ai_credit_usage.demo import DEMO_ABOUT
-from ai_credit_usage.findings import Findings
-from ai_credit_usage.forecast import Outlook
-from ai_credit_usage.query import Query
-from ai_credit_usage.render import period_text
-from ai_credit_usage.table import BREAKDOWN_DIMENSIONS, TableSink
-from ai_credit_usage.trend import NO_VALUE, Trend, unusual_rule
-from ai_credit_usage.window import format_utc
-from ai_credit_usage.workbook import CREDITS_FORMAT, SHARE_FORMAT, Block, Fact, LineChartSpec, Report
+from ai_credit_usage.answers.demo_notice import DEMO_ABOUT
+from ai_credit_usage.answers.render import period_text
+from ai_credit_usage.answers.workbook import CREDITS_FORMAT, SHARE_FORMAT, Block, Fact, LineChartSpec, Report
+from ai_credit_usage.questions.compare import COMPARISON_UNAVAILABLE, Comparison, Mover
+from ai_credit_usage.questions.findings import Findings
+from ai_credit_usage.questions.forecast import Outlook
+from ai_credit_usage.questions.query import Query
+from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, TableSink
+from ai_credit_usage.questions.trend import NO_VALUE, Trend, unusual_rule
+from ai_credit_usage.runtime.window import format_utc
 
 TOP_SUMMARY = "top 5s: the credits of each user, module, product or skill, and its share of the total"
 FORECAST_SUMMARY = (

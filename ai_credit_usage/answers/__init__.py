@@ -1,0 +1,4 @@
+"""How an answer is shaped from what a question found (`compose`): the markdown (`render`, `balance_report`), the
+structured results and output schemas (`structured`), the workbook's sheets (`summary`, `workbook`) and where it is
+written (`table`, `workbook_writer`), the download store (`downloads`) and the MCP results (`results`). It may import
+`runtime`, `openmeter` and `questions`, never `access` or the pipeline."""
