@@ -1,0 +1,266 @@
+"""The inline charts in a real browser: headless Chromium (Debian's package) runs each view in the test host
+(tests/view_host.html), which speaks MCP Apps to it as a chat host does, and feeds it real tool results.
+
+The results and the views come from real MCP calls: the `--demo` app (the production path over the in-process
+OpenMeter stand-in, a fixed clock) serves `tools/call` and `resources/read` over HTTP. One browser and one server for
+the module. Without Chromium the module is skipped with the reason, except in CI (CI=true), where it must run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from ai_credit_usage.answers.views import BALANCE, FORECAST, SUMMARY, TREND, VIEWS, View
+from ai_credit_usage.openmeter.standin.demo import DEMO_SETTINGS
+from ai_credit_usage.runtime.settings import load_settings
+from server import create_app
+from tests.conftest import CLIENT_TIMEOUT, NOW, SETTINGS_VARIABLES, FakeClock
+from tests.servers import serve_in_thread
+
+CHROMIUM_MISSING = "Chromium is not installed (apt-get install chromium); the browser tests of the views need it"
+sync_api = pytest.importorskip("playwright.sync_api")
+from tests.view_host import Shown, chromium_path, launch, show  # noqa: E402 - after the skip: it needs Playwright
+
+DEMO = {"X-Tenant-Name": "demo", "X-User-UserRole": "admin"}
+NOBODY = {"X-Tenant-Name": "umbrella", "X-User-UserRole": "admin"}  # a tenant with no usage and no allowance
+# (name, tenant headers, tool, arguments): every result the tests draw, from one server.
+CALLS = (
+    ("trend", DEMO, "get_credit_usage_trend", {"from_date": "2025-11-03", "to_date": "2026-01-20"}),
+    ("trend by module", DEMO, "get_credit_usage_trend", {"from_date": "2025-12-21", "group_by": "module"}),
+    ("forecast", DEMO, "get_credit_forecast", {}),
+    ("balance", DEMO, "get_credit_balance", {}),
+    ("summary", DEMO, "get_credit_usage_summary", {"from_date": "2026-01-01"}),
+    ("no usage trend", NOBODY, "get_credit_usage_trend", {}),
+    ("no usage summary", NOBODY, "get_credit_usage_summary", {}),
+    ("no allowance", NOBODY, "get_credit_balance", {}),
+    ("bad time zone", DEMO, "get_credit_usage_trend", {"time_zone": "Mars/Olympus_Mons"}),
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(CHROMIUM_MISSING + "; .ci/run installs it")
+        pytest.skip(CHROMIUM_MISSING)
+    with sync_api.sync_playwright() as playwright:
+        browser = launch(playwright, executable)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[dict[str, dict[str, Any]], dict[View, str]]]:
+    """Every result of CALLS as a CallToolResult in JSON, as a host receives it, and every view's HTML as
+    resources/read served it."""
+    with pytest.MonkeyPatch.context() as patch:  # module-scoped: clean the environment here, not per test
+        for name in SETTINGS_VARIABLES:
+            patch.delenv(name, raising=False)
+        settings = load_settings(_env_file=None, **DEMO_SETTINGS)
+    # The calls in a thread of their own: Playwright's sync API keeps an event loop running in this one.
+    with serve_in_thread(create_app(settings, clock=FakeClock(NOW), demo=True)) as url, ThreadPoolExecutor(1) as thread:
+        yield thread.submit(anyio.run, _ask, url).result()
+
+
+async def _ask(url: str) -> tuple[dict[str, dict[str, Any]], dict[View, str]]:
+    results: dict[str, dict[str, Any]] = {}
+    views: dict[View, str] = {}
+    for name, headers, tool, arguments in CALLS:
+        async with _client(url, headers) as client:
+            result = await client.call_tool(tool, arguments)
+            results[name] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    async with _client(url, DEMO) as client:
+        for view in VIEWS:
+            read = await client.read_resource(view.uri)
+            (content,) = read.contents
+            assert content.mime_type == "text/html;profile=mcp-app"
+            views[view] = getattr(content, "text", "")
+    return results, views
+
+
+@contextlib.asynccontextmanager
+async def _client(url: str, headers: dict[str, str]) -> Any:
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=CLIENT_TIMEOUT) as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def draw(browser: Any, served: tuple[dict[str, dict[str, Any]], dict[View, str]]) -> Iterator[Any]:
+    """draw(view, result name, ...) -> the view drawn in the test host; afterwards, the view must have asked the
+    network for nothing and logged no error (a CSP refusal, say)."""
+    results, views = served
+    shown: list[Shown] = []
+
+    def drawn(view: View, name: str, **options: Any) -> tuple[Shown, dict[str, Any]]:
+        result = results[name]
+        shown.append(show(browser, views[view], result, **options))
+        return shown[-1], result
+
+    yield drawn
+    for each in shown:
+        assert each.requests == [], each.requests
+        assert each.errors == [], each.errors
+        each.close()
+
+
+def credits(value: float) -> str:
+    return f"{value:,.2f}"
+
+
+def texts(shown: Shown, selector: str) -> list[str]:
+    return [text.strip() for text in shown.view.locator(selector).all_text_contents()]
+
+
+def test_the_handshake_is_a_hosts_initialize_then_initialized_and_the_view_reports_its_size(draw: Any) -> None:
+    shown, _ = draw(TREND, "trend")
+    first, second = shown.messages()[:2]
+    assert first["method"] == "ui/initialize" and isinstance(first["id"], int)
+    assert first["params"]["protocolVersion"] == "2026-01-26" and first["params"]["appInfo"]["name"]
+    assert second["method"] == "ui/notifications/initialized"
+    size = shown.messages("ui/notifications/size-changed")[-1]["params"]
+    drawn = shown.view.locator("body").bounding_box()
+    assert drawn is not None and size["height"] == pytest.approx(drawn["height"], abs=1) and size["height"] > 200
+
+
+def test_the_trend_draws_every_period_of_the_result_and_marks_partial_and_unusual_ones(draw: Any) -> None:
+    shown, result = draw(TREND, "trend")
+    data = result["structuredContent"]
+    bars = shown.view.locator("g.bar")
+    assert bars.count() == len(data["rows"]) > 5
+    assert [bars.nth(i).get_attribute("data-period") for i in range(bars.count())] == [
+        row["period"] for row in data["rows"]
+    ]
+    partial = [row["period"] for row in data["rows"] if row["partial"]]
+    assert partial and texts(shown, "g.bar.partial") is not None
+    assert [shown.view.locator("g.bar.partial").nth(i).get_attribute("data-period") for i in range(len(partial))] == (
+        partial
+    )
+    unusual = data["unusual_periods"]
+    assert unusual, "the demo's runaway run makes an unusual week"
+    assert texts(shown, "g.bar.unusual text.unusual-label") == [
+        f"{found['times_typical']:.1f}\N{MULTIPLICATION SIGN}" for found in unusual
+    ]
+    assert f"typical {credits(data['typical_credits'])}" in texts(shown, "svg text.label")
+    assert credits(data["total_credits"]) in texts(shown, ".figure b")
+    # The y axis reaches the largest period, and that bar is the tallest.
+    heights = [float(bars.nth(i).locator("rect").first.get_attribute("height") or 0) for i in range(bars.count())]
+    largest = max(range(len(data["rows"])), key=lambda i: data["rows"][i]["credits"])
+    assert heights.index(max(heights)) == largest
+
+
+def test_a_grouped_trend_stacks_each_series_and_names_them(draw: Any) -> None:
+    shown, result = draw(TREND, "trend by module")
+    data = result["structuredContent"]
+    assert texts(shown, ".legend span") == data["series"]
+    first = shown.view.locator("g.bar").first.locator("rect")
+    assert first.count() == len(data["series"])
+
+
+def test_the_forecast_draws_each_day_its_bands_and_the_balance(draw: Any) -> None:
+    shown, result = draw(FORECAST, "forecast")
+    data = result["structuredContent"]
+    days = shown.view.locator("circle.day")
+    assert [days.nth(i).get_attribute("data-day") for i in range(days.count())] == [d["day"] for d in data["days"]]
+    assert shown.view.locator("polygon.band-80").count() == 1 and shown.view.locator("polygon.band-95").count() == 1
+    assert texts(shown, "text.total-label") == [credits(data["projected_total"])]
+    assert credits(data["used_so_far"]) in texts(shown, ".figure b")
+    assert data["balance"] is not None, "the demo tenant has an allowance"
+    assert texts(shown, "text.balance-label") == [f"{credits(data['balance'])} credits left"]
+
+
+def test_the_balance_burns_down_to_the_runway_and_marks_the_reset(draw: Any) -> None:
+    shown, result = draw(BALANCE, "balance")
+    data = result["structuredContent"]
+    assert data["status"] == "metered"
+    figures = texts(shown, ".figure b")
+    assert credits(data["balance"]) in figures and credits(data["usage"]) in figures
+    assert f"resets {data['period']['to'][:10]}" in texts(shown, "svg text")
+    runway = data["runway"]
+    if runway is not None:
+        assert shown.view.locator("polygon.runway-range").count() == 1
+        assert runway["earliest"] in texts(shown, "text.range-label")
+
+
+def test_the_summary_draws_the_largest_rows_and_the_movers(draw: Any) -> None:
+    shown, result = draw(SUMMARY, "summary")
+    data = result["structuredContent"]
+    rows = shown.view.locator("g.hbar.row")
+    assert rows.count() == min(10, len(data["rows"]))
+    assert [float(rows.nth(i).get_attribute("data-value") or 0) for i in range(rows.count())] == [
+        row["credits"] for row in data["rows"][:10]
+    ]
+    movers = shown.view.locator("g.hbar.mover")
+    assert [movers.nth(i).get_attribute("data-label") for i in range(movers.count())] == [
+        mover["user"] for mover in data["movers"] or []
+    ]
+
+
+@pytest.mark.parametrize(
+    ("view", "name", "message"),
+    [
+        (TREND, "no usage trend", "No AI credits were used in this window."),
+        (SUMMARY, "no usage summary", "No AI credits were used in this window."),
+        (BALANCE, "no allowance", "No credit allowance is set up for this tenant."),
+    ],
+)
+def test_a_result_with_nothing_to_draw_is_a_plain_message(draw: Any, view: View, name: str, message: str) -> None:
+    shown, result = draw(view, name)
+    assert not result.get("isError")
+    assert texts(shown, ".message") == [message]
+    assert shown.view.locator("svg g.bar, svg g.hbar").count() == 0
+
+
+def test_an_error_result_shows_its_one_sentence(draw: Any) -> None:
+    shown, result = draw(TREND, "bad time zone")
+    assert result["isError"] is True
+    (sentence,) = [block["text"] for block in result["content"]]
+    assert texts(shown, ".message.error") == [sentence]
+    assert shown.view.locator("#app").get_attribute("data-state") == "error"
+
+
+@pytest.mark.parametrize("download_file", [False, True], ids=["open-link", "download-file"])
+def test_the_excel_link_goes_through_the_host(draw: Any, download_file: bool) -> None:
+    shown, result = draw(TREND, "trend", download_file=download_file)
+    url = result["structuredContent"]["download_url"]
+    shown.view.locator("#download").click()
+    if download_file:
+        (link,) = shown.wait_for("ui/download-file")["params"]["contents"]
+        assert link["type"] == "resource_link" and link["uri"] == url and link["name"].endswith(".xlsx")
+    else:
+        assert shown.wait_for("ui/open-link")["params"] == {"url": url}
+
+
+def test_the_view_follows_the_hosts_theme(draw: Any) -> None:
+    shown, _ = draw(FORECAST, "forecast", theme="dark")
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    frame = shown.page.frames[1]
+    assert frame.evaluate("() => document.documentElement.dataset.theme") == "dark"
+    assert frame.evaluate(background) == "rgb(13, 17, 23)"
+    shown.page.evaluate("() => changeHostContext({theme: 'light'})")
+    frame.wait_for_function("() => document.documentElement.dataset.theme === 'light'")
+    assert frame.evaluate(background) == "rgb(255, 255, 255)"
+
+
+def test_each_view_is_self_contained(served: tuple[dict[str, dict[str, Any]], dict[View, str]]) -> None:
+    _, views = served
+    for view, html in views.items():
+        assert len(html.encode()) < 100_000, view
+        assert f'data-view="{view.name}"' in html
+        # Nothing to load: no external script, style, image or font, and no code compiled from strings.
+        assert not re.search(r"<(script|link|img|iframe)[^>]*(src|href)=", html), view
+        assert not re.search(r"\b(eval|Function|fetch|XMLHttpRequest|WebSocket|localStorage|importScripts)\s*\(", html)
