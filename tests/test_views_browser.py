@@ -20,6 +20,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from playwright.sync_api import Browser, sync_playwright
 
 from ai_credit_usage.answers.views import BALANCE, FORECAST, SUMMARY, TREND, VIEWS, View
 from ai_credit_usage.openmeter.standin.demo import DEMO_SETTINGS
@@ -27,10 +28,9 @@ from ai_credit_usage.runtime.settings import load_settings
 from server import create_app
 from tests.conftest import CLIENT_TIMEOUT, NOW, SETTINGS_VARIABLES, FakeClock
 from tests.servers import serve_in_thread
+from tests.view_host import Shown, ViewHost, chromium_path, launch
 
 CHROMIUM_MISSING = "Chromium is not installed (apt-get install chromium); the browser tests of the views need it"
-sync_api = pytest.importorskip("playwright.sync_api")
-from tests.view_host import Shown, chromium_path, launch, show  # noqa: E402 - after the skip: it needs Playwright
 
 DEMO = {"X-Tenant-Name": "demo", "X-User-UserRole": "admin"}
 NOBODY = {"X-Tenant-Name": "umbrella", "X-User-UserRole": "admin"}  # a tenant with no usage and no allowance
@@ -49,13 +49,13 @@ CALLS = (
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser() -> Iterator[Browser]:
     executable = chromium_path()
     if executable is None:
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI"):
             pytest.fail(CHROMIUM_MISSING + "; .ci/run installs it")
         pytest.skip(CHROMIUM_MISSING)
-    with sync_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = launch(playwright, executable)
         yield browser
         browser.close()
@@ -77,10 +77,15 @@ def served() -> Iterator[tuple[dict[str, dict[str, Any]], dict[View, str]]]:
 async def _ask(url: str) -> tuple[dict[str, dict[str, Any]], dict[View, str]]:
     results: dict[str, dict[str, Any]] = {}
     views: dict[View, str] = {}
-    for name, headers, tool, arguments in CALLS:
+
+    async def call(name: str, headers: dict[str, str], tool: str, arguments: dict[str, Any]) -> None:
         async with _client(url, headers) as client:
             result = await client.call_tool(tool, arguments)
-            results[name] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        results[name] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    async with anyio.create_task_group() as calls:  # at once, as several chats would
+        for each in CALLS:
+            calls.start_soon(call, *each)
     async with _client(url, DEMO) as client:
         for view in VIEWS:
             read = await client.read_resource(view.uri)
@@ -99,23 +104,29 @@ async def _client(url: str, headers: dict[str, str]) -> Any:
         yield client
 
 
+@pytest.fixture(scope="module")
+def host(browser: Browser) -> Iterator[ViewHost]:
+    host = ViewHost(browser)
+    yield host
+    host.close()
+
+
 @pytest.fixture
-def draw(browser: Any, served: tuple[dict[str, dict[str, Any]], dict[View, str]]) -> Iterator[Any]:
-    """draw(view, result name, ...) -> the view drawn in the test host; afterwards, the view must have asked the
-    network for nothing and logged no error (a CSP refusal, say)."""
+def draw(host: ViewHost, served: tuple[dict[str, dict[str, Any]], dict[View, str]]) -> Iterator[Any]:
+    """draw(view, result name, ...) -> the view drawn in the test host, and the result; afterwards, the view must
+    have asked the network for nothing and logged no error (a refusal of the host's CSP, say)."""
     results, views = served
     shown: list[Shown] = []
 
     def drawn(view: View, name: str, **options: Any) -> tuple[Shown, dict[str, Any]]:
         result = results[name]
-        shown.append(show(browser, views[view], result, **options))
+        shown.append(host.show(views[view], result, **options))
         return shown[-1], result
 
     yield drawn
     for each in shown:
         assert each.requests == [], each.requests
         assert each.errors == [], each.errors
-        each.close()
 
 
 def credits(value: float) -> str:

@@ -24,6 +24,11 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 VIEW_WIDTH = 700
+# The frame has the height the view reported last.
+SIZED = """() => {
+  const sizes = hostLog.filter(m => m.method === 'ui/notifications/size-changed');
+  return sizes.length > 0 && document.querySelector('iframe').offsetHeight === sizes.at(-1).params.height;
+}"""
 
 
 def chromium_path() -> str | None:
@@ -56,42 +61,48 @@ class Shown:
         self.page.wait_for_function("m => hostLog.some(x => x.method === m)", arg=method, timeout=5000)
         return self.messages(method)[-1]
 
-    def close(self) -> None:
-        self.page.close()
 
+class ViewHost:
+    """One page of the test host for many views, one after another (a new page costs a new browser context)."""
 
-def show(
-    browser: Browser,
-    html: str,
-    result: dict[str, Any],
-    *,
-    arguments: dict[str, Any] | None = None,
-    theme: str = "light",
-    download_file: bool = False,
-) -> Shown:
-    """Mount `html` (a view as resources/read served it) in the test host and push `result` (a CallToolResult as
-    JSON) once the view has initialized; returns when the view has drawn and reported its size."""
-    page = browser.new_page(viewport={"width": VIEW_WIDTH + 20, "height": 800})
-    shown = Shown(page)
+    def __init__(self, browser: Browser) -> None:
+        self.page = browser.new_page(viewport={"width": VIEW_WIDTH + 20, "height": 800})
+        self.shown = Shown(self.page)
+        # The host page is set as content, so any request at all is the view's: record it and refuse it.
+        self.page.route("**/*", self._refuse)
+        self.page.on("console", lambda message: self._error(message.text) if message.type == "error" else None)
+        self.page.on("pageerror", lambda error: self._error(str(error)))
 
-    def refuse(route: Route) -> None:  # the host page itself is set as content: any request at all is the view's
-        shown.requests.append(route.request.url)
+    def _refuse(self, route: Route) -> None:
+        self.shown.requests.append(route.request.url)
         route.abort()
 
-    page.route("**/*", refuse)
-    page.on("console", lambda message: shown.errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: shown.errors.append(str(error)))
-    page.set_content(HOST_PAGE.read_text(encoding="utf-8"))
-    page.evaluate(
-        "([html, input, result, options]) => mountView(html, input, result, options)",
-        [html, arguments or {}, result, {"theme": theme, "downloadFile": download_file}],
-    )
-    shown.wait_for("ui/notifications/initialized")
-    shown.view.locator("#app[data-state]").wait_for(timeout=5000)
-    # The frame has the size the view reported last (after drawing).
-    page.wait_for_function(
-        "() => { const sizes = hostLog.filter(m => m.method === 'ui/notifications/size-changed');"
-        " return sizes.length > 0 && document.querySelector('iframe').offsetHeight === sizes.at(-1).params.height; }",
-        timeout=5000,
-    )
-    return shown
+    def _error(self, text: str) -> None:
+        self.shown.errors.append(text)
+
+    def show(
+        self,
+        html: str,
+        result: dict[str, Any],
+        *,
+        arguments: dict[str, Any] | None = None,
+        theme: str = "light",
+        download_file: bool = False,
+    ) -> Shown:
+        """Mount `html` (a view as resources/read served it) in a fresh host page and push `result` (a
+        CallToolResult as JSON) once the view has initialized; returns when the view has drawn and the frame has
+        the size the view reported last."""
+        self.shown = Shown(self.page)
+        page = self.page
+        page.set_content(HOST_PAGE.read_text(encoding="utf-8"))
+        page.evaluate(
+            "([html, input, result, options]) => mountView(html, input, result, options)",
+            [html, arguments or {}, result, {"theme": theme, "downloadFile": download_file}],
+        )
+        self.shown.wait_for("ui/notifications/initialized")
+        self.shown.view.locator("#app[data-state]").wait_for(timeout=5000)
+        page.wait_for_function(SIZED, timeout=5000)
+        return self.shown
+
+    def close(self) -> None:
+        self.page.close()
