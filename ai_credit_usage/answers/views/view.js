@@ -121,12 +121,13 @@
   function time(iso) {
     return Date.parse(iso.length === 10 ? iso + "T00:00:00Z" : iso);
   }
-  function niceMax(value) {
-    if (!(value > 0)) return 1;
-    var step = Math.pow(10, Math.floor(Math.log10(value)));
-    var steps = [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10];
-    for (var i = 0; i < steps.length; i++) if (steps[i] * step >= value) return steps[i] * step;
-    return 10 * step;
+  // A scale from 0 with round steps (1, 2, 2.5 or 5 times a power of ten), three to five of them.
+  function scale(value) {
+    if (!(value > 0)) return { top: 1, step: 0.25 };
+    var rough = value / 4;
+    var power = Math.pow(10, Math.floor(Math.log10(rough)));
+    var step = [1, 2, 2.5, 5, 10].map(function (m) { return m * power; }).filter(function (s) { return s >= rough; })[0];
+    return { top: Math.ceil(value / step - 1e-9) * step, step: step };
   }
   function labelWidth(text) {
     return String(text).length * 6.6 + 10; // 11px text, in viewBox units
@@ -134,8 +135,9 @@
   function valueWidth(text) {
     return Math.max(120, labelWidth(text));
   }
+  var thousands = new Intl.NumberFormat("en-US", { maximumFractionDigits: 1 });
   function axisLabel(value) {
-    return value >= 10000 ? whole.format(value / 1000) + "k" : whole.format(value);
+    return value >= 10000 ? thousands.format(value / 1000) + "k" : whole.format(value);
   }
 
   function clear() {
@@ -208,12 +210,11 @@
   function chart(width, height) {
     return svgEl("svg", { viewBox: "0 0 " + width + " " + height, role: "img", preserveAspectRatio: "xMidYMid meet" });
   }
-  // Y grid with four steps from 0 to `top`, in plot coordinates.
-  function yGrid(svg, box, top) {
-    for (var i = 0; i <= 4; i++) {
-      var value = (top * i) / 4;
-      var y = box.y + box.h - (box.h * i) / 4;
-      svg.appendChild(svgEl("line", { class: i === 0 ? "axis" : "grid", x1: box.x, x2: box.x + box.w, y1: y, y2: y }));
+  // The y grid of a scale, in plot coordinates.
+  function yGrid(svg, box, axis) {
+    for (var value = 0; value <= axis.top + 1e-9; value += axis.step) {
+      var y = box.y + box.h - (box.h * value) / axis.top;
+      svg.appendChild(svgEl("line", { class: value === 0 ? "axis" : "grid", x1: box.x, x2: box.x + box.w, y1: y, y2: y }));
       svg.appendChild(svgEl("text", { x: box.x - 6, y: y + 4, "text-anchor": "end" }, axisLabel(value)));
     }
   }
@@ -252,8 +253,9 @@
     var width = 640, height = 260;
     var box = { x: 48, y: 22, w: width - 60, h: height - 62 };
     var svg = chart(width, height);
-    var top = niceMax(Math.max.apply(null, rows.map(function (row) { return row.credits; })));
-    yGrid(svg, box, top);
+    var axis = scale(Math.max.apply(null, rows.map(function (row) { return row.credits; })));
+    var top = axis.top;
+    yGrid(svg, box, axis);
     var slot = box.w / rows.length;
     var barWidth = Math.max(1, Math.min(44, slot * 0.72));
     var every = Math.max(1, Math.ceil(labelWidth(rows[0].period) / slot)); // labels never overlap
@@ -327,8 +329,9 @@
     days.forEach(function (d) { ceiling = Math.max(ceiling, d.interval_95.high, d.cumulative); });
     var balanceLevel = result.balance !== null && result.balance !== undefined ? result.used_so_far + result.balance : null;
     if (balanceLevel !== null) ceiling = Math.max(ceiling, balanceLevel);
-    var top = niceMax(ceiling);
-    yGrid(svg, box, top);
+    var axis = scale(ceiling);
+    var top = axis.top;
+    yGrid(svg, box, axis);
     var slot = box.w / Math.max(1, days.length - 1);
     function xOf(index) { return box.x + slot * index; }
     function yOf(value) { return box.y + box.h - (box.h * value) / top; }
@@ -370,7 +373,8 @@
       if (index >= 0) {
         var rx = xOf(index);
         svg.appendChild(svgEl("line", { class: "runs-out", x1: rx, x2: rx, y1: box.y, y2: box.y + box.h, stroke: "var(--warn)" }));
-        svg.appendChild(svgEl("text", { x: rx + 4, y: box.y + box.h - 6, fill: "var(--warn)" }, "runs out ~" + runsOut.likely));
+        var right = rx > box.x + box.w / 2; // the label on the side with room
+        svg.appendChild(svgEl("text", { x: right ? rx - 4 : rx + 4, y: box.y + box.h - 6, fill: "var(--warn)", "text-anchor": right ? "end" : "start" }, "runs out ~" + runsOut.likely));
       }
     }
     var every = Math.max(1, Math.ceil(labelWidth("12-31") / slot));
@@ -425,8 +429,9 @@
       var end = time(period.to);
       var runway = result.runway;
       if (runway) end = Math.max(end, time(runway.latest || runway.earliest) + 86400000);
-      var top = niceMax(result.balance);
-      yGrid(svg, box, top);
+      var axis = scale(result.balance);
+      var top = axis.top;
+      yGrid(svg, box, axis);
       function xOf(ms) { return box.x + (box.w * (ms - start)) / Math.max(1, end - start); }
       function yOf(value) { return box.y + box.h - (box.h * value) / top; }
       var x0 = xOf(start), y0 = yOf(Math.max(0, result.balance));
