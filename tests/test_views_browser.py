@@ -9,6 +9,7 @@ the module. Without Chromium the module is skipped with the reason, except in CI
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import re
 from collections.abc import Iterator
@@ -275,3 +276,19 @@ def test_each_view_is_self_contained(served: tuple[dict[str, dict[str, Any]], di
         # Nothing to load: no external script, style, image or font, and no code compiled from strings.
         assert not re.search(r"<(script|link|img|iframe)[^>]*(src|href)=", html), view
         assert not re.search(r"\b(eval|Function|fetch|XMLHttpRequest|WebSocket|localStorage|importScripts)\s*\(", html)
+
+
+def test_names_in_the_result_stay_text(
+    host: ViewHost, served: tuple[dict[str, dict[str, Any]], dict[View, str]]
+) -> None:
+    """A name is drawn as text, never as markup: a user called like an image tag loads nothing."""
+    results, views = served
+    result = copy.deepcopy(results["summary"])
+    hostile = '<img src="https://attacker.example/x.png" onerror="parent.postMessage(1, \'*\')">'
+    result["structuredContent"]["rows"][0]["user"] = hostile
+    result["structuredContent"]["tenant"] = hostile
+    shown = host.show(views[SUMMARY], result)
+    assert shown.requests == [] and shown.errors == []
+    assert shown.view.locator("img").count() == 0
+    assert hostile in shown.view.locator("h1").text_content()
+    assert shown.view.locator("g.hbar.row").first.get_attribute("data-label", timeout=2000).startswith("<img")
