@@ -208,18 +208,53 @@ def test_the_balance_burns_down_to_the_runway_and_marks_the_reset(draw: Any) -> 
         assert runway["earliest"] in texts(shown, "text.range-label")
 
 
-def test_the_summary_draws_the_largest_rows_and_the_movers(draw: Any) -> None:
+def test_the_summary_draws_the_top_of_each_dimension_or_the_largest_rows_and_the_movers(draw: Any) -> None:
     shown, result = draw(SUMMARY, "summary")
     data = result["structuredContent"]
-    rows = shown.view.locator("g.hbar.row")
-    assert rows.count() == min(10, len(data["rows"]))
-    assert [float(rows.nth(i).get_attribute("data-value") or 0) for i in range(rows.count())] == [
-        row["credits"] for row in data["rows"][:10]
-    ]
+    if data.get("tops"):  # the per-dimension top 5s (issue 21)
+        for dimension, tops in data["tops"].items():
+            bars = shown.view.locator(f"g.hbar.top-{dimension}")
+            assert [bars.nth(i).get_attribute("data-label") for i in range(bars.count())] == [t["name"] for t in tops]
+    else:
+        rows = shown.view.locator("g.hbar.row")
+        assert rows.count() == min(10, len(data["rows"]))
+        assert [float(rows.nth(i).get_attribute("data-value") or 0) for i in range(rows.count())] == [
+            row["credits"] for row in data["rows"][:10]
+        ]
     movers = shown.view.locator("g.hbar.mover")
     assert [movers.nth(i).get_attribute("data-label") for i in range(movers.count())] == [
         mover["user"] for mover in data["movers"] or []
     ]
+
+
+def test_the_summary_draws_per_dimension_tops_in_the_shape_issue_21_gives_them(
+    host: ViewHost, served: tuple[dict[str, dict[str, Any]], dict[View, str]]
+) -> None:
+    """`tops` as the exact-answers work adds it to the summary's result: {dimension: [{name, credits, share}]}. Until
+    that is on main the tops are summed here from the real result's rows (the view must not care where they come
+    from)."""
+    results, views = served
+    result = copy.deepcopy(results["summary"])
+    data = result["structuredContent"]
+    if not data.get("tops"):
+        tops: dict[str, list[dict[str, Any]]] = {}
+        for dimension in ("user", "module", "product", "skill"):
+            sums: dict[str, float] = {}
+            for row in data["rows"]:
+                sums[row[dimension]] = sums.get(row[dimension], 0.0) + row["credits"]
+            largest = sorted(sums.items(), key=lambda item: -item[1])[:5]
+            tops[dimension] = [
+                {"name": name, "credits": value, "share": value / data["total_credits"]} for name, value in largest
+            ]
+        data["tops"] = tops
+    shown = host.show(views[SUMMARY], result)
+    assert shown.requests == [] and shown.errors == []
+    assert texts(shown, ".panel h2") == ["Top users", "Top modules", "Top products", "Top skills"]
+    first = data["tops"]["user"][0]
+    bar = shown.view.locator("g.hbar.top-user").first
+    assert bar.get_attribute("data-label") == first["name"]
+    assert f"{credits(first['credits'])} ({first['share'] * 100:.1f}%)" in bar.locator("text").all_text_contents()
+    assert shown.view.locator("g.hbar.row").count() == 0
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,15 @@
   function header(result, title, subtitle) {
     if (result.demo) app.appendChild(el("span", { class: "badge" }, "DEMO DATA: generated sample data"));
     app.appendChild(el("h1", {}, title));
+    var filters = result.filters || {};
+    var narrowed = Object.keys(filters).map(function (name) { return name + " " + filters[name]; }).join(", ");
+    if (narrowed) subtitle = narrowed + (subtitle ? "; " + subtitle : "");
     if (subtitle) app.appendChild(el("p", { class: "sub" }, subtitle));
+  }
+  // A result with nothing to draw says so in one sentence: the answer's own when filters matched nothing.
+  function nothing(result, sentence) {
+    var text = result.no_match && result.no_match.message ? result.no_match.message : sentence;
+    app.appendChild(el("p", { class: "message", role: "status" }, text));
   }
   function figures(items) {
     var box = el("div", { class: "figures" });
@@ -234,7 +242,7 @@
       (GRANULARITY[result.granularity] || result.granularity) + " in " + result.time_zone +
         (result.group_by ? ", by " + result.group_by : "") + ", " + windowText(result.window));
     if (!rows.length || !(result.total_credits > 0)) {
-      app.appendChild(el("p", { class: "message", role: "status" }, "No AI credits were used in this window."));
+      nothing(result, "No AI credits were used in this window.");
       return;
     }
     var facts = [[credits(result.total_credits), "credits in all"]];
@@ -313,8 +321,8 @@
   function drawForecast(result) {
     var days = result.days || [];
     header(result, "AI credit forecast: tenant " + result.tenant, result.time_zone + ", " + windowText(result.window) + ", as of " + minute(result.as_of));
-    if (!days.length) {
-      app.appendChild(el("p", { class: "message", role: "status" }, "No days to forecast in this window."));
+    if (!days.length || result.no_match) {
+      nothing(result, "No days to forecast in this window.");
       return;
     }
     figures([
@@ -474,7 +482,9 @@
   // Horizontal bars: [label, value, text] rows.
   function bars(rows, kind, into, labels) {
     var target = into || app;
-    var lineHeight = 24, width = 640, nameWidth = labels || 230;
+    // Drawn at the width it is shown at, so its text keeps its size in a narrow panel too.
+    var width = Math.max(260, Math.round(target.clientWidth || 640));
+    var lineHeight = 24, nameWidth = Math.min(labels || 230, Math.round(width * 0.42));
     var svg = chart(width, rows.length * lineHeight + 4);
     var top = Math.max.apply(null, rows.map(function (row) { return Math.abs(row[1]); }).concat([1e-9]));
     rows.forEach(function (row, index) {
@@ -513,7 +523,7 @@
     var rows = result.rows || [];
     header(result, "AI credit usage breakdown: tenant " + result.tenant, windowText(result.window));
     if (!rows.length || !(result.total_credits > 0)) {
-      app.appendChild(el("p", { class: "message", role: "status" }, "No AI credits were used in this window."));
+      nothing(result, "No AI credits were used in this window.");
       return;
     }
     var facts = [[credits(result.total_credits), "credits in all"]];
@@ -525,25 +535,31 @@
     var tops = topsOf(result);
     if (tops) {
       var panels = el("div", { class: "panels" });
-      DIMENSIONS.forEach(function (pair) {
-        if (!tops[pair[0]]) return;
+      app.appendChild(panels);
+      // Every panel in the grid first: each one's bars are then drawn at its final width.
+      var drawn = DIMENSIONS.filter(function (pair) { return tops[pair[0]]; }).map(function (pair) {
         var panel = el("div", { class: "panel" });
         panel.appendChild(el("h2", {}, "Top " + pair[0]));
+        panels.appendChild(panel);
+        return [pair, panel];
+      });
+      drawn.forEach(function (each) {
+        var pair = each[0];
         bars(tops[pair[0]].map(function (top) {
           var name = top.name !== undefined ? top.name : top[pair[1]] !== undefined ? top[pair[1]] : top.value;
           var share = top.share !== undefined ? top.share : top.share_percent;
           var text = credits(top.credits) + (share !== undefined && share !== null ? " (" + (share <= 1 ? share * 100 : share).toFixed(1) + "%)" : "");
           return [String(name), top.credits, text];
-        }), "top-" + pair[1], panel);
-        panels.appendChild(panel);
+        }), "top-" + pair[1], each[1], 150);
       });
-      app.appendChild(panels);
     } else {
-      app.appendChild(el("h2", {}, "Largest combinations (user · module · product · skill)"));
+      var grouped = DIMENSIONS.map(function (pair) { return pair[1]; }).filter(function (name) { return rows[0][name] !== null && rows[0][name] !== undefined; });
+      app.appendChild(el("h2", {}, "Largest rows (" + grouped.join(" · ") + ")"));
       bars(rows.slice(0, 10).map(function (row) {
-        return [[row.user, row.module, row.product, row.skill].join(" · "), row.credits, credits(row.credits)];
+        var names = [row.user, row.module, row.product, row.skill].filter(function (name) { return name !== null && name !== undefined; });
+        return [names.join(" · "), row.credits, credits(row.credits)];
       }), "row", null, 330);
-      if (result.row_count > 10) note("The 10 largest of " + result.row_count + " combinations; the Excel file has all.");
+      if (result.row_count > 10) note("The 10 largest of " + result.row_count + " rows; the Excel file has all.");
     }
     if (result.movers && result.movers.length) {
       app.appendChild(el("h2", {}, "Biggest changes by user against the previous window"));
