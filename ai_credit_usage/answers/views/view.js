@@ -428,8 +428,13 @@
     meter.appendChild(svgEl("text", { x: 1, y: 33 }, "used " + credits(result.usage)));
     meter.appendChild(svgEl("text", { x: width - 1, y: 33, "text-anchor": "end" }, "left " + credits(result.balance)));
     app.appendChild(meter);
-    // The burn-down: from the balance now to nothing, at the runway's likely day, with its range; the reset marked.
-    if (period) {
+    if (result.balance <= 0.005) {
+      // Nothing to burn down: say what the text says.
+      note(result.has_access === false && !result.soft_limit
+        ? "No credits are left: OpenMeter denies access until the period resets or a new grant starts."
+        : "Nothing is left to run down.");
+    } else if (period) {
+      // The burn-down: from the balance now to nothing at the runway's likely day, its range, the reset marked.
       var height = 230;
       var box = { x: 52, y: 18, w: width - 70, h: height - 50 };
       var svg = chart(width, height);
