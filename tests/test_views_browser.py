@@ -327,3 +327,11 @@ def test_names_in_the_result_stay_text(
     assert shown.view.locator("img").count() == 0
     assert hostile in shown.view.locator("h1").text_content()
     assert shown.view.locator("g.hbar.row").first.get_attribute("data-label", timeout=2000).startswith("<img")
+
+
+def test_the_forecast_splits_recorded_from_projected_at_today_in_its_time_zone(draw: Any) -> None:
+    shown, result = draw(FORECAST, "forecast")
+    data = result["structuredContent"]
+    today = data["as_of"][:10]  # the demo's forecast is in UTC
+    recorded = (shown.view.locator("polyline.used-line").get_attribute("points") or "").split()
+    assert len(recorded) == [day["day"] for day in data["days"]].index(today) + 1

@@ -318,6 +318,22 @@
   }
 
   // ---- get_credit_forecast ---------------------------------------------------------------------------------------
+  // The day of `as_of` in the forecast's time zone (the days are calendar days there); else the last day with
+  // nothing left to forecast, as the past days are.
+  function todayIndex(result, days) {
+    var today = null;
+    try {
+      today = new Intl.DateTimeFormat("en-CA", { timeZone: result.time_zone, year: "numeric", month: "2-digit", day: "2-digit" })
+        .format(new Date(result.as_of));
+    } catch (unknownZone) {
+      today = null;
+    }
+    var index = -1;
+    days.forEach(function (d, i) {
+      if (today !== null ? d.day <= today : d.forecast === 0) index = i;
+    });
+    return Math.max(0, index);
+  }
   function drawForecast(result) {
     var days = result.days || [];
     header(result, "AI credit forecast: tenant " + result.tenant, result.time_zone + ", " + windowText(result.window) + ", as of " + minute(result.as_of));
@@ -352,8 +368,7 @@
     }
     band("interval_95", "band-95", "var(--band-95)");
     band("interval_80", "band-80", "var(--band-80)");
-    var split = 0; // the last day with usage recorded (today included)
-    days.forEach(function (d, i) { if (d.used > 0 || d.forecast === 0) split = i; });
+    var split = todayIndex(result, days); // recorded up to here (today's part), projected from here on
     var used = days.slice(0, split + 1).map(function (d, i) { return xOf(i) + "," + yOf(d.cumulative); });
     var projected = days.slice(split).map(function (d, i) { return xOf(i + split) + "," + yOf(d.cumulative); });
     svg.appendChild(svgEl("polyline", { class: "used-line", points: used.join(" "), fill: "none", stroke: "var(--accent)", "stroke-width": 2.5 }));
