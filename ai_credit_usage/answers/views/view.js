@@ -104,7 +104,13 @@
   }
   function svgEl(tag, attrs, text) {
     var node = document.createElementNS(SVG_NS, tag);
-    for (var key in attrs || {}) node.setAttribute(key, attrs[key]);
+    for (var key in attrs || {}) {
+      var value = attrs[key];
+      // Theme colours go through the style (CSSOM, allowed by a host's CSP): not every browser resolves var() in
+      // an SVG presentation attribute.
+      if (typeof value === "string" && value.indexOf("var(") === 0) node.style.setProperty(key, value);
+      else node.setAttribute(key, value);
+    }
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
   }
