@@ -221,8 +221,8 @@
     app.appendChild(row);
   }
 
-  function chart(width, height) {
-    return svgEl("svg", { viewBox: "0 0 " + width + " " + height, role: "img", preserveAspectRatio: "xMidYMid meet" });
+  function chart(width, height, label) {
+    return svgEl("svg", { viewBox: "0 0 " + width + " " + height, role: "img", "aria-label": label, preserveAspectRatio: "xMidYMid meet" });
   }
   // The y grid of a scale, in plot coordinates.
   function yGrid(svg, box, axis) {
@@ -266,7 +266,7 @@
     var series = result.series || [];
     var width = 640, height = 260;
     var box = { x: 48, y: 22, w: width - 60, h: height - 62 };
-    var svg = chart(width, height);
+    var svg = chart(width, height, "Credits per " + result.granularity + ", " + rows.length + " bars");
     var axis = scale(Math.max.apply(null, rows.map(function (row) { return row.credits; })));
     var top = axis.top;
     yGrid(svg, box, axis);
@@ -354,7 +354,7 @@
     ]);
     var width = 640, height = 280;
     var box = { x: 52, y: 22, w: width - 70, h: height - 56 };
-    var svg = chart(width, height);
+    var svg = chart(width, height, "Cumulative credits per day: used, projected, 80% and 95% intervals");
     var ceiling = result.interval_95.high;
     days.forEach(function (d) { ceiling = Math.max(ceiling, d.interval_95.high, d.cumulative); });
     var balanceLevel = result.balance !== null && result.balance !== undefined ? result.used_so_far + result.balance : null;
@@ -442,7 +442,7 @@
     // Used and left of this period's allowance, as one bar.
     var whole_ = result.usage + Math.max(0, result.balance);
     var width = 640, meterHeight = 34;
-    var meter = chart(width, meterHeight);
+    var meter = chart(width, meterHeight, credits(result.usage) + " used and " + credits(result.balance) + " left this period");
     var left = whole_ > 0 ? ((width - 2) * result.usage) / whole_ : 0;
     meter.appendChild(tip(svgEl("rect", { class: "used-part", x: 1, y: 4, width: left, height: 18, fill: "var(--accent-2)" }), credits(result.usage) + " used this period"));
     meter.appendChild(tip(svgEl("rect", { class: "left-part", x: 1 + left, y: 4, width: width - 2 - left, height: 18, fill: "var(--accent)" }), credits(result.balance) + " left"));
@@ -458,7 +458,7 @@
       // The burn-down: from the balance now to nothing at the runway's likely day, its range, the reset marked.
       var height = 230;
       var box = { x: 52, y: 18, w: width - 70, h: height - 50 };
-      var svg = chart(width, height);
+      var svg = chart(width, height, "The balance burnt down from now to the runway and the reset");
       var start = time(result.as_of);
       var end = time(period.to);
       var runway = result.runway;
@@ -511,7 +511,7 @@
     // Drawn at the width it is shown at, so its text keeps its size in a narrow panel too.
     var width = Math.max(260, Math.round(target.clientWidth || 640));
     var lineHeight = 24, nameWidth = Math.min(labels || 230, Math.round(width * 0.42));
-    var svg = chart(width, rows.length * lineHeight + 4);
+    var svg = chart(width, rows.length * lineHeight + 4, "Bars: " + kind);
     var top = Math.max.apply(null, rows.map(function (row) { return Math.abs(row[1]); }).concat([1e-9]));
     rows.forEach(function (row, index) {
       var y = index * lineHeight + 2;
