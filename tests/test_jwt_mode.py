@@ -595,6 +595,8 @@ def test_a_stateful_session_belongs_to_its_tokens_principal(stateful_jwt_server:
     assert httpx2.post(f"{stateful_jwt_server}/mcp", json=listing, headers=other).status_code == 404
     renewed = bearer(rsa_key.sign(**claims(iat=int(time.time()) - 1)), **session)
     assert httpx2.post(f"{stateful_jwt_server}/mcp", json=listing, headers=renewed).status_code == 200
+    assert httpx2.delete(f"{stateful_jwt_server}/mcp", headers=other).status_code == 404  # nor end it
+    assert httpx2.delete(f"{stateful_jwt_server}/mcp", headers=renewed).status_code == 200
 
 
 async def test_the_audit_line_names_the_tokens_tenant(
