@@ -47,6 +47,8 @@ from mcp.types import JSONRPCNotification, JSONRPCRequest, jsonrpc_message_adapt
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ai_credit_usage.runtime.errors import shown
+
 logger = logging.getLogger(__name__)
 
 SESSION_HEADER = "mcp-session-id"
@@ -127,13 +129,13 @@ class SessionGuard:
                 await holder.done.wait()
             holder = session.holding(keys)
         if holder is not None:
-            logger.warning("MCP session: refused a request whose id %r is already in flight", message.id)
+            logger.warning("MCP session: refused a request whose id %s is already in flight", shown(message.id))
             error = {
                 "jsonrpc": "2.0",
                 "id": message.id,
                 "error": {
                     "code": INVALID_REQUEST,
-                    "message": f"Request id {message.id!r} is already in flight in this session; use a new id.",
+                    "message": f"Request id {shown(message.id)} is already in flight in this session; use a new id.",
                 },
             }
             await _send(send, 200, json.dumps(error).encode(), "application/json")
