@@ -147,7 +147,7 @@ class KeySet:
                 body = await self._read()
         except TimeoutError:
             raise _Unusable(f"did not arrive within {self._timeout:g} s") from None
-        except httpx2.HTTPError as exc:
+        except (httpx2.HTTPError, httpx2.InvalidURL) as exc:
             raise _Unusable(f"cannot be fetched: {type(exc).__name__}") from None
         try:
             return json.loads(body)
