@@ -32,6 +32,7 @@ from ai_credit_usage.questions.sink import TableSink
 from ai_credit_usage.questions.usage import EVENT_COLUMNS
 from ai_credit_usage.runtime.settings import Settings, load_settings
 from server import create_app
+from tests.request_contract import sent_problems
 from tests.servers import serve_in_thread
 
 # Every httpx2 client loads the CA bundle into a new TLS context (about 30 ms of CPU), and the tests make thousands of
@@ -174,9 +175,16 @@ class ServerStarter:
 
 
 @pytest.fixture
-def start_server(openmeter_url: str, clock: FakeClock) -> Iterator[ServerStarter]:
+def start_server(
+    request: pytest.FixtureRequest, openmeter: OpenMeterStandIn, openmeter_url: str, clock: FakeClock
+) -> Iterator[ServerStarter]:
     with contextlib.ExitStack() as stack:
         yield ServerStarter(stack, openmeter_url, clock)
+    # The contract: every request the server sent must be one the spec of the API it speaks accepts (v3: upstream's
+    # and Konnect's), so a shape a real gateway would refuse fails here, not on a customer's Konnect.
+    if request.node.get_closest_marker("sends_invalid_requests") is None:
+        refused = sent_problems(openmeter.api, openmeter.requests)
+        assert not refused, "requests a spec refuses:\n" + "\n".join(refused[:10])
 
 
 @pytest.fixture
