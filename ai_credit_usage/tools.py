@@ -80,9 +80,9 @@ def always(settings: Settings) -> bool:
 
 
 def credits_configured(settings: Settings) -> bool:
-    """The balance is offered when the credits feature is set, on the v1 API: v3 (Kong Konnect) has no entitlement
-    value to read, only a beta credits ledger this server does not model (docs/credits.md)."""
-    return settings.openmeter_credits_feature is not None and settings.api == "v1"
+    """The balance is offered when the credits feature is set, on both APIs: v1 reads the entitlement, v3 (Kong
+    Konnect) the entitlement value where served, else the prepaid credits ledger (docs/credits.md)."""
+    return settings.openmeter_credits_feature is not None
 
 
 # Every usage tool takes these two; a spec lists only what it takes besides.
