@@ -193,8 +193,7 @@ def runway_lines(found: CreditBalance) -> list[str]:
             span = f"on {_date(outlook.earliest)}{also}"
         elif outlook.likely is not None:
             span = (
-                f"around {_date(outlook.likely)} (80% range {_date(outlook.earliest)} to {_date(outlook.latest)})"
-                f"{also}"
+                f"around {_date(outlook.likely)} (80% range {_date(outlook.earliest)} to {_date(outlook.latest)}){also}"
             )
         else:
             span = f"between {_date(outlook.earliest)} and {_date(outlook.latest)}{also}"
