@@ -104,7 +104,7 @@ class OpenMeterStandIn:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         # Customers, entitlements and grants (`/api/v2/customers/…/entitlements…`), over the same events: served
-        # beside the v1 paths only, as v3 (Konnect) has no entitlement API.
+        # beside the v1 paths only (v3 has no v2 paths; its credits are `self.credits`).
         self.entitlements = EntitlementsStandIn(self._lock)
         # v3's customers, credits ledger and entitlement value, over the same customers and events: beside the v3
         # paths only (before them: the v3 router answers every other path under its base).
