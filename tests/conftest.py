@@ -142,10 +142,20 @@ def api(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def openmeter(api: str) -> OpenMeterStandIn:
+def openmeter(request: pytest.FixtureRequest, api: str) -> Iterator[OpenMeterStandIn]:
     fake = OpenMeterStandIn(api_key=API_KEY, api=api)
     fake.add_meter(dict(AI_CREDITS_METER))
-    return fake
+    yield fake
+    assert_requests_conform(request, fake)
+
+
+def assert_requests_conform(request: pytest.FixtureRequest, fake: OpenMeterStandIn) -> None:
+    """The contract: every request the stand-in received (from the server, or from our OpenMeter clients) must be one
+    the spec of the API it speaks accepts (v3: upstream's and Konnect's), so a shape a real gateway would refuse
+    fails here, not on a customer's Konnect."""
+    if request.node.get_closest_marker("sends_invalid_requests") is None:
+        refused = sent_problems(fake.api, fake.requests)
+        assert not refused, "requests a spec refuses:\n" + "\n".join(refused[:10])
 
 
 @pytest.fixture
@@ -176,16 +186,9 @@ class ServerStarter:
 
 
 @pytest.fixture
-def start_server(
-    request: pytest.FixtureRequest, openmeter: OpenMeterStandIn, openmeter_url: str, clock: FakeClock
-) -> Iterator[ServerStarter]:
+def start_server(openmeter_url: str, clock: FakeClock) -> Iterator[ServerStarter]:
     with contextlib.ExitStack() as stack:
         yield ServerStarter(stack, openmeter_url, clock)
-    # The contract: every request the server sent must be one the spec of the API it speaks accepts (v3: upstream's
-    # and Konnect's), so a shape a real gateway would refuse fails here, not on a customer's Konnect.
-    if request.node.get_closest_marker("sends_invalid_requests") is None:
-        refused = sent_problems(openmeter.api, openmeter.requests)
-        assert not refused, "requests a spec refuses:\n" + "\n".join(refused[:10])
 
 
 @pytest.fixture

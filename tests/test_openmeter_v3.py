@@ -23,7 +23,18 @@ from ai_credit_usage.openmeter.v1 import SERVES_V3
 from ai_credit_usage.openmeter.v3 import NOT_V3, OpenMeterV3
 from ai_credit_usage.runtime.settings import Settings
 from ai_credit_usage.runtime.window import Window
-from tests.conftest import AI_METER, API_KEY, FAST_RETRY, NOW, FakeClock, call_tool, text_of, v1_client, v3_client
+from tests.conftest import (
+    AI_METER,
+    API_KEY,
+    FAST_RETRY,
+    NOW,
+    FakeClock,
+    assert_requests_conform,
+    call_tool,
+    text_of,
+    v1_client,
+    v3_client,
+)
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -83,8 +94,10 @@ def v3(openmeter_v3_url: str) -> OpenMeterV3:
 
 
 @pytest.fixture
-def standin_v3() -> OpenMeterStandIn:
-    return OpenMeterStandIn(api_key=API_KEY, api="v3")
+def standin_v3(request: pytest.FixtureRequest) -> Iterator[OpenMeterStandIn]:
+    standin = OpenMeterStandIn(api_key=API_KEY, api="v3")
+    yield standin
+    assert_requests_conform(request, standin)
 
 
 @pytest.fixture
@@ -118,6 +131,7 @@ async def test_a_meter_the_list_does_not_hold_is_no_meter(v3: OpenMeterV3) -> No
     await v3.aclose()
 
 
+@pytest.mark.sends_invalid_requests  # a v3 path to a v1 server is the mistake under test
 async def test_a_v3_client_at_a_v1_server_is_told_so(openmeter_url: str) -> None:
     client = v3_client(openmeter_url)  # the v1 stand-in: no /openmeter/meters
     with pytest.raises(OpenMeterError) as caught:
