@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from playwright.sync_api import Browser, sync_playwright
 
 from ai_credit_usage.answers.views import BALANCE, FORECAST, SUMMARY, TREND, VIEWS, View
-from ai_credit_usage.openmeter.standin.demo import DEMO_SETTINGS
+from ai_credit_usage.openmeter.standin.demo import DEMO_SETTINGS, DEMO_SETTINGS_V3
 from ai_credit_usage.runtime.settings import load_settings
 from server import create_app
 from tests.conftest import CLIENT_TIMEOUT, NOW, SETTINGS_VARIABLES, FakeClock
@@ -62,17 +62,33 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+def _demo_app(settings: dict[str, str]) -> Any:
+    with pytest.MonkeyPatch.context() as patch:  # module-scoped: clean the environment here, not per test
+        for name in SETTINGS_VARIABLES:
+            patch.delenv(name, raising=False)
+        return create_app(load_settings(_env_file=None, **settings), clock=FakeClock(NOW), demo=True)
+
+
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[dict[str, dict[str, Any]], dict[View, str]]]:
     """Every result of CALLS as a CallToolResult in JSON, as a host receives it, and every view's HTML as
     resources/read served it."""
-    with pytest.MonkeyPatch.context() as patch:  # module-scoped: clean the environment here, not per test
-        for name in SETTINGS_VARIABLES:
-            patch.delenv(name, raising=False)
-        settings = load_settings(_env_file=None, **DEMO_SETTINGS)
     # The calls in a thread of their own: Playwright's sync API keeps an event loop running in this one.
-    with serve_in_thread(create_app(settings, clock=FakeClock(NOW), demo=True)) as url, ThreadPoolExecutor(1) as thread:
+    with serve_in_thread(_demo_app(DEMO_SETTINGS)) as url, ThreadPoolExecutor(1) as thread:
         yield thread.submit(anyio.run, _ask, url).result()
+
+
+@pytest.fixture(scope="module")
+def ledger_balance() -> dict[str, Any]:
+    """The balance on v3 (Konnect): from the credits ledger, which has no period and no per-grant remainder."""
+
+    async def ask(url: str) -> dict[str, Any]:
+        async with _client(url, DEMO) as client:
+            result = await client.call_tool("get_credit_balance", {})
+        return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    with serve_in_thread(_demo_app(DEMO_SETTINGS_V3)) as url, ThreadPoolExecutor(1) as thread:
+        return thread.submit(anyio.run, ask, url).result()
 
 
 async def _ask(url: str) -> tuple[dict[str, dict[str, Any]], dict[View, str]]:
@@ -255,6 +271,20 @@ def test_the_summary_draws_per_dimension_tops_in_the_shape_issue_21_gives_them(
     assert bar.get_attribute("data-label") == first["name"]
     assert f"{credits(first['credits'])} ({first['share'] * 100:.1f}%)" in bar.locator("text").all_text_contents()
     assert shown.view.locator("g.hbar.row").count() == 0
+
+
+def test_a_ledger_balance_burns_down_without_a_reset(
+    host: ViewHost, served: tuple[dict[str, dict[str, Any]], dict[View, str]], ledger_balance: dict[str, Any]
+) -> None:
+    data = ledger_balance["structuredContent"]
+    assert data["source"] == "ledger" and data["period"] is None and data["runway"] is not None
+    shown = host.show(served[1][BALANCE], ledger_balance)
+    assert shown.requests == [] and shown.errors == []
+    assert f"used since {data['usage_since'][:10]}" in texts(shown, ".figure span")
+    assert f"{data['currency']} ledger" in (shown.view.locator(".sub").text_content() or "")
+    assert shown.view.locator("polygon.runway-range").count() == 1
+    assert shown.view.locator("line.reset").count() == 0
+    assert not any("reset" in text for text in texts(shown, ".note"))
 
 
 @pytest.mark.parametrize(

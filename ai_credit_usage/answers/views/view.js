@@ -414,8 +414,8 @@
     legend([["used", "var(--accent)"], ["80% interval", "var(--band-80)"], ["95% interval", "var(--band-95)"]].concat(balanceLevel !== null ? [["balance", "var(--warn)"]] : []));
     if (runsOut) {
       note(runsOut.likely
-        ? "At the allowance's own pace the balance runs out around " + runsOut.likely + " (80% range " + (runsOut.earliest || "?") + " to " + (runsOut.latest || "after " + runsOut.lasts_through) + ")."
-        : "At the allowance's own pace the balance lasts through " + runsOut.lasts_through + ".");
+        ? "The balance runs out around " + runsOut.likely + " (80% range " + (runsOut.earliest || runsOut.likely) + " to " + (runsOut.latest || "after " + runsOut.lasts_through) + ")."
+        : "The balance lasts through " + runsOut.lasts_through + ".");
     }
     if (!result.enough_history) note("Too little usage history (" + result.history_days + " days) to trust this projection.");
     if (result.truncated) note("The first " + days.length + " of " + result.row_count + " days; the Excel file has all.");
@@ -434,17 +434,24 @@
       return;
     }
     var period = result.period;
-    header(result, "AI credits left: tenant " + result.tenant, "As of " + minute(result.as_of) + (period ? "; the period resets on " + minute(period.to) : ""));
+    var runway = result.runway;
+    // An entitlement has a usage period that resets; v3's credits ledger has none: its usage counts from when its
+    // active grants took effect.
+    var since = !period && result.usage_since ? "used since " + day(result.usage_since) : "used this period";
+    var subtitle = "As of " + minute(result.as_of);
+    if (period) subtitle += "; the period resets on " + minute(period.to);
+    if (result.currency) subtitle += "; " + result.currency + " ledger";
+    header(result, "AI credits left: tenant " + result.tenant, subtitle);
     figures([
       [credits(result.balance), "credits left"],
-      [credits(result.usage), "used this period"],
+      [credits(result.usage), since],
     ].concat(result.overage > 0 ? [[credits(result.overage), "overage"]] : []));
-    // Used and left of this period's allowance, as one bar.
+    // Used and left, as one bar.
     var whole_ = result.usage + Math.max(0, result.balance);
     var width = 640, meterHeight = 34;
-    var meter = chart(width, meterHeight, credits(result.usage) + " used and " + credits(result.balance) + " left this period");
+    var meter = chart(width, meterHeight, credits(result.usage) + " " + since + " and " + credits(result.balance) + " left");
     var left = whole_ > 0 ? ((width - 2) * result.usage) / whole_ : 0;
-    meter.appendChild(tip(svgEl("rect", { class: "used-part", x: 1, y: 4, width: left, height: 18, fill: "var(--accent-2)" }), credits(result.usage) + " used this period"));
+    meter.appendChild(tip(svgEl("rect", { class: "used-part", x: 1, y: 4, width: left, height: 18, fill: "var(--accent-2)" }), credits(result.usage) + " " + since));
     meter.appendChild(tip(svgEl("rect", { class: "left-part", x: 1 + left, y: 4, width: width - 2 - left, height: 18, fill: "var(--accent)" }), credits(result.balance) + " left"));
     meter.appendChild(svgEl("text", { x: 1, y: 33 }, "used " + credits(result.usage)));
     meter.appendChild(svgEl("text", { x: width - 1, y: 33, "text-anchor": "end" }, "left " + credits(result.balance)));
@@ -454,54 +461,66 @@
       note(result.has_access === false && !result.soft_limit
         ? "No credits are left: OpenMeter denies access until the period resets or a new grant starts."
         : "Nothing is left to run down.");
-    } else if (period) {
-      // The burn-down: from the balance now to nothing at the runway's likely day, its range, the reset marked.
-      var height = 230;
-      var box = { x: 52, y: 18, w: width - 70, h: height - 50 };
-      var svg = chart(width, height, "The balance burnt down from now to the runway and the reset");
-      var start = time(result.as_of);
-      var end = time(period.to);
-      var runway = result.runway;
-      if (runway) end = Math.max(end, time(runway.latest || runway.earliest) + 86400000);
-      var axis = scale(result.balance);
-      var top = axis.top;
-      yGrid(svg, box, axis);
-      function xOf(ms) { return box.x + (box.w * (ms - start)) / Math.max(1, end - start); }
-      function yOf(value) { return box.y + box.h - (box.h * value) / top; }
-      var x0 = xOf(start), y0 = yOf(Math.max(0, result.balance));
-      if (runway) {
-        var fast = xOf(time(runway.earliest));
-        var slow = runway.latest ? xOf(time(runway.latest)) : xOf(time(period.to));
-        var slowY = runway.latest ? yOf(0) : yOf(0) - 0; // at the slow end it lasts to the reset
-        svg.appendChild(tip(svgEl("polygon", { class: "runway-range", points: [x0 + "," + y0, fast + "," + yOf(0), slow + "," + slowY].join(" "), fill: "var(--band-80)" }),
-          "80% range: runs out between " + runway.earliest + " and " + (runway.latest || "the reset")));
-        if (runway.likely) {
-          var likely = xOf(time(runway.likely));
-          svg.appendChild(tip(svgEl("line", { class: "burn-line", x1: x0, y1: y0, x2: likely, y2: yOf(0), stroke: "var(--accent)", "stroke-width": 2.5 }),
-            "At the recent pace: runs out around " + runway.likely));
-          svg.appendChild(svgEl("text", { class: "label", x: likely, y: yOf(0) - 8, "text-anchor": "middle" }, "~" + runway.likely));
-        }
-      } else {
-        svg.appendChild(svgEl("text", { class: "label", x: box.x + box.w / 2, y: box.y + 20, "text-anchor": "middle" }, "At the recent pace the balance lasts until the reset."));
+    } else if (period || runway) {
+      drawBurnDown(result, width);
+    } else {
+      note("At the recent pace the balance does not run out in the time looked at.");
+    }
+    var grants = (result.grants || []).filter(function (g) { return g.remaining !== null && g.remaining !== undefined; });
+    if (grants.length > 1) {
+      app.appendChild(el("h2", {}, "Grants"));
+      bars(grants.map(function (g) {
+        return [g.name, g.remaining, credits(g.remaining) + (g.amount !== null && g.amount !== undefined ? " of " + credits(g.amount) : "")];
+      }), "grant");
+    }
+  }
+
+  // The burn-down: from the balance now to nothing at the runway's likely day, its 80% range as a fan, and the
+  // reset marked when the allowance has a period.
+  function drawBurnDown(result, width) {
+    var period = result.period;
+    var runway = result.runway;
+    var height = 230;
+    var box = { x: 52, y: 18, w: width - 70, h: height - 50 };
+    var svg = chart(width, height, "The balance burnt down from now to the runway" + (period ? " and the reset" : ""));
+    var start = time(result.as_of);
+    var end = period ? time(period.to) : start;
+    if (runway) end = Math.max(end, time(runway.latest || runway.earliest) + 86400000);
+    var axis = scale(result.balance);
+    var top = axis.top;
+    yGrid(svg, box, axis);
+    function xOf(ms) { return box.x + (box.w * (ms - start)) / Math.max(1, end - start); }
+    function yOf(value) { return box.y + box.h - (box.h * value) / top; }
+    var x0 = xOf(start), y0 = yOf(Math.max(0, result.balance));
+    var slowEnd = runway && runway.latest ? "" + runway.latest : period ? "the reset" : "beyond the time looked at";
+    if (runway) {
+      var fast = xOf(time(runway.earliest));
+      var slow = runway.latest ? xOf(time(runway.latest)) : box.x + box.w; // at the slow end it lasts to the end
+      svg.appendChild(tip(svgEl("polygon", { class: "runway-range", points: [x0 + "," + y0, fast + "," + yOf(0), slow + "," + yOf(0)].join(" "), fill: "var(--band-80)" }),
+        "80% range: runs out between " + runway.earliest + " and " + slowEnd));
+      if (runway.likely) {
+        var likely = xOf(time(runway.likely));
+        svg.appendChild(tip(svgEl("line", { class: "burn-line", x1: x0, y1: y0, x2: likely, y2: yOf(0), stroke: "var(--accent)", "stroke-width": 2.5 }),
+          "At the recent pace: runs out around " + runway.likely));
+        svg.appendChild(svgEl("text", { class: "label", x: likely, y: yOf(0) - 8, "text-anchor": "middle" }, "~" + runway.likely));
       }
-      svg.appendChild(svgEl("circle", { cx: x0, cy: y0, r: 4, fill: "var(--accent)" }));
+      svg.appendChild(svgEl("text", { class: "range-label", x: xOf(time(runway.earliest)), y: box.y + box.h + 28, "text-anchor": "middle" }, runway.earliest));
+      if (runway.latest) svg.appendChild(svgEl("text", { class: "range-label", x: xOf(time(runway.latest)), y: box.y + box.h + 28, "text-anchor": "middle" }, runway.latest));
+    } else {
+      svg.appendChild(svgEl("text", { class: "label", x: box.x + box.w / 2, y: box.y + 20, "text-anchor": "middle" }, "At the recent pace the balance lasts until the reset."));
+    }
+    svg.appendChild(svgEl("circle", { cx: x0, cy: y0, r: 4, fill: "var(--accent)" }));
+    if (period) {
       var resetX = xOf(time(period.to));
       svg.appendChild(svgEl("line", { class: "reset", x1: resetX, x2: resetX, y1: box.y, y2: box.y + box.h, stroke: "var(--ok)", "stroke-dasharray": "5 3", "stroke-width": 1.5 }));
       svg.appendChild(svgEl("text", { x: resetX - 4, y: box.y + 10, "text-anchor": "end", fill: "var(--ok)" }, "resets " + day(period.to)));
-      svg.appendChild(svgEl("text", { x: x0, y: box.y + box.h + 14, "text-anchor": "start" }, "now " + day(result.as_of)));
-      if (runway) {
-        svg.appendChild(svgEl("text", { class: "range-label", x: xOf(time(runway.earliest)), y: box.y + box.h + 28, "text-anchor": "middle" }, runway.earliest));
-        if (runway.latest) svg.appendChild(svgEl("text", { class: "range-label", x: xOf(time(runway.latest)), y: box.y + box.h + 28, "text-anchor": "middle" }, runway.latest));
-      }
-      app.appendChild(svg);
-      if (runway) {
-        note("At the recent pace the balance runs out around " + (runway.likely || "the reset") + " (80% range " + runway.earliest + " to " + (runway.latest || "the reset") + "), " + (runway.before_reset ? "before" : "not before") + " the period resets.");
-        if (runway.grant_expiring_first) note("The grant " + runway.grant_expiring_first + " expires with credits left before then.");
-      }
     }
-    if (result.grants && result.grants.length > 1) {
-      app.appendChild(el("h2", {}, "Grants"));
-      bars(result.grants.filter(function (g) { return g.remaining !== null; }).map(function (g) { return [g.name, g.remaining, credits(g.remaining) + " of " + credits(g.amount)]; }), "grant");
+    svg.appendChild(svgEl("text", { x: x0, y: box.y + box.h + 14, "text-anchor": "start" }, "now " + day(result.as_of)));
+    app.appendChild(svg);
+    if (runway) {
+      var when = period ? ", " + (runway.before_reset ? "before" : "not before") + " the period resets" : "";
+      note("At the recent pace the balance runs out around " + (runway.likely || runway.earliest) + " (80% range " + runway.earliest + " to " + slowEnd + ")" + when + ".");
+      if (runway.grant_expiring_first) note("The grant " + runway.grant_expiring_first + " expires with credits left before then.");
     }
   }
 
