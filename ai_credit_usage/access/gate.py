@@ -7,6 +7,8 @@ refusal is a tool result with `isError` and one sentence, so the chat can tell t
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -113,6 +115,7 @@ def check_arguments(tool: str, arguments: Any, declared_arguments: Mapping[str, 
             continue
         items = _item_choices(properties[name])
         if items is not None:  # a list of choices (the summary's group_by)
+            value = _json_list(value)
             if not isinstance(value, list) or not all(isinstance(item, str) and item in items for item in value):
                 raise Refusal(
                     f"{name} must be a list of {_listed(items)} such as [{items[0]!r}] (or left out); "
@@ -138,6 +141,14 @@ def _choices(schema: Mapping[str, Any]) -> list[Any] | None:
         if isinstance(option, dict) and isinstance(option.get("enum"), list):
             return list(option["enum"])
     return None
+
+
+def _json_list(value: Any) -> Any:
+    """A list some clients send as JSON text ('["module"]'), which the SDK parses before validating: read it so."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError, RecursionError):
+            return json.loads(value)
+    return value
 
 
 def _item_choices(schema: Mapping[str, Any]) -> list[Any] | None:
