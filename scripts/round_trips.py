@@ -59,6 +59,14 @@ CALLS: list[tuple[str, str, dict[str, Any]]] = [
     ("trend", "get_credit_usage_trend", {}),
     ("trend by user", "get_credit_usage_trend", {"group_by": "user"}),
     ("events, one day", "get_credit_events", ONE_DAY),
+    # Filtered: the filter rides in the same requests, so the same round trips as unfiltered (issue 21).
+    ("total of one user", "get_credit_usage_by_tenant", {"user": f"{TENANT}-user-1"}),
+    ("summary by module", "get_credit_usage_summary", {"group_by": ["module"], "user": f"{TENANT}-user-1"}),
+    ("trend of one user", "get_credit_usage_trend", {"user": f"{TENANT}-user-1"}),
+    ("events of one user", "get_credit_events", {**ONE_DAY, "user": f"{TENANT}-user-1"}),
+    ("forecast of one user", "get_credit_forecast", {"user": f"{TENANT}-user-1"}),
+    # A filter that matches nothing: one more request, for the closest existing values.
+    ("total, no such user", "get_credit_usage_by_tenant", {"user": f"{TENANT}-user-9"}),
 ]
 
 
