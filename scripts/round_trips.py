@@ -238,14 +238,17 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Figures]]) -> 
         "\nours ms: our server's time less OpenMeter's (wall clock: other load on the machine shows in it); ours CPU:"
         "\nthe CPU time of this process less the stand-in's and the MCP client's threads, per call (includes the SDK)"
     )
-    print("\ntargets, warm, at the median: aggregates <= 1.5 round trips, one day of events <= 2.5, ours < 30 ms")
+    print(
+        "\ntargets, warm, at the median: aggregates <= 1.5 round trips, one day of events <= 2.5, ours < 30 ms; a "
+        "filter that matches nothing asks one more query, after the first (<= 2.5)"
+    )
     for label, phases in results.items():
         warm = phases["warm"]
-        limit = 2.5 if label.startswith("events") else 1.5
+        limit = 2.5 if label.startswith("events") or "no such" in label else 1.5
         trips, ours = statistics.median(warm.round_trips), statistics.median(warm.ours_ms)
         cpu = statistics.median(warm.ours_cpu_ms)
         verdict = "PASS" if trips <= limit and (label.startswith("events") or ours < 30) else "MISS"
-        print(f"  {verdict}  {label:18} {trips:.2f} round trips, {ours:.1f} ms ours ({cpu:.1f} ms CPU)")
+        print(f"  {verdict}  {label:20} {trips:.2f} round trips, {ours:.1f} ms ours ({cpu:.1f} ms CPU)")
 
 
 def main() -> int:
