@@ -224,11 +224,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Figures]]) -> 
         f"OpenMeter API {args.api}, stand-in latency {args.latency * 1000:.0f} ms a request, "
         f"{args.calls} warm calls a tool\n"
     )
-    print(f"{'tool':18}{'':6}{'requests':>9}{'round trips':>13}{'max':>7}{'ours ms':>9}{'max':>7}{'ours CPU':>10}")
+    print(f"{'tool':20}{'':6}{'requests':>9}{'round trips':>13}{'max':>7}{'ours ms':>9}{'max':>7}{'ours CPU':>10}")
     for label, phases in results.items():
         for phase, figures in phases.items():
             print(
-                f"{label if phase == 'cold' else '':18}{phase:6}"
+                f"{label if phase == 'cold' else '':20}{phase:6}"
                 f"{statistics.median(figures.requests):9.1f}"
                 f"{statistics.median(figures.round_trips):13.2f}{max(figures.round_trips):7.2f}"
                 f"{statistics.median(figures.ours_ms):9.1f}{max(figures.ours_ms):7.1f}"
