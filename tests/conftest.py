@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 import httpcore2
 import httpx2
 import pytest
+from hypothesis import settings as hypothesis_settings
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
@@ -38,6 +40,13 @@ from tests.servers import serve_in_thread
 # clients (one per MCP connection, download, health check) that only ever speak plain HTTP to loopback. One context
 # per process serves them all; the server's own OpenMeter client already keeps one (openmeter/http.py).
 httpcore2.default_ssl_context = functools.cache(httpcore2.default_ssl_context)  # type: ignore[assignment]
+
+# Property tests draw the same examples on every run unless asked otherwise (issue 23): a submission must never be
+# refused by the draw of a seed. "ci" is Hypothesis's own (derandomized, no deadline, no example database), and it is
+# the default here, not only where CI is set; `--hypothesis-profile=explore` (or HYPOTHESIS_PROFILE=explore) draws
+# fresh random examples, ten times as many, to go on searching. A case it finds becomes an @example in the test.
+hypothesis_settings.register_profile("explore", derandomize=False, deadline=None, max_examples=1000)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 API_KEY = "om-test-secret-4f9c2b7e1d"
 NOW = datetime(2026, 1, 20, 12, 0, 0, tzinfo=UTC)

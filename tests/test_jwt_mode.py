@@ -11,10 +11,12 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import httpx2
 import jwt
 import pytest
@@ -22,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ai_credit_usage.access.caller import Refusal
@@ -75,18 +77,22 @@ def next_key() -> SigningKey:
 
 
 class IdentityProvider:
-    """Publishes a JWKS at /jwks and counts how often it was fetched; `down` makes it answer 503."""
+    """Publishes a JWKS at /jwks and counts how often it was fetched; `down` makes it answer 503, and `misbehaving`
+    (a response factory) answers in its place."""
 
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
         self.down = False
+        self.misbehaving: Callable[[], Response] | None = None
         self.app = Starlette(routes=[Route("/jwks", self.jwks)])
 
     async def jwks(self, request: Request) -> Response:
         self.fetches += 1
         if self.down:
             return Response("unavailable", status_code=503)
+        if self.misbehaving is not None:
+            return self.misbehaving()
         return JSONResponse({"keys": self.keys})
 
 
@@ -101,6 +107,7 @@ def served_idp() -> Iterator[tuple[IdentityProvider, str]]:
 def idp(served_idp: tuple[IdentityProvider, str], rsa_key: SigningKey, ec_key: SigningKey) -> IdentityProvider:
     provider = served_idp[0]
     provider.keys, provider.fetches, provider.down = [rsa_key.jwk, ec_key.jwk], 0, False
+    provider.misbehaving = None
     return provider
 
 
@@ -116,8 +123,18 @@ def claims(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in (base | changes).items() if v is not None}
 
 
-def verifier(jwks_url: str, cooldown: float = 0.0) -> JwtVerifier:
-    return JwtVerifier(JwtRules(jwks_url, ISSUER, AUDIENCE), refetch_cooldown_seconds=cooldown)
+def verifier(jwks_url: str, cooldown: float = 0.0, **options: Any) -> JwtVerifier:
+    return JwtVerifier(JwtRules(jwks_url, ISSUER, AUDIENCE), refetch_cooldown_seconds=cooldown, **options)
+
+
+class Clock:
+    """A monotonic clock the test moves: past a cooldown without sleeping through it."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def b64(data: bytes) -> str:
@@ -264,6 +281,148 @@ async def test_an_unreachable_jwks_is_keys_unavailable_not_a_rejection(
         await verifier("http://127.0.0.1:9/jwks").claims(token)  # nothing listens there
     assert "cannot be fetched" in caplog.text
     assert token not in caplog.text
+
+
+# --- an identity provider in trouble (issue 23) --------------------------------------------------------------------
+
+
+def made_up(key: SigningKey, kid: str) -> str:
+    """A token signed by `key` that names a key id the issuer never published, as an anonymous caller would send."""
+    return jwt.encode(claims(), key.private, algorithm="RS256", headers={"kid": kid})
+
+
+def drip(body: bytes, every: float) -> Callable[[], Response]:
+    """An identity provider that sends its answer one byte at a time."""
+
+    async def bytes_slowly() -> AsyncIterator[bytes]:
+        for byte in body:
+            await anyio.sleep(every)
+            yield bytes([byte])
+
+    return lambda: StreamingResponse(bytes_slowly(), media_type="application/json")
+
+
+def endless() -> Callable[[], Response]:
+    """An identity provider whose key set never ends (no Content-Length: the size is known only by reading)."""
+
+    async def forever() -> AsyncIterator[bytes]:
+        yield b'{"keys": [], "padding": "'
+        while True:
+            yield b"x" * 16_384
+            await anyio.lowlevel.checkpoint()
+
+    return lambda: StreamingResponse(forever(), media_type="application/json")
+
+
+async def test_a_failed_fetch_starts_the_cooldown_too(
+    idp: IdentityProvider, jwks_url: str, rsa_key: SigningKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: PyJWKClient started the cooldown only after a successful fetch, so with the provider answering 503,
+    every request with a made-up key id fetched the key set again."""
+    clock = Clock()
+    checked = verifier(jwks_url, cooldown=10, clock=clock)
+    idp.down = True
+    for attempt in range(30):
+        with pytest.raises(KeysUnavailable):
+            await checked.claims(made_up(rsa_key, f"made-up-{attempt}"))
+    assert idp.fetches == 1
+    clock.now += 9.9
+    with pytest.raises(KeysUnavailable):
+        await checked.claims(rsa_key.sign(**claims()))
+    assert idp.fetches == 1
+    clock.now += 0.1  # the cooldown is over: one more attempt, which succeeds
+    idp.down = False
+    assert (await checked.claims(rsa_key.sign(**claims())))["tenant"] == "acme"
+    assert idp.fetches == 2
+    assert caplog.text.count("cannot be fetched: HTTP 503") == 1
+
+
+def test_made_up_key_ids_cannot_multiply_fetches_of_a_provider_in_trouble(
+    jwt_server: str, idp: IdentityProvider, rsa_key: SigningKey
+) -> None:
+    """The finding as reproduced from outside: 30 anonymous requests, 30 key-set fetches (now 1, then a cooldown)."""
+    idp.down = True
+    for attempt in range(30):
+        response = httpx2.post(f"{jwt_server}/mcp", json={}, headers=bearer(made_up(rsa_key, f"made-up-{attempt}")))
+        assert response.status_code == 503
+    assert idp.fetches == 1
+
+
+async def test_a_cached_key_is_verified_at_once_while_a_slow_fetch_is_in_flight(
+    idp: IdentityProvider, jwks_url: str, rsa_key: SigningKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: PyJWKClient held one lock around every lookup, cached ones included, and its timeout applied to each
+    read: a provider dripping one byte at a time held every valid token for as long as it liked."""
+    checked = verifier(jwks_url, timeout_seconds=1.0)
+    token = rsa_key.sign(**claims())
+    await checked.claims(token)  # the key is cached
+    idp.misbehaving = drip(json.dumps({"keys": [rsa_key.jwk]}).encode(), every=0.1)  # ~50 s to send it all
+    outcome: list[BaseException] = []
+
+    async def unknown_kid() -> None:
+        try:
+            await checked.claims(made_up(rsa_key, "made-up"))
+        except (KeysUnavailable, TokenRejected) as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(10):  # a regression fails rather than hangs
+        async with anyio.create_task_group() as group:
+            started = anyio.current_time()
+            group.start_soon(unknown_kid)
+            while idp.fetches < 2:  # noqa: ASYNC110 - the provider counts in its own server thread
+                await anyio.sleep(0.005)
+            before = anyio.current_time()
+            assert (await checked.claims(token))["tenant"] == "acme"
+            assert anyio.current_time() - before < 0.5  # at once, not after the fetch in flight
+            assert not outcome  # which is indeed still in flight
+    assert anyio.current_time() - started < 3  # the fetch ended at its overall deadline (1 s), not byte by byte
+    assert [type(exc) for exc in outcome] == [KeysUnavailable]
+    assert "did not arrive within 1 s" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "misbehaving",
+    [
+        pytest.param(lambda: JSONResponse({"keys": [], "padding": "x" * 200_000}), id="200-KB-declared"),
+        pytest.param(endless(), id="endless-stream"),
+    ],
+)
+async def test_a_huge_key_set_is_not_read_whole(
+    idp: IdentityProvider,
+    jwks_url: str,
+    rsa_key: SigningKey,
+    misbehaving: Callable[[], Response],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    idp.misbehaving = misbehaving
+    with anyio.fail_after(4):  # before: read whole (an endless one, until the server's memory ran out)
+        with pytest.raises(KeysUnavailable):
+            await verifier(jwks_url, timeout_seconds=30).claims(rsa_key.sign(**claims()))
+    assert "is over 64 KiB, more than any key set needs" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("[" * 30_000 + "]" * 30_000, id="nested-within-the-cap"),
+        pytest.param("[" * 100_000, id="nested-100000-deep"),
+        pytest.param('{"keys": "not a list"}', id="keys-not-a-list"),
+        pytest.param('{"keys": [{"kty": "RSA", "kid": "k", "n": [[["deep"]]], "e": "AQAB"}]}', id="unloadable-key"),
+        pytest.param("\ufeff\x00 not json", id="not-json"),
+    ],
+)
+def test_an_unreadable_key_set_is_the_one_sentence_503(
+    jwt_server: str, idp: IdentityProvider, rsa_key: SigningKey, body: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: JSON nested deeper than Python's stack was a RecursionError, a 500 and a traceback on every request."""
+    idp.misbehaving = lambda: Response(body, media_type="application/json")
+    caplog.set_level(logging.WARNING)
+    response = httpx2.post(f"{jwt_server}/mcp", json={}, headers=bearer(rsa_key.sign(**claims())))
+    assert response.status_code == 503
+    assert response.json()["error_description"].startswith("The identity provider's signing keys (MCP_JWT_JWKS_URL)")
+    assert "Traceback" not in caplog.text
+    reasons = [r.getMessage() for r in caplog.records if r.name == "ai_credit_usage.jwt"]
+    assert len(reasons) == 1 and reasons[0].startswith("the JWKS at MCP_JWT_JWKS_URL ")
 
 
 # --- who the token says calls -------------------------------------------------------------------------------------
@@ -436,6 +595,8 @@ def test_a_stateful_session_belongs_to_its_tokens_principal(stateful_jwt_server:
     assert httpx2.post(f"{stateful_jwt_server}/mcp", json=listing, headers=other).status_code == 404
     renewed = bearer(rsa_key.sign(**claims(iat=int(time.time()) - 1)), **session)
     assert httpx2.post(f"{stateful_jwt_server}/mcp", json=listing, headers=renewed).status_code == 200
+    assert httpx2.delete(f"{stateful_jwt_server}/mcp", headers=other).status_code == 404  # nor end it
+    assert httpx2.delete(f"{stateful_jwt_server}/mcp", headers=renewed).status_code == 200
 
 
 async def test_the_audit_line_names_the_tokens_tenant(

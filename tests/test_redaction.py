@@ -12,7 +12,9 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
+from ai_credit_usage.openmeter.http import shape_errors
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn
 from ai_credit_usage.runtime.redaction import REDACTED, RedactingFilter, Redactor, redact_log_handlers
 from tests.conftest import call_tool, text_of
@@ -112,7 +114,8 @@ async def test_an_upstream_echo_of_the_key_is_redacted_in_the_log(
     for form in (SECRET, quote(SECRET, safe=""), quote(SECRET), quote_plus(SECRET)):
         assert form not in logged
         assert form not in text_of(result)
-    assert REDACTED in logged
+    # a body of the wrong shape is logged as where and what (issue 23): nothing of it is there to redact
+    assert REDACTED in logged if name != "body-of-the-wrong-shape" else "unreadable meter query: data:" in logged
 
 
 def test_main_puts_the_filter_on_its_log_handlers(tmp_path: Path) -> None:
@@ -145,3 +148,44 @@ def test_main_puts_the_filter_on_its_log_handlers(tmp_path: Path) -> None:
     assert f"upstream said Bearer {REDACTED}" in result.stderr
     assert f"RuntimeError: boom {REDACTED}" in result.stderr
     assert "limits 100 7" in result.stdout
+
+
+LONG_KEY = "om-live-" + "Q7vR2kP9xW4mZ8tN1cB6yH3jL5dF0gS2aE7uK9oI4pV1rT6wX3nM8bC5z"  # 61 characters
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": "x" * 80 + f" Authorization: Bearer {LONG_KEY}"},  # pydantic shortens this input to its ends
+        {"data": [{"value": f"Bearer {LONG_KEY}", "windowStart": "?", "windowEnd": "?"}]},
+        {"data": [{LONG_KEY: 1}]},  # an echo as a key: it becomes part of the error's location
+    ],
+    ids=["echo-at-the-end-of-a-long-value", "echo-in-a-field", "echo-as-a-key"],
+)
+async def test_a_body_of_the_wrong_shape_logs_where_and_what_never_the_input(
+    start_server: Callable[..., str], openmeter: OpenMeterStandIn, caplog: pytest.LogCaptureFixture, body: dict
+) -> None:
+    """Issue 23: pydantic's error text quotes the input shortened to its two ends, so the redaction never saw the
+    whole key and the log got its last 22 characters. Now a shape error logs each error's location and type."""
+    caplog.set_level(logging.INFO)
+    openmeter.api_key = LONG_KEY
+    url = start_server(openmeter_api_key=LONG_KEY)
+    fault = {"status": 200, "body": json.dumps(body).encode(), "content_type": "application/json"}
+    openmeter.fail(times=100, path_prefix="/api/v1/meters/ai_credits/query", **fault)
+    result = await call_tool(url, "get_credit_usage_summary")
+    assert result.is_error and "could not be read" in text_of(result)
+    logged = caplog.text + text_of(result)
+    pieces = {LONG_KEY[start : start + 8] for start in range(len(LONG_KEY) - 7)}
+    assert [piece for piece in pieces if piece in logged] == []
+    assert "OpenMeter sent an unreadable meter query: " in logged
+
+
+def test_a_location_that_holds_a_key_of_the_body_is_redacted_too() -> None:
+    class Balances(BaseModel):
+        grantBalances: dict[str, float]
+
+    with pytest.raises(ValidationError) as error:
+        Balances.model_validate({"grantBalances": {f"Bearer {LONG_KEY}": "x" * 100 + LONG_KEY}})
+    described = shape_errors(error.value, Redactor([LONG_KEY]))
+    assert described == "grantBalances.Bearer [redacted]: float_parsing"

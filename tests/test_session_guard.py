@@ -62,17 +62,21 @@ class Session:
             **caller,
         }
 
-    async def open(self) -> None:
+    async def open(self, caller: dict[str, str] | None = None) -> None:
         initialize = {
             "jsonrpc": "2.0",
             "id": 0,
             "method": "initialize",
             "params": {"protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
         }
-        response = await self.http.post(self.url, json=initialize, headers=self.headers({}))
+        response = await self.http.post(self.url, json=initialize, headers=self.headers(caller or {}))
         assert response.status_code == 200
         self.session_id = response.headers["mcp-session-id"]
-        await self.notify({}, "notifications/initialized")
+        await self.notify(caller or {}, "notifications/initialized")
+
+    async def end(self, caller: dict[str, str]) -> int:
+        """DELETE the session, as `caller`: its HTTP status."""
+        return (await self.http.delete(self.url, headers=self.headers(caller))).status_code
 
     async def notify(self, caller: dict[str, str], method: str, params: dict[str, Any] | None = None) -> int:
         body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, **({"params": params} if params else {})}
@@ -161,6 +165,18 @@ async def test_another_tenant_cannot_cancel_my_call_but_i_can(
     assert answers[12]["error"]["message"] == "Request cancelled"
 
 
+async def test_only_the_caller_who_opened_a_session_may_end_it(stateful_url: str, http: httpx2.AsyncClient) -> None:
+    """Issue 23: a DELETE with another caller's headers and the session id ended the session."""
+    session = Session(http, stateful_url)
+    await session.open(ACME)
+    assert await session.end(GLOBEX) == 404  # as if there were no such session
+    assert await session.end({}) == 404
+    assert "| acme | 30.00 |" in text(await session.call(ACME, 1, "get_credit_usage_by_tenant"))  # still open
+    assert "| globex | 300.00 |" in text(await session.call(GLOBEX, 2, "get_credit_usage_by_tenant"))  # shared
+    assert await session.end(ACME) == 200
+    assert await session.end(ACME) == 404  # it is gone
+
+
 # The guard's own rules, below HTTP: an ASGI app standing in for the SDK answers as told.
 def post(session: str | None, body: dict[str, Any] | bytes, caller: dict[str, str] = ACME) -> Scope:
     headers = [(name.lower().encode(), value.encode()) for name, value in caller.items()]
@@ -183,7 +199,8 @@ class FakeSdk:
             return
         message = json.loads((await receive())["body"])
         self.seen.append(message)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
+        opened = [(b"mcp-session-id", b"s1")] if message.get("method") == "initialize" else []
+        await send({"type": "http.response.start", "status": 200, "headers": opened})
         if self.answer and "id" in message:
             data = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {}}).encode()
             await send({"type": "http.response.body", "body": b"event: message\r\ndata: " + data + b"\r\n\r\n"})
@@ -211,6 +228,8 @@ def call(request_id: int | str) -> dict[str, Any]:
 async def test_an_id_whose_post_ended_unanswered_stays_taken_until_the_session_ends() -> None:
     sdk = FakeSdk()
     guard = SessionGuard(sdk)
+    initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}
+    await through(guard, post(None, initialize, caller={}), initialize)  # opens s1, with no caller headers
     sdk.answer = False  # the client went away; the tool may still be running in the session
     assert (await through(guard, post("s1", call(3)), call(3)))[0] == 200
     sdk.answer = True
@@ -221,7 +240,7 @@ async def test_an_id_whose_post_ended_unanswered_stays_taken_until_the_session_e
     delete = {"type": "http", "method": "DELETE", "path": "/mcp", "headers": [(b"mcp-session-id", b"s1")]}
     await through(guard, delete, b"")
     assert "result" in json.loads((await through(guard, post("s1", call(3)), call(3)))[1].split(b"data: ")[1])
-    assert [message.get("id") for message in sdk.seen if message.get("id") is not None] == [3, 3, 3, 3]
+    assert [message.get("id") for message in sdk.seen if message.get("id") is not None] == [0, 3, 3, 3, 3]
 
 
 async def test_a_body_over_the_sdks_limit_is_refused_before_it_is_read_whole() -> None:

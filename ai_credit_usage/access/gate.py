@@ -21,6 +21,7 @@ from ai_credit_usage.access.caller import Refusal, claimed, identify_caller
 from ai_credit_usage.access.token_caller import caller_from_claims
 from ai_credit_usage.answers.results import error_result
 from ai_credit_usage.runtime.audit import audit
+from ai_credit_usage.runtime.errors import shown
 from ai_credit_usage.runtime.settings import Settings
 from ai_credit_usage.runtime.telemetry import record_tool_call, tool_span
 from ai_credit_usage.runtime.tool_call import Caller, ToolCall, current_call
@@ -124,10 +125,10 @@ def check_arguments(tool: str, arguments: Any, declared_arguments: Mapping[str, 
             continue
         choices = _choices(properties[name])
         if choices is not None and value not in choices:
-            raise Refusal(f"{name} must be one of {_listed(choices)} (or left out); {value!r:.40} is not one of them.")
+            raise Refusal(f"{name} must be one of {_listed(choices)} (or left out); {shown(value)} is not one of them.")
         if choices is None and not isinstance(value, str) and "string" in _types(properties[name]):
             example = "2026-01-15" if name.endswith("_date") else "Europe/Paris" if name == "time_zone" else "a name"
-            raise Refusal(f"{name} must be text such as {example} (or left out); {value!r:.40} is not.")
+            raise Refusal(f"{name} must be text such as {example} (or left out); {shown(value)} is not.")
 
 
 def _types(schema: Mapping[str, Any]) -> set[str]:

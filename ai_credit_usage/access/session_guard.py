@@ -17,7 +17,11 @@ JSON-RPC message as the SDK will (the SDK's own parser and id coercion), and:
 - a request whose id collides, by the transport's key or the dispatcher's, with one in flight in that session is
   answered at once with a JSON-RPC error (-32600) and never reaches the SDK;
 - a `notifications/cancelled` is passed on only when it comes from the caller that made the request it names (same
-  tenant, role and Authorization headers); otherwise it is answered 202 like any notification, and dropped.
+  tenant, role and Authorization headers); otherwise it is answered 202 like any notification, and dropped;
+- a DELETE (ending the session) is passed on only when it comes from the caller whose `initialize` opened the
+  session; anyone else gets the SDK's own 404 "Session not found", as if there were no such session (issue 23). In
+  JWT mode the SDK already binds every request of a session, DELETE included, to the token's principal, so a
+  renewed token of the same user may end it.
 
 A request stays in flight until its POST has carried its response. A POST that ended without one (the client went
 away while the tool kept running in the session) leaves its id taken for the rest of the session, because the
@@ -35,12 +39,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.types import JSONRPCNotification, JSONRPCRequest, jsonrpc_message_adapter
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ai_credit_usage.runtime.errors import shown
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +82,7 @@ class SessionGuard:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._openers: OrderedDict[str, str] = OrderedDict()  # session id -> the caller whose initialize opened it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +91,7 @@ class SessionGuard:
         headers = Headers(scope=scope)
         session_id = headers.get(SESSION_HEADER)
         if not session_id:  # initialize, or the 2026 era (no sessions): nothing to collide with
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._noting_opener(send, _caller(headers)))
             return
         if scope["method"] == "DELETE":
             await self._delete(session_id, scope, receive, send)
@@ -121,13 +129,13 @@ class SessionGuard:
                 await holder.done.wait()
             holder = session.holding(keys)
         if holder is not None:
-            logger.warning("MCP session: refused a request whose id %r is already in flight", message.id)
+            logger.warning("MCP session: refused a request whose id %s is already in flight", shown(message.id))
             error = {
                 "jsonrpc": "2.0",
                 "id": message.id,
                 "error": {
                     "code": INVALID_REQUEST,
-                    "message": f"Request id {message.id!r} is already in flight in this session; use a new id.",
+                    "message": f"Request id {shown(message.id)} is already in flight in this session; use a new id.",
                 },
             }
             await _send(send, 200, json.dumps(error).encode(), "application/json")
@@ -154,7 +162,29 @@ class SessionGuard:
         call = session.holding(_keys(request_id))
         return call is not None and call.caller == caller
 
+    def _noting_opener(self, send: Send, caller: str) -> Send:
+        """`send`, noting `caller` as the opener of the session whose id the response carries (an initialize)."""
+
+        async def noting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                opened = Headers(raw=message.get("headers", [])).get(SESSION_HEADER)
+                if opened:
+                    self._openers[opened] = caller
+                    while len(self._openers) > MAX_SESSIONS:
+                        self._openers.popitem(last=False)
+            await send(message)
+
+        return noting
+
     async def _delete(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        if not isinstance(scope.get("user"), AuthenticatedUser) and self._openers.get(session_id) != _caller(
+            Headers(scope=scope)
+        ):
+            # Also a session whose opener was forgotten (over MAX_SESSIONS): it is left to end by idling out.
+            logger.warning("MCP session: refused to end a session for a caller other than the one that opened it")
+            body = {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": "Session not found"}}
+            await _send(send, 404, json.dumps(body).encode(), "application/json")
+            return
         status = 0
 
         async def watching(message: Message) -> None:
@@ -166,6 +196,7 @@ class SessionGuard:
         await self.app(scope, receive, watching)
         if 200 <= status < 300:
             self._sessions.pop(session_id, None)
+            self._openers.pop(session_id, None)
 
     def _session(self, session_id: str) -> _Session:
         session = self._sessions.get(session_id)

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import httpx2
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from ai_credit_usage.runtime.errors import UserFacingError
@@ -243,11 +244,31 @@ class OpenMeterHttp:
         except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
             raise self.unreadable(path, "invalid JSON") from None
 
-    def unreadable(self, what: str, reason: object) -> OpenMeterError:
-        """OpenMeter's answer is not JSON, or not the documented shape; `reason` (which may quote the body) is
-        logged redacted."""
-        logger.warning("OpenMeter sent an unreadable %s: %s", what, self.redact(str(reason))[:300])
+    def unreadable(self, what: str, reason: str | Exception) -> OpenMeterError:
+        """OpenMeter's answer is not JSON, or not the documented shape. `reason` is our own words, or the exception
+        that said so: of a pydantic `ValidationError` the log gets where and what kind each mismatch is, never the
+        input (its text quotes the body's values shortened to their two ends, so an echoed key, cut, would slip past
+        the redaction: issue 23); of any other exception, its type."""
+        if isinstance(reason, ValidationError):
+            text = shape_errors(reason, self.redact)
+        elif isinstance(reason, Exception):
+            text = type(reason).__name__
+        else:
+            text = self.redact(reason)
+        logger.warning("OpenMeter sent an unreadable %s: %s", what, text[:300])
         return OpenMeterError(UNREADABLE)
+
+
+def shape_errors(error: ValidationError, redact: Redactor, *, most: int = 5) -> str:
+    """A pydantic error as `location: type` pairs (`data.0.value: float_parsing`), without its input or message.
+    A location may hold a key of the body's own, so each part is redacted and then cut."""
+    described = []
+    for detail in error.errors(include_url=False, include_context=False, include_input=False)[:most]:
+        where = ".".join(redact(str(part))[:40] for part in detail["loc"])
+        described.append(f"{where or 'body'}: {detail['type']}")
+    if error.error_count() > most:
+        described.append(f"and {error.error_count() - most} more")
+    return "; ".join(described)
 
 
 @functools.cache

@@ -140,7 +140,7 @@ class OpenMeterV3:
 
     def _remember(self, key: str, definition: _Definition) -> Meter:
         if not ULID.match(definition.id):
-            raise self._http.unreadable("meter definition", f"meter id {definition.id[:40]!r} is not a ULID")
+            raise self._http.unreadable("meter definition", "its id is not a ULID")  # not quoted: upstream text
         self._ids[key] = definition.id
         return Meter.build(
             key=definition.key,

@@ -296,7 +296,10 @@ def _slope(means: Sequence[float]) -> float:
         scatter = statistics.pstdev(residuals)
     if scatter <= 0:
         return slope / 7
-    t2 = slope * slope * sum((k - centre) ** 2 for k in range(weeks)) / (scatter * scatter)
+    # slope / scatter first: a subnormal scatter squares to 0 (issue 23), while the ratio at worst overflows to inf
+    # (no shrinking, as the slope then stands out from no scatter at all).
+    ratio = slope / scatter
+    t2 = ratio * ratio * sum((k - centre) ** 2 for k in range(weeks))
     shrink = max(0.0, 1.0 - TREND_SHRINK / t2) if t2 > 0 else 0.0
     return slope * shrink * TREND_DAMPING / 7
 

@@ -25,7 +25,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
-from ai_credit_usage.runtime.errors import Outcome, UserFacingError
+from ai_credit_usage.runtime.errors import Outcome, UserFacingError, shown
 from ai_credit_usage.runtime.window import Window, local_midnight, next_month
 
 Granularity = Literal["day", "week", "month"]
@@ -58,7 +58,8 @@ def parse_time_zone(name: str | None) -> ZoneInfo:
     text = (name or "").strip() or "UTC"
     if text not in _zone_names():
         raise TrendError(
-            f"time_zone {name!r} is not an IANA time zone name: use one such as UTC, Europe/Paris or America/New_York."
+            f"time_zone {shown(name)} is not an IANA time zone name: use one such as UTC, Europe/Paris or "
+            "America/New_York."
         )
     return ZoneInfo(text)
 

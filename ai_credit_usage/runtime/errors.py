@@ -36,3 +36,10 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
     collect(group)
     return next((e for e in leaves if isinstance(e, UserFacingError)), leaves[0])
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A caller's value as a sentence quotes it: its repr, cut to `limit` characters with an ellipsis. A refusal
+    names the parameter and this short start, never the whole value (a 1 MB from_date is not a 1 MB sentence)."""
+    text = repr(value[: limit + 1] if isinstance(value, str) else value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

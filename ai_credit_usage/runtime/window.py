@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
-from ai_credit_usage.runtime.errors import Outcome, UserFacingError
+from ai_credit_usage.runtime.errors import Outcome, UserFacingError, shown
 
 Clock = Callable[[], datetime]
 DEFAULT_SPAN = timedelta(days=7)
@@ -72,9 +72,9 @@ def resolve_window(from_date: str | None, to_date: str | None, now: datetime, zo
             raise _out_of_range("to_date", to_date)
     if start.replace(microsecond=0) >= end.replace(microsecond=0):
         # Quote what the caller wrote: the resolved end of a date-only to_date is the next midnight.
-        until = f"to_date {to_date!r} (end {format_utc(end)}, exclusive)" if _given(to_date) else "now"
+        until = f"to_date {shown(to_date)} (end {format_utc(end)}, exclusive)" if _given(to_date) else "now"
         raise WindowError(
-            f"from_date {from_date!r} ({format_utc(start)}) must be before {until}: swap them or widen the window."
+            f"from_date {shown(from_date)} ({format_utc(start)}) must be before {until}: swap them or widen the window."
         )
     # OpenMeter keeps whole seconds; truncating here keeps what we show and what we ask for the same.
     return Window(start=start.replace(microsecond=0), end=end.replace(microsecond=0))
@@ -82,7 +82,7 @@ def resolve_window(from_date: str | None, to_date: str | None, now: datetime, zo
 
 def _out_of_range(name: str, raw: str | None) -> WindowError:
     return WindowError(
-        f"{name} {raw!r} is outside the dates this server can ask about (1970-01-01 to 2099-12-31): "
+        f"{name} {shown(raw)} is outside the dates this server can ask about (1970-01-01 to 2099-12-31): "
         "use a date in that range."
     )
 
@@ -114,7 +114,7 @@ def _parse(name: str, raw: str | None, *, whole_day: bool, zone: tzinfo = UTC) -
         return moment.astimezone(UTC)
     except ValueError:
         raise WindowError(
-            f"{name} {raw!r} is not a date: use ISO 8601 such as 2026-01-15, 2026-01-15T00:00:00Z "
+            f"{name} {shown(raw)} is not a date: use ISO 8601 such as 2026-01-15, 2026-01-15T00:00:00Z "
             "or 2026-01-15T00:00:00+02:00."
         ) from None
 
@@ -133,18 +133,18 @@ def forecast_window(to_date: str | None, now: datetime, zone: tzinfo = UTC) -> W
             last_day = date.fromisoformat(text)
         except ValueError:
             raise WindowError(
-                f"to_date {to_date!r} is not a day: the forecast runs through a whole day, such as 2026-06-30."
+                f"to_date {shown(to_date)} is not a day: the forecast runs through a whole day, such as 2026-06-30."
             ) from None
         if last_day < today:
             raise WindowError(
-                f"to_date {to_date!r} is in the past (today is {today.isoformat()} in {_zone_name(zone)}): the "
+                f"to_date {shown(to_date)} is in the past (today is {today.isoformat()} in {_zone_name(zone)}): the "
                 "forecast looks ahead; for usage already recorded use get_credit_usage_by_tenant or "
                 "get_credit_usage_trend."
             )
         reach = today + timedelta(days=FORECAST_REACH_DAYS)
         if last_day > reach:
             raise WindowError(
-                f"to_date {to_date!r} is more than a year ahead: the forecast reaches {reach.isoformat()} at most."
+                f"to_date {shown(to_date)} is more than a year ahead: the forecast reaches {reach.isoformat()} at most."
             )
     else:
         last_day = next_month(month_start) - timedelta(days=1)
