@@ -366,3 +366,20 @@ async def test_group_by_sent_as_json_text_and_a_filter_that_looks_like_json_stay
     assert result["columns"] == ["module", "tenant", "credits"]
     assert result["filters"] == {"user": "null"} and result["no_match"]["value"] == "null"  # text, not JSON null
     assert all(query.narrowed_to == {"user": "null"} for query in sent if query.narrowed_to)
+
+
+def test_the_no_match_sentence_keeps_each_name_apart() -> None:
+    from ai_credit_usage.questions.filters import no_match
+
+    found = no_match(Filters(user="ab"), "A", "B", {"user": ["a,b", "abc", " ab", "zzz"]})
+    assert (
+        found.sentence() == "No usage for user 'ab' from A to B; users with usage then include abc, ' ab', 'a,b', zzz."
+    )
+    assert no_match(Filters(user="x"), "A", "B", {"user": []}).sentence() == (
+        "No usage for user 'x' from A to B; no user has usage in this tenant then."
+    )
+    both = no_match(Filters(user="a", module="m"), "A", "B", {"user": ["a"], "module": ["m"]})
+    assert both.dimension is None
+    assert (
+        both.sentence() == "No usage for user 'a' with module 'm' from A to B; each has usage then, but not together."
+    )

@@ -145,7 +145,13 @@ class NoMatch:
         head = f"No usage for {self.dimension} {quoted(self.value)} {when}"
         if not self.closest:
             return f"{head}; no {self.dimension} has usage in this tenant then."
-        return f"{head}; {self.dimension}s with usage then include {', '.join(self.closest)}."
+        named = ", ".join(_named(name) for name in self.closest)
+        return f"{head}; {self.dimension}s with usage then include {named}."
+
+
+def _named(name: str) -> str:
+    """A value in a list, as it is unless the list would blur it (a comma, blanks at an end): then quoted."""
+    return quoted(name, limit=MAX_FILTER_BYTES) if "," in name or name != name.strip() or "'" in name else name
 
 
 def no_match(filters: Filters, start: str, end: str, known: Mapping[str, Iterable[str]]) -> NoMatch:
