@@ -154,7 +154,7 @@ class UsageService:
             (
                 "query",
                 f"{self._openmeter.describe_events(meter)}, the subjects that carry tenant {tenant!r} (from a meter "
-                "query grouped by subject); each event's tenant is checked again",
+                "query grouped by subject, and by the filters); each event's tenant (and filters) checked again",
             ),
             ("a row", EVENT_ROW),
         ]
