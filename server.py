@@ -31,11 +31,12 @@ from ai_credit_usage.access.session_guard import SessionGuard
 from ai_credit_usage.answers.demo_notice import DEMO_INSTRUCTIONS
 from ai_credit_usage.answers.downloads import UNAVAILABLE, DownloadStore, DownloadStoreUnavailable, open_download_store
 from ai_credit_usage.answers.results import error_result
-from ai_credit_usage.openmeter import RetryPolicy, connect, connect_entitlements, open_http
+from ai_credit_usage.openmeter import RetryPolicy, connect, connect_credits, connect_entitlements, open_http
 from ai_credit_usage.openmeter.meter_cache import MeterCache
 from ai_credit_usage.openmeter.standin.demo import demo_transport
 from ai_credit_usage.pipeline import Pipeline
-from ai_credit_usage.questions.balance import BalanceService
+from ai_credit_usage.questions.balance import Balances, BalanceService
+from ai_credit_usage.questions.balance_v3 import BalanceServiceV3
 from ai_credit_usage.questions.usage import UsageService
 from ai_credit_usage.runtime.settings import LOOPBACK_NAMES, Settings
 from ai_credit_usage.runtime.telemetry import Telemetry, traced_download, watch_download_store
@@ -83,6 +84,7 @@ def create_app(
     http = open_http(settings, retry=retry, transport=openmeter_transport)
     openmeter = connect(settings, http=http)
     entitlements = connect_entitlements(settings, http)
+    credits = connect_credits(settings, http)
     # One cached meter definition for every question, the balance's meter-vs-entitlement check included; it ages by
     # the injected clock when there is one (tests move it, never sleep).
     meters = MeterCache(
@@ -90,9 +92,13 @@ def create_app(
         settings.openmeter_meter,
         clock=time.monotonic if clock is utc_now else lambda: clock().timestamp(),
     )
-    balance = None
+    balance: Balances | None = None
     if entitlements is not None:
         balance = BalanceService(entitlements, openmeter, meters.get, settings.customer_key)
+    elif credits is not None:
+        balance = BalanceServiceV3(
+            credits, openmeter, meters.get, settings.customer_key, currency=settings.openmeter_credits_currency
+        )
     usage = UsageService(
         openmeter,
         settings.openmeter_meter,

@@ -106,9 +106,9 @@ def always(settings: Settings) -> bool:
 
 
 def credits_configured(settings: Settings) -> bool:
-    """The balance is offered when the credits feature is set, on the v1 API: v3 (Kong Konnect) has no entitlement
-    value to read, only a beta credits ledger this server does not model (docs/credits.md)."""
-    return settings.openmeter_credits_feature is not None and settings.api == "v1"
+    """The balance is offered when the credits feature is set, on both APIs: v1 reads the entitlement, v3 (Kong
+    Konnect) the entitlement value where served, else the prepaid credits ledger (docs/credits.md)."""
+    return settings.openmeter_credits_feature is not None
 
 
 # Every usage tool takes these two; a spec lists only what it takes besides.
@@ -263,8 +263,9 @@ TOOLS = (
         description=(
             "How many AI credits the caller's tenant has left, and how long they last: \"How many credits do we "
             'have left?", "When does our allowance reset?", "At this rate, when do we run out?". From the tenant\'s '
-            "credit allowance in OpenMeter: the balance now, this period's usage and when the period resets, each "
-            "grant with what is left of it and when it expires, overage, and the runway (when the balance runs out "
+            "credit allowance in OpenMeter (on Kong Konnect: its prepaid credits): the balance now, this period's "
+            "usage and when the period resets, each grant with what is left of it (where OpenMeter keeps it) and when "
+            "it expires, overage, and the runway (when the balance runs out "
             "at the recent pace, as a range, and whether that is before the reset or a grant's expiry). Takes no "
             "arguments. For credits used in a window use get_credit_usage_by_tenant; over time, "
             "get_credit_usage_trend. The answer links an Excel file with every grant and the daily usage."

@@ -34,6 +34,7 @@ from ai_credit_usage.questions.sink import TableSink
 from ai_credit_usage.questions.usage import EVENT_COLUMNS
 from ai_credit_usage.runtime.settings import Settings, load_settings
 from server import create_app
+from tests.request_contract import sent_problems
 from tests.servers import serve_in_thread
 
 # Every httpx2 client loads the CA bundle into a new TLS context (about 30 ms of CPU), and the tests make thousands of
@@ -84,6 +85,7 @@ SETTINGS_VARIABLES = (
     "MCP_KEEP_ALIVE_SECONDS",
     "OPENMETER_CREDITS_FEATURE",
     "OPENMETER_CUSTOMER_KEY",
+    "OPENMETER_CREDITS_CURRENCY",
 )
 
 
@@ -149,10 +151,20 @@ def api(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def openmeter(api: str) -> OpenMeterStandIn:
+def openmeter(request: pytest.FixtureRequest, api: str) -> Iterator[OpenMeterStandIn]:
     fake = OpenMeterStandIn(api_key=API_KEY, api=api)
     fake.add_meter(dict(AI_CREDITS_METER))
-    return fake
+    yield fake
+    assert_requests_conform(request, fake)
+
+
+def assert_requests_conform(request: pytest.FixtureRequest, fake: OpenMeterStandIn) -> None:
+    """The contract: every request the stand-in received (from the server, or from our OpenMeter clients) must be one
+    the spec of the API it speaks accepts (v3: upstream's and Konnect's), so a shape a real gateway would refuse
+    fails here, not on a customer's Konnect."""
+    if request.node.get_closest_marker("sends_invalid_requests") is None:
+        refused = sent_problems(fake.api, fake.requests)
+        assert not refused, "requests a spec refuses:\n" + "\n".join(refused[:10])
 
 
 @pytest.fixture

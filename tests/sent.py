@@ -1,7 +1,7 @@
 """What the server asked the stand-in, read the same way whichever OpenMeter API it spoke, so a test written once
 checks both: v1's query parameters (`groupBy`, `windowSize`, `advancedMeterGroupByFilters`, the events `filter`
 JSON) and v3's query body (`group_by_dimensions`, `granularity`, `filters.dimensions`) and deepObject parameters
-(`filter[time][gte]`, `filter[subject][oeq]`, `page[after]`)."""
+(`filter[time][lt]`, `filter[subject][oeq]`, `page[after]`)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ class SentQuery:
 
 @dataclass(frozen=True)
 class SentPage:
-    """One events request: the time range, the event type, the subjects named, whether it carried a cursor."""
+    """One events request: the time range, the event type, the subjects named, whether it carried a cursor. v3 sends
+    only the end (Konnect takes one time operator): its `start` is None, the reader cuts at the window's start."""
 
-    start: str
+    start: str | None
     end: str
     type: str
     subjects: list[str] | None
@@ -95,7 +96,7 @@ def page_of(api: str, request: RecordedRequest) -> SentPage:
         oeq, eq = request.param("filter[subject][oeq]"), request.param("filter[subject][eq]")
         subjects = oeq.split(",") if oeq is not None else [eq] if eq is not None else None
         return SentPage(
-            request.param("filter[time][gte]") or "",
+            request.param("filter[time][gte]"),
             request.param("filter[time][lt]") or "",
             request.param("filter[type][eq]") or "",
             subjects,

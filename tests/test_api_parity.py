@@ -18,6 +18,7 @@ from openpyxl import load_workbook
 
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from tests.conftest import API_KEY, NOW, SETTINGS_VARIABLES, FakeClock, ServerStarter, call_tool
+from tests.request_contract import sent_problems
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -67,6 +68,7 @@ def server_on(api: str, events: list[dict[str, Any]]) -> Iterator[tuple[str, Ope
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(serve_in_thread(standin.app)) + standin.base_path
         yield ServerStarter(stack, url, FakeClock(NOW))(), standin
+    assert not sent_problems(api, standin.requests)  # every request valid under its API's spec(s)
 
 
 def answer(url: str, text: str, structured: Any) -> tuple[str, Any, list[tuple[Any, ...]], list[tuple[Any, ...]]]:

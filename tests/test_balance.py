@@ -18,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from openpyxl import load_workbook
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
-from tests.conftest import API_KEY, NOW, FakeClock, ServerStarter, call_tool, download_bytes, text_of
+from tests.conftest import API_KEY, NOW, FakeClock, ServerStarter, call_tool, download_bytes, on_both_apis, text_of
 
 pytestmark = pytest.mark.anyio
 TOOL = "get_credit_balance"
@@ -29,8 +29,11 @@ GRANT_FIELDS = {"name", "amount", "remaining", "effective_at", "expires_at", "re
 
 @pytest.fixture
 def balance_server(start_server: ServerStarter, openmeter: OpenMeterStandIn, clock: FakeClock) -> Callable[..., str]:
-    """A server with the credits feature set; the stand-in's entitlements see the same clock."""
+    """A server with the credits feature set; the stand-in's entitlements see the same clock. On v3 the stand-in
+    serves the entitlement value (upstream's newer endpoint) from the same entitlements, so a test written with
+    entitlements runs on both APIs; the ledger's own tests are in test_balance_v3.py."""
     openmeter.entitlements.clock = clock
+    openmeter.credits.serves_entitlement_value = True
 
     def start(**overrides: Any) -> str:
         return start_server(openmeter_credits_feature="ai_credits", **overrides)
@@ -54,6 +57,7 @@ async def list_tools(url: str) -> Any:
         return client.instructions, (await client.list_tools()).tools
 
 
+@on_both_apis
 async def test_offered_only_when_the_credits_feature_is_set(
     start_server: ServerStarter, balance_server: Callable[..., str]
 ) -> None:
@@ -116,6 +120,7 @@ async def test_balance_grants_and_reset_of_a_metered_allowance(
     assert workbook["Summary"]._charts  # cumulative usage against the allowance
 
 
+@on_both_apis
 async def test_a_short_link_life_is_said_in_seconds_as_on_every_answer(
     balance_server: Callable[..., str], openmeter: OpenMeterStandIn
 ) -> None:
@@ -211,6 +216,7 @@ async def test_customer_key_template_and_exact_keys_keep_tenants_apart(
     assert not openmeter.requests_to("/api/v1/customers")  # never the customer list's search
 
 
+@on_both_apis
 @pytest.mark.parametrize("tenant", ["globex/../acme", "..", "acme/x", "50%2Facme"])
 async def test_a_tenant_name_that_would_change_the_path_is_refused(
     balance_server: Callable[..., str], openmeter: OpenMeterStandIn, tenant: str
@@ -223,6 +229,7 @@ async def test_a_tenant_name_that_would_change_the_path_is_refused(
     assert not [request for request in openmeter.requests if "/customers/" in request.path]
 
 
+@on_both_apis
 async def test_only_admins_and_no_arguments(balance_server: Callable[..., str], openmeter: OpenMeterStandIn) -> None:
     allowance(openmeter)
     openmeter.entitlements.add_grant("acme", "ai_credits", amount=10, effective_at=PERIOD_START)
@@ -354,6 +361,7 @@ async def test_no_credits_left_without_a_soft_limit_says_access_is_denied(
     assert result.structured_content is not None and result.structured_content["has_access"] is False
 
 
+@on_both_apis
 async def test_a_customer_key_with_a_space_goes_as_one_escaped_segment(
     balance_server: Callable[..., str], openmeter: OpenMeterStandIn
 ) -> None:
@@ -364,11 +372,13 @@ async def test_a_customer_key_with_a_space_goes_as_one_escaped_segment(
     assert "**10.00 credits left**" in text_of(result)
 
 
+@on_both_apis
 async def test_openmeter_trouble_is_one_sentence_and_an_error(
     balance_server: Callable[..., str], openmeter: OpenMeterStandIn
 ) -> None:
     allowance(openmeter)
-    openmeter.fail(status=500, times=100, path_prefix="/api/v2/customers")
+    customers = "/api/v3/openmeter/customers" if openmeter.api == "v3" else "/api/v2/customers"
+    openmeter.fail(status=500, times=100, path_prefix=customers)
     result = await call_tool(balance_server(), TOOL)
     assert result.is_error
     assert text_of(result) == "OpenMeter had an internal error (HTTP 500); try again in a few minutes."

@@ -315,3 +315,26 @@ async def test_the_demo_tenants_answer_the_balance(demo_url: str) -> None:
     assert found["demo"]["runway"]["before_reset"] is True
     assert date.fromisoformat(found["demo"]["runway"]["likely"]) < reset.date()
     assert "Top-up (30 days) expires on" in texts["globex"]  # with credits the pace will not use up
+
+
+async def test_the_v3_demo_answers_the_balance_from_its_ledger() -> None:
+    """`--demo` with OPENMETER_API=v3 offers get_credit_balance too: the same allowances, as Konnect's prepaid
+    credits ledger (one currency, grants without a remaining amount)."""
+    with start_demo(openmeter_api="v3", openmeter_url=DEMO_SETTINGS_V3["openmeter_url"]) as url:
+        found = {}
+        for tenant in TENANTS:
+            headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
+            result = await call_tool(url, "get_credit_balance", headers=headers)
+            assert not result.is_error, text_of(result)
+            assert text_of(result).startswith(DEMO_BANNER)
+            assert result.structured_content is not None
+            found[tenant] = result.structured_content
+        forecast = text_of(await call_tool(url, "get_credit_forecast", headers=DEMO))
+    assert found["initech"]["status"] == "none"
+    for tenant in ("acme", "demo", "globex"):
+        data = found[tenant]
+        assert (data["status"], data["source"], data["currency"]) == ("metered", "ledger", "USD")
+        assert all(grant["remaining"] is None for grant in data["grants"])
+    assert found["acme"]["balance"] > found["demo"]["balance"] > 0
+    assert [grant["name"] for grant in found["globex"]["grants"]] == ["Top-up (30 days)", "Monthly plan"]
+    assert "Balance: " in forecast and "at the tenant's recent pace" in forecast

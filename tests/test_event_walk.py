@@ -164,6 +164,34 @@ async def test_random_shapes_of_data_come_back_exactly_as_the_sequential_walk(
     assert len(sequential) == len(events)
 
 
+@on_both_apis
+@pytest.mark.parametrize("seed", range(3))
+async def test_events_outside_the_window_stay_out_of_every_slice(
+    client: OpenMeter, openmeter: OpenMeterStandIn, seed: int
+) -> None:
+    """v3 asks only for events before a slice's end (Konnect's one time operator) and cuts at its start itself: with
+    busy days on both sides of the window, the sliced walk and the sequential one still hold exactly the window's
+    events, newest first."""
+    rng = random.Random(seed)
+    week = Window(START + timedelta(days=7), START + timedelta(days=14))
+    events, inside = [], []
+    for i in range(rng.randrange(800, 1600)):
+        second = rng.choice([rng.randrange(0, 21 * 86400), 7 * 86400 + rng.randrange(-600, 600)])
+        moment = START + timedelta(seconds=second)
+        events.append(make_event(tenant="acme", credits=i, time=moment, user=f"u{i % 7}"))
+        if week.start <= moment < week.end:
+            inside.append((moment, i))
+    openmeter.ingest(*events)
+
+    sequential = await events_of(client, week, max_slices=1)
+    parallel = await events_of(client, week, parallel_slices=4, max_slices=16)
+
+    assert parallel == sequential
+    assert sorted(row[5] for row in sequential) == sorted(i for _, i in inside)
+    times = [row[0] for row in sequential]
+    assert times == sorted(times, reverse=True)
+
+
 async def test_long_subjects_are_cut_by_url_length(
     client: OpenMeter, openmeter: OpenMeterStandIn, transport: CountingTransport
 ) -> None:

@@ -23,7 +23,18 @@ from ai_credit_usage.openmeter.v1 import SERVES_V3
 from ai_credit_usage.openmeter.v3 import NOT_V3, OpenMeterV3
 from ai_credit_usage.runtime.settings import Settings
 from ai_credit_usage.runtime.window import Window
-from tests.conftest import AI_METER, API_KEY, FAST_RETRY, NOW, FakeClock, call_tool, text_of, v1_client, v3_client
+from tests.conftest import (
+    AI_METER,
+    API_KEY,
+    FAST_RETRY,
+    NOW,
+    FakeClock,
+    assert_requests_conform,
+    call_tool,
+    text_of,
+    v1_client,
+    v3_client,
+)
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -83,8 +94,10 @@ def v3(openmeter_v3_url: str) -> OpenMeterV3:
 
 
 @pytest.fixture
-def standin_v3() -> OpenMeterStandIn:
-    return OpenMeterStandIn(api_key=API_KEY, api="v3")
+def standin_v3(request: pytest.FixtureRequest) -> Iterator[OpenMeterStandIn]:
+    standin = OpenMeterStandIn(api_key=API_KEY, api="v3")
+    yield standin
+    assert_requests_conform(request, standin)
 
 
 @pytest.fixture
@@ -118,6 +131,7 @@ async def test_a_meter_the_list_does_not_hold_is_no_meter(v3: OpenMeterV3) -> No
     await v3.aclose()
 
 
+@pytest.mark.sends_invalid_requests  # a v3 path to a v1 server is the mistake under test
 async def test_a_v3_client_at_a_v1_server_is_told_so(openmeter_url: str) -> None:
     client = v3_client(openmeter_url)  # the v1 stand-in: no /openmeter/meters
     with pytest.raises(OpenMeterError) as caught:
@@ -217,12 +231,37 @@ async def test_event_pages_ask_100_newest_first_follow_the_cursor_and_repeat_no_
         keys = [key for key, _ in request.query]
         assert len(keys) == len(set(keys))
         assert request.param("page[size]") == "100"
-        assert (request.param("filter[type][eq]"), request.param("filter[time][gte]")) == ("ai_credits", JANUARY_FROM)
+        assert request.param("filter[type][eq]") == "ai_credits"
+        # One time operator (Konnect's schema): before the window's end; the reader cuts at its start.
+        assert (request.param("filter[time][lt]"), request.param("filter[time][gte]")) == ("2026-02-01T00:00:00Z", None)
     assert [r.param("filter[subject][oeq]") for r in sent[:2]] == ["s0,s1", "s0,s1"]
     assert sent[0].param("page[after]") is None and sent[1].param("page[after]") is not None
     assert sent[2].param("filter[subject][eq]") == "b,c"
     assert await v3.event_page(meter, JANUARY, [], None) == ([], None)  # no subject, no request
     assert len([r for r in standin_v3.requests if r.path == "/api/v3/openmeter/events"]) == len(sent)
+
+
+async def test_event_pages_cut_at_the_window_start_and_stop_there(
+    v3: OpenMeterV3, standin_v3: OpenMeterStandIn
+) -> None:
+    """Only `lt` the end is sent, so OpenMeter hands out older events too: the reader keeps exactly the window's
+    (whole seconds, as the old `gte` bound was), newest first, and asks for no page past the start."""
+    start = T0 + timedelta(days=3, seconds=30)
+    standin_v3.ingest(
+        *[make_event(tenant="acme", credits=1, time=start + timedelta(minutes=i), id=f"in{i}") for i in range(150)],
+        make_event(tenant="acme", credits=1, time=start, id="at-start"),
+        make_event(tenant="acme", credits=1, time=start - timedelta(seconds=1), id="just-before"),
+        *[make_event(tenant="acme", credits=1, time=T0 + timedelta(minutes=i), id=f"old{i}") for i in range(300)],
+    )
+    meter = await v3.meter("ai_credits")
+    window = Window(start + timedelta(microseconds=400_000), JANUARY.end)  # a fraction of a second: sent as :30
+    pages = [page async for page in sequential_event_pages(v3, meter, window)]
+    await v3.aclose()
+    ids = [event.id for page in pages for event in page]
+    # newest first; at the start's second the later-stored event first (store row id descending)
+    assert ids == [f"in{i}" for i in reversed(range(1, 150))] + ["at-start", "in0"]
+    assert [len(page) for page in pages] == [100, 51]
+    assert len([r for r in standin_v3.requests if r.path == "/api/v3/openmeter/events"]) == 2
 
 
 def test_main_with_a_konnect_url_and_token_answers_from_the_v3_standin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,6 +362,7 @@ async def test_a_query_is_retried_like_a_get(standin_v3: OpenMeterStandIn, openm
     assert [r.method for r in standin_v3.requests_to("/query")] == ["POST"] * 3
 
 
+@pytest.mark.sends_invalid_requests  # a v1 path to a v3-only server is the mistake under test
 @pytest.mark.parametrize("api", ["v3"], indirect=True)
 async def test_a_v1_server_pointed_at_a_v3_only_openmeter_says_so_on_the_first_call(
     start_server: Any, openmeter: OpenMeterStandIn, openmeter_url: str

@@ -53,6 +53,8 @@ def _from_now(moment: datetime, now: datetime) -> str:
 
 
 def no_allowance_text(found: CreditBalance) -> str:
+    if found.reason is not None:  # v3 tells a tenant without a customer from a customer without credits
+        return found.reason
     return f"No credit allowance is set up for tenant {_name(found.tenant)}."
 
 
@@ -66,6 +68,8 @@ def not_metered_text(found: CreditBalance) -> str:
 def headline(found: CreditBalance) -> str:
     """The one line: the balance now, this period's usage, when the period resets."""
     assert found.balance is not None
+    if found.source == "ledger":
+        return _ledger_headline(found, found.balance)
     line = (
         f"Tenant {_name(found.tenant)}: **{format_credits(found.balance)} credits left** as of {_when(found.as_of)}; "
         f"{format_credits(found.usage or 0.0)} used this period"
@@ -80,7 +84,31 @@ def headline(found: CreditBalance) -> str:
     return line
 
 
+def _ledger_headline(found: CreditBalance, live: float) -> str:
+    """v3's ledger: the live balance of its one currency, and the usage since the active grants took effect (the
+    ledger has no period and no reset)."""
+    line = (
+        f"Tenant {_name(found.tenant)}: **{format_credits(live)} credits left** ({found.currency} ledger, live) as of "
+        f"{_when(found.as_of)}"
+    )
+    if found.usage_since is not None:
+        line += (
+            f"; {format_credits(found.usage or 0.0)} used since {_day(found.usage_since)}, when its active grants took "
+            "effect"
+        )
+    if found.pending:
+        line += f"; {format_credits(found.pending)} more granted but not booked yet"
+    return line + "."
+
+
 def status_lines(found: CreditBalance) -> list[str]:
+    if found.source == "ledger":
+        if found.balance is not None and found.balance < 0:
+            return [
+                f"The {found.currency} ledger is {format_credits(-found.balance)} below zero: usage beyond what the "
+                "grants cover."
+            ]
+        return ["No credits are left in the ledger."] if found.has_access is False else []
     lines = []
     if found.overage:
         lines.append(f"Overage: {format_credits(found.overage)} credits used this period beyond what the grants cover.")
@@ -91,9 +119,11 @@ def status_lines(found: CreditBalance) -> list[str]:
     return lines
 
 
-def grant_table(grants: list[GrantLine]) -> list[str]:
+def grant_table(grants: list[GrantLine], source: str = "entitlement") -> list[str]:
     if not grants:
         return ["No grants: nothing has been granted on this allowance."]
+    if source == "ledger":
+        return _ledger_grant_table(grants)
     lines = [
         "| grant | amount | left | expires | recurs |",
         "|---|---:|---:|---|---|",
@@ -104,9 +134,30 @@ def grant_table(grants: list[GrantLine]) -> list[str]:
             left = f"0.00 ({grant.state})"
         expires = _when(grant.expires_at) if grant.expires_at else "never"
         recurs = _EVERY.get(grant.recurrence or "", "yes") if grant.recurring else "no"
-        lines.append(f"| {_name(grant.name)} | {format_credits(grant.amount)} | {left} | {expires} | {recurs} |")
+        amount = "-" if grant.amount is None else format_credits(grant.amount)
+        lines.append(f"| {_name(grant.name)} | {amount} | {left} | {expires} | {recurs} |")
     if len(grants) > PREVIEW_ROWS:
         lines.append(f"Showing {PREVIEW_ROWS} of {len(grants):,} grants; the Excel file has all of them.")
+    return lines
+
+
+_LEDGER_STATUS = {"active": "active", "future": "pending", "expired": "expired", "voided": "voided"}
+
+
+def _ledger_grant_table(grants: list[GrantLine]) -> list[str]:
+    """The ledger's grants: amount, status, priority and dates; no 'left' column, as the ledger keeps none."""
+    lines = ["| grant | amount | status | priority | effective | expires |", "|---|---:|---|---:|---|---|"]
+    for grant in grants[:PREVIEW_ROWS]:
+        amount = "-" if grant.amount is None else format_credits(grant.amount)
+        effective = _when(grant.effective_at) if grant.effective_at else "-"
+        expires = _when(grant.expires_at) if grant.expires_at else "never"
+        priority = "-" if grant.priority is None else str(grant.priority)
+        lines.append(
+            f"| {_name(grant.name)} | {amount} | {_LEDGER_STATUS[grant.state]} | {priority} | {effective} | {expires} |"
+        )
+    if len(grants) > PREVIEW_ROWS:
+        lines.append(f"Showing {PREVIEW_ROWS} of {len(grants):,} grants; the Excel file has all of them.")
+    lines.append("The ledger keeps no remaining amount per grant: the balance above is what is left of them all.")
     return lines
 
 
@@ -128,23 +179,27 @@ def runway_lines(found: CreditBalance) -> list[str]:
     elif outlook.earliest is None:
         lines = [f"Runway: at the recent pace the balance lasts until {beyond}."]
     else:
-        when = f"before {reset}" if found.runway and found.runway.before_reset else f"after {reset}"
+        when = ""  # v3 has no period to reset: no clause about it
+        if found.period is not None:
+            when = f"before {reset}" if found.runway and found.runway.before_reset else f"after {reset}"
+        also = f", {when}" if when else ""
         if outlook.latest is None:
-            likely = f"around {_date(outlook.likely)}, " if outlook.likely else ""
+            likely = f"around {_date(outlook.likely)}" if outlook.likely else ""
             span = (
-                f"{likely}{when} (80% range: {_date(outlook.earliest)} at the earliest; at the slow end of the range "
-                f"it lasts until {beyond})"
-            )
+                f"{', '.join(part for part in (likely, when) if part)} (80% range: {_date(outlook.earliest)} at the "
+                f"earliest; at the slow end of the range it lasts until {beyond})"
+            ).lstrip()
         elif outlook.latest == outlook.earliest:
-            span = f"on {_date(outlook.earliest)}, {when}"
+            span = f"on {_date(outlook.earliest)}{also}"
         elif outlook.likely is not None:
             span = (
-                f"around {_date(outlook.likely)} (80% range {_date(outlook.earliest)} to {_date(outlook.latest)}), "
-                f"{when}"
+                f"around {_date(outlook.likely)} (80% range {_date(outlook.earliest)} to {_date(outlook.latest)}){also}"
             )
         else:
-            span = f"between {_date(outlook.earliest)} and {_date(outlook.latest)}, {when}"
+            span = f"between {_date(outlook.earliest)} and {_date(outlook.latest)}{also}"
         lines = [f"Runway: at the recent pace the balance runs out {span}."]
+    if found.pace == "tenant" and found.balance > LEFT_OVER:
+        lines.append("The pace is the tenant's own daily usage on the meter (the forecast's history).")
     if outlook.history_days and not outlook.enough_history:
         lines.append(
             f"The pace comes from only {outlook.history_days} complete days of usage: take the runway as a rough guide."
@@ -171,7 +226,7 @@ def disagreement_line(found: CreditBalance) -> str | None:
 
 
 def render_balance(found: CreditBalance, *, download_url: str, expires_at: datetime) -> str:
-    lines = [headline(found), *status_lines(found), "", *grant_table(found.grants), ""]
+    lines = [headline(found), *status_lines(found), "", *grant_table(found.grants, found.source), ""]
     lines += runway_lines(found)
     if (note := disagreement_line(found)) is not None:
         lines.append(note)
@@ -239,6 +294,14 @@ def balance_workbook_content(
         Fact("Has access", "yes" if found.has_access else "no"),
         Fact("Soft limit", "yes" if found.soft_limit else "no"),
     ]
+    if found.source == "ledger":  # v3's prepaid credits ledger: one currency, no period
+        facts += [
+            Fact("Source", "credits ledger (OpenMeter v3, beta)"),
+            Fact("Currency", found.currency),
+            Fact("Settled (booked)", found.settled, CREDITS_FORMAT),
+            Fact("Pending (granted, not booked)", found.pending, CREDITS_FORMAT),
+            Fact("Usage counted since (UTC)", format_utc(found.usage_since) if found.usage_since else "-"),
+        ]
     if found.period is not None:
         facts += [
             Fact("Period from (UTC)", format_utc(found.period.start)),
@@ -279,6 +342,10 @@ def balance_workbook_content(
         ("times", "UTC; a period's end and a grant's expiry are exclusive instants"),
         ("generated at (UTC)", format_utc(generated)),
     ]
+    if found.source == "ledger":
+        about.append(("ledger", "the ledger keeps no remaining amount per grant: 'left' stays blank for every grant"))
+    if found.pace == "tenant":
+        about.append(("pace", "the Daily sheet and the runway use the tenant's own usage on the meter per UTC day"))
     if found.lookback is not None:
         about.append(("lookback", found.lookback.describe()))
     sheets = [

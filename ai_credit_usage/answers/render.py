@@ -279,23 +279,25 @@ def _forecast_lines(outlook: Outlook) -> list[str]:
 
 def balance_crossing_line(outlook: Outlook) -> str | None:
     """When a balance is configured: whether and when it runs out, at the allowance's own pace (the entitlement's
-    daily usage, which may differ from the tenant meter this forecast projects; docs/credits.md)."""
+    daily usage, which may differ from the tenant meter this forecast projects; docs/credits.md). On v3 the pace is
+    the tenant's own (no allowance history there) and there is no reset: the horizon is a year ahead."""
     if outlook.balance is None or outlook.balance_runs_out is None or outlook.balance_horizon is None:
         return None
     earliest, likely, latest = outlook.balance_runs_out
     head = f"Balance: {format_credits(outlook.balance)} credits left;"
+    pace = "at the allowance's own pace" if outlook.balance_pace == "entitlement" else "at the tenant's recent pace"
     reset = (outlook.balance_horizon + timedelta(days=1)).isoformat()
+    horizon = f"the allowance resets on {reset}" if outlook.balance_until_reset else reset
     if earliest is None:
-        return f"{head} at the allowance's own pace it lasts until the allowance resets on {reset}."
-    when = f"around {likely.isoformat()}" if likely else "not before the reset at the expected pace"
-    slow = latest.isoformat() if latest else "the reset"
+        return f"{head} {pace} it lasts until {horizon}."
+    end = "the reset" if outlook.balance_until_reset else reset
+    when = f"around {likely.isoformat()}" if likely else f"not before {end} at the expected pace"
+    slow = latest.isoformat() if latest else end
     ahead = ""
     if (likely or earliest) > outlook.last_day:
         ahead = f", after this forecast's last day ({outlook.last_day.isoformat()})"
-    return (
-        f"{head} at the allowance's own pace it runs out {when} (80% range {earliest.isoformat()} to {slow}){ahead}, "
-        f"before the allowance resets on {reset}."
-    )
+    before = f", before the allowance resets on {reset}" if outlook.balance_until_reset else ""
+    return f"{head} {pace} it runs out {when} (80% range {earliest.isoformat()} to {slow}){ahead}{before}."
 
 
 def download_line(download_url: str, expires_at: datetime, now: datetime) -> str:

@@ -425,9 +425,12 @@ class PeriodOut(BaseModel):
 
 class GrantOut(BaseModel):
     name: str = Field(description="The grant's name from its metadata, else 'grant' and the end of its id.")
-    amount: Credits
-    remaining: Credits | None = Field(description="Credits left of it now; null when it is not effective yet.")
-    effective_at: datetime
+    amount: Credits | None = Field(description="Credits granted; null where the source does not say (v3's value).")
+    remaining: Credits | None = Field(
+        description="Credits left of it now; null when it is not effective yet, and for every grant of v3's credits "
+        "ledger, which keeps no remaining amount per grant."
+    )
+    effective_at: datetime | None
     expires_at: datetime | None = Field(description="When it expires (exclusive); null when it never does.")
     recurring: bool = Field(description="It refills to its amount at each recurrence.")
     state: Literal["active", "future", "expired", "voided"]
@@ -466,6 +469,13 @@ class BalanceResult(BaseModel):
     runway: RunwayOut | None = Field(description="When the balance runs out; null when it outlasts the period.")
     download_url: str | None = Field(description="The Excel report; null for an answer without figures.")
     expires_at: datetime | None = Field(description="When the download link stops working.")
+    source: Literal["entitlement", "ledger"] = Field(
+        description="entitlement: the entitlement value; ledger: v3's prepaid credits ledger (one currency)."
+    )
+    currency: str | None = Field(description="The ledger's currency the balance is in; null for an entitlement.")
+    usage_since: datetime | None = Field(
+        description="Ledger: `usage` counts from here (its active grants took effect); the ledger has no period."
+    )
     demo: bool
 
 
@@ -510,6 +520,9 @@ def balance_result(
         else None,
         download_url=download_url,
         expires_at=expires_at,
+        source=found.source,
+        currency=found.currency,
+        usage_since=found.usage_since if metered else None,
         demo=demo,
     )
     return result.model_dump(mode="json", by_alias=True)

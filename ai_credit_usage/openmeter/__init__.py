@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import httpx2
 
+from ai_credit_usage.openmeter.credits_v3 import CreditsV3
 from ai_credit_usage.openmeter.entitlements import EntitlementsV2
 from ai_credit_usage.openmeter.http import OpenMeterHttp, RetryPolicy
 from ai_credit_usage.openmeter.interface import OpenMeter
@@ -15,6 +16,7 @@ from ai_credit_usage.openmeter.v3 import OpenMeterV3
 from ai_credit_usage.runtime.settings import Settings
 
 __all__ = [
+    "CreditsV3",
     "EntitlementsV2",
     "OpenMeter",
     "OpenMeterHttp",
@@ -22,6 +24,7 @@ __all__ = [
     "OpenMeterV3",
     "RetryPolicy",
     "connect",
+    "connect_credits",
     "connect_entitlements",
     "open_http",
 ]
@@ -54,7 +57,14 @@ def connect(
 
 
 def connect_entitlements(settings: Settings, http: OpenMeterHttp) -> EntitlementsV2 | None:
-    """The customer-entitlement client of the credits feature, on `http`; None when no feature is configured or the
-    API is v3 (which has no entitlement value API)."""
+    """The v2 customer-entitlement client of the credits feature, on `http`; None when no feature is configured or
+    the API is v3 (see `connect_credits`)."""
     feature = settings.openmeter_credits_feature
     return None if feature is None or settings.api != "v1" else EntitlementsV2(http, feature)
+
+
+def connect_credits(settings: Settings, http: OpenMeterHttp) -> CreditsV3 | None:
+    """v3's credits client (customer by key, entitlement value, credits ledger) of the credits feature, on `http`;
+    None when no feature is configured or the API is v1 (see `connect_entitlements`)."""
+    feature = settings.openmeter_credits_feature
+    return None if feature is None or settings.api != "v3" else CreditsV3(http, feature)

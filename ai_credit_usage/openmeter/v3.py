@@ -178,14 +178,23 @@ class OpenMeterV3:
     async def event_page(
         self, meter: Meter, window: Window, subjects: Sequence[str] | None, cursor: str | None
     ) -> tuple[list[CloudEvent], str | None]:
-        """One page (at most 100 events, newest first) and the cursor of the next, if OpenMeter gave one."""
+        """One page (at most 100 events, newest first) and the cursor of the next, if OpenMeter gave one.
+
+        Konnect's spec takes one operator in `filter[time]`, so the request asks only for events before the window's
+        end; the cut at its start happens here: the first event older than the start ends the page and the walk
+        (they come newest first), so every caller still gets exactly the window's events."""
         if subjects is not None and not subjects:  # no subject has no events (an empty `oeq` would be a 400)
             return [], None
         params = _events_params(window, meter.event_type, subjects, cursor)
         body = await self._http.get_json("/openmeter/events", params, meter=None)
         page = _read(self._http, _EventsPage, body, "events page")
+        events = [item.event for item in page.data]
+        start = window.start.replace(microsecond=0)  # whole seconds, as the bound was sent (format_utc)
+        for index, event in enumerate(events):
+            if event.time is not None and event.time < start:
+                return events[:index], None
         # `next` is set only when the page came back full; a last full page is followed by an empty one.
-        return [item.event for item in page.data], page.meta.page.next or None
+        return events, page.meta.page.next or None
 
     def subject_chunks(
         self, meter: Meter, window: Window, subjects: Sequence[str], *, max_count: int = SUBJECTS_PER_FILTER
@@ -228,7 +237,10 @@ class OpenMeterV3:
         )
 
     def describe_events(self, meter: Meter) -> str:
-        return f"GET /openmeter/events, type {meter.event_type}, time in the window"
+        return (
+            f"GET /openmeter/events, type {meter.event_type}, time before the window's end, newest first, read down "
+            "to the window's start"
+        )
 
 
 def _query_body(query: AggregateQuery) -> dict[str, Any]:
@@ -259,10 +271,11 @@ def _listable(subject: str) -> bool:
 def _events_params(
     window: Window, event_type: str, subjects: Sequence[str] | None, cursor: str | None
 ) -> list[tuple[str, str]]:
-    """Each key once (a repeated key is a 400); several operators on `time` are ANDed."""
+    """Each key once (a repeated key is a 400), and one operator per filter: upstream ANDs several on `time`, but
+    Konnect's published schema for it is a `oneOf` of single-operator objects, so `gte` + `lt` would be refused
+    there. Only the window's end is sent; `event_page` cuts at its start."""
     params = [
         ("filter[type][eq]", event_type),
-        ("filter[time][gte]", format_utc(window.start)),
         ("filter[time][lt]", format_utc(window.end)),
     ]
     if subjects is not None:

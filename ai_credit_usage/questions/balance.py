@@ -13,7 +13,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 from ai_credit_usage.openmeter.entitlements import (
     Entitlement,
@@ -44,18 +44,20 @@ class CustomerKeyRefused(UserFacingError):
 
 @dataclass(frozen=True)
 class GrantLine:
-    """One grant as the answer shows it; `remaining` is None for a grant that is not effective yet."""
+    """One grant as the answer shows it; `remaining` is None for a grant that is not effective yet, and for every
+    grant of v3's credits ledger (which keeps no remaining amount per grant: nothing is made up). v3's entitlement
+    value names each grant's balance but not its amount or dates (None)."""
 
     id: str
     name: str
-    amount: float
+    amount: float | None
     remaining: float | None
-    effective_at: datetime
+    effective_at: datetime | None
     expires_at: datetime | None
     recurring: bool
     priority: int | None
     state: Literal["active", "future", "expired", "voided"]
-    created_at: datetime
+    created_at: datetime | None
     recurrence: str | None = None  # e.g. MONTH
 
 
@@ -101,6 +103,14 @@ class CreditBalance:
     lookback: Window | None = None
     meter_usage: float | None = None  # the tenant meter's usage over `lookback`; None when it could not be read
     outlook: RunwayFinding | None = None  # the runway as found: both paths, the horizon, a grant expiring unused
+    # v3: "entitlement" (the entitlement value) or "ledger" (the prepaid credits ledger, one currency of it)
+    source: Literal["entitlement", "ledger"] = "entitlement"
+    currency: str | None = None
+    settled: float | None = None  # the ledger's booked balance (`balance` is its `live` one)
+    pending: float | None = None  # granted, not booked yet
+    usage_since: datetime | None = None  # the ledger has no period: the usage since its active grants took effect
+    pace: Literal["entitlement", "tenant"] = "entitlement"  # whose daily usage `daily` (and the runway) is
+    reason: str | None = None  # status "none" on v3: why, in one sentence
 
     @property
     def runway(self) -> Runway | None:
@@ -131,6 +141,25 @@ class CreditBalance:
         return abs(ours - theirs) > max(DISAGREEMENT_MIN, DISAGREEMENT_SHARE * max(abs(ours), abs(theirs)))
 
 
+def checked_key(customer_key: Callable[[str], str | None], tenant: str) -> str:
+    """The tenant's customer key (Settings.customer_key), or one sentence when its name cannot make one."""
+    key = customer_key(tenant)
+    if key is None:
+        raise CustomerKeyRefused(
+            "This tenant's name cannot be used to look up its credit allowance in OpenMeter (it contains "
+            "characters such as / or %, or is . or ..); ask the operator to check OPENMETER_CUSTOMER_KEY."
+        )
+    return key
+
+
+class Balances(Protocol):
+    """What the balance and forecast questions ask of a credits source (v1's entitlements, v3's credits)."""
+
+    async def balance(self, tenant: str, now: datetime) -> CreditBalance: ...
+
+    def describe(self, found: CreditBalance) -> str: ...
+
+
 class BalanceService:
     """Reads one tenant's allowance: the entitlements client for the numbers, the meter for the cross-check."""
 
@@ -153,17 +182,11 @@ class BalanceService:
     def feature(self) -> str:
         return self._entitlements.feature_key
 
-    def describe(self, customer_key: str) -> str:
-        return self._entitlements.describe(customer_key)
+    def describe(self, found: CreditBalance) -> str:
+        return self._entitlements.describe(found.customer_key)
 
     def key_of(self, tenant: str) -> str:
-        key = self._customer_key(tenant)
-        if key is None:
-            raise CustomerKeyRefused(
-                "This tenant's name cannot be used to look up its credit allowance in OpenMeter (it contains "
-                "characters such as / or %, or is . or ..); ask the operator to check OPENMETER_CUSTOMER_KEY."
-            )
-        return key
+        return checked_key(self._customer_key, tenant)
 
     async def balance(self, tenant: str, now: datetime) -> CreditBalance:
         key = self.key_of(tenant)
@@ -249,8 +272,8 @@ def pots(lines: list[GrantLine]) -> list[Pot]:
     return [
         Pot(
             name=line.name,
-            left=line.amount if line.remaining is None else line.remaining,
-            order=(line.priority or 1, line.expires_at or never, line.created_at, line.id),
+            left=(line.amount or 0.0) if line.remaining is None else line.remaining,
+            order=(line.priority or 1, line.expires_at or never, line.created_at or never, line.id),
             starts=line.effective_at if line.state == "future" else None,
             expires=line.expires_at,
         )

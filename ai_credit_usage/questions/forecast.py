@@ -98,6 +98,8 @@ class Outlook:
     balance: float | None = None
     balance_runs_out: tuple[date | None, date | None, date | None] | None = None
     balance_horizon: date | None = None
+    balance_until_reset: bool = True  # the horizon is the allowance's reset (v3: a year ahead, no reset)
+    balance_pace: str = "entitlement"  # whose daily usage the crossing burns: the entitlement's, or the tenant's
 
     def too_little_history(self) -> str:
         return TOO_LITTLE_HISTORY.format(days=self.history_days, needed=MIN_HISTORY_DAYS)

@@ -22,7 +22,7 @@ from ai_credit_usage.openmeter.http import UNREADABLE, OpenMeterError
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter, UsageRow
 from ai_credit_usage.openmeter.meter import Meter, MeterConfigError
 from ai_credit_usage.openmeter.meter_cache import DEFINITIVE_STATUSES, MeterCache
-from ai_credit_usage.questions.balance import BalanceService
+from ai_credit_usage.questions.balance import Balances
 from ai_credit_usage.questions.compare import Previous, compare, preceding, top_movers
 from ai_credit_usage.questions.event_walk import MAX_SLICES, EventWalk
 from ai_credit_usage.questions.filters import FILTER_DIMENSIONS, Filters, NoMatch, no_match
@@ -64,7 +64,7 @@ class UsageService:
         max_slices: int = MAX_SLICES,
         meter_clock: Callable[[], float] = time.monotonic,
         meters: MeterCache | None = None,
-        balance: BalanceService | None = None,
+        balance: Balances | None = None,
     ) -> None:
         self._openmeter = openmeter
         # `meters`: a cache the caller shares with other questions (the balance's); else one of its own.
@@ -87,7 +87,7 @@ class UsageService:
         if self._balance is None:  # the tool is offered only when configured; refuse rather than guess
             raise UserFacingError("The credit balance is not configured on this server (OPENMETER_CREDITS_FEATURE).")
         found = await self._balance.balance(tenant, query.as_of or query.window.end)
-        return Findings(balance=found, source=self._balance.describe(found.customer_key))
+        return Findings(balance=found, source=self._balance.describe(found))
 
     async def tenant_total(self, tenant: str, query: Query, sink: TableSink) -> Findings:
         """One row, even at zero usage: the tenant's credits over the window.
@@ -327,6 +327,8 @@ class UsageService:
             "balance": found.balance,
             "balance_runs_out": (outlook.earliest, outlook.likely, outlook.latest),
             "balance_horizon": outlook.horizon,
+            "balance_until_reset": outlook.until_reset,
+            "balance_pace": found.pace,
         }
 
     def _combinations(self, meter: Meter, tenant: str, query: Query) -> AggregateQuery:

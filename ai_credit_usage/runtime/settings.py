@@ -40,6 +40,7 @@ OpenMeterApi = Literal["v1", "v3"]
 _V3_PATH = re.compile(r"(?:^|/)(?:api/)?v3$")  # the base of the v3 API: .../v3 (Konnect) or .../api/v3 (OpenMeter)
 # OpenMeter's feature key (api/openapi.cloud.yaml, Feature.key): lower-case words joined by single underscores.
 FEATURE_KEY = r"^[a-z0-9]+(?:_[a-z0-9]+)*$"
+CURRENCY_CODE = r"^[A-Za-z0-9_.-]{3,24}$"
 DEFAULT_CUSTOMER_KEY = "{tenant}"
 # Characters a customer key may not carry whatever the template: they would change the request's path once a proxy
 # decodes it (`/`, `\\`, `%`), or cannot travel in one (controls).
@@ -93,6 +94,9 @@ class Settings(BaseSettings):
     # offered. The customer key is this template with the tenant name put in.
     openmeter_credits_feature: str | None = Field(default=None, max_length=64, pattern=FEATURE_KEY)
     openmeter_customer_key: str = DEFAULT_CUSTOMER_KEY
+    # v3's credits ledger keeps a balance per currency: the one that holds the credits when a customer has several
+    # (ISO codes such as USD, or a custom code of up to 24 characters); unset, the only one the customer holds.
+    openmeter_credits_currency: str | None = Field(default=None, pattern=CURRENCY_CODE)
 
     @field_validator("openmeter_url", "public_base_url", "mcp_jwt_jwks_url", "mcp_resource_url")
     @classmethod

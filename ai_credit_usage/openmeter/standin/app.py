@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ai_credit_usage.openmeter.standin.credits_v3 import CreditsV3StandIn
 from ai_credit_usage.openmeter.standin.entitlements import EntitlementsStandIn
 from ai_credit_usage.openmeter.standin.problems import ApiError, Problem, api_error_response, problem_response
 from ai_credit_usage.openmeter.standin.store import (
@@ -103,9 +104,14 @@ class OpenMeterStandIn:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         # Customers, entitlements and grants (`/api/v2/customers/…/entitlements…`), over the same events: served
-        # beside the v1 paths only, as v3 (Konnect) has no entitlement API.
+        # beside the v1 paths only (v3 has no v2 paths; its credits are `self.credits`).
         self.entitlements = EntitlementsStandIn(self._lock)
-        default: list[Router] = [API_ROUTERS[api], self.entitlements] if api == "v1" else [API_ROUTERS[api]]
+        # v3's customers, credits ledger and entitlement value, over the same customers and events: beside the v3
+        # paths only (before them: the v3 router answers every other path under its base).
+        self.credits = CreditsV3StandIn(self._lock, self.entitlements)
+        default: list[Router] = (
+            [API_ROUTERS[api], self.entitlements] if api == "v1" else [self.credits, API_ROUTERS[api]]
+        )
         self.routers: list[Router] = list(routers or default)
         self._request_seq = 0
         self._row_seq = 0

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 DEMO_API_KEY = "demo-mode-no-real-key"
 DEMO_OPENMETER_URL = "http://openmeter.demo"
 DEMO_FEATURE = "ai_credits"
+DEMO_CURRENCY = "USD"  # the currency of the demo ledger's credits (v3)
 # The demo sets the credits feature, so get_credit_balance is offered (on v1) and answers from the demo allowances.
 DEMO_SETTINGS: dict[str, str] = {
     "openmeter_api_key": DEMO_API_KEY,
@@ -227,11 +228,20 @@ def demo_allowances(
         amount = round(used + pace * days_left_in_plan[tenant], -1 if tenant == RUNNING_OUT_TENANT else -2)
         entitlements.add_grant(key, feature, amount=amount, effective_at=first_day, priority=5,
                                recurrence=("MONTH", anchor), name="Monthly plan")  # fmt: skip
+        # v3's prepaid ledger tells the same story: this month's plan, expiring at the reset (ledger grants do not
+        # recur), and globex's top-up; its usage burns them from the first one on.
+        credits = standin.credits
+        credits.add_credit_grant(key, amount=amount, effective_at=period_start, priority=5, name="Monthly plan",
+                                 expires_at=period_at(anchor, "MONTH", now)[1], currency=DEMO_CURRENCY)  # fmt: skip
         if tenant == TOP_UP_TENANT:  # the top-up is burnt first (priority 1) and expires in 4 days with credits left
             top_up_start = today - timedelta(days=26)
             top_up_used = sum(_credits(e) for e in mine if e["time"] >= format_time(top_up_start))
-            entitlements.add_grant(key, feature, amount=round(top_up_used + pace * 8, -1), effective_at=top_up_start,
+            top_up = round(top_up_used + pace * 8, -1)
+            entitlements.add_grant(key, feature, amount=top_up, effective_at=top_up_start,
                                    priority=1, expiration=("DAY", 30), name="Top-up (30 days)")  # fmt: skip
+            credits.add_credit_grant(key, amount=top_up, effective_at=top_up_start, priority=1,
+                                     expires_at=top_up_start + timedelta(days=30), name="Top-up (30 days)",
+                                     currency=DEMO_CURRENCY)  # fmt: skip
 
 
 def _credits(event: dict[str, Any]) -> float:
@@ -259,7 +269,7 @@ def demo_transport(
 ) -> httpx2.AsyncBaseTransport:
     """An OpenMeter stand-in (of the `api` the settings speak) holding the demo events under the configured meter
     slug, as a transport for the production OpenMeter client: requests go to the stand-in's ASGI app in-process,
-    with no socket. With a `feature` (v1 only: v3 has no entitlements API), the demo tenants get their allowances
+    with no socket. With a `feature`, the demo tenants get their allowances (v1: entitlements; v3: the credits ledger)
     (`demo_allowances`) under `customer_key(tenant)`; `clock` is the server's, so the stand-in's "now" is the same."""
     started = time.perf_counter()
     events = demo_events(now)
@@ -269,7 +279,7 @@ def demo_transport(
     standin.ingest(*events, ingested_at=now)
     if clock is not None:
         standin.entitlements.clock = clock
-    if feature is not None and api == "v1":
+    if feature is not None:
         demo_allowances(standin, now, events, feature=feature, meter_slug=meter_slug, customer_key=customer_key)
     logger.warning(
         "DEMO MODE: answering from %d generated events (tenants %s, the %d days up to %s, OpenMeter's %s API), made "

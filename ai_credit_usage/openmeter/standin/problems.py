@@ -99,3 +99,14 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
+
+
+class Unimplemented(Problem):
+    """What OpenMeter answers on a credits endpoint when credits are not enabled: 501 with an empty body (the
+    generated `Unimplemented` handler, `api/v3/server/routes.go`)."""
+
+    def __init__(self) -> None:
+        super().__init__(501, "")
+
+    def response(self, instance: str) -> Response:
+        return Response(b"", 501)

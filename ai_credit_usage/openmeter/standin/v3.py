@@ -4,7 +4,8 @@ and `/openmeter/events`, under `/api/v3` (self-hosted) or `/v3` (Konnect).
 It follows `api/v3/openapi.yaml` and the Go handlers (see `openmeter-v3.md` in the project's shared docs): meters
 are addressed by upper-case ULID only (anything else in the path is a 404), the query is a POST whose body rejects
 unknown fields, values are decimal strings, a filter object holds one operator, the events cursor comes only on full
-pages, `oeq` takes at most 50 comma-separated values, a repeated query key is a 400, and errors come in two shapes:
+pages, `oeq` takes at most 50 comma-separated values, a repeated query key is a 400, a time filter takes one operator
+(Konnect's spec, stricter than upstream's parser), and errors come in two shapes:
 `BaseAPIError` for validation and binding, the v1 problem for the handlers' domain errors. The store is the same
 as the v1 routes', so the same events give the same answers.
 """
@@ -389,6 +390,12 @@ def numeric(value: float) -> str:
 
 def list_events(standin: EventStore, request: StandInRequest) -> dict[str, Any]:
     filters, page = _deep_params(request, EVENT_FILTERS, {"size", "after", "before"}, depth=1)
+    for field in ("time", "ingested_at", "stored_at"):
+        # Upstream's parser ANDs several operators, but Konnect's published schema for these filters is a `oneOf` of
+        # single-operator objects, so its gateway refuses `filter[time][gte]=…&filter[time][lt]=…`: so do we.
+        if len(filters.get(field, [])) > 1:
+            reason = "doesn't match any schema: one operator only (eq, gt, gte, lt or lte)"
+            raise ApiError.bad_request(InvalidParameter(f"filter[{field}]", reason, "query"))
     if "before" in page:
         raise ApiError.bad_request(InvalidParameter("page[before]", "backward pagination is not supported", "query"))
     size = _int_param(page, "size", 20, minimum=1, maximum=100)
