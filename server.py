@@ -15,6 +15,7 @@ import anyio
 import httpx2
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, ToolAnnotations
 from starlette.applications import Starlette
@@ -228,8 +229,34 @@ def _registered(spec: ToolSpec) -> Tool:
             # MCP Apps: the one addition to the tool's definition; hosts without Apps ignore it and show the text.
             meta={"ui": {"resourceUri": spec.view.uri}} if spec.view is not None else None,
         )
+        metadata = tool.fn_metadata
+        tool.fn_metadata = TextKeptMetadata(
+            arg_model=metadata.arg_model,
+            output_schema=metadata.output_schema,
+            output_model=metadata.output_model,
+            wrap_output=metadata.wrap_output,
+            text_names=frozenset(name for name, annotation in spec.all_parameters if _is_text(annotation)),
+        )
         _built[spec.name] = built = (spec, tool)
     return built[1]
+
+
+class TextKeptMetadata(FuncMetadata):
+    """The SDK's argument handling, except that a text parameter keeps its text: the SDK parses a string that looks
+    like JSON into an object for any parameter not typed exactly `str` (ours are `str | None`), so a user named
+    '{"$ne": ""}' would arrive as an operator object and `"null"` as no filter at all. Filters are data."""
+
+    text_names: frozenset[str] = frozenset()
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        parsed = super().pre_parse_json(data)
+        return {key: data[key] if key in self.text_names else value for key, value in parsed.items()}
+
+
+def _is_text(annotation: Any) -> bool:
+    """`str | None`, possibly Annotated: a parameter whose value is text, never parsed as JSON."""
+    inner = getattr(annotation, "__origin__", annotation) if getattr(annotation, "__metadata__", None) else annotation
+    return set(getattr(inner, "__args__", ())) == {str, type(None)}
 
 
 def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:

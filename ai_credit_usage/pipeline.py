@@ -21,6 +21,7 @@ from ai_credit_usage.answers.results import answer_result, error_result
 from ai_credit_usage.answers.summary import Asked
 from ai_credit_usage.answers.table import WorkbookSink
 from ai_credit_usage.answers.workbook import XLSX_MEDIA_TYPE
+from ai_credit_usage.questions.filters import NO_FILTERS, Filters
 from ai_credit_usage.questions.sink import Progress
 from ai_credit_usage.questions.usage import UsageService
 from ai_credit_usage.runtime.errors import UserFacingError
@@ -91,7 +92,8 @@ class Pipeline:
                 call.bytes = len(content)
                 token, download = await self._downloads.put(
                     content,
-                    filename=("DEMO_" if self._demo else "") + _filename(spec.file_label, caller.tenant, window),
+                    filename=("DEMO_" if self._demo else "")
+                    + _filename(spec.file_label, caller.tenant, window, query.filters),
                     media_type=XLSX_MEDIA_TYPE,
                     tenant=caller.tenant,
                 )
@@ -127,9 +129,12 @@ class Pipeline:
         return error_result(self._marked(message))
 
 
-def _filename(label: str, tenant: str, window: Window) -> str:
-    """ai-credits_<label>_<tenant>_<from>_to_<to>.xlsx, or one instant's stamp for an answer as of a moment."""
+def _filename(label: str, tenant: str, window: Window, filters: Filters = NO_FILTERS) -> str:
+    """ai-credits_<label>_<tenant>[_<dimension>-<value>...]_<from>_to_<to>.xlsx, or one instant's stamp for an
+    answer as of a moment."""
     safe_tenant = _UNSAFE_FILENAME.sub("_", tenant).strip("._")[:60] or "tenant"
+    for name, value in filters.pairs:
+        safe_tenant += f"_{name}-" + (_UNSAFE_FILENAME.sub("_", value).strip("._")[:40] or "_")
     if window.is_instant:
         return f"ai-credits_{label}_{safe_tenant}_{window.start.strftime('%Y-%m-%dT%H%MZ')}.xlsx"
     return f"ai-credits_{label}_{safe_tenant}_{_stamp(window.start)}_to_{_stamp(window.end)}.xlsx"

@@ -56,6 +56,32 @@ GroupByParameter = Annotated[
     Dimension | None,
     Field(description="Split each period by this dimension (the top 5, the rest as Other). Default: the total only."),
 ]
+BreakdownParameter = Annotated[
+    list[Dimension] | None,
+    Field(
+        description='One row per combination of these dimensions, e.g. ["module"] for "which module costs the most?". '
+        "Default: all four."
+    ),
+]
+
+
+def _filter(dimension: str, example: str) -> Any:
+    return Annotated[
+        str | None,
+        Field(
+            description=f"Only this {dimension}'s usage, exact and case-sensitive ({example}). "
+            f"Default: every {dimension}."
+        ),
+    ]
+
+
+# Every usage tool and the forecast narrow to these; a spec adds them to its own parameters.
+FILTER_PARAMETERS: tuple[tuple[str, Any], ...] = (
+    ("user", _filter("user", "alice@acme.example")),
+    ("module", _filter("module", "as the summary names it")),
+    ("product", _filter("product", "as the summary names it")),
+    ("skill", _filter("skill", "as the summary names it")),
+)
 TimeZoneParameter = Annotated[
     str | None,
     Field(
@@ -123,9 +149,12 @@ get_credit_usage_summary; individual events ("what happened on Jan 15th?") -> ge
 the end of the month or by a later day ("what will we have used by month-end?", a projection with ranges) ->
 get_credit_forecast, never an extrapolation of your own from the usage tools. The usage tools take from_date and
 to_date (ISO 8601, both optional; default: the last 7 days), the trend tool also granularity, group_by and
-time_zone; the forecast takes to_date (a day ahead) and time_zone. Every tool always answers for the caller's own
-tenant. Each answer has a short table and a link to the full Excel report, which expires after a few minutes: give
-the user the link as it is."""
+time_zone; the forecast takes to_date (a day ahead) and time_zone. For one user, module, product or skill pass it as
+a filter (user, module, product, skill: exact names) instead of adding up table rows: "How much did alice use last
+month?" -> get_credit_usage_by_tenant with user; "Which module costs the most?" -> get_credit_usage_summary with
+group_by ["module"]. Every summary names the top 5 users, modules, products and skills exactly. Every tool always
+answers for the caller's own tenant. Each answer has a short table and a link to the full Excel report, which
+expires after a few minutes: give the user the link as it is."""
 
 # Added to INSTRUCTIONS only when the balance is offered, so the model is never told of a tool it cannot call.
 BALANCE_PICK = (
@@ -152,26 +181,31 @@ TOOLS = (
             'Total AI credits the caller\'s tenant used in a time window: "How many credits did we use this month?", '
             '"Compared to last month?". One row (tenant, credits), and the change against the preceding window of '
             "the same length. For who or what used them use get_credit_usage_summary; over time, "
-            "get_credit_usage_trend; for individual events, get_credit_events." + WINDOW_HELP
+            "get_credit_usage_trend; for individual events, get_credit_events. With user, module, product or skill, "
+            'the total of just that one: "How much did alice use last month?".' + WINDOW_HELP
         ),
         question=UsageService.tenant_total,
         result=TenantTotalResult,
         file_label="tenant",
+        parameters=FILTER_PARAMETERS,
     ),
     ToolSpec(
         name="get_credit_usage_summary",
         title="AI credit usage breakdown",
         description=(
             "Breakdown of the tenant's AI credits by user, module, product and skill, largest first: \"Who uses the "
-            'most?", "Which module costs the most?", "Who changed most since last week?". One row per combination, '
-            "and the three users whose credits changed most against the preceding window. For the plain total use "
-            "get_credit_usage_by_tenant; over time, get_credit_usage_trend; for individual events, "
-            "get_credit_events." + WINDOW_HELP
+            'most?", "Which module costs the most?", "Who changed most since last week?". One row per combination of '
+            'the group_by dimensions (default all four; ["module"] for one row per module), the top 5 users, '
+            "modules, products and skills with exact credits and shares, and the three users whose credits changed "
+            'most against the preceding window. Filters narrow it (module=... with group_by ["user"]: who uses '
+            "that module). For the plain total use get_credit_usage_by_tenant; over time, get_credit_usage_trend; "
+            "for individual events, get_credit_events." + WINDOW_HELP
         ),
         question=UsageService.summary,
         result=SummaryResult,
         file_label="summary",
         view=SUMMARY,
+        parameters=(("group_by", BreakdownParameter), *FILTER_PARAMETERS),
     ),
     ToolSpec(
         name="get_credit_events",
@@ -184,6 +218,7 @@ TOOLS = (
         question=UsageService.events,
         result=EventsResult,
         file_label="events",
+        parameters=FILTER_PARAMETERS,
     ),
     ToolSpec(
         name="get_credit_usage_trend",
@@ -204,6 +239,7 @@ TOOLS = (
             ("granularity", GranularityParameter),
             ("group_by", GroupByParameter),
             ("time_zone", TimeZoneParameter),
+            *FILTER_PARAMETERS,
         ),
     ),
     ToolSpec(
@@ -215,15 +251,15 @@ TOOLS = (
             "month began, the projected total at the end with 80% and 95% intervals, and one row per day (used, "
             "forecast, cumulative with its intervals). The projection learns a weekday rhythm and the recent level "
             f"from the last {LOOKBACK_DAYS // 7} weeks of the tenant's own usage; with too little history the answer "
-            "says so. For usage already recorded use get_credit_usage_by_tenant or get_credit_usage_trend; for what "
-            "is left or when it runs out, get_credit_balance when it is offered. The answer links an Excel file with "
-            "every day and a chart."
+            "says so; with a filter, the projection is that user's (module's, ...) alone. For usage already recorded "
+            "use get_credit_usage_by_tenant or get_credit_usage_trend; for what is left or when it runs out, "
+            "get_credit_balance when it is offered. The answer links an Excel file with every day and a chart."
         ),
         question=UsageService.forecast,
         result=ForecastResult,
         file_label="forecast",
         view=FORECAST,
-        parameters=(("time_zone", ForecastTimeZone),),
+        parameters=(("time_zone", ForecastTimeZone), *FILTER_PARAMETERS),
         window_parameters=(("to_date", ForecastToDate),),
         parse=parse_forecast_query,
     ),

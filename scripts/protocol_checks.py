@@ -90,13 +90,17 @@ TOOLS = {
     ),
     "get_credit_balance": (f"Tenant {TENANT}: ", "credits left**", "| grant | amount | left | expires | recurs |"),
 }
-WINDOW_ARGUMENTS = {"from_date", "to_date"}
+FILTER_ARGUMENTS = {"user", "module", "product", "skill"}
+WINDOW_ARGUMENTS = {"from_date", "to_date"} | FILTER_ARGUMENTS
 TREND_ARGUMENTS = {"granularity", "group_by", "time_zone"}
 ARGUMENTS = {
+    "get_credit_usage_summary": WINDOW_ARGUMENTS | {"group_by"},
     "get_credit_usage_trend": WINDOW_ARGUMENTS | TREND_ARGUMENTS,
-    "get_credit_forecast": {"to_date", "time_zone"},
+    "get_credit_forecast": {"to_date", "time_zone"} | FILTER_ARGUMENTS,
     "get_credit_balance": set(),
 }
+# A filter that matches nothing in the demo: the answer says so and names the tenant's closest users (issue 21).
+UNKNOWN_USER = f"nobody@{TENANT}.example"
 ADMIN = {"X-Tenant-Name": TENANT, "X-User-UserRole": "admin"}
 NON_ADMIN = {"X-Tenant-Name": TENANT, "X-User-UserRole": "user"}
 REFUSAL = "Only tenant administrators can see AI credit usage"
@@ -457,6 +461,24 @@ def check_admin_call(mcp_url: str, env: dict[str, str], workdir: Path, tool: str
     return f"exit 0, a table of {rows} row{'' if rows == 1 else 's'}, the link serves a {len(content):,}-byte workbook"
 
 
+def check_filtered_call(mcp_url: str, env: dict[str, str], workdir: Path) -> str:
+    tool, arguments = "get_credit_usage_by_tenant", ["--tool-arg", f"user={UNKNOWN_USER}"]
+    status, result = inspector(
+        mcp_url, env, workdir, "--method", "tools/call", "--tool-name", tool, *arguments, headers=ADMIN
+    )
+    text = text_of(result)
+    if status != 0 or result.get("isError"):
+        raise CheckFailed(f"exit {status}, isError {result.get('isError')}: {text[:300]}")
+    expected = (f"Tenant {TENANT}, user {UNKNOWN_USER}, ", f"No usage for user '{UNKNOWN_USER}'", "with usage then")
+    for wanted in expected:
+        if wanted not in text:
+            raise CheckFailed(f"{wanted!r} is not in the answer: {text[:400]}")
+    closest = ((result.get("structuredContent") or {}).get("no_match") or {}).get("closest") or []
+    if not closest:
+        raise CheckFailed("the structured result names no closest users")
+    return f"exit 0, no usage for {UNKNOWN_USER}, {len(closest)} closest users named"
+
+
 def check_non_admin_call(mcp_url: str, env: dict[str, str], workdir: Path, tool: str) -> str:
     status, result = inspector(mcp_url, env, workdir, "--method", "tools/call", "--tool-name", tool, headers=NON_ADMIN)
     text = text_of(result)
@@ -503,6 +525,7 @@ def run_checks(report: Report, server: DemoServer, stateless_server: DemoServer,
         report.check(
             f"inspector {tool} (non-admin)", lambda tool=tool: check_non_admin_call(mcp_url, env, workdir, tool)
         )
+    report.check("inspector filtered call (admin)", lambda: check_filtered_call(mcp_url, env, workdir))
     server.stop()
     # Replicas run stateless (docs/replicas.md), so the suite checks that mode too.
     if start_and_probe(report, stateless_server):

@@ -59,6 +59,14 @@ CALLS: list[tuple[str, str, dict[str, Any]]] = [
     ("trend", "get_credit_usage_trend", {}),
     ("trend by user", "get_credit_usage_trend", {"group_by": "user"}),
     ("events, one day", "get_credit_events", ONE_DAY),
+    # Filtered: the filter rides in the same requests, so the same round trips as unfiltered (issue 21).
+    ("total of one user", "get_credit_usage_by_tenant", {"user": f"{TENANT}-user-1"}),
+    ("summary by module", "get_credit_usage_summary", {"group_by": ["module"], "user": f"{TENANT}-user-1"}),
+    ("trend of one user", "get_credit_usage_trend", {"user": f"{TENANT}-user-1"}),
+    ("events of one user", "get_credit_events", {**ONE_DAY, "user": f"{TENANT}-user-1"}),
+    ("forecast of one user", "get_credit_forecast", {"user": f"{TENANT}-user-1"}),
+    # A filter that matches nothing: one more request, for the closest existing values.
+    ("total, no such user", "get_credit_usage_by_tenant", {"user": f"{TENANT}-user-9"}),
 ]
 
 
@@ -216,11 +224,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Figures]]) -> 
         f"OpenMeter API {args.api}, stand-in latency {args.latency * 1000:.0f} ms a request, "
         f"{args.calls} warm calls a tool\n"
     )
-    print(f"{'tool':18}{'':6}{'requests':>9}{'round trips':>13}{'max':>7}{'ours ms':>9}{'max':>7}{'ours CPU':>10}")
+    print(f"{'tool':20}{'':6}{'requests':>9}{'round trips':>13}{'max':>7}{'ours ms':>9}{'max':>7}{'ours CPU':>10}")
     for label, phases in results.items():
         for phase, figures in phases.items():
             print(
-                f"{label if phase == 'cold' else '':18}{phase:6}"
+                f"{label if phase == 'cold' else '':20}{phase:6}"
                 f"{statistics.median(figures.requests):9.1f}"
                 f"{statistics.median(figures.round_trips):13.2f}{max(figures.round_trips):7.2f}"
                 f"{statistics.median(figures.ours_ms):9.1f}{max(figures.ours_ms):7.1f}"
@@ -230,14 +238,17 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Figures]]) -> 
         "\nours ms: our server's time less OpenMeter's (wall clock: other load on the machine shows in it); ours CPU:"
         "\nthe CPU time of this process less the stand-in's and the MCP client's threads, per call (includes the SDK)"
     )
-    print("\ntargets, warm, at the median: aggregates <= 1.5 round trips, one day of events <= 2.5, ours < 30 ms")
+    print(
+        "\ntargets, warm, at the median: aggregates <= 1.5 round trips, one day of events <= 2.5, ours < 30 ms; a "
+        "filter that matches nothing asks one more query, after the first (<= 2.5)"
+    )
     for label, phases in results.items():
         warm = phases["warm"]
-        limit = 2.5 if label.startswith("events") else 1.5
+        limit = 2.5 if label.startswith("events") or "no such" in label else 1.5
         trips, ours = statistics.median(warm.round_trips), statistics.median(warm.ours_ms)
         cpu = statistics.median(warm.ours_cpu_ms)
         verdict = "PASS" if trips <= limit and (label.startswith("events") or ours < 30) else "MISS"
-        print(f"  {verdict}  {label:18} {trips:.2f} round trips, {ours:.1f} ms ours ({cpu:.1f} ms CPU)")
+        print(f"  {verdict}  {label:20} {trips:.2f} round trips, {ours:.1f} ms ours ({cpu:.1f} ms CPU)")
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ JSON) and v3's query body (`group_by_dimensions`, `granularity`, `filters.dimens
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, RecordedRequest
@@ -24,6 +24,12 @@ class SentQuery:
     tenant_filter: dict[str, Any]
     unit: str | None
     time_zone: str | None
+    filters: dict[str, dict[str, Any]] = field(default_factory=dict)  # every other dimension's filter, by name
+
+    @property
+    def narrowed_to(self) -> dict[str, str]:
+        """The filters beside the tenant's as {dimension: value}, each an exact match (`eq`/`$eq`)."""
+        return {name: found["eq"] for name, found in self.filters.items()}
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,8 @@ def event_pages(openmeter: OpenMeterStandIn) -> list[SentPage]:
 def _query(api: str, request: RecordedRequest) -> SentQuery:
     if api == "v3":
         body = request.json()
-        tenant = body.get("filters", {}).get("dimensions", {}).get("tenant", {})
+        dimensions = dict(body.get("filters", {}).get("dimensions", {}))
+        tenant = dimensions.pop("tenant", {})
         return SentQuery(
             body.get("from"),
             body.get("to"),
@@ -63,17 +70,25 @@ def _query(api: str, request: RecordedRequest) -> SentQuery:
             tenant,
             _UNITS.get(body.get("granularity", "")),
             body.get("time_zone"),
+            dimensions,
         )
     advanced = request.param("advancedMeterGroupByFilters")
-    tenant = json.loads(advanced)["tenant"] if advanced else {}
+    filters = json.loads(advanced) if advanced else {}
+    tenant = filters.pop("tenant", {})
     return SentQuery(
         request.param("from"),
         request.param("to"),
         request.params("groupBy"),
-        {op.removeprefix("$"): value for op, value in tenant.items()},
+        _plain(tenant),
         _UNITS.get(request.param("windowSize") or ""),
         request.param("windowTimeZone"),
+        {name: _plain(found) for name, found in filters.items()},
     )
+
+
+def _plain(found: dict[str, Any]) -> dict[str, Any]:
+    """v1's operators without their `$`, as v3 names them."""
+    return {op.removeprefix("$"): value for op, value in found.items()}
 
 
 def page_of(api: str, request: RecordedRequest) -> SentPage:

@@ -96,6 +96,6 @@ def test_dependencies_run_one_way() -> None:
     for module in standin:
         assert reaches(module) <= standin | {f"{PACKAGE}.openmeter.numbers"}, module
     pure = {f"{PACKAGE}.runtime.{name}" for name in ("errors", "window")}
-    for name in ("trend", "compare", "forecast"):
+    for name in ("trend", "compare", "forecast", "filters"):
         assert reaches(f"{PACKAGE}.questions.{name}") <= pure, name
     assert reaches(f"{PACKAGE}.runtime.window") <= pure

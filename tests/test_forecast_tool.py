@@ -228,7 +228,7 @@ async def test_the_schemas_declare_the_fixed_fields(server_url: str) -> None:
     ):
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     tool = tools[FORECAST]
-    assert set(tool.input_schema["properties"]) == {"to_date", "time_zone"}
+    assert set(tool.input_schema["properties"]) == {"to_date", "time_zone", "user", "module", "product", "skill"}
     assert tool.output_schema is not None
     fixed = {"tenant", "window", "used_so_far", "projected_total", "interval_80", "interval_95", "days", "download_url"}
     assert fixed <= set(tool.output_schema["properties"])

@@ -127,7 +127,9 @@ async def test_movers_are_users_with_new_and_gone(server_url: str, openmeter: Op
         "- carol: gone, 20.00 credits before",
     ]
     assert lines[start - 1].startswith("Compared with the previous 7 days (2026-01-06T12:00:00Z")
-    assert lines[start + 4].startswith("[Download Excel](")
+    # Then the top 5 of every dimension, over all rows, and the link.
+    assert lines[start + 4] == "Top users: alice 40.00 (55.6%); erin 25.00 (34.7%); bob 5.00 (6.9%); dave 2.00 (2.8%)."
+    assert lines[-1].startswith("[Download Excel](")
     movers = result.structured_content["movers"]  # type: ignore[index]
     assert [(m["user"], m["status"], m["change_credits"], m["change_percent"]) for m in movers] == [
         ("alice", "up", 30, 300),

@@ -20,8 +20,10 @@ from tests.sent import SentQuery, event_pages, meter_queries
 pytestmark = [pytest.mark.anyio, on_both_apis]
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
 FORECAST = "get_credit_forecast"
-WINDOW_ARGUMENTS = {"from_date", "to_date"}
+FILTERS = {"user", "module", "product", "skill"}
+WINDOW_ARGUMENTS = {"from_date", "to_date"} | FILTERS
 TREND_ARGUMENTS = WINDOW_ARGUMENTS | {"granularity", "group_by", "time_zone"}
+SUMMARY_ARGUMENTS = WINDOW_ARGUMENTS | {"group_by"}
 
 
 def utc(*args: int) -> datetime:
@@ -63,7 +65,9 @@ async def test_tools_are_listed_without_headers(server_url: str) -> None:
     for tool in tools:
         expected = TREND_ARGUMENTS if tool.name == "get_credit_usage_trend" else WINDOW_ARGUMENTS
         if tool.name == FORECAST:
-            expected = {"to_date", "time_zone"}
+            expected = {"to_date", "time_zone"} | FILTERS
+        if tool.name == "get_credit_usage_summary":
+            expected = SUMMARY_ARGUMENTS
         assert set(tool.input_schema["properties"]) == expected
         assert not tool.input_schema.get("required")
         default = "the end of the month" if tool.name == FORECAST else "last 7 days"

@@ -7,6 +7,8 @@ refusal is a tool result with `isError` and one sentence, so the chat can tell t
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,6 +114,15 @@ def check_arguments(tool: str, arguments: Any, declared_arguments: Mapping[str, 
     for name, value in arguments.items():
         if value is None:
             continue
+        items = _item_choices(properties[name])
+        if items is not None:  # a list of choices (the summary's group_by)
+            value = _json_list(value)
+            if not isinstance(value, list) or not all(isinstance(item, str) and item in items for item in value):
+                raise Refusal(
+                    f"{name} must be a list of {_listed(items)} such as [{items[0]!r}] (or left out); "
+                    f"{value!r:.40} is not."
+                )
+            continue
         choices = _choices(properties[name])
         if choices is not None and value not in choices:
             raise Refusal(f"{name} must be one of {_listed(choices)} (or left out); {shown(value)} is not one of them.")
@@ -130,6 +141,22 @@ def _choices(schema: Mapping[str, Any]) -> list[Any] | None:
     for option in [schema, *schema.get("anyOf", [])]:
         if isinstance(option, dict) and isinstance(option.get("enum"), list):
             return list(option["enum"])
+    return None
+
+
+def _json_list(value: Any) -> Any:
+    """A list some clients send as JSON text ('["module"]'), which the SDK parses before validating: read it so."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError, RecursionError):
+            return json.loads(value)
+    return value
+
+
+def _item_choices(schema: Mapping[str, Any]) -> list[Any] | None:
+    """The values each item of an array parameter allows (`items.enum`, or inside `anyOf`)."""
+    for option in [schema, *schema.get("anyOf", [])]:
+        if isinstance(option, dict) and option.get("type") == "array":
+            return _choices(option.get("items") or {})
     return None
 
 

@@ -82,6 +82,9 @@ def text_and_result(
         now=asked.generated,
         findings=findings,
         budget=budget,
+        filters=asked.query.filters,
     )
-    answered = Answered(sink, findings, asked.tenant, window, link.url, link.expires_at, preview, asked.demo)
+    answered = Answered(
+        sink, findings, asked.tenant, window, link.url, link.expires_at, preview, asked.demo, asked.query.filters
+    )
     return preview.text, result.of(answered).model_dump(mode="json", by_alias=True)

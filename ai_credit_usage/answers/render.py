@@ -18,9 +18,10 @@ from typing import Any
 
 from ai_credit_usage.answers.table import Table
 from ai_credit_usage.questions.compare import COMPARISON_UNAVAILABLE, VISIBLE_CENT, Comparison, Mover
+from ai_credit_usage.questions.filters import NO_FILTERS, Filters
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import Outlook
-from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
+from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, PREVIEW_ROWS, TableSink
 from ai_credit_usage.questions.trend import Granularity, Trend, unusual_rule
 from ai_credit_usage.runtime.window import Window, format_utc
 
@@ -146,6 +147,7 @@ def render_preview(
     now: datetime,
     findings: Findings | None = None,
     budget: int = MAX_PREVIEW_CHARS,
+    filters: Filters = NO_FILTERS,
 ) -> Preview:
     """The answer text with the longest cell limit that keeps it within `budget` characters."""
     findings = findings or Findings()
@@ -164,7 +166,7 @@ def render_preview(
                 cut.append(True)
             return shown
 
-        text = _render(table, shown, cell, tenant, window, download_url, expires_at, now, findings)
+        text = _render(table, shown, cell, tenant, window, download_url, expires_at, now, findings, filters, limit)
         if len(text) <= budget:
             return Preview(text, limit, bool(cut), shown)
     return Preview(text, CELL_LIMITS[-1], True, shown)  # pragma: no cover - only an absurd PUBLIC_BASE_URL gets here
@@ -180,14 +182,17 @@ def _render(
     expires_at: datetime,
     now: datetime,
     findings: Findings,
+    filters: Filters,
+    limit: int,
 ) -> str:
     trend, outlook = findings.trend, findings.forecast
     shown = preview.rows
     first_amount = len(table.columns) - table.amounts
-    heading = f"Tenant {cell(tenant)}, {window.describe()}"
+    scope = "".join(f", {name} {cell(value)}" for name, value in filters.pairs)  # what the answer is narrowed to
+    heading = f"Tenant {cell(tenant)}{scope}, {window.describe()}"
     if outlook is not None:
         heading = (
-            f"Tenant {cell(tenant)}, forecast for {window.describe()}, daily in {outlook.time_zone}, "
+            f"Tenant {cell(tenant)}{scope}, forecast for {window.describe()}, daily in {outlook.time_zone}, "
             f"as of {format_utc(outlook.as_of)}"
         )
     if trend is not None:
@@ -195,6 +200,8 @@ def _render(
         if trend.group_by is not None:
             heading += f", by {trend.group_by} (the top 5, the rest as Other)"
     lines = [heading + ":", ""]
+    if findings.no_match is not None:  # the filter's value is named back, never shown as a row of the tenant's
+        lines += [plain_text(findings.no_match.sentence()), ""]
     lines.append("| " + " | ".join(cell(name) for name in table.columns) + " |")
     lines.append("|" + "|".join("---:" if i >= first_amount else "---" for i in range(len(table.columns))) + "|")
 
@@ -223,10 +230,35 @@ def _render(
         lines.append(_comparison_line(findings.comparison))
     if findings.movers is not None and findings.comparison is not None:
         lines += _mover_lines(findings.movers, findings.comparison, cell)
+    if findings.tops_in_text and isinstance(table, TableSink):
+        lines += top_lines(table, limit=limit)
     if trend is not None:
         lines += _trend_lines(trend)
     lines.append(download_line(download_url, expires_at, now))
     return "\n".join(lines)
+
+
+def plain_text(text: str) -> str:
+    """A name outside a table, as it is: only line breaks and control characters go (they would break the line)."""
+    return _CONTROL.sub("", _LINE_BREAKS.sub(" ", text.replace("\t", " ")))
+
+
+def top_lines(sink: TableSink, *, limit: int = CELL_LIMITS[0]) -> list[str]:
+    """The top 5 of every dimension the answer knows, over all its rows (not the preview): names as they are,
+    credits and their share of the total."""
+    total = sink.total_credits
+    lines = []
+    for dimension in BREAKDOWN_DIMENSIONS:
+        top = sink.top(dimension)
+        if not top:
+            continue
+        listed = []
+        for name, credits in top:
+            shown = plain_text(shorten_plain(name, limit)) if name else "(none)"
+            share = f" ({credits / total:.1%})" if total else ""
+            listed.append(f"{shown} {format_credits(credits)}{share}")
+        lines.append(f"Top {dimension}s: {'; '.join(listed)}.")
+    return lines
 
 
 def _forecast_lines(outlook: Outlook) -> list[str]:

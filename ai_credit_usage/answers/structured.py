@@ -9,19 +9,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ai_credit_usage.answers.render import Preview, period_text, shorten_plain
 from ai_credit_usage.questions.balance import CreditBalance
 from ai_credit_usage.questions.compare import Comparison, Mover, MoverStatus
+from ai_credit_usage.questions.filters import NO_FILTERS, Filters, NoMatch
 from ai_credit_usage.questions.findings import Findings
-from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
+from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, PREVIEW_ROWS, TableSink
 from ai_credit_usage.questions.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Dimension, Granularity
 from ai_credit_usage.runtime.window import Window
 
 UNUSUAL_KEPT = 50
+# Credits in every structured result: rounded to this many decimals, far below a cent and far above a float's noise,
+# so the same sum never shows as 3952.188399999999 in one tool and 3952.1884 in another.
+CREDIT_DECIMALS = 6
+
+
+def exact_credits(value: float) -> float:
+    """The one rounding of credits every tool's structured result goes through (a -0.0 comes out as 0.0)."""
+    return round(value, CREDIT_DECIMALS) + 0.0
+
+
+Credits = Annotated[float, AfterValidator(exact_credits)]
 BALANCE_NAME_LIMIT = 80  # as balance_report.NAME_LIMIT cuts names in the text
 
 
@@ -37,6 +49,7 @@ class Answered:
     expires_at: datetime
     preview: Preview
     demo: bool
+    filters: Filters = NO_FILTERS
 
     def text(self, value: Any) -> Any:
         """Strings shortened exactly where the preview text shortens them."""
@@ -60,8 +73,8 @@ class WindowOut(BaseModel):
 
 class ComparisonOut(BaseModel):
     previous_window: WindowOut = Field(description="The preceding window of the same length, ending at this start.")
-    previous_credits: float
-    change_credits: float = Field(description="This window's total minus the previous window's.")
+    previous_credits: Credits
+    change_credits: Credits = Field(description="This window's total minus the previous window's.")
     change_percent: float | None = Field(description="Null when the previous window had no usage.")
 
     @classmethod
@@ -79,13 +92,15 @@ class UsageResult(BaseModel):
 
     tenant: str
     window: WindowOut
-    total_credits: float = Field(description="Credits over every row, exact (the text rounds to 2 decimals).")
+    total_credits: Credits = Field(
+        description=f"Credits over every row, as OpenMeter summed them ({CREDIT_DECIMALS} decimals; the text 2)."
+    )
     row_count: int = Field(description="Rows in the Excel file's Data sheet.")
     columns: list[str] = Field(description="The table's columns, in order.")
     truncated: bool = Field(
         description="True when `rows` shows only 50 of `row_count` rows (the first 50; a trend's newest 50 periods)."
     )
-    credits_not_shown: float = Field(description="Credits of the rows not in `rows`; with them they make the total.")
+    credits_not_shown: Credits = Field(description="Credits of the rows not in `rows`; with them they make the total.")
     cells_shortened: bool = Field(description="Some long text was cut with an ellipsis (never in the Excel file).")
     download_url: str = Field(description="The Excel file with every row, a Summary and an About sheet.")
     expires_at: datetime = Field(description="When the download link stops working.")
@@ -93,6 +108,12 @@ class UsageResult(BaseModel):
         description="Against the preceding window of the same length; null when that could not be read."
     )
     demo: bool = Field(description="True when the server answers from generated demo data, not real usage.")
+    filters: dict[str, str] = Field(
+        description="What the answer is narrowed to: user, module, product or skill and its exact value; {} for none."
+    )
+    no_match: NoMatchOut | None = Field(
+        description="Set when the filters matched no usage in the window: which value, and the closest existing ones."
+    )
 
     @classmethod
     def of(cls, answer: Answered) -> Self:
@@ -110,6 +131,8 @@ class UsageResult(BaseModel):
             expires_at=answer.expires_at,
             comparison=ComparisonOut.of(findings.comparison) if findings.comparison is not None else None,
             demo=answer.demo,
+            filters=answer.filters.as_dict(),
+            no_match=NoMatchOut.of(findings.no_match) if findings.no_match is not None else None,
             **cls.details(answer),
         )
 
@@ -121,9 +144,39 @@ class UsageResult(BaseModel):
     row_model: ClassVar[type[BaseModel]]
 
 
+class NoMatchOut(BaseModel):
+    message: str = Field(description="The sentence the answer's text gives.")
+    dimension: str | None = Field(description="The filter that matched nothing; null when only all together did not.")
+    value: str | None
+    closest: list[str] = Field(description="Up to 5 values of that dimension with usage in the window, closest first.")
+
+    @classmethod
+    def of(cls, found: NoMatch) -> NoMatchOut:
+        return cls(message=found.sentence(), dimension=found.dimension, value=found.value, closest=list(found.closest))
+
+
+class TopOut(BaseModel):
+    name: str
+    credits: Credits
+    share: float | None = Field(description="Of the total credits, 0 to 1; null when the total is 0.")
+
+
+def tops_of(answer: Answered) -> dict[str, list[TopOut]]:
+    """The top 5 of every dimension the answer knows, over all rows, names shortened as the text shortens them."""
+    sink, total = answer.sink, answer.sink.total_credits
+    return {
+        dimension: [
+            TopOut(name=answer.text(name), credits=credits, share=credits / total if total else None)
+            for name, credits in sink.top(dimension)
+        ]
+        for dimension in BREAKDOWN_DIMENSIONS
+        if sink.breakdown(dimension)
+    }
+
+
 class TenantRow(BaseModel):
     tenant: str
-    credits: float
+    credits: Credits
 
 
 class TenantTotalResult(UsageResult):
@@ -132,20 +185,22 @@ class TenantTotalResult(UsageResult):
 
 
 class SummaryRow(BaseModel):
-    user: str
-    module: str
-    product: str
+    """A dimension the breakdown leaves out (group_by) is null."""
+
+    user: str | None = None
+    module: str | None = None
+    product: str | None = None
     tenant: str
-    skill: str
-    credits: float
+    skill: str | None = None
+    credits: Credits
 
 
 class MoverOut(BaseModel):
     user: str
     status: MoverStatus
-    credits: float
-    previous_credits: float
-    change_credits: float
+    credits: Credits
+    previous_credits: Credits
+    change_credits: Credits
     change_percent: float | None = Field(description="Null for new and gone users.")
 
     @classmethod
@@ -166,12 +221,16 @@ class SummaryResult(UsageResult):
     movers: list[MoverOut] | None = Field(
         description="The three users whose credits changed most against the preceding window; null if unknown."
     )
+    tops: dict[str, list[TopOut]] = Field(
+        description="The top 5 users, modules, products and skills over all rows, with credits and share."
+    )
 
     @classmethod
     def details(cls, answer: Answered) -> dict[str, Any]:
         movers, limit = answer.findings.movers, answer.preview.cell_limit
         return {
             **super().details(answer),
+            "tops": tops_of(answer),
             "movers": None if movers is None else [MoverOut.of(mover, limit) for mover in movers],
         }
 
@@ -182,7 +241,7 @@ class EventRow(BaseModel):
     module: str
     product: str
     tenant: str
-    credits: float
+    credits: Credits
 
 
 class EventsResult(UsageResult):
@@ -195,13 +254,13 @@ class TrendPeriodOut(BaseModel):
     start: datetime = Field(description="Start of the period, UTC.")
     end: datetime = Field(description="End of the period, exclusive, UTC.")
     partial: bool = Field(description="The window covers only part of the period.")
-    credits: float = Field(description="The period's total; with group_by, exactly the sum of `series_credits`.")
-    series_credits: list[float] = Field(description="Credits per series, in the order of `series` (or empty).")
+    credits: Credits = Field(description="The period's total; with group_by, exactly the sum of `series_credits`.")
+    series_credits: list[Credits] = Field(description="Credits per series, in the order of `series` (or empty).")
 
 
 class UnusualOut(BaseModel):
     period: str
-    credits: float
+    credits: Credits
     times_typical: float = Field(description="Credits over `typical_credits`.")
 
 
@@ -211,14 +270,14 @@ class TrendResult(UsageResult):
     group_by: Dimension | None
     series: list[str] = Field(description="The top 5 series, then Other for the rest; empty without group_by.")
     rows: list[TrendPeriodOut] = Field(description="The periods, oldest first; with more than 50, the newest 50.")
-    typical_credits: float | None = Field(
+    typical_credits: Credits | None = Field(
         description="The typical period: the median complete period, or, when that had no usage, the median complete "
         "period with usage (see `typical_basis`); null when too few periods to judge."
     )
     typical_basis: Literal["complete periods", "complete periods with usage"] | None = Field(
         description="Which periods `typical_credits` and `deviation_credits` are taken over; null when not judged."
     )
-    deviation_credits: float | None = Field(description="The median absolute deviation of those periods.")
+    deviation_credits: Credits | None = Field(description="The median absolute deviation of those periods.")
     unusual_periods: list[UnusualOut] = Field(
         description=f"More than {MAD_LIMIT} deviations above the typical period and at least {MIN_TIMES_TYPICAL:g} "
         "times it, largest first."
@@ -266,8 +325,8 @@ class TrendResult(UsageResult):
 
 
 class IntervalOut(BaseModel):
-    low: float
-    high: float
+    low: Credits
+    high: Credits
 
     @classmethod
     def of(cls, bounds: tuple[float, float]) -> IntervalOut:
@@ -276,10 +335,10 @@ class IntervalOut(BaseModel):
 
 class ForecastDayOut(BaseModel):
     day: date = Field(description="A calendar day in `time_zone`.")
-    used: float = Field(description="Credits recorded that day (today: so far).")
-    forecast: float = Field(description="Credits expected that day (today: the rest of it; 0 for past days).")
-    credits: float = Field(description="`used` + `forecast`.")
-    cumulative: float = Field(description="Expected credits from the window's start through this day.")
+    used: Credits = Field(description="Credits recorded that day (today: so far).")
+    forecast: Credits = Field(description="Credits expected that day (today: the rest of it; 0 for past days).")
+    credits: Credits = Field(description="`used` + `forecast`.")
+    cumulative: Credits = Field(description="Expected credits from the window's start through this day.")
     interval_80: IntervalOut = Field(description="80% interval of `cumulative` (exact for past days).")
     interval_95: IntervalOut = Field(description="95% interval of `cumulative`.")
 
@@ -294,8 +353,8 @@ class BalanceCrossingOut(BaseModel):
 class ForecastResult(UsageResult):
     as_of: datetime = Field(description="The moment that splits usage recorded from usage projected, UTC.")
     time_zone: str
-    used_so_far: float = Field(description="Credits recorded from the window's start until `as_of`.")
-    projected_total: float = Field(
+    used_so_far: Credits = Field(description="Credits recorded from the window's start until `as_of`.")
+    projected_total: Credits = Field(
         description="Credits expected over the whole window: `used_so_far` plus the projected rest."
     )
     interval_80: IntervalOut = Field(description="80% interval of `projected_total`.")
@@ -307,7 +366,7 @@ class ForecastResult(UsageResult):
     days: list[ForecastDayOut] = Field(
         description="One per day from the window's first day, oldest first: at most 50 (the Excel file has all)."
     )
-    balance: float | None = Field(
+    balance: Credits | None = Field(
         default=None, description="Credits left now, when a credit allowance is configured (else null)."
     )
     balance_runs_out: BalanceCrossingOut | None = Field(
@@ -366,8 +425,8 @@ class PeriodOut(BaseModel):
 
 class GrantOut(BaseModel):
     name: str = Field(description="The grant's name from its metadata, else 'grant' and the end of its id.")
-    amount: float | None = Field(description="Credits granted; null where the source does not say (v3's value).")
-    remaining: float | None = Field(
+    amount: Credits | None = Field(description="Credits granted; null where the source does not say (v3's value).")
+    remaining: Credits | None = Field(
         description="Credits left of it now; null when it is not effective yet, and for every grant of v3's credits "
         "ledger, which keeps no remaining amount per grant."
     )
@@ -399,9 +458,9 @@ class BalanceResult(BaseModel):
         "not_metered: a boolean or static entitlement, with no balance."
     )
     as_of: datetime
-    balance: float | None = Field(description="Credits left now (the sum of the active grants' balances).")
-    usage: float | None = Field(description="Credits used in the current usage period.")
-    overage: float | None = Field(description="Usage this period beyond what the grants cover.")
+    balance: Credits | None = Field(description="Credits left now (the sum of the active grants' balances).")
+    usage: Credits | None = Field(description="Credits used in the current usage period.")
+    overage: Credits | None = Field(description="Usage this period beyond what the grants cover.")
     has_access: bool | None
     soft_limit: bool | None = Field(description="Usage may exceed the balance.")
     period: PeriodOut | None

@@ -47,6 +47,7 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
     facts = [Fact("Data", DEMO_ABOUT)] if asked.demo else []
     facts += [
         Fact("Tenant", asked.tenant),
+        *(Fact(f"Only {name}", value) for name, value in asked.query.filters.pairs),
         Fact("Question", f"{asked.title} ({asked.tool})"),
         Fact("From (UTC)", format_utc(window.start)),
         Fact("To (UTC, exclusive)", format_utc(window.end)),
@@ -64,6 +65,8 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
             Fact("Rows in Data", sink.row_count),
         ]
         facts += _comparison_facts(findings)
+    if findings.no_match is not None:
+        facts.append(Fact("No usage", findings.no_match.sentence()))
     blocks = [_top_block(sink, dimension) for dimension in BREAKDOWN_DIMENSIONS if sink.breakdown(dimension)]
     if findings.movers and findings.comparison is not None:
         blocks.append(_movers_block(findings.movers, findings.comparison))
@@ -81,6 +84,7 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
     about += [
         ("tool", asked.tool),
         ("tenant", asked.tenant),
+        ("filters", _filters_about(asked)),
         ("from (UTC)", format_utc(window.start)),
         ("to (UTC, exclusive)", format_utc(window.end)),
         ("rows", sink.row_count),
@@ -95,6 +99,14 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
     return Report(
         facts=tuple(facts), blocks=tuple(blocks), about=tuple(about), line_chart=line_chart, title=asked.title
     )
+
+
+def _filters_about(asked: Asked) -> str:
+    pairs = asked.query.filters.pairs
+    if not pairs:
+        return "none: every user, module, product and skill of the tenant"
+    narrowed = ", ".join(f"{name} = {value!r}" for name, value in pairs)
+    return f"{narrowed} (exact match, as OpenMeter compares; every query and event of this answer is narrowed to it)"
 
 
 def _times(trend: Trend | None, outlook: Outlook | None, time_zone: str) -> str:

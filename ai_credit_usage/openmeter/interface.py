@@ -23,7 +23,8 @@ CalendarUnit = Literal["day", "month"]  # OpenMeter's calendar windows; weeks ar
 @dataclass(frozen=True)
 class AggregateQuery:
     """The tenant's credits over `window`, one row per combination of `group_by` values (and per calendar `unit`
-    in `time_zone`, when given). The tenant filter is an exact match on the meter's `tenant` dimension, always.
+    in `time_zone`, when given). The tenant filter is an exact match on the meter's `tenant` dimension, always;
+    `filters` narrow it further, each (dimension, value) an exact match too, all of them together (AND).
 
     `group_by` keeps each dimension once, in first-seen order: real OpenMeter appends a repeated `groupBy` to its
     SQL instead of dropping it (openmeter/meter/httphandler/mapping.go), so no implementation may send one twice."""
@@ -33,6 +34,7 @@ class AggregateQuery:
     tenant: str
     unit: CalendarUnit | None = None
     time_zone: str = "UTC"
+    filters: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "group_by", tuple(dict.fromkeys(self.group_by)))

@@ -107,7 +107,7 @@ class OpenMeterV1:
         if query.unit is not None:
             params += [("windowSize", _WINDOW_SIZE[query.unit]), ("windowTimeZone", query.time_zone)]
         params += [("groupBy", key) for key in query.group_by]
-        params.append(("advancedMeterGroupByFilters", json.dumps(_tenant_filter(query.tenant), ensure_ascii=False)))
+        params.append(("advancedMeterGroupByFilters", json.dumps(_dimension_filters(query), ensure_ascii=False)))
         body = await self._http.get_json(f"/api/v1/meters/{meter.slug}/query", params, meter=meter.slug)
         try:
             rows = _QueryResult.model_validate(body).data
@@ -160,15 +160,26 @@ class OpenMeterV1:
             calendar = f", windowSize {_WINDOW_SIZE[query.unit]}, windowTimeZone {query.time_zone}"
         return (
             f"GET /api/v1/meters/{meter.slug}/query{calendar}, grouped by {', '.join(query.group_by)}; "
-            f"filter tenant = {query.tenant!r}; from and to = the window"
+            f"filter {_described_filters(query)}; from and to = the window"
         )
 
     def describe_events(self, meter: Meter) -> str:
         return f"GET /api/v2/events, type {meter.event_type}, time in the window"
 
 
-def _tenant_filter(tenant: str) -> dict[str, Any]:
-    return {"tenant": {"$eq": tenant}}
+def _dimension_filters(query: AggregateQuery) -> dict[str, Any]:
+    """One `$eq` per dimension, ANDed by the server (meter_query.go compares `JSON_VALUE(data, path) = ?` with the
+    value as a bound parameter): the tenant first, then the caller's filters. Built as data, so a value is never an
+    operator, a list or a pattern."""
+    filters: dict[str, Any] = {"tenant": {"$eq": query.tenant}}
+    for dimension, value in query.filters:
+        if dimension != "tenant":  # nothing may replace the tenant's own filter
+            filters[dimension] = {"$eq": value}
+    return filters
+
+
+def _described_filters(query: AggregateQuery) -> str:
+    return ", ".join(f"{name} = {value!r}" for name, value in [("tenant", query.tenant), *query.filters])
 
 
 def _events_params(

@@ -233,7 +233,7 @@ class OpenMeterV3:
             calendar = f", granularity {_GRANULARITY[query.unit]}, time_zone {query.time_zone}"
         return (
             f"POST /openmeter/meters/{meter.id}/query (meter {meter.slug}){calendar}, group_by_dimensions "
-            f"{', '.join(query.group_by)}; filters.dimensions tenant eq {query.tenant!r}; from and to = the window"
+            f"{', '.join(query.group_by)}; filters.dimensions {_described_filters(query)}; from and to = the window"
         )
 
     def describe_events(self, meter: Meter) -> str:
@@ -251,8 +251,16 @@ def _query_body(query: AggregateQuery) -> dict[str, Any]:
         body["granularity"] = _GRANULARITY[query.unit]
         body["time_zone"] = query.time_zone
     body["group_by_dimensions"] = list(dict.fromkeys(query.group_by))
-    body["filters"] = {"dimensions": {"tenant": {"eq": query.tenant}}}
+    dimensions = {"tenant": {"eq": query.tenant}}
+    for dimension, value in query.filters:
+        if dimension != "tenant":  # nothing may replace the tenant's own filter
+            dimensions[dimension] = {"eq": value}  # `eq`, never `oeq`: a value with a comma stays one value
+    body["filters"] = {"dimensions": dimensions}
     return body
+
+
+def _described_filters(query: AggregateQuery) -> str:
+    return ", ".join(f"{name} eq {value!r}" for name, value in [("tenant", query.tenant), *query.filters])
 
 
 def _listable(subject: str) -> bool:

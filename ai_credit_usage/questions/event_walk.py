@@ -12,6 +12,7 @@ memory until their turn.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -26,6 +27,7 @@ import anyio
 
 from ai_credit_usage.openmeter.interface import CloudEvent, OpenMeter
 from ai_credit_usage.openmeter.meter import Meter
+from ai_credit_usage.questions.filters import NO_FILTERS, Filters
 from ai_credit_usage.questions.sink import TableSink
 from ai_credit_usage.runtime.errors import UserFacingError, first_error
 from ai_credit_usage.runtime.window import Window
@@ -106,10 +108,14 @@ class EventWalk:
         max_rows: int,
         max_slices: int,
         skills: dict[str, float],
+        filters: Filters = NO_FILTERS,
     ) -> None:
         self._openmeter, self._meter, self._tenant, self._window = openmeter, meter, tenant, window
         self._chunks, self._sink, self._max_rows, self._max_slices = chunks, sink, max_rows, max_slices
         self._skills = skills  # credits per skill, which the rows do not carry
+        # The events API cannot filter on event data: the subjects were chosen with the filters, and each event read
+        # is checked against them here (MAX_EVENT_ROWS counts only the rows kept).
+        self._filters = filters
         self._rows = self._pages = self._skipped = 0
         self._slices = 1
         self._estimated_pages: float | None = None
@@ -218,10 +224,12 @@ class EventWalk:
         return page
 
     def _rows_of(self, events: list[CloudEvent]) -> list[EventRow]:
-        meter, tenant = self._meter, self._tenant
+        meter, tenant, filters = self._meter, self._tenant, self._filters
         rows: list[EventRow] = []
         for event in events:
             if event.type != meter.event_type or meter.dimension(event.data, "tenant") != tenant:
+                continue
+            if filters and not filters.matches(functools.partial(meter.dimension, event.data)):
                 continue
             credits = meter.credits(event.data)
             if credits is None or event.time is None:  # the meter does not count it either

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ai_credit_usage.questions.filters import FILTER_DIMENSIONS, NO_FILTERS, FilterDimension, Filters, parse_filters
 from ai_credit_usage.questions.trend import Dimension, Granularity, parse_time_zone
 from ai_credit_usage.runtime.window import Window, forecast_window, resolve_window
 
@@ -16,7 +17,8 @@ UTC_ZONE = ZoneInfo("UTC")
 
 @dataclass(frozen=True)
 class Query:
-    """What a question is asked about: the window, and for the trend its time zone, granularity and grouping.
+    """What a question is asked about: the window, the filters, and for the trend its time zone, granularity and
+    grouping (one dimension); for the summary its breakdown (`breakdown`: the dimensions of its rows).
 
     `zone` also reads dates and offset-less times of the window: UTC for every tool without a `time_zone`.
     """
@@ -26,6 +28,8 @@ class Query:
     granularity: Granularity | None = None
     group_by: Dimension | None = None
     as_of: datetime | None = None  # the moment the question is asked at: a forecast splits known from projected there
+    filters: Filters = NO_FILTERS  # every meter query and event read of the call narrows to these
+    breakdown: tuple[FilterDimension, ...] = FILTER_DIMENSIONS  # the summary's rows: one per combination of these
 
     @property
     def time_zone(self) -> str:
@@ -37,14 +41,19 @@ def parse_query(arguments: Mapping[str, Any], now: datetime) -> Query:
     can fix raises a `UserFacingError` naming the parameter."""
     zone = parse_time_zone(arguments.get("time_zone"))
     window = resolve_window(arguments.get("from_date"), arguments.get("to_date"), now, zone)
-    return Query(window, zone, arguments.get("granularity"), arguments.get("group_by"))
+    group_by = arguments.get("group_by")
+    if isinstance(group_by, list):  # the summary's breakdown: a list of dimensions (the trend's is one)
+        chosen = tuple(name for name in FILTER_DIMENSIONS if name in group_by)
+        return Query(window, zone, filters=parse_filters(arguments), breakdown=chosen or FILTER_DIMENSIONS)
+    return Query(window, zone, arguments.get("granularity"), group_by, filters=parse_filters(arguments))
 
 
 def parse_forecast_query(arguments: Mapping[str, Any], now: datetime) -> Query:
     """A forecast's arguments: `to_date` (a day, not in the past) and `time_zone`; the window starts with the
     current calendar month there."""
     zone = parse_time_zone(arguments.get("time_zone"))
-    return Query(forecast_window(arguments.get("to_date"), now, zone), zone, as_of=now.astimezone(UTC_ZONE))
+    window = forecast_window(arguments.get("to_date"), now, zone)
+    return Query(window, zone, as_of=now.astimezone(UTC_ZONE), filters=parse_filters(arguments))
 
 
 def parse_moment_query(arguments: Mapping[str, Any], now: datetime) -> Query:

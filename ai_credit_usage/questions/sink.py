@@ -40,15 +40,19 @@ class TableSink:
         self._breakdowns: dict[str, dict[str, float]] = {}
         self.define(columns, amounts=amounts)
 
-    def define(self, columns: Sequence[str], *, amounts: int = 1, total: int = -1) -> None:
-        """`total`: the index of the column holding each row's credits (the last, except in a forecast's days)."""
+    def define(self, columns: Sequence[str], *, amounts: int = 1, total: int = -1, running_sums: bool = True) -> None:
+        """`total`: the index of the column holding each row's credits (the last, except in a forecast's days).
+        `running_sums`: keep per-dimension sums of the dimension columns as rows arrive; off when the question
+        tallies every dimension itself (then a column is not counted a second time)."""
         if self.row_count:
             raise RuntimeError("the columns are fixed once rows have arrived")
         self.columns = tuple(columns)
         self.amounts = amounts
         self.total_index = total
         labels = self.columns[: len(self.columns) - amounts]
-        self._breakdown_columns = [(name, labels.index(name)) for name in BREAKDOWN_DIMENSIONS if name in labels]
+        self._breakdown_columns = (
+            [(name, labels.index(name)) for name in BREAKDOWN_DIMENSIONS if name in labels] if running_sums else []
+        )
 
     @property
     def total_credits(self) -> float:
@@ -61,6 +65,8 @@ class TableSink:
 
     def tally(self, dimension: str, credits: Mapping[str, float]) -> None:
         """Credits per value of a dimension the rows do not carry as a column (the events' skill, a total's users)."""
+        if any(name == dimension for name, _ in self._breakdown_columns):  # it would be counted twice
+            raise RuntimeError(f"{dimension} is summed from its column already")
         sums = self._breakdowns.setdefault(dimension, {})
         for name, value in credits.items():
             sums[name] = sums.get(name, 0.0) + value

@@ -25,6 +25,7 @@ from ai_credit_usage.openmeter.meter_cache import DEFINITIVE_STATUSES, MeterCach
 from ai_credit_usage.questions.balance import Balances
 from ai_credit_usage.questions.compare import Previous, compare, preceding, top_movers
 from ai_credit_usage.questions.event_walk import MAX_SLICES, EventWalk
+from ai_credit_usage.questions.filters import FILTER_DIMENSIONS, Filters, NoMatch, no_match
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import (
     DAY_COLUMNS,
@@ -96,32 +97,44 @@ class UsageService:
         """
         sink.define(TENANT_COLUMNS)
         meter = await self.meter()
-        combinations = self._combinations(meter, tenant, query.window)
+        combinations = self._combinations(meter, tenant, query)
         rows, previous = await together(
-            lambda: self._ask(meter, combinations), lambda: self._previous(meter, tenant, query.window)
+            lambda: self._ask(meter, combinations), lambda: self._previous(meter, tenant, query)
         )
-        mine = _tally_breakdowns(meter, tenant, rows, sink)
+        mine = _tally_breakdowns(meter, tenant, query.filters, rows, sink)
         await sink.add([(tenant, math.fsum(row.value for row in mine))])
         about = self._about(meter, combinations, TENANT_ROW)
-        return _findings(query.window, sink, previous, about=about, in_text=True)
+        findings = _findings(query.window, sink, previous, about=about, in_text=True)
+        findings.no_match = await self._no_match(meter, tenant, query.filters, query.window, found=bool(mine))
+        return findings
 
     async def summary(self, tenant: str, query: Query, sink: TableSink) -> Findings:
-        """One row per (user, module, product, tenant, skill) combination, largest credits first, and the users
-        whose credits moved most against the preceding window."""
-        sink.define(SUMMARY_COLUMNS)
+        """One row per combination of the breakdown's dimensions (default: user, module, product, tenant, skill),
+        largest credits first; the top 5 of every dimension; the users whose credits moved most against the
+        preceding window.
+
+        One per-combination query whatever the breakdown: the rows are its combinations summed down to the chosen
+        dimensions (math.fsum), and the top 5s are every dimension's sums over all of them, so `group_by=["module"]`
+        still names the top users, products and skills, and no dimension is counted twice."""
+        columns = summary_columns(query.breakdown)
+        sink.define(columns, running_sums=False)  # the tops come from `_tally_breakdowns`, once per dimension
         meter = await self.meter()
-        combinations = self._combinations(meter, tenant, query.window)
+        combinations = self._combinations(meter, tenant, query)
         rows, previous = await together(
-            lambda: self._ask(meter, combinations), lambda: self._previous(meter, tenant, query.window)
+            lambda: self._ask(meter, combinations), lambda: self._previous(meter, tenant, query)
         )
-        table: list[tuple[Any, ...]] = [
-            (*(row.dimensions.get(name) or "" for name in BREAKDOWN_COLUMNS), row.value)
-            for row in _of_tenant(rows, tenant)  # belt and braces: OpenMeter already filtered on it
-        ]
+        mine = _tally_breakdowns(meter, tenant, query.filters, rows, sink)
+        labels = columns[:-1]
+        grouped: dict[tuple[str, ...], list[float]] = defaultdict(list)
+        for row in mine:
+            grouped[tuple(row.dimensions.get(name) or "" for name in labels)].append(row.value)
+        table: list[tuple[Any, ...]] = [(*key, math.fsum(values)) for key, values in grouped.items()]
         table.sort(key=lambda row: (-row[-1], row[:-1]))
         await sink.add(table)
-        about = self._about(meter, combinations, SUMMARY_ROW)
+        about = self._about(meter, combinations, SUMMARY_ROW if labels == BREAKDOWN_COLUMNS else _breakdown_row(labels))
         findings = _findings(query.window, sink, previous, about=about, in_text=True)
+        findings.tops_in_text = True
+        findings.no_match = await self._no_match(meter, tenant, query.filters, query.window, found=bool(mine))
         if previous is not None and previous.by_user is not None:
             # No rows now is no breakdown in the sink, but movers still say who is gone.
             findings.movers = top_movers(sink.breakdown("user") or {}, previous.by_user)
@@ -141,7 +154,7 @@ class UsageService:
             (
                 "query",
                 f"{self._openmeter.describe_events(meter)}, the subjects that carry tenant {tenant!r} (from a meter "
-                "query grouped by subject); each event's tenant is checked again",
+                "query grouped by subject, and by the filters); each event's tenant (and filters) checked again",
             ),
             ("a row", EVENT_ROW),
         ]
@@ -154,20 +167,34 @@ class UsageService:
         async def walk() -> None:
             if counted is None:
                 return
-            rows = await self._ask(meter, AggregateQuery(counted, ("subject",), tenant))
+            rows = await self._ask(
+                meter, AggregateQuery(counted, ("subject",), tenant, filters=self._filters(meter, query))
+            )
             subjects = sorted({row.subject for row in rows if row.subject is not None})
             if not subjects:
                 return
             chunks = self._openmeter.subject_chunks(meter, counted, subjects)
             walker = EventWalk(
-                self._openmeter, meter, tenant, counted, chunks, sink, self._max_event_rows, self._max_slices, skills
+                self._openmeter,
+                meter,
+                tenant,
+                counted,
+                chunks,
+                sink,
+                self._max_event_rows,
+                self._max_slices,
+                skills,
+                query.filters,
             )
             await walker.run(self._parallel_slices)
 
-        _, previous = await together(walk, lambda: self._previous(meter, tenant, window))
+        _, previous = await together(walk, lambda: self._previous(meter, tenant, query))
         if "skill" in meter.dimension_paths:
             sink.tally("skill", skills)  # not a column of the events table, but the Summary sheet shows it
-        return _findings(window, sink, previous, about=about)
+        findings = _findings(window, sink, previous, about=about)
+        if counted is not None:
+            findings.no_match = await self._no_match(meter, tenant, query.filters, counted, found=sink.row_count > 0)
+        return findings
 
     async def trend(self, tenant: str, query: Query, sink: TableSink) -> Findings:
         """Credits per day, week or month in a time zone, zero-filled, optionally per user/module/product/skill
@@ -183,13 +210,18 @@ class UsageService:
         chosen = query.granularity or choose_granularity(window, zone)
         periods = periods_of(window, chosen, zone)
         per_period = AggregateQuery(
-            window, ("tenant", *([group_by] if group_by else [])), tenant, calendar_unit(chosen), query.time_zone
+            window,
+            ("tenant", *([group_by] if group_by else [])),
+            tenant,
+            calendar_unit(chosen),
+            query.time_zone,
+            filters=self._filters(meter, query),
         )
-        combinations = self._combinations(meter, tenant, window)
+        combinations = self._combinations(meter, tenant, query)
         rows, breakdown, previous = await together(
             lambda: self._ask(meter, per_period),
             lambda: self._ask(meter, combinations),
-            lambda: self._previous(meter, tenant, window),
+            lambda: self._previous(meter, tenant, query),
         )
         samples = [
             (
@@ -197,17 +229,18 @@ class UsageService:
                 (row.dimensions.get(group_by) or "") if group_by else "",
                 row.value,
             )
-            for row in _of_tenant(rows, tenant)
+            for row in _in_scope(rows, tenant, query.filters)
         ]
         trend = build_trend(periods, chosen, query.time_zone, group_by, samples)
         series = trend.series if group_by else []
         sink.define((chosen, "partial", *series, "total" if group_by else "credits"), amounts=len(series) + 1)
         await sink.add([trend.row(position) for position in range(len(trend.periods))])
-        _tally_breakdowns(meter, tenant, breakdown, sink)
+        _tally_breakdowns(meter, tenant, query.filters, breakdown, sink)
         about = _trend_about(self._openmeter.describe_query(meter, per_period), chosen, query.time_zone, group_by)
         about.append(("Summary query", f"the top 5s: {self._openmeter.describe_query(meter, combinations)}"))
         findings = _findings(window, sink, previous, about=about)
         findings.trend = trend
+        findings.no_match = await self._no_match(meter, tenant, query.filters, window, found=bool(samples))
         return findings
 
     async def forecast(self, tenant: str, query: Query, sink: TableSink) -> Findings:
@@ -224,15 +257,24 @@ class UsageService:
         last_day = window.end.astimezone(zone).date() - timedelta(days=1)
         since = min(first_day, today - timedelta(days=LOOKBACK_DAYS))
         meter = await self.meter()
-        daily = AggregateQuery(Window(local_midnight(since, zone), now), ("tenant",), tenant, "day", query.time_zone)
+        daily = AggregateQuery(
+            Window(local_midnight(since, zone), now),
+            ("tenant",),
+            tenant,
+            "day",
+            query.time_zone,
+            filters=self._filters(meter, query),
+        )
 
         async def daily_usage() -> list[UsageRow]:
             return await self._ask(meter, daily) if now > local_midnight(since, zone) else []
 
         # The balance (when configured) is asked beside the meter, not after it: one round trip's wait, not two.
-        rows, crossing = await together(daily_usage, lambda: self._balance_crossing(tenant, now))
+        # A filtered forecast is one user's (module's, ...) share: the tenant's allowance is not its to run out of.
+        crossing_of = (lambda: _no_crossing()) if query.filters else (lambda: self._balance_crossing(tenant, now))
+        rows, crossing = await together(daily_usage, crossing_of)
         used: dict[date, float] = defaultdict(float)
-        for row in _of_tenant(rows, tenant):
+        for row in _in_scope(rows, tenant, query.filters):
             used[_window_start(row).astimezone(zone).date()] += row.value
         midnight, next_midnight = local_midnight(today, zone), local_midnight(today + timedelta(days=1), zone)
         elapsed = min(max((now - midnight) / (next_midnight - midnight), 0.0), 0.999_999)
@@ -263,6 +305,8 @@ class UsageService:
             level=projection.level,
             **crossing,
         )
+        if now > daily.window.start:
+            findings.no_match = await self._no_match(meter, tenant, query.filters, daily.window, found=bool(rows))
         return findings
 
     async def _balance_crossing(self, tenant: str, now: datetime) -> dict[str, Any]:
@@ -287,11 +331,38 @@ class UsageService:
             "balance_pace": found.pace,
         }
 
-    def _combinations(self, meter: Meter, tenant: str, window: Window) -> AggregateQuery:
-        """The tenant's credits per (user, module, product, tenant, skill) over the whole window."""
+    def _combinations(self, meter: Meter, tenant: str, query: Query) -> AggregateQuery:
+        """The tenant's credits per (user, module, product, tenant, skill) over the whole window, filtered."""
         return AggregateQuery(
-            window, tuple(name for name in BREAKDOWN_COLUMNS if name in meter.dimension_paths), tenant
+            query.window,
+            tuple(name for name in BREAKDOWN_COLUMNS if name in meter.dimension_paths),
+            tenant,
+            filters=self._filters(meter, query),
         )
+
+    def _filters(self, meter: Meter, query: Query) -> tuple[tuple[str, str], ...]:
+        """The call's filters for a meter query; every meter query of a filtered call carries them. A dimension the
+        meter does not have cannot be filtered on (OpenMeter would refuse it): say so."""
+        for name, _ in query.filters.pairs:
+            if name not in meter.dimension_paths:
+                raise MeterConfigError(
+                    f"The meter '{meter.slug}' has no {name} dimension, so usage cannot be filtered by it; "
+                    f"leave {name} out."
+                )
+        return query.filters.pairs
+
+    async def _no_match(
+        self, meter: Meter, tenant: str, filters: Filters, window: Window, *, found: bool
+    ) -> NoMatch | None:
+        """When the filters matched nothing: one more query, grouped by the filtered dimensions without the filters
+        and inside the tenant only, for the closest existing values. Never asked when something matched."""
+        if found or not filters:
+            return None
+        dimensions = tuple(name for name, _ in filters.pairs)
+        rows = await self._ask(meter, AggregateQuery(window, ("tenant", *dimensions), tenant))
+        mine = _of_tenant(rows, tenant)
+        known = {name: {row.dimensions.get(name) or "" for row in mine} for name in dimensions}
+        return no_match(filters, format_utc(window.start), format_utc(window.end), known)
 
     async def _ask(self, meter: Meter, query: AggregateQuery) -> list[UsageRow]:
         try:
@@ -305,19 +376,22 @@ class UsageService:
     def _about(self, meter: Meter, query: AggregateQuery, row: str) -> list[tuple[str, object]]:
         return [("query", self._openmeter.describe_query(meter, query)), ("a row", row)]
 
-    async def _previous(self, meter: Meter, tenant: str, window: Window) -> Previous | None:
-        """The preceding window's total and per-user credits; None when it cannot be read (the answer stands)."""
+    async def _previous(self, meter: Meter, tenant: str, query: Query) -> Previous | None:
+        """The preceding window's total and per-user credits, filtered as the window's own; None when it cannot be
+        read (the answer stands)."""
+        filters = self._filters(meter, query)
         try:
-            before = preceding(window)
+            before = preceding(query.window)
         except OverflowError:  # a window that starts near year 1 has no preceding one
             return None
         by_user = "user" in meter.dimension_paths
         try:
-            rows = await self._ask(meter, AggregateQuery(before, ("tenant", *(["user"] if by_user else [])), tenant))
+            grouping = ("tenant", *(["user"] if by_user else []))
+            rows = await self._ask(meter, AggregateQuery(before, grouping, tenant, filters=filters))
         except OpenMeterError as exc:
             logger.warning("the preceding window could not be read, answering without the comparison: %s", exc)
             return None
-        mine = _of_tenant(rows, tenant)
+        mine = _in_scope(rows, tenant, query.filters)
         users = _sums((row.dimensions.get("user") or "", row.value) for row in mine) if by_user else None
         return Previous(before, math.fsum(row.value for row in mine), users)
 
@@ -383,6 +457,30 @@ def _of_tenant(rows: list[UsageRow], tenant: str) -> list[UsageRow]:
     return [row for row in rows if row.dimensions.get("tenant") == tenant]
 
 
+def _in_scope(rows: list[UsageRow], tenant: str, filters: Filters) -> list[UsageRow]:
+    """The tenant's rows that the filters keep, checked again on each filtered dimension the rows carry."""
+    return [
+        row
+        for row in _of_tenant(rows, tenant)
+        if all(row.dimensions.get(name, value) == value for name, value in filters.pairs)
+    ]
+
+
+def summary_columns(breakdown: tuple[str, ...]) -> tuple[str, ...]:
+    """All four dimensions: today's table; fewer: the chosen ones in the dimensions' order, then tenant, credits."""
+    if tuple(breakdown) == FILTER_DIMENSIONS:
+        return SUMMARY_COLUMNS
+    return (*breakdown, "tenant", "credits")
+
+
+def _breakdown_row(labels: tuple[str, ...]) -> str:
+    return f"one combination of {', '.join(labels)} that used credits in the window, largest first"
+
+
+async def _no_crossing() -> dict[str, Any]:
+    return {}
+
+
 def _sums(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
     values: dict[str, list[float]] = defaultdict(list)
     for name, value in pairs:
@@ -396,10 +494,12 @@ def _window_start(row: UsageRow) -> datetime:
     return row.window_start
 
 
-def _tally_breakdowns(meter: Meter, tenant: str, rows: list[UsageRow], sink: TableSink) -> list[UsageRow]:
-    """Credits per user, module, product and skill from per-combination rows, for the Summary sheet's top 5s;
-    returns the tenant's rows."""
-    mine = _of_tenant(rows, tenant)
+def _tally_breakdowns(
+    meter: Meter, tenant: str, filters: Filters, rows: list[UsageRow], sink: TableSink
+) -> list[UsageRow]:
+    """Credits per user, module, product and skill from per-combination rows, for the top 5s; returns the rows of
+    the tenant (and of the filters)."""
+    mine = _in_scope(rows, tenant, filters)
     for dimension in BREAKDOWN_DIMENSIONS:
         if dimension in meter.dimension_paths:
             sink.tally(dimension, _sums((row.dimensions.get(dimension) or "", row.value) for row in mine))
