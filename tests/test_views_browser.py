@@ -23,6 +23,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from playwright.sync_api import Browser, sync_playwright
 
+from ai_credit_usage.answers.render import format_change, format_credits, format_percent, plain_text
 from ai_credit_usage.answers.views import BALANCE, FORECAST, SUMMARY, TREND, VIEWS, View
 from ai_credit_usage.openmeter.standin.demo import DEMO_SETTINGS, DEMO_SETTINGS_V3
 from ai_credit_usage.runtime.settings import load_settings
@@ -46,6 +47,8 @@ CALLS = (
     ("no usage summary", NOBODY, "get_credit_usage_summary", {}),
     ("no allowance", NOBODY, "get_credit_balance", {}),
     ("bad time zone", DEMO, "get_credit_usage_trend", {"time_zone": "Mars/Olympus_Mons"}),
+    ("no such user", DEMO, "get_credit_usage_trend", {"user": "grace.keler@demo.example"}),
+    ("one module", DEMO, "get_credit_usage_summary", {"from_date": "2026-01-01", "module": "agents"}),
 )
 
 
@@ -224,53 +227,50 @@ def test_the_balance_burns_down_to_the_runway_and_marks_the_reset(draw: Any) -> 
         assert runway["earliest"] in texts(shown, "text.range-label")
 
 
-def test_the_summary_draws_the_top_of_each_dimension_or_the_largest_rows_and_the_movers(draw: Any) -> None:
+def test_the_summary_draws_the_movers(draw: Any) -> None:
+    shown, result = draw(SUMMARY, "summary")
+    movers = result["structuredContent"]["movers"]
+    assert movers, "the demo's runaway run makes movers"
+    bars = shown.view.locator("g.hbar.mover")
+    assert [bars.nth(i).get_attribute("data-label") for i in range(bars.count())] == [m["user"] for m in movers]
+    for i, mover in enumerate(movers):
+        drawn = bars.nth(i).locator("text").all_text_contents()
+        assert f"{format_change(mover['change_credits'])} ({format_percent(mover['change_percent'])})" in drawn
+
+
+def test_the_summary_draws_the_top_5_of_each_dimension_as_the_text_gives_them(draw: Any) -> None:
     shown, result = draw(SUMMARY, "summary")
     data = result["structuredContent"]
-    if data.get("tops"):  # the per-dimension top 5s (issue 21)
-        for dimension, tops in data["tops"].items():
-            bars = shown.view.locator(f"g.hbar.top-{dimension}")
-            assert [bars.nth(i).get_attribute("data-label") for i in range(bars.count())] == [t["name"] for t in tops]
-    else:
-        rows = shown.view.locator("g.hbar.row")
-        assert rows.count() == min(10, len(data["rows"]))
-        assert [float(rows.nth(i).get_attribute("data-value") or 0) for i in range(rows.count())] == [
-            row["credits"] for row in data["rows"][:10]
-        ]
-    movers = shown.view.locator("g.hbar.mover")
-    assert [movers.nth(i).get_attribute("data-label") for i in range(movers.count())] == [
-        mover["user"] for mover in data["movers"] or []
-    ]
+    assert texts(shown, ".panel h2") == ["Top users", "Top modules", "Top products", "Top skills"]
+    assert shown.view.locator("g.hbar.row").count() == 0
+    text = result["content"][0]["text"]
+    for dimension, tops in data["tops"].items():
+        bars = shown.view.locator(f"g.hbar.top-{dimension}")
+        assert bars.count() == len(tops) > 0
+        for i, top in enumerate(tops):
+            drawn = f"{format_credits(top['credits'])} ({top['share']:.1%})"
+            assert drawn in bars.nth(i).locator("text").all_text_contents()
+            assert f"{plain_text(top['name'])} {drawn}" in text  # the text's "Top users: …" line says the same
 
 
-def test_the_summary_draws_per_dimension_tops_in_the_shape_issue_21_gives_them(
+def test_without_tops_the_summary_draws_its_largest_rows_with_the_texts_rounding(
     host: ViewHost, served: tuple[dict[str, dict[str, Any]], dict[View, str]]
 ) -> None:
-    """`tops` as the exact-answers work adds it to the summary's result: {dimension: [{name, credits, share}]}. Until
-    that is on main the tops are summed here from the real result's rows (the view must not care where they come
-    from)."""
+    """A summary result without `tops` (an older server's) draws its 10 largest rows. Their figures are rounded as
+    the text rounds them (Python's: the float's exact value, a tie to even), not as the browser's Intl would."""
     results, views = served
     result = copy.deepcopy(results["summary"])
     data = result["structuredContent"]
-    if not data.get("tops"):
-        tops: dict[str, list[dict[str, Any]]] = {}
-        for dimension in ("user", "module", "product", "skill"):
-            sums: dict[str, float] = {}
-            for row in data["rows"]:
-                sums[row[dimension]] = sums.get(row[dimension], 0.0) + row["credits"]
-            largest = sorted(sums.items(), key=lambda item: -item[1])[:5]
-            tops[dimension] = [
-                {"name": name, "credits": value, "share": value / data["total_credits"]} for name, value in largest
-            ]
-        data["tops"] = tops
+    del data["tops"]
+    awkward = [2782.705, 1.005, 2.675, 0.125, 0.375, 1234567.125, 0.004, 10.0]
+    for row, value in zip(data["rows"], awkward, strict=False):
+        row["credits"] = value
     shown = host.show(views[SUMMARY], result)
     assert shown.requests == [] and shown.errors == []
-    assert texts(shown, ".panel h2") == ["Top users", "Top modules", "Top products", "Top skills"]
-    first = data["tops"]["user"][0]
-    bar = shown.view.locator("g.hbar.top-user").first
-    assert bar.get_attribute("data-label") == first["name"]
-    assert f"{credits(first['credits'])} ({first['share'] * 100:.1f}%)" in bar.locator("text").all_text_contents()
-    assert shown.view.locator("g.hbar.row").count() == 0
+    rows = shown.view.locator("g.hbar.row")
+    assert rows.count() == min(10, len(data["rows"]))
+    for i, value in enumerate(awkward):
+        assert format_credits(value) in rows.nth(i).locator("text").all_text_contents(), value
 
 
 def test_a_ledger_balance_burns_down_without_a_reset(
@@ -300,6 +300,21 @@ def test_a_result_with_nothing_to_draw_is_a_plain_message(draw: Any, view: View,
     assert not result.get("isError")
     assert texts(shown, ".message") == [message]
     assert shown.view.locator("svg g.bar, svg g.hbar").count() == 0
+
+
+def test_a_filter_that_matches_nothing_shows_the_answers_own_sentence(draw: Any) -> None:
+    shown, result = draw(TREND, "no such user")
+    no_match = result["structuredContent"]["no_match"]
+    assert no_match and "grace.keller@demo.example" in no_match["closest"]
+    assert texts(shown, ".message") == [no_match["message"]]
+    assert no_match["message"] in result["content"][0]["text"]
+
+
+def test_a_filtered_answer_says_what_it_is_filtered_on(draw: Any) -> None:
+    shown, result = draw(SUMMARY, "one module")
+    assert result["structuredContent"]["filters"] == {"module": "agents"}
+    assert (shown.view.locator(".sub").first.text_content() or "").startswith("module agents; ")
+    assert texts(shown, "g.hbar.top-module text.label") == ["agents"]
 
 
 def test_an_error_result_shows_its_one_sentence(draw: Any) -> None:
@@ -350,13 +365,13 @@ def test_names_in_the_result_stay_text(
     results, views = served
     result = copy.deepcopy(results["summary"])
     hostile = '<img src="https://attacker.example/x.png" onerror="parent.postMessage(1, \'*\')">'
-    result["structuredContent"]["rows"][0]["user"] = hostile
+    result["structuredContent"]["tops"]["user"][0]["name"] = hostile
     result["structuredContent"]["tenant"] = hostile
     shown = host.show(views[SUMMARY], result)
     assert shown.requests == [] and shown.errors == []
     assert shown.view.locator("img").count() == 0
     assert hostile in shown.view.locator("h1").text_content()
-    assert shown.view.locator("g.hbar.row").first.get_attribute("data-label", timeout=2000).startswith("<img")
+    assert shown.view.locator("g.hbar.top-user").first.get_attribute("data-label") == hostile
 
 
 def test_the_forecast_splits_recorded_from_projected_at_today_in_its_time_zone(draw: Any) -> None:

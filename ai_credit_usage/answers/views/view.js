@@ -91,10 +91,30 @@
   if (window.ResizeObserver) new ResizeObserver(reportSize).observe(document.body);
 
   // ---- small helpers --------------------------------------------------------------------------------------------
-  var number = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
   var whole = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+  // Numbers exactly as the text prints them (Python's format: the float's exact binary value, a tie to the even
+  // digit). Intl.NumberFormat rounds the shortest decimal instead: 2782.705 would be 2,782.71 here, 2,782.70 there.
+  function fixed(value, digits) {
+    var size = Math.abs(value);
+    var halves = size * Math.pow(2, digits + 1); // exact: a power of two
+    var text;
+    if (halves % 1 === 0 && halves % 2 === 1) { // exactly halfway between two last digits
+      var scaled = Math.floor(size * Math.pow(10, digits));
+      text = ((scaled % 2 === 0 ? scaled : scaled + 1) / Math.pow(10, digits)).toFixed(digits);
+    } else {
+      text = size.toFixed(digits); // the exact binary value, rounded to nearest
+    }
+    var parts = text.split(".");
+    parts[0] = parts[0].replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+    text = parts.join(".");
+    return value < 0 && /[1-9]/.test(text) ? "-" + text : text;
+  }
   function credits(value) {
-    return number.format(value);
+    if (value !== 0 && Math.abs(value) < 0.005) return value > 0 ? "<0.01" : ">-0.01";
+    return fixed(value, 2);
+  }
+  function percent(value) {
+    return (value >= 0 ? "+" : "") + fixed(value, 1) + "%";
   }
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
@@ -291,7 +311,7 @@
         base -= h;
       });
       var label = row.period + ": " + credits(row.credits) + " credits" + (row.partial ? " (partial)" : "");
-      if (unusual[row.period]) label += ", " + unusual[row.period].times_typical.toFixed(1) + " times the typical " + result.granularity;
+      if (unusual[row.period]) label += ", " + fixed(unusual[row.period].times_typical, 1) + " times the typical " + result.granularity;
       tip(group, label);
       if (unusual[row.period]) {
         var topY = box.y + box.h - (box.h * row.credits) / top;
@@ -300,7 +320,7 @@
           fill: "none", stroke: "var(--bad)", "stroke-width": 2,
         }));
         group.appendChild(svgEl("text", { class: "unusual-label", x: x + barWidth / 2, y: topY - 6, "text-anchor": "middle", fill: "var(--bad)" },
-          unusual[row.period].times_typical.toFixed(1) + "×"));
+          fixed(unusual[row.period].times_typical, 1) + "×"));
       }
       svg.appendChild(group);
       if (index % every === 0) {
@@ -574,7 +594,7 @@
     var facts = [[credits(result.total_credits), "credits in all"]];
     if (result.comparison && result.comparison.change_percent !== null) {
       var change = result.comparison.change_percent;
-      facts.push([(change >= 0 ? "+" : "") + change.toFixed(1) + "%", "against the previous window"]);
+      facts.push([percent(change), "against the previous window"]);
     }
     figures(facts);
     var tops = topsOf(result);
@@ -593,7 +613,7 @@
         bars(tops[pair[0]].map(function (top) {
           var name = top.name !== undefined ? top.name : top[pair[1]] !== undefined ? top[pair[1]] : top.value;
           var share = top.share !== undefined ? top.share : top.share_percent;
-          var text = credits(top.credits) + (share !== undefined && share !== null ? " (" + (share <= 1 ? share * 100 : share).toFixed(1) + "%)" : "");
+          var text = credits(top.credits) + (share !== undefined && share !== null ? " (" + fixed(share * 100, 1) + "%)" : "");
           return [String(name), top.credits, text];
         }), "top-" + pair[1], each[1], 150);
       });
@@ -610,8 +630,9 @@
       app.appendChild(el("h2", {}, "Biggest changes by user against the previous window"));
       bars(result.movers.map(function (mover) {
         var sign = mover.change_credits >= 0 ? "+" : "";
-        var percent = mover.change_percent === null ? " (" + mover.status + ")" : " (" + sign + mover.change_percent.toFixed(1) + "%)";
-        return [mover.user, mover.change_credits, sign + credits(mover.change_credits) + percent];
+        var change = Math.abs(mover.change_credits) < 0.005 ? "no change" : sign + credits(mover.change_credits);
+        var relative = mover.change_percent === null ? " (" + mover.status + ")" : " (" + percent(mover.change_percent) + ")";
+        return [mover.user, mover.change_credits, change + relative];
       }), "mover");
     }
   }
