@@ -31,6 +31,7 @@ from ai_credit_usage.access.session_guard import SessionGuard
 from ai_credit_usage.answers.demo_notice import DEMO_INSTRUCTIONS
 from ai_credit_usage.answers.downloads import UNAVAILABLE, DownloadStore, DownloadStoreUnavailable, open_download_store
 from ai_credit_usage.answers.results import error_result
+from ai_credit_usage.answers.views import apps_extension
 from ai_credit_usage.openmeter import RetryPolicy, connect, connect_credits, connect_entitlements, open_http
 from ai_credit_usage.openmeter.meter_cache import MeterCache
 from ai_credit_usage.openmeter.standin.demo import demo_transport
@@ -200,7 +201,9 @@ class CreditsServer(MCPServer):
     """The MCP server of one app, and the pipeline its tools answer through (they are shared by every app)."""
 
     def __init__(self, pipeline: Pipeline, *, instructions: str, tools: list[Tool]) -> None:
-        super().__init__("ai-credits-mcp", version=VERSION, instructions=instructions, tools=tools)
+        super().__init__(
+            "ai-credits-mcp", version=VERSION, instructions=instructions, tools=tools, extensions=[apps_extension()]
+        )
         self.pipeline = pipeline
 
 
@@ -218,7 +221,13 @@ def _registered(spec: ToolSpec) -> Tool:
     built = _built.get(spec.name)
     if built is None or built[0] is not spec:
         tool = Tool.from_function(
-            _tool_function(spec), name=spec.name, title=spec.title, description=spec.description, annotations=READ_ONLY
+            _tool_function(spec),
+            name=spec.name,
+            title=spec.title,
+            description=spec.description,
+            annotations=READ_ONLY,
+            # MCP Apps: the one addition to the tool's definition; hosts without Apps ignore it and show the text.
+            meta={"ui": {"resourceUri": spec.view.uri}} if spec.view is not None else None,
         )
         metadata = tool.fn_metadata
         tool.fn_metadata = TextKeptMetadata(

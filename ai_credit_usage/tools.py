@@ -18,6 +18,7 @@ from ai_credit_usage.answers.structured import (
     TenantTotalResult,
     TrendResult,
 )
+from ai_credit_usage.answers.views import BALANCE, FORECAST, SUMMARY, TREND, View
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import LOOKBACK_DAYS
 from ai_credit_usage.questions.query import Query, parse_forecast_query, parse_moment_query, parse_query
@@ -131,6 +132,8 @@ class ToolSpec:
     offered: Callable[[Settings], bool] = always
     # What the server instructions add when the tool is offered: when to pick it.
     pick: str = ""
+    # The inline chart (MCP Apps) a host shows beside the answer: named in the tool's `_meta.ui.resourceUri`.
+    view: View | None = None
 
     @property
     def all_parameters(self) -> tuple[tuple[str, Any], ...]:
@@ -201,6 +204,7 @@ TOOLS = (
         question=UsageService.summary,
         result=SummaryResult,
         file_label="summary",
+        view=SUMMARY,
         parameters=(("group_by", BreakdownParameter), *FILTER_PARAMETERS),
     ),
     ToolSpec(
@@ -230,6 +234,7 @@ TOOLS = (
         question=UsageService.trend,
         result=TrendResult,
         file_label="trend",
+        view=TREND,
         parameters=(
             ("granularity", GranularityParameter),
             ("group_by", GroupByParameter),
@@ -253,6 +258,7 @@ TOOLS = (
         question=UsageService.forecast,
         result=ForecastResult,
         file_label="forecast",
+        view=FORECAST,
         parameters=(("time_zone", ForecastTimeZone), *FILTER_PARAMETERS),
         window_parameters=(("to_date", ForecastToDate),),
         parse=parse_forecast_query,
@@ -273,6 +279,7 @@ TOOLS = (
         question=UsageService.balance_left,
         result=BalanceResult,
         file_label="balance",
+        view=BALANCE,
         offered=credits_configured,
         pick=BALANCE_PICK,
         window_parameters=(),
