@@ -21,8 +21,8 @@ from mcp.server.mcpserver.tools import Tool
 
 from ai_credit_usage.answers.views import MAX_DOCUMENT_BYTES, VIEWS
 from ai_credit_usage.openmeter.standin import OpenMeterStandIn, make_event
+from ai_credit_usage.sdk_tools import READ_ONLY, _tool_function
 from ai_credit_usage.tools import TOOLS
-from server import READ_ONLY, _tool_function
 from tests.conftest import ADMIN, CLIENT_TIMEOUT, NOW, FakeClock, ServerStarter, text_of
 
 pytestmark = pytest.mark.anyio
