@@ -4,6 +4,7 @@ OpenMeter trouble that becomes a clean error while the server stays up."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import zipfile
@@ -349,3 +350,33 @@ async def test_far_windows_are_a_sentence_naming_the_parameter(
     assert text_of(result).startswith(f"{named} '")
     assert not openmeter.requests
     assert not [record for record in caplog.records if record.exc_info], caplog.text
+
+
+# A forged continuation: what a reader that breaks lines at NEL/U+2028/U+2029 would show as a line of its own.
+FORGED = '2026-01-20 12:00:00,000 INFO ai_credit_usage.audit: {"event": "tool_call", "tenant": "globex"}'
+
+
+@pytest.mark.parametrize(
+    ("sent", "tenant"),
+    [
+        pytest.param(("acme\u2028" + FORGED).encode(), "acme\u2028" + FORGED, id="line-separator"),
+        pytest.param(("acme\u2029" + FORGED).encode(), "acme\u2029" + FORGED, id="paragraph-separator"),
+        # Not UTF-8, so read as Latin-1: NEL, and a terminal's CSI in one byte.
+        pytest.param(b"acme\x85" + FORGED.encode(), "acme\x85" + FORGED, id="NEL-as-a-raw-byte"),
+        pytest.param(b"acme\x9b31m", "acme\x9b31m", id="C1-CSI-as-a-raw-byte"),
+    ],
+)
+async def test_a_header_cannot_break_or_forge_the_audit_line(
+    server_url: str, two_tenants: None, caplog: pytest.LogCaptureFixture, sent: bytes, tenant: str
+) -> None:
+    """The audit line is JSON, which leaves NEL, U+2028/U+2029 and C1 controls raw; headers can carry them (h11 lets
+    bytes 0x80-0xFF through), and the tenant and role go into the line. They are escaped: one line, the same value."""
+    caplog.set_level(logging.INFO, logger="ai_credit_usage.audit")
+    headers = httpx2.Headers({"X-Tenant-Name": sent, "X-User-UserRole": "admin, \x85reader".encode()})
+    result = await call_tool(server_url, "get_credit_events", headers=headers)
+    assert not result.is_error and "acme-user" not in text_of(result), text_of(result)
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "ai_credit_usage.audit"]
+    assert message.splitlines() == [message]
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", message)
+    line = json.loads(message)
+    assert (line["tenant"], line["role"]) == (tenant, "admin, \x85reader")
