@@ -10,6 +10,7 @@ import contextlib
 import io
 import math
 import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from openpyxl import load_workbook
 
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
+from ai_credit_usage.questions import filters
 from ai_credit_usage.questions.filters import FilterError, Filters, nearest, parse_filters
 from ai_credit_usage.questions.query import Query
 from ai_credit_usage.questions.sink import TableSink
@@ -383,3 +385,36 @@ def test_the_no_match_sentence_keeps_each_name_apart() -> None:
     assert (
         both.sentence() == "No usage for user 'a' with module 'm' from A to B; each has usage then, but not together."
     )
+
+
+async def test_ranking_the_closest_names_never_holds_up_other_calls(
+    server_url: str, openmeter: OpenMeterStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranking a value that matched nothing is CPU work: an edit distance per name of the tenant (about 1 s for
+    2,000 names and a long value, growing with the tenant). On the event loop it held up every other tenant's calls
+    and /health until it was done; off it, the server answers meanwhile. The ranking here waits until /health has
+    answered (at most 10 s): on the loop, /health could not answer first."""
+    openmeter.ingest(make_event(tenant="acme", credits=1, time=NOW - timedelta(hours=1), user=ALICE))
+    ranking, release = threading.Event(), threading.Event()
+    measured = filters.edit_distance
+
+    def held_up(a: str, b: str) -> int:
+        ranking.set()
+        release.wait(10)
+        return measured(a, b)
+
+    monkeypatch.setattr(filters, "edit_distance", held_up)
+    async with anyio.create_task_group() as calls, httpx2.AsyncClient(timeout=3) as http:
+        answer: list[str] = []
+
+        async def miss() -> None:
+            answer.append(text_of(await call_tool(server_url, "get_credit_usage_summary", {"user": "bob"})))
+
+        calls.start_soon(miss)
+        assert await anyio.to_thread.run_sync(ranking.wait, 10)
+        try:
+            health = await http.get(f"{server_url}/health")
+        finally:
+            release.set()
+    assert health.status_code == 200
+    assert f"users with usage then include {ALICE}." in answer[0]

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import anyio.to_thread
+
 from ai_credit_usage.openmeter.http import UNREADABLE, OpenMeterError
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter, UsageRow
 from ai_credit_usage.openmeter.meter import Meter, MeterConfigError
@@ -362,7 +364,10 @@ class UsageService:
         rows = await self._ask(meter, AggregateQuery(window, ("tenant", *dimensions), tenant))
         mine = _of_tenant(rows, tenant)
         known = {name: {row.dimensions.get(name) or "" for row in mine} for name in dimensions}
-        return no_match(filters, format_utc(window.start), format_utc(window.end), known)
+        # In a thread: ranking is an edit distance per name of the tenant, CPU work that grows with the tenant and
+        # on the event loop would hold up every other call (and /health) meanwhile.
+        start, end = format_utc(window.start), format_utc(window.end)
+        return await anyio.to_thread.run_sync(no_match, filters, start, end, known)
 
     async def _ask(self, meter: Meter, query: AggregateQuery) -> list[UsageRow]:
         try:
