@@ -418,3 +418,34 @@ async def test_ranking_the_closest_names_never_holds_up_other_calls(
             release.set()
     assert health.status_code == 200
     assert f"users with usage then include {ALICE}." in answer[0]
+
+
+@both
+@pytest.mark.parametrize(
+    "tool", ["get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_forecast"]
+)
+async def test_hostile_tenant_and_filter_values_stay_text_in_the_workbook_and_its_file_name(
+    servers: dict[str, tuple[str, OpenMeterStandIn]], which: str, tool: str
+) -> None:
+    """Filter values are echoed on the Summary and About sheets and in the file name, the tenant too: a formula
+    stays a string cell, and nothing of either can end the Content-Disposition value or add a parameter to it."""
+    tenant = "acme\"; filename*=UTF-8''evil.exe; x=\""
+    formulas = {"user": '=HYPERLINK("https://attacker.example","open")', "module": "@SUM(1+1)", "skill": "-2+3"}
+    headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
+    arguments = {**(WINDOW if tool != "get_credit_forecast" else {}), **formulas}
+    result = await call_tool(servers[which][0], tool, arguments, headers=headers)
+    assert not result.is_error, text_of(result)
+    disposition, book = workbook(servers, which, text_of(result))
+    assert re.fullmatch(r'attachment; filename="[A-Za-z0-9._-]+\.xlsx"', disposition), disposition
+    assert "_user-HYPERLINK_https_attacker.example_open_" in disposition
+    echoed = [
+        cell
+        for sheet in ("Summary", "About")
+        for row in book[sheet].iter_rows()
+        for cell in row
+        if isinstance(cell.value, str) and any(value in cell.value for value in formulas.values())
+    ]
+    assert {value for value in formulas.values() if any(value == cell.value for cell in echoed)} == set(
+        formulas.values()
+    )
+    assert all(cell.data_type == "s" for cell in echoed)
