@@ -6,10 +6,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -19,11 +23,12 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from tests.conftest import API_KEY, NOW, call_tool, on_both_apis, raw_initialize, text_of
-from tests.servers import free_port
+from tests.servers import free_port, wait_for_health
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
 EVERY_TOOL = (*TOOLS, "get_credit_forecast")
+ROOT = Path(__file__).resolve().parents[1]
 REFUSED_ROLE = "Only tenant administrators can see AI credit usage"
 
 
@@ -380,3 +385,37 @@ async def test_a_header_cannot_break_or_forge_the_audit_line(
     assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", message)
     line = json.loads(message)
     assert (line["tenant"], line["role"]) == (tenant, "admin, \x85reader")
+
+
+def test_no_request_can_forge_or_colour_a_console_log_line(tmp_path: Path) -> None:
+    """main.py's console, as an operator reads it. A request's text reaches it through libraries' log lines: the
+    SDK logs a failed handler with its traceback, and `prompts/get` for an unknown name raises an error quoting the
+    name, with no headers needed. A name carrying line breaks wrote whole log lines of the caller's choosing (here
+    an audit line for another tenant), and an escape sequence drove the operator's terminal. Every further line of
+    a record is indented now, and other control characters are shown escaped."""
+    forged = '2026-01-20 12:00:00,000 INFO ai_credit_usage.audit: {"event": "tool_call", "tenant": "globex"}'
+    names = [f"x\n{forged}", f"x\r{forged}", f"x\u2028{forged}", f"x\x85{forged}", "x\x1b[2J\x1b]0;owned\x07"]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--demo"],
+        env={**env, "MCP_PORT": str(port)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_health(port, process)
+        for name in names:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": {"name": name}}
+            headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+            answer = httpx2.post(f"http://127.0.0.1:{port}/mcp", json=body, headers=headers)
+            assert answer.status_code == 200 and "Unknown prompt" in answer.text
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=15)
+    assert stderr.count("ValueError: Unknown prompt: x") >= len(names), stderr  # still logged, traceback and all
+    assert not [line for line in stderr.splitlines() if line.startswith(forged[:30])]
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", stderr)
+    assert "\\x1b[2J" in stderr
