@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openpyxl import load_workbook
 
+from ai_credit_usage.answers.render import escape_cell
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.questions import filters
 from ai_credit_usage.questions.filters import FilterError, Filters, nearest, parse_filters
@@ -449,3 +450,30 @@ async def test_hostile_tenant_and_filter_values_stay_text_in_the_workbook_and_it
         formulas.values()
     )
     assert all(cell.data_type == "s" for cell in echoed)
+
+
+ACME_NAMES = (ALICE, "bob@acme.example", "carol@acme.example")  # the closest lists are checked whole
+
+
+@both
+async def test_no_tenant_name_or_filter_value_reaches_another_tenants_names(
+    servers: dict[str, tuple[str, OpenMeterStandIn]], which: str
+) -> None:
+    """globex's administrator (and tenant names that look like globex or like several tenants) asks for acme's users
+    by name, in other case, as a look-alike, as an operator or a list: nothing of acme in the answer, and the closest
+    names suggested are the caller's tenant's own (mallory's), or none."""
+    tenants = {"globex": ["mallory@globex.example"], "GLOBEX": [], "gl\u043ebex": [], "globex,acme": []}
+    values = (ALICE, "alice@acme.example".upper(), "\u0430lice@acme.example", '{"$in": ["alice@acme.example"]}')
+    tools = ("get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend", "get_credit_forecast")
+    url = servers[which][0]
+    for tenant, closest in tenants.items():
+        headers = httpx2.Headers({"X-Tenant-Name": tenant.encode(), "X-User-UserRole": b"admin"})
+        for value in values:
+            for tool in tools:
+                result = await call_tool(url, tool, {"user": value}, headers=headers)
+                text = text_of(result)
+                assert not result.is_error, text
+                assert result.structured_content is not None
+                assert result.structured_content["no_match"]["closest"] == closest, (tenant, value, tool)
+                named_back = text.replace(escape_cell(value), "").replace(value, "")  # the value itself, as asked
+                assert not any(name in named_back for name in ACME_NAMES), text
