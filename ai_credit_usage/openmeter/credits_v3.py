@@ -195,7 +195,7 @@ class CreditsV3:
         if not found:
             return None
         if not _ULID.match(found[0].id):
-            raise self._http.unreadable("customer list", f"customer id {found[0].id[:40]!r} is not a ULID")
+            raise self._http.unreadable("customer list", "its customer id is not a ULID")  # not quoted: upstream text
         return Customer(found[0].id, found[0].key)
 
     async def entitlement_value(self, customer: Customer) -> AccessValue | None:
