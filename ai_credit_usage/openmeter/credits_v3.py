@@ -22,10 +22,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from ai_credit_usage.openmeter.http import OpenMeterError, OpenMeterHttp
 
@@ -51,6 +51,9 @@ def _numeric(value: object) -> float:
     return float(value)
 
 
+Numeric = Annotated[float, BeforeValidator(_numeric)]
+
+
 @dataclass(frozen=True)
 class Customer:
     id: str
@@ -69,15 +72,19 @@ class AccessValue:
     grant_balances: dict[str, float] = field(default_factory=dict)
 
 
+# The two below are read straight from the wire (pydantic validates them as it validates a model; fields the server
+# adds are ignored): their names are the API's own.
+
+
 @dataclass(frozen=True)
 class CurrencyBalance:
     """One currency of the ledger: `live` is what is available now (it may be negative), `settled` what is booked,
     `pending` what is granted but not booked yet."""
 
     currency: str
-    live: float
-    settled: float
-    pending: float
+    live: Numeric
+    settled: Numeric
+    pending: Numeric
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class CreditGrant:
     id: str
     name: str
     currency: str
-    amount: float
+    amount: Numeric
     status: GrantStatus
     created_at: datetime
     priority: int | None = None  # lower burns first; the server's default is 10
@@ -105,23 +112,11 @@ class _CustomerPage(BaseModel):
 
 
 class _Value(BaseModel):
-    balance: float
-    usage: float
-    overage: float
-    total_available_grant_amount: float
-    grant_balances: dict[str, float] = {}
-
-    @field_validator("balance", "usage", "overage", "total_available_grant_amount", mode="before")
-    @classmethod
-    def _decimal(cls, value: object) -> float:
-        return _numeric(value)
-
-    @field_validator("grant_balances", mode="before")
-    @classmethod
-    def _decimals(cls, value: object) -> dict[str, float]:
-        if not isinstance(value, dict):
-            raise ValueError("not an object")
-        return {str(key): _numeric(amount) for key, amount in value.items()}
+    balance: Numeric
+    usage: Numeric
+    overage: Numeric
+    total_available_grant_amount: Numeric
+    grant_balances: dict[str, Numeric] = {}
 
 
 class _Access(BaseModel):
@@ -131,38 +126,8 @@ class _Access(BaseModel):
     value: _Value | None = None
 
 
-class _Balance(BaseModel):
-    currency: str
-    live: float
-    settled: float
-    pending: float
-
-    @field_validator("live", "settled", "pending", mode="before")
-    @classmethod
-    def _decimal(cls, value: object) -> float:
-        return _numeric(value)
-
-
 class _Balances(BaseModel):
-    balances: list[_Balance]
-
-
-class _Grant(BaseModel):
-    id: str
-    name: str
-    currency: str
-    amount: float
-    status: GrantStatus
-    created_at: datetime
-    priority: int | None = None
-    effective_at: datetime | None = None
-    expires_at: datetime | None = None
-    voided_at: datetime | None = None
-
-    @field_validator("amount", mode="before")
-    @classmethod
-    def _decimal(cls, value: object) -> float:
-        return _numeric(value)
+    balances: list[CurrencyBalance]
 
 
 class _PageMeta(BaseModel):
@@ -174,7 +139,7 @@ class _Meta(BaseModel):
 
 
 class _GrantPage(BaseModel):
-    data: list[_Grant]
+    data: list[CreditGrant]
     meta: _Meta
 
 
@@ -239,7 +204,7 @@ class CreditsV3:
         if body is None:
             return None
         found = _read(self._http, _Balances, body, "credit balance")
-        return [CurrencyBalance(b.currency, b.live, b.settled, b.pending) for b in found.balances]
+        return found.balances
 
     async def grants(self, customer: Customer) -> list[CreditGrant]:
         """Every credit grant of the customer, in all currencies and states (the currency is picked by the caller:
@@ -257,21 +222,7 @@ class CreditsV3:
             if body is None:
                 return grants
             page = _read(self._http, _GrantPage, body, "credit grants page")
-            grants += [
-                CreditGrant(
-                    id=g.id,
-                    name=g.name,
-                    currency=g.currency,
-                    amount=g.amount,
-                    status=g.status,
-                    created_at=g.created_at,
-                    priority=g.priority,
-                    effective_at=g.effective_at,
-                    expires_at=g.expires_at,
-                    voided_at=g.voided_at,
-                )
-                for g in page.data
-            ]
+            grants += page.data
             total = page.meta.page.total
             if len(page.data) < GRANTS_PAGE_SIZE or (total is not None and len(grants) >= total):
                 break
