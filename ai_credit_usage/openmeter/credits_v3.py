@@ -185,22 +185,8 @@ class CreditsV3:
         )
 
     async def balances(self, customer: Customer) -> list[CurrencyBalance] | None:
-        """The ledger's balance per currency now; None when the customer is not there. Credits not enabled (501)
-        is an error the user can relay."""
-        try:
-            body = await self._http.get_json(
-                f"/openmeter/customers/{customer.id}/credits/balance",
-                None,
-                meter=None,
-                template="/openmeter/customers/{customerId}/credits/balance",
-                absent=_ABSENT,
-            )
-        except OpenMeterError as exc:
-            if exc.status == 501:
-                error = OpenMeterError(CREDITS_NOT_ENABLED)
-                error.status = 501
-                raise error from None
-            raise
+        """The ledger's balance per currency now; None when the customer is not there."""
+        body = await self._ledger(customer, "balance", None)
         if body is None:
             return None
         found = _read(self._http, _Balances, body, "credit balance")
@@ -212,13 +198,7 @@ class CreditsV3:
         grants: list[CreditGrant] = []
         for number in range(1, MAX_GRANT_PAGES + 1):
             params = {"page[size]": str(GRANTS_PAGE_SIZE), "page[number]": str(number)}
-            body = await self._http.get_json(
-                f"/openmeter/customers/{customer.id}/credits/grants",
-                params,
-                meter=None,
-                template="/openmeter/customers/{customerId}/credits/grants",
-                absent=_ABSENT,
-            )
+            body = await self._ledger(customer, "grants", params)
             if body is None:
                 return grants
             page = _read(self._http, _GrantPage, body, "credit grants page")
@@ -227,6 +207,24 @@ class CreditsV3:
             if len(page.data) < GRANTS_PAGE_SIZE or (total is not None and len(grants) >= total):
                 break
         return grants
+
+    async def _ledger(self, customer: Customer, what: str, params: Any) -> Any:
+        """GET the customer's `credits/<what>`; None when the customer is not there. Credits not enabled (501) is
+        the same sentence from either endpoint: they are asked together, and whichever fails first is the answer."""
+        try:
+            return await self._http.get_json(
+                f"/openmeter/customers/{customer.id}/credits/{what}",
+                params,
+                meter=None,
+                template=f"/openmeter/customers/{{customerId}}/credits/{what}",
+                absent=_ABSENT,
+            )
+        except OpenMeterError as exc:
+            if exc.status == 501:
+                error = OpenMeterError(CREDITS_NOT_ENABLED)
+                error.status = 501
+                raise error from None
+            raise
 
     def describe(self, customer_key: str, source: str) -> str:
         """The requests, in words, for the workbook's About sheet."""
