@@ -20,13 +20,14 @@ Paths, parameters and fields follow both specs (tests check every request agains
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel, BeforeValidator, ValidationError
 
+from ai_credit_usage.openmeter.entitlements import EntitlementValue
 from ai_credit_usage.openmeter.http import OpenMeterError, OpenMeterHttp
 
 CUSTOMERS_PAGE_SIZE = 10  # an exact key matches at most one live customer; a few spare for deleted look-alikes
@@ -58,18 +59,6 @@ Numeric = Annotated[float, BeforeValidator(_numeric)]
 class Customer:
     id: str
     key: str
-
-
-@dataclass(frozen=True)
-class AccessValue:
-    """The metered entitlement's value now (upstream's `BillingEntitlementAccessValue`)."""
-
-    has_access: bool
-    balance: float
-    usage: float
-    overage: float
-    total_available: float
-    grant_balances: dict[str, float] = field(default_factory=dict)
 
 
 # The two below are read straight from the wire (pydantic validates them as it validates a model; fields the server
@@ -163,7 +152,7 @@ class CreditsV3:
             raise self._http.unreadable("customer list", "its customer id is not a ULID")  # not quoted: upstream text
         return Customer(found[0].id, found[0].key)
 
-    async def entitlement_value(self, customer: Customer) -> AccessValue | None:
+    async def entitlement_value(self, customer: Customer) -> EntitlementValue | None:
         """The metered entitlement's value now; None when the endpoint is not served, or the customer has no metered
         entitlement to the feature (then the ledger is the source)."""
         path = f"/openmeter/customers/{customer.id}/entitlement-access/features/{quote(self.feature_key, safe='')}"
@@ -175,7 +164,7 @@ class CreditsV3:
         if access.type != "metered" or access.value is None:
             return None
         value = access.value
-        return AccessValue(
+        return EntitlementValue(  # v2's value, in v3's words (`BillingEntitlementAccessValue`)
             has_access=access.has_access,
             balance=value.balance,
             usage=value.usage,

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
-from ai_credit_usage.openmeter.credits_v3 import AccessValue, CreditGrant, CreditsV3, CurrencyBalance, Customer
+from ai_credit_usage.openmeter.credits_v3 import CreditGrant, CreditsV3, CurrencyBalance, Customer
+from ai_credit_usage.openmeter.entitlements import EntitlementValue
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter
 from ai_credit_usage.openmeter.meter import Meter
 from ai_credit_usage.questions.balance import (
@@ -92,7 +93,7 @@ class BalanceServiceV3:
     def _from_value(
         self,
         base: CreditBalance,
-        value: AccessValue,
+        value: EntitlementValue,
         daily: list[DayUsage],
         history: dict[date, float],
         lookback: Window,
@@ -113,12 +114,13 @@ class BalanceServiceV3:
             )
             for grant_id, left in sorted(value.grant_balances.items(), key=lambda item: (-item[1], item[0]))
         ]
-        pots = [Pot("the balance", value.balance, (0, NEVER, NEVER, ""))] if value.balance > 0 else []
+        balance = value.balance or 0.0  # always there on v3 (v2's value leaves it out for no access)
+        pots = [Pot("the balance", balance, (0, NEVER, NEVER, ""))] if balance > 0 else []
         return replace(
             base,
             status="metered",
             entitlement_type="metered",
-            balance=value.balance,
+            balance=balance,
             usage=value.usage,
             overage=value.overage,
             total_available=value.total_available,
