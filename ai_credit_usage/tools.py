@@ -19,11 +19,12 @@ from ai_credit_usage.answers.structured import (
     TrendResult,
 )
 from ai_credit_usage.answers.views import BALANCE, FORECAST, SUMMARY, TREND, View
+from ai_credit_usage.questions.filters import Dimension
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import LOOKBACK_DAYS
 from ai_credit_usage.questions.query import Query, parse_forecast_query, parse_moment_query, parse_query
 from ai_credit_usage.questions.sink import TableSink
-from ai_credit_usage.questions.trend import Dimension, Granularity
+from ai_credit_usage.questions.trend import Granularity
 from ai_credit_usage.questions.usage import UsageService
 from ai_credit_usage.runtime.settings import Settings
 

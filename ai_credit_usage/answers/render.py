@@ -18,10 +18,10 @@ from typing import Any
 
 from ai_credit_usage.answers.table import Table
 from ai_credit_usage.questions.compare import COMPARISON_UNAVAILABLE, VISIBLE_CENT, Comparison, Mover
-from ai_credit_usage.questions.filters import NO_FILTERS, Filters
+from ai_credit_usage.questions.filters import DIMENSIONS, NO_FILTERS, Filters
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import Outlook
-from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, PREVIEW_ROWS, TableSink
+from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
 from ai_credit_usage.questions.trend import Granularity, Trend, unusual_rule
 from ai_credit_usage.runtime.window import Window, format_utc
 
@@ -248,7 +248,7 @@ def top_lines(sink: TableSink, *, limit: int = CELL_LIMITS[0]) -> list[str]:
     credits and their share of the total."""
     total = sink.total_credits
     lines = []
-    for dimension in BREAKDOWN_DIMENSIONS:
+    for dimension in DIMENSIONS:
         top = sink.top(dimension)
         if not top:
             continue

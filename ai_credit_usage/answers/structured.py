@@ -16,10 +16,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from ai_credit_usage.answers.render import Preview, period_text, shorten_plain
 from ai_credit_usage.questions.balance import CreditBalance
 from ai_credit_usage.questions.compare import Comparison, Mover, MoverStatus
-from ai_credit_usage.questions.filters import NO_FILTERS, Filters, NoMatch
+from ai_credit_usage.questions.filters import DIMENSIONS, NO_FILTERS, Dimension, Filters, NoMatch
 from ai_credit_usage.questions.findings import Findings
-from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, PREVIEW_ROWS, TableSink
-from ai_credit_usage.questions.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Dimension, Granularity
+from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
+from ai_credit_usage.questions.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Granularity
 from ai_credit_usage.runtime.window import Window
 
 UNUSUAL_KEPT = 50
@@ -169,7 +169,7 @@ def tops_of(answer: Answered) -> dict[str, list[TopOut]]:
             TopOut(name=answer.text(name), credits=credits, share=credits / total if total else None)
             for name, credits in sink.top(dimension)
         ]
-        for dimension in BREAKDOWN_DIMENSIONS
+        for dimension in DIMENSIONS
         if sink.breakdown(dimension)
     }
 

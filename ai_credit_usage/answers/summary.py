@@ -14,10 +14,11 @@ from ai_credit_usage.answers.demo_notice import DEMO_ABOUT
 from ai_credit_usage.answers.render import period_text
 from ai_credit_usage.answers.workbook import CREDITS_FORMAT, SHARE_FORMAT, Block, Fact, LineChartSpec, Report
 from ai_credit_usage.questions.compare import COMPARISON_UNAVAILABLE, Comparison, Mover
+from ai_credit_usage.questions.filters import DIMENSIONS
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import Outlook
 from ai_credit_usage.questions.query import Query
-from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, TableSink
+from ai_credit_usage.questions.sink import TableSink
 from ai_credit_usage.questions.trend import NO_VALUE, Trend, unusual_rule
 from ai_credit_usage.runtime.window import format_utc
 
@@ -67,7 +68,7 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
         facts += _comparison_facts(findings)
     if findings.no_match is not None:
         facts.append(Fact("No usage", findings.no_match.sentence()))
-    blocks = [_top_block(sink, dimension) for dimension in BREAKDOWN_DIMENSIONS if sink.breakdown(dimension)]
+    blocks = [_top_block(sink, dimension) for dimension in DIMENSIONS if sink.breakdown(dimension)]
     if findings.movers and findings.comparison is not None:
         blocks.append(_movers_block(findings.movers, findings.comparison))
     line_chart = None

@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 from ai_credit_usage.runtime.errors import Outcome, UserFacingError
 
-FilterDimension = Literal["user", "module", "product", "skill"]
-FILTER_DIMENSIONS: tuple[FilterDimension, ...] = ("user", "module", "product", "skill")
+# The dimensions of a usage row besides the tenant, in the tables' order: what a call filters on, a summary or a trend
+# groups by, and an answer names the top 5 of.
+Dimension = Literal["user", "module", "product", "skill"]
+DIMENSIONS: tuple[Dimension, ...] = ("user", "module", "product", "skill")
 # The longest value accepted, in UTF-8 bytes. Every filter of a call then fits in one v1 query string (a byte is at
 # most three once percent-encoded) far below the request-line limit proxies enforce; no real name is this long.
 MAX_FILTER_BYTES = 256
@@ -44,7 +46,7 @@ class Filters:
     @property
     def pairs(self) -> tuple[tuple[str, str], ...]:
         """The filters set, as (dimension, value) in the dimensions' order."""
-        return tuple((name, value) for name in FILTER_DIMENSIONS if (value := getattr(self, name)) is not None)
+        return tuple((name, value) for name in DIMENSIONS if (value := getattr(self, name)) is not None)
 
     def __bool__(self) -> bool:
         return bool(self.pairs)
@@ -68,7 +70,7 @@ def quoted(value: str, limit: int = QUOTED_CHARS) -> str:
 def parse_filters(arguments: Mapping[str, Any]) -> Filters:
     """Trimmed of surrounding blanks (as the tenant header is); a blank value is no filter."""
     found: dict[str, str] = {}
-    for name in FILTER_DIMENSIONS:
+    for name in DIMENSIONS:
         value = arguments.get(name)
         if value is None:
             continue

@@ -11,8 +11,9 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from ai_credit_usage.questions.filters import DIMENSIONS
+
 PREVIEW_ROWS = 50
-BREAKDOWN_DIMENSIONS = ("user", "module", "product", "skill")
 TOP_ROWS = 5
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 
@@ -51,7 +52,7 @@ class TableSink:
         self.total_index = total
         labels = self.columns[: len(self.columns) - amounts]
         self._breakdown_columns = (
-            [(name, labels.index(name)) for name in BREAKDOWN_DIMENSIONS if name in labels] if running_sums else []
+            [(name, labels.index(name)) for name in DIMENSIONS if name in labels] if running_sums else []
         )
 
     @property

@@ -25,7 +25,7 @@ from ai_credit_usage.openmeter.meter_cache import DEFINITIVE_STATUSES, MeterCach
 from ai_credit_usage.questions.balance import Balances
 from ai_credit_usage.questions.compare import Previous, compare, preceding, top_movers
 from ai_credit_usage.questions.event_walk import MAX_SLICES, EventWalk
-from ai_credit_usage.questions.filters import FILTER_DIMENSIONS, Filters, NoMatch, no_match
+from ai_credit_usage.questions.filters import DIMENSIONS, Filters, NoMatch, no_match
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import (
     DAY_COLUMNS,
@@ -37,7 +37,7 @@ from ai_credit_usage.questions.forecast import (
     project_usage,
 )
 from ai_credit_usage.questions.query import Query
-from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, TableSink
+from ai_credit_usage.questions.sink import TableSink
 from ai_credit_usage.questions.together import together
 from ai_credit_usage.questions.trend import UNUSUAL_RULE, build_trend, calendar_unit, choose_granularity, periods_of
 from ai_credit_usage.runtime.errors import UserFacingError
@@ -468,7 +468,7 @@ def _in_scope(rows: list[UsageRow], tenant: str, filters: Filters) -> list[Usage
 
 def summary_columns(breakdown: tuple[str, ...]) -> tuple[str, ...]:
     """All four dimensions: today's table; fewer: the chosen ones in the dimensions' order, then tenant, credits."""
-    if tuple(breakdown) == FILTER_DIMENSIONS:
+    if tuple(breakdown) == DIMENSIONS:
         return SUMMARY_COLUMNS
     return (*breakdown, "tenant", "credits")
 
@@ -500,7 +500,7 @@ def _tally_breakdowns(
     """Credits per user, module, product and skill from per-combination rows, for the top 5s; returns the rows of
     the tenant (and of the filters)."""
     mine = _in_scope(rows, tenant, filters)
-    for dimension in BREAKDOWN_DIMENSIONS:
+    for dimension in DIMENSIONS:
         if dimension in meter.dimension_paths:
             sink.tally(dimension, _sums((row.dimensions.get(dimension) or "", row.value) for row in mine))
     return mine
