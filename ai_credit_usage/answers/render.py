@@ -18,11 +18,11 @@ from typing import Any
 
 from ai_credit_usage.answers.table import Table
 from ai_credit_usage.questions.compare import COMPARISON_UNAVAILABLE, VISIBLE_CENT, Comparison, Mover
-from ai_credit_usage.questions.filters import DIMENSIONS, NO_FILTERS, Filters
+from ai_credit_usage.questions.filters import NO_FILTERS, Filters
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import Outlook
 from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
-from ai_credit_usage.questions.trend import Granularity, Trend, unusual_rule
+from ai_credit_usage.questions.trend import NO_VALUE, Granularity, Trend, unusual_rule
 from ai_credit_usage.runtime.window import Window, format_utc
 
 MAX_PREVIEW_CHARS = 20_000
@@ -246,17 +246,12 @@ def plain_text(text: str) -> str:
 def top_lines(sink: TableSink, *, limit: int = CELL_LIMITS[0]) -> list[str]:
     """The top 5 of every dimension the answer knows, over all its rows (not the preview): names as they are,
     credits and their share of the total."""
-    total = sink.total_credits
     lines = []
-    for dimension in DIMENSIONS:
-        top = sink.top(dimension)
-        if not top:
-            continue
+    for dimension, top in sink.tops().items():
         listed = []
-        for name, credits in top:
-            shown = plain_text(shorten_plain(name, limit)) if name else "(none)"
-            share = f" ({credits / total:.1%})" if total else ""
-            listed.append(f"{shown} {format_credits(credits)}{share}")
+        for name, credits, share in top:
+            shown = plain_text(shorten_plain(name, limit)) if name else NO_VALUE
+            listed.append(f"{shown} {format_credits(credits)}" + (f" ({share:.1%})" if share is not None else ""))
         lines.append(f"Top {dimension}s: {'; '.join(listed)}.")
     return lines
 
