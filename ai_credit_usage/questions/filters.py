@@ -8,6 +8,7 @@ naming the parameter and the start of the value.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -43,9 +44,10 @@ class Filters:
     product: str | None = None
     skill: str | None = None
 
-    @property
+    @functools.cached_property
     def pairs(self) -> tuple[tuple[str, str], ...]:
-        """The filters set, as (dimension, value) in the dimensions' order."""
+        """The filters set, as (dimension, value) in the dimensions' order; worked out once, as the event walk asks
+        for every event."""
         return tuple((name, value) for name in DIMENSIONS if (value := getattr(self, name)) is not None)
 
     def __bool__(self) -> bool:
