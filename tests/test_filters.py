@@ -256,6 +256,9 @@ async def test_group_by_module_gives_one_row_per_module_and_still_every_top(
         and "Top modules: chat 246.70 (91.0%); code 23.10 (8.5%); search 1.40 (0.5%)." in text
     )
     assert result["total_credits"] == 271.2
+    _, book = workbook(servers, which, text)
+    about = {row[0]: row[1] for row in book["About"].iter_rows(values_only=True) if row and row[0]}
+    assert about["a row"].startswith("one combination of module and tenant that used credits")
 
 
 @both

@@ -41,11 +41,12 @@ def parse_query(arguments: Mapping[str, Any], now: datetime) -> Query:
     can fix raises a `UserFacingError` naming the parameter."""
     zone = parse_time_zone(arguments.get("time_zone"))
     window = resolve_window(arguments.get("from_date"), arguments.get("to_date"), now, zone)
+    filters = parse_filters(arguments)
     group_by = arguments.get("group_by")
     if isinstance(group_by, list):  # the summary's breakdown: a list of dimensions (the trend's is one)
         chosen = tuple(name for name in DIMENSIONS if name in group_by)
-        return Query(window, zone, filters=parse_filters(arguments), breakdown=chosen or DIMENSIONS)
-    return Query(window, zone, arguments.get("granularity"), group_by, filters=parse_filters(arguments))
+        return Query(window, zone, filters=filters, breakdown=chosen or DIMENSIONS)
+    return Query(window, zone, arguments.get("granularity"), group_by, filters=filters)
 
 
 def parse_forecast_query(arguments: Mapping[str, Any], now: datetime) -> Query:

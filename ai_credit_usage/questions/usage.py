@@ -131,7 +131,7 @@ class UsageService:
         table: list[tuple[Any, ...]] = [(*key, math.fsum(values)) for key, values in grouped.items()]
         table.sort(key=lambda row: (-row[-1], row[:-1]))
         await sink.add(table)
-        about = self._about(meter, combinations, SUMMARY_ROW if labels == BREAKDOWN_COLUMNS else _breakdown_row(labels))
+        about = self._about(meter, combinations, _combination_row(labels))
         findings = _findings(query.window, sink, previous, about=about, in_text=True)
         findings.tops_in_text = True
         findings.no_match = await self._no_match(meter, tenant, query.filters, query.window, found=bool(mine))
@@ -397,9 +397,6 @@ class UsageService:
 
 
 TENANT_ROW = "the tenant's credits over the whole window (one row, even at zero usage)"
-SUMMARY_ROW = (
-    "one combination of user, module, product, tenant and skill that used credits in the window, largest first"
-)
 DAY_ROW = (
     "one calendar day in {zone}, from the window's first day to its last: used = credits recorded (today: so far), "
     "forecast = expected (today: the rest of the day), credits = the two together; cumulative = from the window's "
@@ -473,8 +470,11 @@ def summary_columns(breakdown: tuple[str, ...]) -> tuple[str, ...]:
     return (*breakdown, "tenant", "credits")
 
 
-def _breakdown_row(labels: tuple[str, ...]) -> str:
-    return f"one combination of {', '.join(labels)} that used credits in the window, largest first"
+def _combination_row(labels: tuple[str, ...]) -> str:
+    """What a summary row is: 'one combination of user, module, product, tenant and skill ...' (or of the breakdown)."""
+    *first, last = labels
+    named = f"{', '.join(first)} and {last}" if first else last
+    return f"one combination of {named} that used credits in the window, largest first"
 
 
 async def _no_crossing() -> dict[str, Any]:
