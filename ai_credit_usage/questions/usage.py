@@ -271,7 +271,7 @@ class UsageService:
 
         # The balance (when configured) is asked beside the meter, not after it: one round trip's wait, not two.
         # A filtered forecast is one user's (module's, ...) share: the tenant's allowance is not its to run out of.
-        crossing_of = (lambda: _no_crossing()) if query.filters else (lambda: self._balance_crossing(tenant, now))
+        crossing_of = _no_crossing if query.filters else (lambda: self._balance_crossing(tenant, now))
         rows, crossing = await together(daily_usage, crossing_of)
         used: dict[date, float] = defaultdict(float)
         for row in _in_scope(rows, tenant, query.filters):
