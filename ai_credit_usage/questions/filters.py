@@ -154,8 +154,11 @@ class NoMatch:
 
 
 def _named(name: str) -> str:
-    """A value in a list, as it is unless the list would blur it (a comma, blanks at an end): then quoted."""
-    return quoted(name, limit=MAX_FILTER_BYTES) if "," in name or name != name.strip() or "'" in name else name
+    """A value in a list, as it is unless the list would blur it (a comma, blanks at an end): then quoted. Cut at
+    the length a filter can have: a dimension value may be far longer, and the answer's text has a budget."""
+    if "," in name or name != name.strip() or "'" in name:
+        return quoted(name, limit=MAX_FILTER_BYTES)
+    return name if len(name) <= MAX_FILTER_BYTES else name[: MAX_FILTER_BYTES - 1] + "…"
 
 
 def no_match(filters: Filters, start: str, end: str, known: Mapping[str, Iterable[str]]) -> NoMatch:
