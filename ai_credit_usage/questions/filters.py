@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ai_credit_usage.runtime.errors import Outcome, UserFacingError
+from ai_credit_usage.runtime.errors import Outcome, UserFacingError, shown
 
 # The dimensions of a usage row besides the tenant, in the tables' order: what a call filters on, a summary or a trend
 # groups by, and an answer names the top 5 of.
@@ -77,7 +77,7 @@ def parse_filters(arguments: Mapping[str, Any]) -> Filters:
         if value is None:
             continue
         if not isinstance(value, str):  # the gate refuses these first; kept so no caller can pass an operator
-            raise FilterError(f"{name} must be text such as a name (or left out); {value!r:.40} is not.")
+            raise FilterError(f"{name} must be text such as a name (or left out); {shown(value)} is not.")
         value = value.strip()
         if not value:
             continue
