@@ -19,11 +19,12 @@ from ai_credit_usage.answers.structured import (
     TrendResult,
 )
 from ai_credit_usage.answers.views import BALANCE, FORECAST, SUMMARY, TREND, View
+from ai_credit_usage.questions.filters import Dimension
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import LOOKBACK_DAYS
 from ai_credit_usage.questions.query import Query, parse_forecast_query, parse_moment_query, parse_query
 from ai_credit_usage.questions.sink import TableSink
-from ai_credit_usage.questions.trend import Dimension, Granularity
+from ai_credit_usage.questions.trend import Granularity
 from ai_credit_usage.questions.usage import UsageService
 from ai_credit_usage.runtime.settings import Settings
 
@@ -195,11 +196,11 @@ TOOLS = (
         description=(
             "Breakdown of the tenant's AI credits by user, module, product and skill, largest first: \"Who uses the "
             'most?", "Which module costs the most?", "Who changed most since last week?". One row per combination of '
-            'the group_by dimensions (default all four; ["module"] for one row per module), the top 5 users, '
-            "modules, products and skills with exact credits and shares, and the three users whose credits changed "
-            'most against the preceding window. Filters narrow it (module=... with group_by ["user"]: who uses '
-            "that module). For the plain total use get_credit_usage_by_tenant; over time, get_credit_usage_trend; "
-            "for individual events, get_credit_events." + WINDOW_HELP
+            "the group_by dimensions, the top 5 users, modules, products and skills with exact credits and shares, "
+            "and the three users whose credits changed most against the preceding window. Filters narrow it "
+            '(module=... with group_by ["user"]: who uses that module). For the plain total use '
+            "get_credit_usage_by_tenant; over time, get_credit_usage_trend; for individual events, get_credit_events."
+            + WINDOW_HELP
         ),
         question=UsageService.summary,
         result=SummaryResult,

@@ -28,7 +28,7 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "openmeter_spec"
 
 
 def main(spec_path: str, name: str, source: str) -> None:
-    spec = yaml.safe_load(Path(spec_path).read_text())
+    spec = load_spec(spec_path)
     components = spec.get("components", {})
 
     def resolve(node: Any) -> Any:
@@ -64,7 +64,20 @@ def main(spec_path: str, name: str, source: str) -> None:
     missing = sorted(set(SPECS[name]) - set(operations))
     if missing:
         raise SystemExit(f"{spec_path} lacks {missing}")
-    schemas = components.get("schemas", {})
+    wanted = reachable_schemas(operations, components.get("schemas", {}))
+    body = {"source": source, "operations": operations, "components": {"schemas": wanted}}
+    out = OUT / f"requests-{name}.json"
+    out.write_text(json.dumps(_bare(body), indent=1) + "\n")
+    print(f"wrote {out} ({len(operations)} operations, {len(wanted)} schemas, {out.stat().st_size:,} bytes)")
+
+
+def load_spec(spec_path: str) -> Any:
+    """An OpenAPI spec file (YAML, or JSON, which YAML reads too)."""
+    return yaml.safe_load(Path(spec_path).read_text())
+
+
+def reachable_schemas(roots: Any, schemas: dict[str, Any]) -> dict[str, Any]:
+    """Every component schema `roots` reach through `$ref`s, transitively, sorted by name."""
     wanted: dict[str, Any] = {}
 
     def walk(node: Any) -> None:
@@ -81,11 +94,8 @@ def main(spec_path: str, name: str, source: str) -> None:
             for value in node:
                 walk(value)
 
-    walk(operations)
-    body = {"source": source, "operations": operations, "components": {"schemas": dict(sorted(wanted.items()))}}
-    out = OUT / f"requests-{name}.json"
-    out.write_text(json.dumps(_bare(body), indent=1) + "\n")
-    print(f"wrote {out} ({len(operations)} operations, {len(wanted)} schemas, {out.stat().st_size:,} bytes)")
+    walk(roots)
+    return dict(sorted(wanted.items()))
 
 
 def _bare(node: Any, names: bool = False) -> Any:

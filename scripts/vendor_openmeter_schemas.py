@@ -3,7 +3,8 @@
     uv run --with pyyaml scripts/vendor_openmeter_schemas.py <openmeter checkout>/api/openapi.cloud.yaml <commit>
 
 writes tests/openmeter_spec/entitlements.json: the operations' 200 schemas and every component they reach, as
-JSON Schema (OpenAPI 3.0 `nullable` does not occur in them). Re-run it when OpenMeter's spec moves.
+JSON Schema (OpenAPI 3.0 `nullable` does not occur in them), prose kept. Reading the spec and finding what it reaches
+is `vendor_openmeter_requests.py`'s. Re-run it when OpenMeter's spec moves.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from vendor_openmeter_requests import load_spec, reachable_schemas  # the sibling script: same walk, same reading
 
 OPERATIONS = (
     "getCustomerEntitlementV2",
@@ -26,33 +27,16 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "openmeter_spec" / "entitl
 
 
 def main(spec_path: str, commit: str) -> None:
-    spec = yaml.safe_load(Path(spec_path).read_text())
-    schemas = spec["components"]["schemas"]
+    spec = load_spec(spec_path)
     roots: dict[str, Any] = {}
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             if isinstance(operation, dict) and operation.get("operationId") in OPERATIONS:
                 schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
                 roots[operation["operationId"]] = {"path": path, "method": method.upper(), "schema": schema}
-    wanted: dict[str, Any] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
-                name = ref.rsplit("/", 1)[1]
-                if name not in wanted:
-                    wanted[name] = schemas[name]
-                    walk(schemas[name])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(roots)
+    wanted = reachable_schemas(roots, spec["components"]["schemas"])
     body = {"source": f"openmeterio/openmeter@{commit} api/openapi.cloud.yaml", "operations": roots,
-            "components": {"schemas": dict(sorted(wanted.items()))}}  # fmt: skip
+            "components": {"schemas": wanted}}  # fmt: skip
     OUT.write_text(json.dumps(body, indent=1, sort_keys=False) + "\n")
     print(f"wrote {OUT} ({len(roots)} operations, {len(wanted)} schemas)")
 

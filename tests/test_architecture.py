@@ -96,7 +96,10 @@ def test_dependencies_run_one_way() -> None:
     standin = {name for name in graph if name.startswith(f"{PACKAGE}.openmeter.standin")}
     for module in standin:
         assert reaches(module) <= standin | {f"{PACKAGE}.openmeter.numbers"}, module
-    pure = {f"{PACKAGE}.runtime.{name}" for name in ("errors", "window")}
-    for name in ("trend", "compare", "forecast", "filters"):
-        assert reaches(f"{PACKAGE}.questions.{name}") <= pure, name
+    # A pure module reaches only pure modules: these, and the pure questions themselves (trend names its dimensions
+    # as filters does).
+    pure_questions = {f"{PACKAGE}.questions.{name}" for name in ("trend", "compare", "forecast", "filters")}
+    pure = {f"{PACKAGE}.runtime.{name}" for name in ("errors", "window")} | pure_questions
+    for module in pure_questions:
+        assert reaches(module) <= pure, module
     assert reaches(f"{PACKAGE}.runtime.window") <= pure

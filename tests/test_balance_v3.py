@@ -141,6 +141,21 @@ async def test_no_customer_no_credits_and_credits_not_enabled_are_one_sentence_e
     assert text_of(disabled).count(".") == 1
 
 
+async def test_credits_not_enabled_is_the_same_sentence_whichever_ledger_request_answers_first(
+    balance_server: Callable[..., str], openmeter: OpenMeterStandIn
+) -> None:
+    """The balance and the grants are asked together, and the first failure ends both: a 501 on the grants used to
+    come back as OpenMeter's bare status sentence when it beat the balance's."""
+    openmeter.entitlements.add_customer("acme")
+    openmeter.credits.credits_enabled = False
+    customer = openmeter.entitlements.customers[0].id
+    openmeter.fail(status=200, delay=0.5, path_prefix=f"/api/v3/openmeter/customers/{customer}/credits/balance")
+    url = balance_server()
+    disabled = await call_tool(url, TOOL)
+    assert disabled.is_error
+    assert text_of(disabled).startswith("Prepaid credits are not enabled for this OpenMeter organization (it answered")
+
+
 async def test_the_customer_is_found_by_its_exact_key_and_checked(
     balance_server: Callable[..., str], openmeter: OpenMeterStandIn
 ) -> None:

@@ -338,3 +338,16 @@ async def test_the_v3_demo_answers_the_balance_from_its_ledger() -> None:
     assert found["acme"]["balance"] > found["demo"]["balance"] > 0
     assert [grant["name"] for grant in found["globex"]["grants"]] == ["Top-up (30 days)", "Monthly plan"]
     assert "Balance: " in forecast and "at the tenant's recent pace" in forecast
+
+
+async def test_the_v3_demo_ledger_burns_the_configured_meter() -> None:
+    """The demo's meter takes OPENMETER_METER's slug; the ledger read a meter called ai_credits whatever it was, so a
+    renamed meter made every v3 demo balance a 404."""
+    with start_demo(
+        openmeter_api="v3", openmeter_url=DEMO_SETTINGS_V3["openmeter_url"], openmeter_meter="tokens_used"
+    ) as url:
+        result = await call_tool(url, "get_credit_balance", headers=DEMO)
+    assert not result.is_error, text_of(result)
+    data = result.structured_content
+    assert data is not None and (data["status"], data["source"]) == ("metered", "ledger")
+    assert 0 < data["balance"] < data["grants"][0]["amount"]  # the usage burnt the plan

@@ -259,6 +259,9 @@ async def test_group_by_module_gives_one_row_per_module_and_still_every_top(
         and "Top modules: chat 246.70 (91.0%); code 23.10 (8.5%); search 1.40 (0.5%)." in text
     )
     assert result["total_credits"] == 271.2
+    _, book = workbook(servers, which, text)
+    about = {row[0]: row[1] for row in book["About"].iter_rows(values_only=True) if row and row[0]}
+    assert about["a row"].startswith("one combination of module and tenant that used credits")
 
 
 @both
@@ -386,6 +389,16 @@ def test_the_no_match_sentence_keeps_each_name_apart() -> None:
     assert (
         both.sentence() == "No usage for user 'a' with module 'm' from A to B; each has usage then, but not together."
     )
+
+
+def test_a_closest_name_longer_than_any_filter_is_cut_in_the_sentence() -> None:
+    # A dimension value may be far longer than a filter can be (MAX_FILTER_BYTES): the answer's text stays in budget.
+    from ai_credit_usage.questions.filters import MAX_FILTER_BYTES, no_match
+
+    found = no_match(Filters(user="x"), "A", "B", {"user": ["x" * 100_000, "y, z" * 50_000]})
+    sentence = found.sentence()
+    assert len(sentence) < 3 * MAX_FILTER_BYTES
+    assert f"include {'x' * (MAX_FILTER_BYTES - 1)}…, 'y, z" in sentence
 
 
 async def test_ranking_the_closest_names_never_holds_up_other_calls(

@@ -189,3 +189,24 @@ def test_a_location_that_holds_a_key_of_the_body_is_redacted_too() -> None:
         Balances.model_validate({"grantBalances": {f"Bearer {LONG_KEY}": "x" * 100 + LONG_KEY}})
     described = shape_errors(error.value, Redactor([LONG_KEY]))
     assert described == "grantBalances.Bearer [redacted]: float_parsing"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("api", ["v3"], indirect=True)
+async def test_a_customer_id_that_is_not_a_ulid_is_not_quoted_in_the_log(
+    start_server: Callable[..., str], openmeter: OpenMeterStandIn, caplog: pytest.LogCaptureFixture, api: str
+) -> None:
+    """The v3 customer list's id is upstream text: quoted cut to 40 characters, an echoed key slipped past the
+    redaction (as the meter id's did before issue 23)."""
+    caplog.set_level(logging.INFO)
+    openmeter.api_key = LONG_KEY
+    url = start_server(openmeter_api_key=LONG_KEY, openmeter_credits_feature="ai_credits")
+    body = {"data": [{"id": f"Bearer {LONG_KEY}", "key": "acme"}]}
+    fault = {"status": 200, "body": json.dumps(body).encode(), "content_type": "application/json"}
+    openmeter.fail(times=100, path_prefix="/api/v3/openmeter/customers", **fault)
+    result = await call_tool(url, "get_credit_balance")
+    assert result.is_error and "could not be read" in text_of(result)
+    logged = caplog.text + text_of(result)
+    pieces = {LONG_KEY[start : start + 8] for start in range(len(LONG_KEY) - 7)}
+    assert [piece for piece in pieces if piece in logged] == []
+    assert "OpenMeter sent an unreadable customer list: its customer id is not a ULID" in logged

@@ -71,3 +71,20 @@ async def test_every_refused_text_argument_is_named_with_a_short_start(
 def test_a_value_is_shown_as_its_repr_cut_to_40_characters(value: Any, expected: str) -> None:
     assert shown(value) == expected
     assert len(shown(value)) <= 40
+
+
+async def test_a_refused_list_argument_is_named_with_a_short_start_too(server_url: str) -> None:
+    """group_by (a list of choices) came in beside the hardening and cut its value without `shown`'s ellipsis."""
+    result = await call_tool(server_url, "get_credit_usage_summary", {"group_by": "x" * HUGE})
+    text = text_of(result)
+    assert result.is_error and text.startswith("group_by must be a list of user, module, product and skill")
+    assert text.endswith(f"{shown('x' * HUGE)} is not.") and len(text) < 500
+
+
+async def test_a_filter_that_is_not_text_is_named_with_a_short_start_too(server_url: str) -> None:
+    """A filter must be text; a list in its place is refused by name with the short start every refusal shows."""
+    value = ["alice@acme.example"] * 1000
+    result = await call_tool(server_url, "get_credit_usage_by_tenant", {"user": value})
+    text = text_of(result)
+    assert result.is_error and text.startswith("user ") and len(text) < 300, text[:300]
+    assert shown(value) in text

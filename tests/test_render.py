@@ -6,9 +6,10 @@ from decimal import Decimal
 
 import pytest
 
-from ai_credit_usage.answers.render import escape_cell, format_credits, render_answer
+from ai_credit_usage.answers.render import escape_cell, format_credits, render_answer, render_preview
 from ai_credit_usage.answers.table import Table
-from ai_credit_usage.questions.sink import PREVIEW_ROWS
+from ai_credit_usage.questions.findings import Findings
+from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
 from ai_credit_usage.questions.usage import SUMMARY_COLUMNS
 from ai_credit_usage.runtime.window import Window, format_utc
 
@@ -141,3 +142,23 @@ def test_the_link_says_how_long_it_lives(ttl: timedelta, said: str) -> None:
     table = Table(("tenant", "credits"), [("acme", 0.0)])
     text = render_answer(table, tenant="acme", window=WINDOW, download_url="u", expires_at=NOW + ttl, now=NOW)
     assert text.endswith(f"(link expires at {format_utc(NOW + ttl)}, {said})")
+
+
+@pytest.mark.anyio
+async def test_a_top_name_cut_in_the_text_counts_as_shortened() -> None:
+    # group_by ["module"]: the long user name is in no table cell, only in the Top users line (and the structured
+    # tops, which say `cells_shortened` from the same preview).
+    sink = TableSink(("module", "tenant", "credits"))
+    await sink.add([("chat", "acme", 10.0)])
+    sink.tally("user", {"u" * 300: 10.0})
+    preview = render_preview(
+        sink,
+        tenant="acme",
+        window=WINDOW,
+        download_url="u",
+        expires_at=NOW,
+        now=NOW,
+        findings=Findings(tops_in_text=True),
+    )
+    assert f"Top users: {'u' * (preview.cell_limit - 1)}… 10.00 (100.0%)." in preview.text
+    assert preview.shortened

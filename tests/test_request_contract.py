@@ -5,11 +5,15 @@ refuses, so the check cannot quietly pass everything."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx2
 import pytest
 
-from ai_credit_usage.openmeter.standin import RecordedRequest
-from tests.request_contract import load, problems, sent_problems
+from ai_credit_usage.openmeter.standin import OpenMeterStandIn, RecordedRequest, make_event
+from tests.request_contract import SPECS_OF_API, load, problems, response_problems, sent_problems
+from tests.servers import serve_in_thread
 
 EVENTS = "/api/v3/openmeter/events"
 ULID = "01J9ZKQX8M0000000000000000"
@@ -77,3 +81,43 @@ def test_the_entitlement_value_endpoint_is_checked_against_upstream_only() -> No
     assert sent_problems("v3", [get(path, ("expand", "value"))]) == []
     assert sent_problems("v3", [get(path, ("expand", "balance"))])
     assert sent_problems("v3", [get(path.replace("ai_credits", "AI-Credits"), ("expand", "value"))])
+
+
+WINDOW = {"from": "2026-01-01T00:00:00Z", "to": "2026-01-10T00:00:00Z"}
+# (method, path under the API's base, query, body) of the usage reads; the credits reads are test_balance_v3's
+USAGE_READS: dict[str, list[tuple[str, str, dict[str, str] | None, Any]]] = {
+    "v1": [
+        ("GET", "/api/v1/meters/ai_credits", None, None),
+        ("GET", "/api/v1/meters/ai_credits/query", {**WINDOW, "windowSize": "DAY", "groupBy": "tenant"}, None),
+        ("GET", "/api/v2/events", {"time": json.dumps({"$gte": WINDOW["from"], "$lt": WINDOW["to"]})}, None),
+    ],
+    "v3": [
+        ("GET", "/openmeter/meters", None, None),
+        ("GET", f"/openmeter/meters/{ULID}", None, None),
+        ("POST", f"/openmeter/meters/{ULID}/query", None, {**WINDOW, "granularity": "P1D", "group_by_dimensions":
+            ["tenant"], "filters": {"dimensions": {"tenant": {"eq": "acme"}}}}),
+        ("POST", f"/openmeter/meters/{ULID}/query", None, WINDOW),
+        ("GET", "/openmeter/events", {"filter[time][lt]": WINDOW["to"]}, None),
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("api", ["v1", "v3"])
+def test_the_standins_usage_answers_conform_to_every_spec_of_their_api(api: str) -> None:
+    """The stand-in's meter, query and events answers under the 200 schemas of upstream's spec (and Konnect's, on
+    v3), as test_balance_v3 checks its credits answers: the client is tested against answers the real server could
+    give."""
+    fake = OpenMeterStandIn(api_key=None, api=api)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    fake.ingest(
+        *[make_event(tenant="acme", credits=1.5, time=start + timedelta(hours=h), user="anna") for h in range(5)]
+    )
+    base = "/api/v3" if api == "v3" else ""
+    with serve_in_thread(fake.app) as url, httpx2.Client(base_url=url + base, timeout=5) as client:
+        for method, path, query, body in USAGE_READS[api]:
+            response = client.request(method, path, params=query, json=body)
+            assert response.status_code == 200, (path, response.text)
+            if "query" in path or "events" in path:  # not vacuous: the events are in the answer
+                assert response.json().get("data") or response.json().get("items"), path
+            for name in SPECS_OF_API[api]:
+                assert response_problems(load(name), method, path, response.json()) == [], (name, path)

@@ -120,7 +120,7 @@ def check_arguments(tool: str, arguments: Any, declared_arguments: Mapping[str, 
             if not isinstance(value, list) or not all(isinstance(item, str) and item in items for item in value):
                 raise Refusal(
                     f"{name} must be a list of {_listed(items)} such as [{items[0]!r}] (or left out); "
-                    f"{value!r:.40} is not."
+                    f"{shown(value)} is not."
                 )
             continue
         choices = _choices(properties[name])

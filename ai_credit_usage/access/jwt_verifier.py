@@ -14,11 +14,9 @@ every failure is one sentence that names what is wrong with the token without re
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +26,8 @@ import anyio
 import httpx2
 import jwt
 from mcp.server.auth.provider import AccessToken
+
+from ai_credit_usage.openmeter.http import tls_context
 
 logger = logging.getLogger("ai_credit_usage.jwt")
 
@@ -159,7 +159,7 @@ class KeySet:
             httpx2.AsyncClient(
                 timeout=self._timeout,
                 follow_redirects=False,
-                verify=_tls_context(),
+                verify=tls_context(),
                 # identity: the cap below counts what is read, so nothing may expand it afterwards
                 headers={"User-Agent": "ai-credits-mcp", "Accept": "application/json", "Accept-Encoding": "identity"},
             ) as client,
@@ -200,12 +200,6 @@ def _usable_keys(document: Any) -> dict[str, jwt.PyJWK]:
     if not keys:
         raise _Unusable("holds no usable signing key")
     return keys
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx2's default TLS context, made once: loading the CA bundle costs about 30 ms."""
-    return httpx2.create_ssl_context()
 
 
 class JwtVerifier:

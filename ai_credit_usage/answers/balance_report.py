@@ -120,45 +120,47 @@ def status_lines(found: CreditBalance) -> list[str]:
 
 
 def grant_table(grants: list[GrantLine], source: str = "entitlement") -> list[str]:
+    """The first grants as a table: an entitlement's with what is left of each; v3's ledger's with status, priority
+    and dates instead, as the ledger keeps no remaining amount per grant."""
     if not grants:
         return ["No grants: nothing has been granted on this allowance."]
-    if source == "ledger":
-        return _ledger_grant_table(grants)
-    lines = [
-        "| grant | amount | left | expires | recurs |",
-        "|---|---:|---:|---|---|",
-    ]
-    for grant in grants[:PREVIEW_ROWS]:
-        left = "not yet effective" if grant.remaining is None else format_credits(grant.remaining)
-        if grant.state in ("expired", "voided"):
-            left = f"0.00 ({grant.state})"
-        expires = _when(grant.expires_at) if grant.expires_at else "never"
-        recurs = _EVERY.get(grant.recurrence or "", "yes") if grant.recurring else "no"
-        amount = "-" if grant.amount is None else format_credits(grant.amount)
-        lines.append(f"| {_name(grant.name)} | {amount} | {left} | {expires} | {recurs} |")
+    ledger = source == "ledger"
+    if ledger:
+        lines = ["| grant | amount | status | priority | effective | expires |", "|---|---:|---|---:|---|---|"]
+    else:
+        lines = ["| grant | amount | left | expires | recurs |", "|---|---:|---:|---|---|"]
+    lines += [_ledger_grant_row(grant) if ledger else _grant_row(grant) for grant in grants[:PREVIEW_ROWS]]
     if len(grants) > PREVIEW_ROWS:
         lines.append(f"Showing {PREVIEW_ROWS} of {len(grants):,} grants; the Excel file has all of them.")
+    if ledger:
+        lines.append("The ledger keeps no remaining amount per grant: the balance above is what is left of them all.")
     return lines
+
+
+def _grant_row(grant: GrantLine) -> str:
+    left = "not yet effective" if grant.remaining is None else format_credits(grant.remaining)
+    if grant.state in ("expired", "voided"):
+        left = f"0.00 ({grant.state})"
+    recurs = _EVERY.get(grant.recurrence or "", "yes") if grant.recurring else "no"
+    return f"| {_name(grant.name)} | {_amount(grant)} | {left} | {_expires(grant)} | {recurs} |"
 
 
 _LEDGER_STATUS = {"active": "active", "future": "pending", "expired": "expired", "voided": "voided"}
 
 
-def _ledger_grant_table(grants: list[GrantLine]) -> list[str]:
-    """The ledger's grants: amount, status, priority and dates; no 'left' column, as the ledger keeps none."""
-    lines = ["| grant | amount | status | priority | effective | expires |", "|---|---:|---|---:|---|---|"]
-    for grant in grants[:PREVIEW_ROWS]:
-        amount = "-" if grant.amount is None else format_credits(grant.amount)
-        effective = _when(grant.effective_at) if grant.effective_at else "-"
-        expires = _when(grant.expires_at) if grant.expires_at else "never"
-        priority = "-" if grant.priority is None else str(grant.priority)
-        lines.append(
-            f"| {_name(grant.name)} | {amount} | {_LEDGER_STATUS[grant.state]} | {priority} | {effective} | {expires} |"
-        )
-    if len(grants) > PREVIEW_ROWS:
-        lines.append(f"Showing {PREVIEW_ROWS} of {len(grants):,} grants; the Excel file has all of them.")
-    lines.append("The ledger keeps no remaining amount per grant: the balance above is what is left of them all.")
-    return lines
+def _ledger_grant_row(grant: GrantLine) -> str:
+    effective = _when(grant.effective_at) if grant.effective_at else "-"
+    priority = "-" if grant.priority is None else str(grant.priority)
+    status = _LEDGER_STATUS[grant.state]
+    return f"| {_name(grant.name)} | {_amount(grant)} | {status} | {priority} | {effective} | {_expires(grant)} |"
+
+
+def _amount(grant: GrantLine) -> str:
+    return "-" if grant.amount is None else format_credits(grant.amount)
+
+
+def _expires(grant: GrantLine) -> str:
+    return _when(grant.expires_at) if grant.expires_at else "never"
 
 
 def _date(day: date) -> str:

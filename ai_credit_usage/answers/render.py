@@ -21,8 +21,8 @@ from ai_credit_usage.questions.compare import COMPARISON_UNAVAILABLE, VISIBLE_CE
 from ai_credit_usage.questions.filters import NO_FILTERS, Filters
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import Outlook
-from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, PREVIEW_ROWS, TableSink
-from ai_credit_usage.questions.trend import Granularity, Trend, unusual_rule
+from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
+from ai_credit_usage.questions.trend import NO_VALUE, Granularity, Trend, unusual_rule
 from ai_credit_usage.runtime.window import Window, format_utc
 
 MAX_PREVIEW_CHARS = 20_000
@@ -166,7 +166,14 @@ def render_preview(
                 cut.append(True)
             return shown
 
-        text = _render(table, shown, cell, tenant, window, download_url, expires_at, now, findings, filters, limit)
+        def name(value: str, limit: int = limit, cut: list[bool] = cut) -> str:
+            """A name outside the table (the Top lines): plain, cut as a cell is, and counted as cut as one."""
+            shown = shorten_plain(value, limit)
+            if shown != value:
+                cut.append(True)
+            return plain_text(shown)
+
+        text = _render(table, shown, cell, name, tenant, window, download_url, expires_at, now, findings, filters)
         if len(text) <= budget:
             return Preview(text, limit, bool(cut), shown)
     return Preview(text, CELL_LIMITS[-1], True, shown)  # pragma: no cover - only an absurd PUBLIC_BASE_URL gets here
@@ -176,6 +183,7 @@ def _render(
     table: Table | TableSink,
     preview: Shown,
     cell: Callable[[str], str],
+    name: Callable[[str], str],
     tenant: str,
     window: Window,
     download_url: str,
@@ -183,7 +191,6 @@ def _render(
     now: datetime,
     findings: Findings,
     filters: Filters,
-    limit: int,
 ) -> str:
     trend, outlook = findings.trend, findings.forecast
     shown = preview.rows
@@ -231,7 +238,7 @@ def _render(
     if findings.movers is not None and findings.comparison is not None:
         lines += _mover_lines(findings.movers, findings.comparison, cell)
     if findings.tops_in_text and isinstance(table, TableSink):
-        lines += top_lines(table, limit=limit)
+        lines += _top_lines(table, name)
     if trend is not None:
         lines += _trend_lines(trend)
     lines.append(download_line(download_url, expires_at, now))
@@ -243,20 +250,15 @@ def plain_text(text: str) -> str:
     return _CONTROL.sub("", _LINE_BREAKS.sub(" ", text.replace("\t", " ")))
 
 
-def top_lines(sink: TableSink, *, limit: int = CELL_LIMITS[0]) -> list[str]:
-    """The top 5 of every dimension the answer knows, over all its rows (not the preview): names as they are,
-    credits and their share of the total."""
-    total = sink.total_credits
+def _top_lines(sink: TableSink, name: Callable[[str], str]) -> list[str]:
+    """The top 5 of every dimension the answer knows, over all its rows (not the preview): names as they are (but
+    cut, `name`), credits and their share of the total."""
     lines = []
-    for dimension in BREAKDOWN_DIMENSIONS:
-        top = sink.top(dimension)
-        if not top:
-            continue
+    for dimension, top in sink.tops().items():
         listed = []
-        for name, credits in top:
-            shown = plain_text(shorten_plain(name, limit)) if name else "(none)"
-            share = f" ({credits / total:.1%})" if total else ""
-            listed.append(f"{shown} {format_credits(credits)}{share}")
+        for value, credits, share in top:
+            shown = name(value) if value else NO_VALUE
+            listed.append(f"{shown} {format_credits(credits)}" + (f" ({share:.1%})" if share is not None else ""))
         lines.append(f"Top {dimension}s: {'; '.join(listed)}.")
     return lines
 

@@ -16,10 +16,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from ai_credit_usage.answers.render import Preview, period_text, shorten_plain
 from ai_credit_usage.questions.balance import CreditBalance
 from ai_credit_usage.questions.compare import Comparison, Mover, MoverStatus
-from ai_credit_usage.questions.filters import NO_FILTERS, Filters, NoMatch
+from ai_credit_usage.questions.filters import NO_FILTERS, Dimension, Filters, NoMatch
 from ai_credit_usage.questions.findings import Findings
-from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, PREVIEW_ROWS, TableSink
-from ai_credit_usage.questions.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Dimension, Granularity
+from ai_credit_usage.questions.sink import PREVIEW_ROWS, TableSink
+from ai_credit_usage.questions.trend import MAD_LIMIT, MIN_TIMES_TYPICAL, Granularity
 from ai_credit_usage.runtime.window import Window
 
 UNUSUAL_KEPT = 50
@@ -163,14 +163,9 @@ class TopOut(BaseModel):
 
 def tops_of(answer: Answered) -> dict[str, list[TopOut]]:
     """The top 5 of every dimension the answer knows, over all rows, names shortened as the text shortens them."""
-    sink, total = answer.sink, answer.sink.total_credits
     return {
-        dimension: [
-            TopOut(name=answer.text(name), credits=credits, share=credits / total if total else None)
-            for name, credits in sink.top(dimension)
-        ]
-        for dimension in BREAKDOWN_DIMENSIONS
-        if sink.breakdown(dimension)
+        dimension: [TopOut(name=answer.text(name), credits=credits, share=share) for name, credits, share in top]
+        for dimension, top in answer.sink.tops().items()
     }
 
 

@@ -17,7 +17,7 @@ from ai_credit_usage.questions.compare import COMPARISON_UNAVAILABLE, Comparison
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import Outlook
 from ai_credit_usage.questions.query import Query
-from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, TableSink
+from ai_credit_usage.questions.sink import TableSink, Top
 from ai_credit_usage.questions.trend import NO_VALUE, Trend, unusual_rule
 from ai_credit_usage.runtime.window import format_utc
 
@@ -67,7 +67,7 @@ def summary_report(asked: Asked, sink: TableSink, findings: Findings) -> Report:
         facts += _comparison_facts(findings)
     if findings.no_match is not None:
         facts.append(Fact("No usage", findings.no_match.sentence()))
-    blocks = [_top_block(sink, dimension) for dimension in BREAKDOWN_DIMENSIONS if sink.breakdown(dimension)]
+    blocks = [_top_block(dimension, top) for dimension, top in sink.tops().items()]
     if findings.movers and findings.comparison is not None:
         blocks.append(_movers_block(findings.movers, findings.comparison))
     line_chart = None
@@ -195,11 +195,8 @@ def _comparison_facts(findings: Findings) -> list[Fact]:
     return facts
 
 
-def _top_block(sink: TableSink, dimension: str) -> Block:
-    total = sink.total_credits
-    rows = tuple(
-        (name or NO_VALUE, credits, credits / total if total else None) for name, credits in sink.top(dimension)
-    )
+def _top_block(dimension: str, top: list[Top]) -> Block:
+    rows = tuple((name or NO_VALUE, credits, share) for name, credits, share in top)
     return Block(
         f"Top {len(rows)} {dimension}{'' if len(rows) == 1 else 's'} by credits",
         (dimension, "credits", "share"),

@@ -20,13 +20,14 @@ Paths, parameters and fields follow both specs (tests check every request agains
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
+from ai_credit_usage.openmeter.entitlements import EntitlementValue
 from ai_credit_usage.openmeter.http import OpenMeterError, OpenMeterHttp
 
 CUSTOMERS_PAGE_SIZE = 10  # an exact key matches at most one live customer; a few spare for deleted look-alikes
@@ -51,22 +52,17 @@ def _numeric(value: object) -> float:
     return float(value)
 
 
+Numeric = Annotated[float, BeforeValidator(_numeric)]
+
+
 @dataclass(frozen=True)
 class Customer:
     id: str
     key: str
 
 
-@dataclass(frozen=True)
-class AccessValue:
-    """The metered entitlement's value now (upstream's `BillingEntitlementAccessValue`)."""
-
-    has_access: bool
-    balance: float
-    usage: float
-    overage: float
-    total_available: float
-    grant_balances: dict[str, float] = field(default_factory=dict)
+# The two below are read straight from the wire (pydantic validates them as it validates a model; fields the server
+# adds are ignored): their names are the API's own.
 
 
 @dataclass(frozen=True)
@@ -75,9 +71,9 @@ class CurrencyBalance:
     `pending` what is granted but not booked yet."""
 
     currency: str
-    live: float
-    settled: float
-    pending: float
+    live: Numeric
+    settled: Numeric
+    pending: Numeric
 
 
 @dataclass(frozen=True)
@@ -85,7 +81,7 @@ class CreditGrant:
     id: str
     name: str
     currency: str
-    amount: float
+    amount: Numeric
     status: GrantStatus
     created_at: datetime
     priority: int | None = None  # lower burns first; the server's default is 10
@@ -105,23 +101,11 @@ class _CustomerPage(BaseModel):
 
 
 class _Value(BaseModel):
-    balance: float
-    usage: float
-    overage: float
-    total_available_grant_amount: float
-    grant_balances: dict[str, float] = {}
-
-    @field_validator("balance", "usage", "overage", "total_available_grant_amount", mode="before")
-    @classmethod
-    def _decimal(cls, value: object) -> float:
-        return _numeric(value)
-
-    @field_validator("grant_balances", mode="before")
-    @classmethod
-    def _decimals(cls, value: object) -> dict[str, float]:
-        if not isinstance(value, dict):
-            raise ValueError("not an object")
-        return {str(key): _numeric(amount) for key, amount in value.items()}
+    balance: Numeric
+    usage: Numeric
+    overage: Numeric
+    total_available_grant_amount: Numeric
+    grant_balances: dict[str, Numeric] = {}
 
 
 class _Access(BaseModel):
@@ -131,38 +115,8 @@ class _Access(BaseModel):
     value: _Value | None = None
 
 
-class _Balance(BaseModel):
-    currency: str
-    live: float
-    settled: float
-    pending: float
-
-    @field_validator("live", "settled", "pending", mode="before")
-    @classmethod
-    def _decimal(cls, value: object) -> float:
-        return _numeric(value)
-
-
 class _Balances(BaseModel):
-    balances: list[_Balance]
-
-
-class _Grant(BaseModel):
-    id: str
-    name: str
-    currency: str
-    amount: float
-    status: GrantStatus
-    created_at: datetime
-    priority: int | None = None
-    effective_at: datetime | None = None
-    expires_at: datetime | None = None
-    voided_at: datetime | None = None
-
-    @field_validator("amount", mode="before")
-    @classmethod
-    def _decimal(cls, value: object) -> float:
-        return _numeric(value)
+    balances: list[CurrencyBalance]
 
 
 class _PageMeta(BaseModel):
@@ -174,7 +128,7 @@ class _Meta(BaseModel):
 
 
 class _GrantPage(BaseModel):
-    data: list[_Grant]
+    data: list[CreditGrant]
     meta: _Meta
 
 
@@ -195,10 +149,10 @@ class CreditsV3:
         if not found:
             return None
         if not _ULID.match(found[0].id):
-            raise self._http.unreadable("customer list", f"customer id {found[0].id[:40]!r} is not a ULID")
+            raise self._http.unreadable("customer list", "its customer id is not a ULID")  # not quoted: upstream text
         return Customer(found[0].id, found[0].key)
 
-    async def entitlement_value(self, customer: Customer) -> AccessValue | None:
+    async def entitlement_value(self, customer: Customer) -> EntitlementValue | None:
         """The metered entitlement's value now; None when the endpoint is not served, or the customer has no metered
         entitlement to the feature (then the ledger is the source)."""
         path = f"/openmeter/customers/{customer.id}/entitlement-access/features/{quote(self.feature_key, safe='')}"
@@ -210,7 +164,7 @@ class CreditsV3:
         if access.type != "metered" or access.value is None:
             return None
         value = access.value
-        return AccessValue(
+        return EntitlementValue(  # v2's value, in v3's words (`BillingEntitlementAccessValue`)
             has_access=access.has_access,
             balance=value.balance,
             usage=value.usage,
@@ -220,14 +174,38 @@ class CreditsV3:
         )
 
     async def balances(self, customer: Customer) -> list[CurrencyBalance] | None:
-        """The ledger's balance per currency now; None when the customer is not there. Credits not enabled (501)
-        is an error the user can relay."""
+        """The ledger's balance per currency now; None when the customer is not there."""
+        body = await self._ledger(customer, "balance", None)
+        if body is None:
+            return None
+        found = _read(self._http, _Balances, body, "credit balance")
+        return found.balances
+
+    async def grants(self, customer: Customer) -> list[CreditGrant]:
+        """Every credit grant of the customer, in all currencies and states (the currency is picked by the caller:
+        Konnect's grant filter takes only three-letter codes)."""
+        grants: list[CreditGrant] = []
+        for number in range(1, MAX_GRANT_PAGES + 1):
+            params = {"page[size]": str(GRANTS_PAGE_SIZE), "page[number]": str(number)}
+            body = await self._ledger(customer, "grants", params)
+            if body is None:
+                return grants
+            page = _read(self._http, _GrantPage, body, "credit grants page")
+            grants += page.data
+            total = page.meta.page.total
+            if len(page.data) < GRANTS_PAGE_SIZE or (total is not None and len(grants) >= total):
+                break
+        return grants
+
+    async def _ledger(self, customer: Customer, what: str, params: Any) -> Any:
+        """GET the customer's `credits/<what>`; None when the customer is not there. Credits not enabled (501) is
+        the same sentence from either endpoint: they are asked together, and whichever fails first is the answer."""
         try:
-            body = await self._http.get_json(
-                f"/openmeter/customers/{customer.id}/credits/balance",
-                None,
+            return await self._http.get_json(
+                f"/openmeter/customers/{customer.id}/credits/{what}",
+                params,
                 meter=None,
-                template="/openmeter/customers/{customerId}/credits/balance",
+                template=f"/openmeter/customers/{{customerId}}/credits/{what}",
                 absent=_ABSENT,
             )
         except OpenMeterError as exc:
@@ -236,46 +214,6 @@ class CreditsV3:
                 error.status = 501
                 raise error from None
             raise
-        if body is None:
-            return None
-        found = _read(self._http, _Balances, body, "credit balance")
-        return [CurrencyBalance(b.currency, b.live, b.settled, b.pending) for b in found.balances]
-
-    async def grants(self, customer: Customer) -> list[CreditGrant]:
-        """Every credit grant of the customer, in all currencies and states (the currency is picked by the caller:
-        Konnect's grant filter takes only three-letter codes)."""
-        grants: list[CreditGrant] = []
-        for number in range(1, MAX_GRANT_PAGES + 1):
-            params = {"page[size]": str(GRANTS_PAGE_SIZE), "page[number]": str(number)}
-            body = await self._http.get_json(
-                f"/openmeter/customers/{customer.id}/credits/grants",
-                params,
-                meter=None,
-                template="/openmeter/customers/{customerId}/credits/grants",
-                absent=_ABSENT,
-            )
-            if body is None:
-                return grants
-            page = _read(self._http, _GrantPage, body, "credit grants page")
-            grants += [
-                CreditGrant(
-                    id=g.id,
-                    name=g.name,
-                    currency=g.currency,
-                    amount=g.amount,
-                    status=g.status,
-                    created_at=g.created_at,
-                    priority=g.priority,
-                    effective_at=g.effective_at,
-                    expires_at=g.expires_at,
-                    voided_at=g.voided_at,
-                )
-                for g in page.data
-            ]
-            total = page.meta.page.total
-            if len(page.data) < GRANTS_PAGE_SIZE or (total is not None and len(grants) >= total):
-                break
-        return grants
 
     def describe(self, customer_key: str, source: str) -> str:
         """The requests, in words, for the workbook's About sheet."""

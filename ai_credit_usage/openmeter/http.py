@@ -136,7 +136,7 @@ class OpenMeterHttp:
             timeout=httpx2.Timeout(timeout_seconds, connect=min(timeout_seconds, 5.0)),
             transport=transport,
             follow_redirects=False,
-            verify=_tls_context(),
+            verify=tls_context(),
         )
         self.redact = Redactor([api_key])  # for every upstream text this client logs
         self._in_flight = asyncio.Semaphore(max_concurrency)
@@ -272,8 +272,9 @@ def shape_errors(error: ValidationError, redact: Redactor, *, most: int = 5) -> 
 
 
 @functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx2's default TLS context, made once per process: loading the CA bundle costs about 30 ms a client."""
+def tls_context() -> ssl.SSLContext:
+    """httpx2's default TLS context, made once per process and shared by every client the server makes (OpenMeter's,
+    the JWKS fetch): loading the CA bundle costs about 30 ms a client."""
     return httpx2.create_ssl_context()
 
 

@@ -36,6 +36,9 @@ LOOKBACK_DAYS = FORECAST_LOOKBACK_DAYS
 DISAGREEMENT_SHARE = 0.005
 DISAGREEMENT_MIN = 0.01
 Status = Literal["metered", "none", "not_metered"]
+GrantState = Literal["active", "future", "expired", "voided"]
+STATE_RANK = {"active": 0, "future": 1, "expired": 2, "voided": 3}  # the order the answer lists grants in
+NEVER = datetime.max.replace(tzinfo=UTC)  # sorts after every expiry and creation time
 
 
 class CustomerKeyRefused(UserFacingError):
@@ -56,7 +59,7 @@ class GrantLine:
     expires_at: datetime | None
     recurring: bool
     priority: int | None
-    state: Literal["active", "future", "expired", "voided"]
+    state: GrantState
     created_at: datetime | None
     recurrence: str | None = None  # e.g. MONTH
 
@@ -139,6 +142,12 @@ class CreditBalance:
             return False
         ours, theirs = self.entitlement_lookback_usage, self.meter_usage
         return abs(ours - theirs) > max(DISAGREEMENT_MIN, DISAGREEMENT_SHARE * max(abs(ours), abs(theirs)))
+
+
+def lookback_window(now: datetime, days: int) -> Window:
+    """Whole UTC days up to now, `days` back (the forecast method's history)."""
+    end = now.astimezone(UTC)
+    return Window((end - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0), end)
 
 
 def checked_key(customer_key: Callable[[str], str | None], tenant: str) -> str:
@@ -240,8 +249,8 @@ class BalanceService:
         """Whole UTC days up to now, LOOKBACK_DAYS back, from the first midnight at or after the entitlement starts
         measuring usage: OpenMeter's history leaves out a day window that starts before measureUsageFrom, so a
         partial first day would be missing from the history but not from the meter."""
-        end = now.astimezone(UTC)
-        start = (end - timedelta(days=self._lookback_days)).replace(hour=0, minute=0, second=0, microsecond=0)
+        days = lookback_window(now, self._lookback_days)
+        start, end = days.start, days.end
         if entitlement.measure_usage_from is not None:
             measured = entitlement.measure_usage_from.astimezone(UTC)
             midnight = measured.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -268,12 +277,11 @@ class BalanceService:
 
 def pots(lines: list[GrantLine]) -> list[Pot]:
     """The grants that can still be burnt (active with credits left, or starting later), for the runway."""
-    never = datetime.max.replace(tzinfo=UTC)
     return [
         Pot(
             name=line.name,
             left=(line.amount or 0.0) if line.remaining is None else line.remaining,
-            order=(line.priority or 1, line.expires_at or never, line.created_at or never, line.id),
+            order=(line.priority or 1, line.expires_at or NEVER, line.created_at or NEVER, line.id),
             starts=line.effective_at if line.state == "future" else None,
             expires=line.expires_at,
         )
@@ -286,18 +294,16 @@ def grant_lines(grants: list[Grant], value: EntitlementValue, now: datetime) -> 
     """The grants in OpenMeter's burn-down order (priority, earliest expiry, creation, id): active ones first, then
     those still to come, then expired and voided ones."""
 
-    def state(grant: Grant) -> Literal["active", "future", "expired", "voided"]:
+    def state(grant: Grant) -> GrantState:
         if grant.voided_at is not None and grant.voided_at <= now:
             return "voided"
         if grant.expires_at is not None and grant.expires_at <= now:
             return "expired"
         return "future" if grant.effective_at > now else "active"
 
-    never = datetime.max.replace(tzinfo=UTC)
-    rank = {"active": 0, "future": 1, "expired": 2, "voided": 3}
     ordered = sorted(
         grants,
-        key=lambda g: (rank[state(g)], g.priority or 1, g.expires_at or never, g.created_at, g.id),
+        key=lambda g: (STATE_RANK[state(g)], g.priority or 1, g.expires_at or NEVER, g.created_at, g.id),
     )
     lines = []
     for grant in ordered:

@@ -13,32 +13,34 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
 
-from ai_credit_usage.openmeter.credits_v3 import AccessValue, CreditGrant, CreditsV3, CurrencyBalance, Customer
+from ai_credit_usage.openmeter.credits_v3 import CreditGrant, CreditsV3, CurrencyBalance, Customer
+from ai_credit_usage.openmeter.entitlements import EntitlementValue
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter
 from ai_credit_usage.openmeter.meter import Meter
 from ai_credit_usage.questions.balance import (
     LOOKBACK_DAYS,
+    NEVER,
+    STATE_RANK,
     CreditBalance,
     DayUsage,
     GrantLine,
+    GrantState,
     checked_key,
+    lookback_window,
 )
 from ai_credit_usage.questions.runway import Pot, runway
 from ai_credit_usage.questions.together import together
 from ai_credit_usage.runtime.errors import UserFacingError
 from ai_credit_usage.runtime.window import Window
 
-_STATE: dict[str, Literal["active", "future", "expired", "voided"]] = {
+_STATE: dict[str, GrantState] = {
     "active": "active",
     "pending": "future",
     "expired": "expired",
     "voided": "voided",
 }
-_RANK = {"active": 0, "future": 1, "expired": 2, "voided": 3}
 DEFAULT_PRIORITY = 10  # the ledger's default (spec: BillingCreditGrant.priority)
-_NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 class SeveralCurrencies(UserFacingError):
@@ -79,7 +81,7 @@ class BalanceServiceV3:
             return _none(
                 base, f"Tenant {tenant} has no customer in OpenMeter (customer key {key}), so it has no credits."
             )
-        lookback = self._lookback(now)
+        lookback = lookback_window(now, self._lookback_days)
         value, daily = await together(
             lambda: self._credits.entitlement_value(customer), lambda: self._daily(tenant, lookback)
         )
@@ -91,7 +93,7 @@ class BalanceServiceV3:
     def _from_value(
         self,
         base: CreditBalance,
-        value: AccessValue,
+        value: EntitlementValue,
         daily: list[DayUsage],
         history: dict[date, float],
         lookback: Window,
@@ -112,15 +114,13 @@ class BalanceServiceV3:
             )
             for grant_id, left in sorted(value.grant_balances.items(), key=lambda item: (-item[1], item[0]))
         ]
-        pots = [Pot("the balance", value.balance, (0, _NEVER, _NEVER, ""))] if value.balance > 0 else []
-        return CreditBalance(
-            tenant=base.tenant,
-            customer_key=base.customer_key,
-            feature=base.feature,
-            as_of=base.as_of,
+        balance = value.balance or 0.0  # always there on v3 (v2's value leaves it out for no access)
+        pots = [Pot("the balance", balance, (0, NEVER, NEVER, ""))] if balance > 0 else []
+        return replace(
+            base,
             status="metered",
             entitlement_type="metered",
-            balance=value.balance,
+            balance=balance,
             usage=value.usage,
             overage=value.overage,
             total_available=value.total_available,
@@ -130,7 +130,6 @@ class BalanceServiceV3:
             lookback=lookback,
             outlook=runway(pots, history, now=base.as_of, reset=None),
             source="entitlement",
-            pace="tenant",
         )
 
     async def _from_ledger(
@@ -166,11 +165,8 @@ class BalanceServiceV3:
         since = min((g.effective_at or g.created_at for g in active), default=None)
         now = base.as_of
         used = await self._usage(base.tenant, Window(since, now)) if since is not None and since < now else 0.0
-        return CreditBalance(
-            tenant=base.tenant,
-            customer_key=base.customer_key,
-            feature=base.feature,
-            as_of=now,
+        return replace(
+            ledger,
             status="metered",
             balance=entry.live,
             usage=used if since is not None else None,
@@ -180,12 +176,10 @@ class BalanceServiceV3:
             daily=daily,
             lookback=lookback,
             outlook=runway(ledger_pots(entry, mine), history, now=now, reset=None),
-            source="ledger",
             currency=currency,
             settled=entry.settled,
             pending=entry.pending,
             usage_since=since,
-            pace="tenant",
         )
 
     def _pick(self, tenant: str, balances: list[CurrencyBalance], grants: list[CreditGrant]) -> str | None:
@@ -201,12 +195,6 @@ class BalanceServiceV3:
                 "ask the operator to set OPENMETER_CREDITS_CURRENCY to the one that holds the AI credits."
             )
         return held[0] if held else None
-
-    def _lookback(self, now: datetime) -> Window:
-        """Whole UTC days up to now, LOOKBACK_DAYS back (the forecast method's history)."""
-        end = now.astimezone(UTC)
-        start = (end - timedelta(days=self._lookback_days)).replace(hour=0, minute=0, second=0, microsecond=0)
-        return Window(start, end)
 
     async def _daily(self, tenant: str, window: Window) -> list[DayUsage]:
         """The tenant's credits per UTC day of `window` on the meter, zero-filled (what the forecast learns from)."""
@@ -241,7 +229,7 @@ def ledger_lines(grants: list[CreditGrant]) -> list[GrantLine]:
 
     def order(grant: CreditGrant) -> tuple[int, int, datetime, datetime, str]:
         priority = DEFAULT_PRIORITY if grant.priority is None else grant.priority
-        return (_RANK[_STATE[grant.status]], priority, grant.expires_at or _NEVER, grant.created_at, grant.id)
+        return (STATE_RANK[_STATE[grant.status]], priority, grant.expires_at or NEVER, grant.created_at, grant.id)
 
     return [
         GrantLine(
@@ -268,7 +256,7 @@ def ledger_pots(entry: CurrencyBalance, grants: list[CreditGrant]) -> list[Pot]:
     gone = max(e for e in expiries if e is not None) if active and all(expiries) else None
     pots = []
     if entry.live > 0:
-        pots.append(Pot(f"the {entry.currency} balance", entry.live, (0, gone or _NEVER, _NEVER, ""), expires=gone))
+        pots.append(Pot(f"the {entry.currency} balance", entry.live, (0, gone or NEVER, NEVER, ""), expires=gone))
     for grant in grants:
         if grant.status == "pending":
             priority = DEFAULT_PRIORITY if grant.priority is None else grant.priority
@@ -276,7 +264,7 @@ def ledger_pots(entry: CurrencyBalance, grants: list[CreditGrant]) -> list[Pot]:
                 Pot(
                     grant.name,
                     grant.amount,
-                    (priority, grant.expires_at or _NEVER, grant.created_at, grant.id),
+                    (priority, grant.expires_at or NEVER, grant.created_at, grant.id),
                     starts=grant.effective_at or grant.created_at,
                     expires=grant.expires_at,
                 )

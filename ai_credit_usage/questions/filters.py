@@ -8,15 +8,18 @@ naming the parameter and the start of the value.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ai_credit_usage.runtime.errors import Outcome, UserFacingError
+from ai_credit_usage.runtime.errors import Outcome, UserFacingError, shown
 
-FilterDimension = Literal["user", "module", "product", "skill"]
-FILTER_DIMENSIONS: tuple[FilterDimension, ...] = ("user", "module", "product", "skill")
+# The dimensions of a usage row besides the tenant, in the tables' order: what a call filters on, a summary or a trend
+# groups by, and an answer names the top 5 of.
+Dimension = Literal["user", "module", "product", "skill"]
+DIMENSIONS: tuple[Dimension, ...] = ("user", "module", "product", "skill")
 # The longest value accepted, in UTF-8 bytes. Every filter of a call then fits in one v1 query string (a byte is at
 # most three once percent-encoded) far below the request-line limit proxies enforce; no real name is this long.
 MAX_FILTER_BYTES = 256
@@ -41,10 +44,11 @@ class Filters:
     product: str | None = None
     skill: str | None = None
 
-    @property
+    @functools.cached_property
     def pairs(self) -> tuple[tuple[str, str], ...]:
-        """The filters set, as (dimension, value) in the dimensions' order."""
-        return tuple((name, value) for name in FILTER_DIMENSIONS if (value := getattr(self, name)) is not None)
+        """The filters set, as (dimension, value) in the dimensions' order; worked out once, as the event walk asks
+        for every event."""
+        return tuple((name, value) for name in DIMENSIONS if (value := getattr(self, name)) is not None)
 
     def __bool__(self) -> bool:
         return bool(self.pairs)
@@ -68,12 +72,12 @@ def quoted(value: str, limit: int = QUOTED_CHARS) -> str:
 def parse_filters(arguments: Mapping[str, Any]) -> Filters:
     """Trimmed of surrounding blanks (as the tenant header is); a blank value is no filter."""
     found: dict[str, str] = {}
-    for name in FILTER_DIMENSIONS:
+    for name in DIMENSIONS:
         value = arguments.get(name)
         if value is None:
             continue
         if not isinstance(value, str):  # the gate refuses these first; kept so no caller can pass an operator
-            raise FilterError(f"{name} must be text such as a name (or left out); {value!r:.40} is not.")
+            raise FilterError(f"{name} must be text such as a name (or left out); {shown(value)} is not.")
         value = value.strip()
         if not value:
             continue
@@ -150,8 +154,11 @@ class NoMatch:
 
 
 def _named(name: str) -> str:
-    """A value in a list, as it is unless the list would blur it (a comma, blanks at an end): then quoted."""
-    return quoted(name, limit=MAX_FILTER_BYTES) if "," in name or name != name.strip() or "'" in name else name
+    """A value in a list, as it is unless the list would blur it (a comma, blanks at an end): then quoted. Cut at
+    the length a filter can have: a dimension value may be far longer, and the answer's text has a budget."""
+    if "," in name or name != name.strip() or "'" in name:
+        return quoted(name, limit=MAX_FILTER_BYTES)
+    return name if len(name) <= MAX_FILTER_BYTES else name[: MAX_FILTER_BYTES - 1] + "…"
 
 
 def no_match(filters: Filters, start: str, end: str, known: Mapping[str, Iterable[str]]) -> NoMatch:

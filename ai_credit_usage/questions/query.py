@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ai_credit_usage.questions.filters import FILTER_DIMENSIONS, NO_FILTERS, FilterDimension, Filters, parse_filters
-from ai_credit_usage.questions.trend import Dimension, Granularity, parse_time_zone
+from ai_credit_usage.questions.filters import DIMENSIONS, NO_FILTERS, Dimension, Filters, parse_filters
+from ai_credit_usage.questions.trend import Granularity, parse_time_zone
 from ai_credit_usage.runtime.window import Window, forecast_window, resolve_window
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -29,7 +29,7 @@ class Query:
     group_by: Dimension | None = None
     as_of: datetime | None = None  # the moment the question is asked at: a forecast splits known from projected there
     filters: Filters = NO_FILTERS  # every meter query and event read of the call narrows to these
-    breakdown: tuple[FilterDimension, ...] = FILTER_DIMENSIONS  # the summary's rows: one per combination of these
+    breakdown: tuple[Dimension, ...] = DIMENSIONS  # the summary's rows: one per combination of these
 
     @property
     def time_zone(self) -> str:
@@ -41,11 +41,12 @@ def parse_query(arguments: Mapping[str, Any], now: datetime) -> Query:
     can fix raises a `UserFacingError` naming the parameter."""
     zone = parse_time_zone(arguments.get("time_zone"))
     window = resolve_window(arguments.get("from_date"), arguments.get("to_date"), now, zone)
+    filters = parse_filters(arguments)
     group_by = arguments.get("group_by")
     if isinstance(group_by, list):  # the summary's breakdown: a list of dimensions (the trend's is one)
-        chosen = tuple(name for name in FILTER_DIMENSIONS if name in group_by)
-        return Query(window, zone, filters=parse_filters(arguments), breakdown=chosen or FILTER_DIMENSIONS)
-    return Query(window, zone, arguments.get("granularity"), group_by, filters=parse_filters(arguments))
+        chosen = tuple(name for name in DIMENSIONS if name in group_by)
+        return Query(window, zone, filters=filters, breakdown=chosen or DIMENSIONS)
+    return Query(window, zone, arguments.get("granularity"), group_by, filters=filters)
 
 
 def parse_forecast_query(arguments: Mapping[str, Any], now: datetime) -> Query:

@@ -7,14 +7,17 @@ on (`_rows_out`); the answer side's `WorkbookSink` writes them into the workbook
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from ai_credit_usage.questions.filters import DIMENSIONS
+
 PREVIEW_ROWS = 50
-BREAKDOWN_DIMENSIONS = ("user", "module", "product", "skill")
 TOP_ROWS = 5
 Progress = Callable[[float, float | None, str], Awaitable[None]]
+Top = tuple[str, float, float | None]  # a name, its credits, their share of the total (None when that is 0)
 
 
 async def _no_progress(done: float, total: float | None, message: str) -> None:
@@ -51,7 +54,7 @@ class TableSink:
         self.total_index = total
         labels = self.columns[: len(self.columns) - amounts]
         self._breakdown_columns = (
-            [(name, labels.index(name)) for name in BREAKDOWN_DIMENSIONS if name in labels] if running_sums else []
+            [(name, labels.index(name)) for name in DIMENSIONS if name in labels] if running_sums else []
         )
 
     @property
@@ -75,9 +78,18 @@ class TableSink:
         """Every value of the dimension with its credits; None when this answer does not know the dimension."""
         return self._breakdowns.get(dimension)
 
-    def top(self, dimension: str, count: int = TOP_ROWS) -> list[tuple[str, float]]:
-        sums = self._breakdowns.get(dimension) or {}
-        return sorted(sums.items(), key=lambda item: (-item[1], item[0]))[:count]
+    def tops(self, count: int = TOP_ROWS) -> dict[str, list[Top]]:
+        """The top `count` of every dimension this answer knows, over all its rows, largest first (then by name):
+        what the text, the structured result and the Summary sheet name."""
+        total = self.total_credits
+        return {
+            dimension: [
+                (name, credits, credits / total if total else None)
+                for name, credits in heapq.nsmallest(count, sums.items(), key=lambda item: (-item[1], item[0]))
+            ]
+            for dimension in DIMENSIONS
+            if (sums := self._breakdowns.get(dimension))
+        }
 
     async def progress(self, message: str, done: float | None = None, total: float | None = None) -> None:
         """Tell the client how far along the call is; MCP wants the value to grow, so it never goes back."""

@@ -25,11 +25,11 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
+from ai_credit_usage.questions.filters import Dimension
 from ai_credit_usage.runtime.errors import Outcome, UserFacingError, shown
 from ai_credit_usage.runtime.window import Window, local_midnight, next_month
 
 Granularity = Literal["day", "week", "month"]
-Dimension = Literal["user", "module", "product", "skill"]
 DAILY_UP_TO = timedelta(days=45)
 WEEKLY_UP_TO = timedelta(weeks=26)
 MAX_PERIODS = 1_000

@@ -28,7 +28,7 @@ from ai_credit_usage.openmeter.meter_cache import DEFINITIVE_STATUSES, MeterCach
 from ai_credit_usage.questions.balance import Balances
 from ai_credit_usage.questions.compare import Previous, compare, preceding, top_movers
 from ai_credit_usage.questions.event_walk import MAX_SLICES, EventWalk
-from ai_credit_usage.questions.filters import FILTER_DIMENSIONS, Filters, NoMatch, no_match
+from ai_credit_usage.questions.filters import DIMENSIONS, Filters, NoMatch, no_match
 from ai_credit_usage.questions.findings import Findings
 from ai_credit_usage.questions.forecast import (
     DAY_COLUMNS,
@@ -40,7 +40,7 @@ from ai_credit_usage.questions.forecast import (
     project_usage,
 )
 from ai_credit_usage.questions.query import Query
-from ai_credit_usage.questions.sink import BREAKDOWN_DIMENSIONS, TableSink
+from ai_credit_usage.questions.sink import TableSink
 from ai_credit_usage.questions.together import together
 from ai_credit_usage.questions.trend import UNUSUAL_RULE, build_trend, calendar_unit, choose_granularity, periods_of
 from ai_credit_usage.runtime.errors import UserFacingError
@@ -137,7 +137,7 @@ class UsageService:
         table: list[tuple[Any, ...]] = [(*key, math.fsum(values)) for key, values in grouped.items()]
         table.sort(key=lambda row: (-row[-1], row[:-1]))
         await sink.add(table)
-        about = self._about(meter, combinations, SUMMARY_ROW if labels == BREAKDOWN_COLUMNS else _breakdown_row(labels))
+        about = self._about(meter, combinations, _combination_row(labels))
         findings = _findings(query.window, sink, previous, about=about, in_text=True)
         findings.tops_in_text = True
         findings.no_match = await self._no_match(meter, tenant, query.filters, query.window, found=bool(mine))
@@ -277,7 +277,7 @@ class UsageService:
 
         # The balance (when configured) is asked beside the meter, not after it: one round trip's wait, not two.
         # A filtered forecast is one user's (module's, ...) share: the tenant's allowance is not its to run out of.
-        crossing_of = (lambda: _no_crossing()) if query.filters else (lambda: self._balance_crossing(tenant, now))
+        crossing_of = _no_crossing if query.filters else (lambda: self._balance_crossing(tenant, now))
         rows, crossing = await together(daily_usage, crossing_of)
         used: dict[date, float] = defaultdict(float)
         for row in _in_scope(rows, tenant, query.filters):
@@ -406,9 +406,6 @@ class UsageService:
 
 
 TENANT_ROW = "the tenant's credits over the whole window (one row, even at zero usage)"
-SUMMARY_ROW = (
-    "one combination of user, module, product, tenant and skill that used credits in the window, largest first"
-)
 DAY_ROW = (
     "one calendar day in {zone}, from the window's first day to its last: used = credits recorded (today: so far), "
     "forecast = expected (today: the rest of the day), credits = the two together; cumulative = from the window's "
@@ -477,13 +474,16 @@ def _in_scope(rows: list[UsageRow], tenant: str, filters: Filters) -> list[Usage
 
 def summary_columns(breakdown: tuple[str, ...]) -> tuple[str, ...]:
     """All four dimensions: today's table; fewer: the chosen ones in the dimensions' order, then tenant, credits."""
-    if tuple(breakdown) == FILTER_DIMENSIONS:
+    if tuple(breakdown) == DIMENSIONS:
         return SUMMARY_COLUMNS
     return (*breakdown, "tenant", "credits")
 
 
-def _breakdown_row(labels: tuple[str, ...]) -> str:
-    return f"one combination of {', '.join(labels)} that used credits in the window, largest first"
+def _combination_row(labels: tuple[str, ...]) -> str:
+    """What a summary row is: 'one combination of user, module, product, tenant and skill ...' (or of the breakdown)."""
+    *first, last = labels
+    named = f"{', '.join(first)} and {last}" if first else last
+    return f"one combination of {named} that used credits in the window, largest first"
 
 
 async def _no_crossing() -> dict[str, Any]:
@@ -509,7 +509,7 @@ def _tally_breakdowns(
     """Credits per user, module, product and skill from per-combination rows, for the top 5s; returns the rows of
     the tenant (and of the filters)."""
     mine = _in_scope(rows, tenant, filters)
-    for dimension in BREAKDOWN_DIMENSIONS:
+    for dimension in DIMENSIONS:
         if dimension in meter.dimension_paths:
             sink.tally(dimension, _sums((row.dimensions.get(dimension) or "", row.value) for row in mine))
     return mine

@@ -38,12 +38,12 @@ from ai_credit_usage.openmeter.standin.store import compile_json_path, format_ti
 from ai_credit_usage.openmeter.standin.v3 import (
     STRING_FIELD_OPS,
     ULID,
-    V3_BASES,
+    deep_params,
+    int_param,
     numeric,
+    string_matches,
+    under_base,
 )
-from ai_credit_usage.openmeter.standin.v3 import _deep_params as deep_params
-from ai_credit_usage.openmeter.standin.v3 import _int_param as int_param
-from ai_credit_usage.openmeter.standin.v3 import _string_matches as string_matches
 from ai_credit_usage.openmeter.standin.wire import EventStore, Handler, StandInRequest
 
 CUSTOMER_FILTERS = {
@@ -93,9 +93,8 @@ class CreditsV3StandIn:
         self.credits_enabled = True
         self.serves_entitlement_value = False  # as Konnect's published spec of 2026-07-01
         self.meter_slug = "ai_credits"
-        self.charge_currency: dict[
-            str, str
-        ] = {}  # customer key -> the currency its usage burns (default: first grant's)
+        # customer key -> the currency its usage burns (default: its first grant's)
+        self.charge_currency: dict[str, str] = {}
         self._seq = 0
 
     # ---- test-side API -------------------------------------------------------------------------------------------
@@ -141,7 +140,7 @@ class CreditsV3StandIn:
     # ---- routing -------------------------------------------------------------------------------------------------
 
     def __call__(self, standin: EventStore, request: StandInRequest) -> Handler | None:
-        rest = _under_base(request.parts)
+        rest = under_base(request.parts)
         if rest is None or not rest or rest[0] != "customers":
             return None
         if rest == ["customers"]:
@@ -149,7 +148,7 @@ class CreditsV3StandIn:
         elif len(rest) == 4 and rest[2] == "credits" and rest[3] in ("balance", "grants"):
             customer_id, what = rest[1], rest[3]
             if what == "balance":
-                handler = lambda: self._balance(standin, request.query, customer_id)  # noqa: E731
+                handler = lambda: self._balance(standin, request, customer_id)  # noqa: E731
             else:
                 handler = lambda: self._grants(request, customer_id)  # noqa: E731
         elif len(rest) == 5 and rest[2:4] == ["entitlement-access", "features"]:
@@ -190,9 +189,8 @@ class CreditsV3StandIn:
 
     # ---- the ledger --------------------------------------------------------------------------------------------
 
-    def _balance(self, standin: EventStore, q: QueryParams, customer_id: str) -> dict[str, Any]:
+    def _balance(self, standin: EventStore, request: StandInRequest, customer_id: str) -> dict[str, Any]:
         customer = self._customer(customer_id)
-        request = StandInRequest("GET", "", q, b"")
         filters, _ = deep_params(request, BALANCE_FILTERS, set(), depth=2)
         if not self.credits_enabled:
             raise Unimplemented()
@@ -206,7 +204,7 @@ class CreditsV3StandIn:
                 )
             named = {value} if op == "eq" else {part.strip() for part in value.split(",") if part.strip()}
             currencies = named if currencies is None else currencies | named
-        raw = q.get("timestamp")
+        raw = request.query.get("timestamp")
         at = self._now()
         if raw is not None:
             try:
@@ -334,7 +332,7 @@ class CreditsV3StandIn:
             )
         if customer is None:
             raise Problem(404, f"customer not found: {customer_id}")
-        body = self.entitlements._value(standin, QueryParams(""), customer.id, feature)  # 412 when deleted
+        body = self.entitlements.value(standin, QueryParams(""), customer.id, feature)  # 412 when deleted
         if "balance" in body:  # metered
             out: dict[str, Any] = {"type": "metered", "feature_key": feature, "has_access": bool(body.get("hasAccess"))}
             if "value" in expands:
@@ -354,13 +352,6 @@ class CreditsV3StandIn:
 
     def _now(self) -> int:
         return unix(self.entitlements.clock())
-
-
-def _under_base(parts: list[str]) -> list[str] | None:
-    for base in V3_BASES:
-        if parts[: len(base)] == base and parts[len(base) : len(base) + 1] == ["openmeter"]:
-            return parts[len(base) + 1 :]
-    return None
 
 
 def _field(customer: Customer, field: str) -> list[str]:

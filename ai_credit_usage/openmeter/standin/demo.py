@@ -208,6 +208,7 @@ def demo_allowances(
         anchor = anchor.replace(day=28)
     first_day = today - timedelta(days=DAYS - 1)
     period_start = period_at(anchor, "MONTH", now)[0]
+    standin.credits.meter_slug = meter_slug  # the usage the ledger burns
     for tenant in TENANTS:
         key = customer_key(tenant)
         if tenant == NO_ALLOWANCE_TENANT or key is None:

@@ -324,7 +324,7 @@ class EntitlementsStandIn:
         what = tail[0] if tail else ""
         routes: dict[str, Callable[[], Any]] = {
             "": lambda: self._get(customer_ref, feature_ref),
-            "value": lambda: self._value(standin, q, customer_ref, feature_ref),
+            "value": lambda: self.value(standin, q, customer_ref, feature_ref),
             "grants": lambda: self._grants(q, customer_ref, feature_ref),
             "history": lambda: self._history(standin, q, customer_ref, feature_ref),
         }
@@ -381,7 +381,8 @@ class EntitlementsStandIn:
             raise Problem(404, f"entitlement not found {feature_ref} for customer {customer.id}")
         return self._render(entitlement, now)
 
-    def _value(self, standin: EventStore, q: QueryParams, customer_ref: str, feature_ref: str) -> dict[str, Any]:
+    def value(self, standin: EventStore, q: QueryParams, customer_ref: str, feature_ref: str) -> dict[str, Any]:
+        """The v2 entitlement value body (also what v3's entitlement access answers from)."""
         customer = self._customer(customer_ref)
         at_time = time_param(q, "time")
         at = unix(at_time) if at_time else self._now()

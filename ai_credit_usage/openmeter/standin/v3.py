@@ -59,7 +59,7 @@ _EVENT_SORTS = {"time": "time", "ingested_at": "ingested_at", "stored_at": "stor
 
 
 def route(standin: EventStore, request: StandInRequest) -> Handler | None:
-    rest = _under_base(request.parts)
+    rest = under_base(request.parts)
     if rest is None:
         return None
     handler: Handler
@@ -80,7 +80,7 @@ def route(standin: EventStore, request: StandInRequest) -> Handler | None:
     return handler
 
 
-def _under_base(parts: list[str]) -> list[str] | None:
+def under_base(parts: list[str]) -> list[str] | None:
     for base in V3_BASES:
         if parts[: len(base)] == base and parts[len(base) : len(base) + 1] == ["openmeter"]:
             return parts[len(base) + 1 :]
@@ -113,12 +113,12 @@ def meter_v3(meter: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_meters(standin: EventStore, request: StandInRequest) -> dict[str, Any]:
-    filters, page = _deep_params(request, METER_FILTERS, {"size", "number"}, depth=2)
-    size = _int_param(page, "size", 20, minimum=0)
-    number = _int_param(page, "number", 1, minimum=1)
+    filters, page = deep_params(request, METER_FILTERS, {"size", "number"}, depth=2)
+    size = int_param(page, "size", 20, minimum=0)
+    number = int_param(page, "number", 1, minimum=1)
     meters = [meter_v3(m) for m in standin.meters.values()]
     for field, ops in filters.items():
-        meters = [m for m in meters if all(_string_matches(op, value, str(m.get(field, ""))) for op, value in ops)]
+        meters = [m for m in meters if all(string_matches(op, value, str(m.get(field, ""))) for op, value in ops)]
     total = len(meters)
     chosen = meters[(number - 1) * size : number * size]
     return {"data": chosen, "meta": {"page": {"size": size, "number": number, "total": total}}}
@@ -389,7 +389,7 @@ def numeric(value: float) -> str:
 
 
 def list_events(standin: EventStore, request: StandInRequest) -> dict[str, Any]:
-    filters, page = _deep_params(request, EVENT_FILTERS, {"size", "after", "before"}, depth=1)
+    filters, page = deep_params(request, EVENT_FILTERS, {"size", "after", "before"}, depth=1)
     for field in ("time", "ingested_at", "stored_at"):
         # Upstream's parser ANDs several operators, but Konnect's published schema for these filters is a `oneOf` of
         # single-operator objects, so its gateway refuses `filter[time][gte]=…&filter[time][lt]=…`: so do we.
@@ -398,7 +398,7 @@ def list_events(standin: EventStore, request: StandInRequest) -> dict[str, Any]:
             raise ApiError.bad_request(InvalidParameter(f"filter[{field}]", reason, "query"))
     if "before" in page:
         raise ApiError.bad_request(InvalidParameter("page[before]", "backward pagination is not supported", "query"))
-    size = _int_param(page, "size", 20, minimum=1, maximum=100)
+    size = int_param(page, "size", 20, minimum=1, maximum=100)
     cursor = _cursor(page.get("after"))
     sort_field, ascending = _sort(request)
     if "customer_id" in filters:
@@ -466,7 +466,7 @@ def _ingested_event(row: Row) -> dict[str, Any]:
 
 
 def _string_check(field: str, op: str, value: str) -> Callable[[Row], bool]:
-    return lambda row: _string_matches(op, value, row.event[field])
+    return lambda row: string_matches(op, value, row.event[field])
 
 
 def _time_check(field: str, op: str, bound: int) -> Callable[[Row], bool]:
@@ -502,7 +502,7 @@ def _sort(request: StandInRequest) -> tuple[str, bool]:
 # ---- the deepObject query conventions (api/v3/filters.Parse, page params) ---------------------------------------
 
 
-def _deep_params(
+def deep_params(
     request: StandInRequest, fields: dict[str, frozenset[str]], page_keys: set[str], *, depth: int
 ) -> tuple[dict[str, list[tuple[str, str]]], dict[str, str]]:
     """`filter[f]=v` (eq) and `filter[f][op]=v` per field, and `page[x]`; a repeated key, an unknown field, page
@@ -549,7 +549,7 @@ def _comma_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _string_matches(op: str, value: str, actual: str) -> bool:
+def string_matches(op: str, value: str, actual: str) -> bool:
     if op == "eq":
         return actual == value
     if op == "neq":
@@ -565,7 +565,7 @@ def _string_matches(op: str, value: str, actual: str) -> bool:
     return {"gt": actual > value, "gte": actual >= value, "lt": actual < value, "lte": actual <= value}[op]
 
 
-def _int_param(page: dict[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+def int_param(page: dict[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
     raw = page.get(name)
     if raw is None:
         return default
