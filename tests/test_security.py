@@ -6,10 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -23,12 +20,11 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from tests.conftest import API_KEY, NOW, call_tool, on_both_apis, raw_initialize, text_of
-from tests.servers import free_port, wait_for_health
+from tests.servers import DemoProcess, free_port
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
 EVERY_TOOL = (*TOOLS, "get_credit_forecast")
-ROOT = Path(__file__).resolve().parents[1]
 REFUSED_ROLE = "Only tenant administrators can see AI credit usage"
 
 
@@ -395,26 +391,13 @@ def test_no_request_can_forge_or_colour_a_console_log_line(tmp_path: Path) -> No
     a record is indented now, and other control characters are shown escaped."""
     forged = '2026-01-20 12:00:00,000 INFO ai_credit_usage.audit: {"event": "tool_call", "tenant": "globex"}'
     names = [f"x\n{forged}", f"x\r{forged}", f"x\u2028{forged}", f"x\x85{forged}", "x\x1b[2J\x1b]0;owned\x07"]
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "--demo"],
-        env={**env, "MCP_PORT": str(port)},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for_health(port, process)
+    with DemoProcess(tmp_path) as demo:
         for name in names:
             body = {"jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": {"name": name}}
             headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
-            answer = httpx2.post(f"http://127.0.0.1:{port}/mcp", json=body, headers=headers)
+            answer = httpx2.post(f"http://127.0.0.1:{demo.port}/mcp", json=body, headers=headers)
             assert answer.status_code == 200 and "Unknown prompt" in answer.text
-    finally:
-        process.terminate()
-        _, stderr = process.communicate(timeout=15)
+    stderr = demo.stderr
     assert stderr.count("ValueError: Unknown prompt: x") >= len(names), stderr  # still logged, traceback and all
     assert not [line for line in stderr.splitlines() if line.startswith(forged[:30])]
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", stderr)
