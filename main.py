@@ -22,11 +22,11 @@ logger = logging.getLogger("ai_credit_usage")
 
 
 def configure_logging() -> None:
-    from ai_credit_usage.runtime.telemetry import TraceIdFormatter
+    from ai_credit_usage.runtime.telemetry import ConsoleFormatter
 
     # Before the MCP SDK is imported: its server calls basicConfig() too, which is then a no-op.
     console = logging.StreamHandler()
-    console.setFormatter(TraceIdFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console.setFormatter(ConsoleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[console], force=True)
     # Per-request chatter from the SDK ("Terminating session: None" on every stateless POST) and the HTTP client.
     for noisy in ("mcp.server.streamable_http", "mcp.server.streamable_http_manager", "httpx2", "httpcore2"):

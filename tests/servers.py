@@ -8,19 +8,24 @@ it; the app must therefore be thread-safe with respect to state that tests read 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx2
 import pytest
 import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["PromptServer", "ServerThread", "serve_in_thread"]
 POLL_SECONDS = 0.005  # how often a stopping server looks whether its connections are gone
@@ -165,3 +170,35 @@ def wait_for_health(port: int, proc: subprocess.Popen[str], *, timeout: float = 
         except httpx2.TransportError:
             time.sleep(0.05)  # not listening yet
     pytest.fail(f"no /health on port {port}; exit status {proc.poll()}")
+
+
+class DemoProcess:
+    """`main.py --demo` as an operator starts it, in `cwd`, on a free loopback port, with only `settings` of this
+    project's environment variables: `port` answers /health inside the `with` block; `stderr` is its console
+    afterwards."""
+
+    def __init__(self, cwd: Path, **settings: str) -> None:
+        self.port = free_port()
+        self.stderr = ""
+        own = ("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_")
+        env = {name: value for name, value in os.environ.items() if not name.startswith(own)}
+        self._process = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "--demo"],
+            env={**env, "MCP_PORT": str(self.port), **settings},
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def __enter__(self) -> DemoProcess:
+        try:
+            wait_for_health(self.port, self._process)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._process.terminate()
+        _, self.stderr = self._process.communicate(timeout=15)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx2
 import pytest
 from openpyxl import load_workbook
 
@@ -251,3 +252,16 @@ def test_the_standins_answers_conform(fake: OpenMeterStandIn, standin_url: str, 
             assert (disabled.status_code, disabled.content) == (501, b"")
         finally:
             fake.credits.credits_enabled = True
+
+
+async def test_a_tenant_named_like_markup_stays_text_in_the_no_credits_sentence(
+    balance_server: Callable[..., str],
+) -> None:
+    """v1 escapes the tenant in its no-allowance sentence ("No credit allowance is set up for tenant \\[acme\\]...");
+    v3's sentences named it raw, so a tenant called like a link or an image became one in a chat that renders the
+    answer's markdown."""
+    tenant = "[acme](javascript:alert(1)) <img src=x onerror=alert(1)>"
+    escaped = r"\[acme\](javascript:alert(1)) \<img src=x onerror=alert(1)\>"
+    headers = httpx2.Headers({"X-Tenant-Name": tenant, "X-User-UserRole": "admin"})
+    answer = text_of(await call_tool(balance_server(), TOOL, headers=headers))
+    assert answer == f"Tenant {escaped} has no customer in OpenMeter (customer key {escaped}), so it has no credits."

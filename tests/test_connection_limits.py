@@ -4,10 +4,7 @@ main.py passes on (before, neither was set: any number of idle or slow connectio
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx2
@@ -15,9 +12,7 @@ import pytest
 
 from ai_credit_usage.runtime.settings import ConfigError, load_settings
 from tests.conftest import API_KEY
-from tests.servers import free_port, wait_for_health
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import DemoProcess
 
 
 def test_the_limits_have_defaults_and_are_checked() -> None:
@@ -30,25 +25,12 @@ def test_the_limits_have_defaults_and_are_checked() -> None:
 
 
 def test_main_refuses_connections_beyond_the_limit(tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "--demo"],
-        env={**env, "MCP_PORT": str(port), "MCP_LIMIT_CONCURRENCY": "3"},
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for_health(port, process)
+    with DemoProcess(tmp_path, MCP_LIMIT_CONCURRENCY="3") as demo:
         with contextlib.ExitStack() as held:
             for _ in range(2):  # two idle connections, as a slow or idle client would hold them
-                held.enter_context(socket.create_connection(("127.0.0.1", port)))
+                held.enter_context(socket.create_connection(("127.0.0.1", demo.port)))
             # uvicorn counts the connection asking too: with the limit at 3, this third one is refused.
-            assert httpx2.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 503
-        assert httpx2.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
-    finally:
-        process.terminate()
-        _, stderr = process.communicate(timeout=15)
+            assert httpx2.get(f"http://127.0.0.1:{demo.port}/health", timeout=5).status_code == 503
+        assert httpx2.get(f"http://127.0.0.1:{demo.port}/health", timeout=5).status_code == 200
+    stderr = demo.stderr
     assert "Traceback" not in stderr

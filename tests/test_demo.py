@@ -9,10 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import re
-import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -41,10 +38,9 @@ from ai_credit_usage.openmeter.standin.demo import (
 from ai_credit_usage.runtime.settings import load_settings
 from server import create_app
 from tests.conftest import NOW, SETTINGS_VARIABLES, FakeClock, call_tool, text_of
-from tests.servers import free_port, serve_in_thread, wait_for_health
+from tests.servers import DemoProcess, serve_in_thread
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
 DEMO = {"X-Tenant-Name": "demo", "X-User-UserRole": "admin"}
 TODAY = NOW.date()
 
@@ -265,21 +261,9 @@ async def test_overrides_serve_the_demo_to_a_client_without_headers() -> None:
 def test_main_demo_starts_without_a_key(tmp_path: Path, api: str | None) -> None:
     """`main.py --demo` needs no OPENMETER_API_KEY (without --demo, test_settings checks that start-up stops); it
     speaks v1 unless OPENMETER_API=v3."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENMETER_", "MCP_", "PUBLIC_", "TENANT_"))}
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "--demo"],
-        env={**env, "MCP_PORT": str(port), **({"OPENMETER_API": api} if api else {})},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert wait_for_health(port, process).json() == {"status": "ok"}
-    finally:
-        process.terminate()
-        _, stderr = process.communicate(timeout=15)
+    with DemoProcess(tmp_path, **({"OPENMETER_API": api} if api else {})) as demo:
+        assert httpx2.get(f"http://127.0.0.1:{demo.port}/health").json() == {"status": "ok"}
+    stderr = demo.stderr
     assert "DEMO MODE" in stderr
     assert f"an in-process stand-in of its {api or 'v1'} API" in stderr
     assert "Traceback" not in stderr

@@ -10,6 +10,7 @@ import contextlib
 import io
 import math
 import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openpyxl import load_workbook
 
+from ai_credit_usage.answers.render import escape_cell
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
+from ai_credit_usage.questions import filters
 from ai_credit_usage.questions.filters import FilterError, Filters, nearest, parse_filters
 from ai_credit_usage.questions.query import Query
 from ai_credit_usage.questions.sink import TableSink
@@ -396,3 +399,94 @@ def test_a_closest_name_longer_than_any_filter_is_cut_in_the_sentence() -> None:
     sentence = found.sentence()
     assert len(sentence) < 3 * MAX_FILTER_BYTES
     assert f"include {'x' * (MAX_FILTER_BYTES - 1)}…, 'y, z" in sentence
+
+
+async def test_ranking_the_closest_names_never_holds_up_other_calls(
+    server_url: str, openmeter: OpenMeterStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranking a value that matched nothing is CPU work: an edit distance per name of the tenant (about 1 s for
+    2,000 names and a long value, growing with the tenant). On the event loop it held up every other tenant's calls
+    and /health until it was done; off it, the server answers meanwhile. The ranking here waits until /health has
+    answered (at most 10 s): on the loop, /health could not answer first."""
+    openmeter.ingest(make_event(tenant="acme", credits=1, time=NOW - timedelta(hours=1), user=ALICE))
+    ranking, release = threading.Event(), threading.Event()
+    measured = filters.edit_distance
+
+    def held_up(a: str, b: str) -> int:
+        ranking.set()
+        release.wait(10)
+        return measured(a, b)
+
+    monkeypatch.setattr(filters, "edit_distance", held_up)
+    async with anyio.create_task_group() as calls, httpx2.AsyncClient(timeout=3) as http:
+        answer: list[str] = []
+
+        async def miss() -> None:
+            answer.append(text_of(await call_tool(server_url, "get_credit_usage_summary", {"user": "bob"})))
+
+        calls.start_soon(miss)
+        assert await anyio.to_thread.run_sync(ranking.wait, 10)
+        try:
+            health = await http.get(f"{server_url}/health")
+        finally:
+            release.set()
+    assert health.status_code == 200
+    assert f"users with usage then include {ALICE}." in answer[0]
+
+
+@both
+@pytest.mark.parametrize(
+    "tool", ["get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_forecast"]
+)
+async def test_hostile_tenant_and_filter_values_stay_text_in_the_workbook_and_its_file_name(
+    servers: dict[str, tuple[str, OpenMeterStandIn]], which: str, tool: str
+) -> None:
+    """Filter values are echoed on the Summary and About sheets and in the file name, the tenant too: a formula
+    stays a string cell, and nothing of either can end the Content-Disposition value or add a parameter to it."""
+    tenant = "acme\"; filename*=UTF-8''evil.exe; x=\""
+    formulas = {"user": '=HYPERLINK("https://attacker.example","open")', "module": "@SUM(1+1)", "skill": "-2+3"}
+    headers = {"X-Tenant-Name": tenant, "X-User-UserRole": "admin"}
+    arguments = {**(WINDOW if tool != "get_credit_forecast" else {}), **formulas}
+    result = await call_tool(servers[which][0], tool, arguments, headers=headers)
+    assert not result.is_error, text_of(result)
+    disposition, book = workbook(servers, which, text_of(result))
+    assert re.fullmatch(r'attachment; filename="[A-Za-z0-9._-]+\.xlsx"', disposition), disposition
+    assert "_user-HYPERLINK_https_attacker.example_open_" in disposition
+    echoed = [
+        cell
+        for sheet in ("Summary", "About")
+        for row in book[sheet].iter_rows()
+        for cell in row
+        if isinstance(cell.value, str) and any(value in cell.value for value in formulas.values())
+    ]
+    assert {value for value in formulas.values() if any(value == cell.value for cell in echoed)} == set(
+        formulas.values()
+    )
+    assert all(cell.data_type == "s" for cell in echoed)
+
+
+ACME_NAMES = (ALICE, "bob@acme.example", "carol@acme.example")  # the closest lists are checked whole
+
+
+@both
+async def test_no_tenant_name_or_filter_value_reaches_another_tenants_names(
+    servers: dict[str, tuple[str, OpenMeterStandIn]], which: str
+) -> None:
+    """globex's administrator (and tenant names that look like globex or like several tenants) asks for acme's users
+    by name, in other case, as a look-alike, as an operator or a list: nothing of acme in the answer, and the closest
+    names suggested are the caller's tenant's own (mallory's), or none."""
+    tenants = {"globex": ["mallory@globex.example"], "GLOBEX": [], "gl\u043ebex": [], "globex,acme": []}
+    values = (ALICE, "alice@acme.example".upper(), "\u0430lice@acme.example", '{"$in": ["alice@acme.example"]}')
+    tools = ("get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend", "get_credit_forecast")
+    url = servers[which][0]
+    for tenant, closest in tenants.items():
+        headers = httpx2.Headers({"X-Tenant-Name": tenant.encode(), "X-User-UserRole": b"admin"})
+        for value in values:
+            for tool in tools:
+                result = await call_tool(url, tool, {"user": value}, headers=headers)
+                text = text_of(result)
+                assert not result.is_error, text
+                assert result.structured_content is not None
+                assert result.structured_content["no_match"]["closest"] == closest, (tenant, value, tool)
+                named_back = text.replace(escape_cell(value), "").replace(value, "")  # the value itself, as asked
+                assert not any(name in named_back for name in ACME_NAMES), text

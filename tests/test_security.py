@@ -4,11 +4,13 @@ OpenMeter trouble that becomes a clean error while the server stays up."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import zipfile
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -18,7 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from tests.conftest import API_KEY, NOW, call_tool, on_both_apis, raw_initialize, text_of
-from tests.servers import free_port
+from tests.servers import DemoProcess, free_port
 
 pytestmark = pytest.mark.anyio
 TOOLS = ("get_credit_usage_by_tenant", "get_credit_usage_summary", "get_credit_events", "get_credit_usage_trend")
@@ -349,3 +351,54 @@ async def test_far_windows_are_a_sentence_naming_the_parameter(
     assert text_of(result).startswith(f"{named} '")
     assert not openmeter.requests
     assert not [record for record in caplog.records if record.exc_info], caplog.text
+
+
+# A forged continuation: what a reader that breaks lines at NEL/U+2028/U+2029 would show as a line of its own.
+FORGED = '2026-01-20 12:00:00,000 INFO ai_credit_usage.audit: {"event": "tool_call", "tenant": "globex"}'
+
+
+@pytest.mark.parametrize(
+    ("sent", "tenant"),
+    [
+        pytest.param(("acme\u2028" + FORGED).encode(), "acme\u2028" + FORGED, id="line-separator"),
+        pytest.param(("acme\u2029" + FORGED).encode(), "acme\u2029" + FORGED, id="paragraph-separator"),
+        # Not UTF-8, so read as Latin-1: NEL, and a terminal's CSI in one byte.
+        pytest.param(b"acme\x85" + FORGED.encode(), "acme\x85" + FORGED, id="NEL-as-a-raw-byte"),
+        pytest.param(b"acme\x9b31m", "acme\x9b31m", id="C1-CSI-as-a-raw-byte"),
+    ],
+)
+async def test_a_header_cannot_break_or_forge_the_audit_line(
+    server_url: str, two_tenants: None, caplog: pytest.LogCaptureFixture, sent: bytes, tenant: str
+) -> None:
+    """The audit line is JSON, which leaves NEL, U+2028/U+2029 and C1 controls raw; headers can carry them (h11 lets
+    bytes 0x80-0xFF through), and the tenant and role go into the line. They are escaped: one line, the same value."""
+    caplog.set_level(logging.INFO, logger="ai_credit_usage.audit")
+    headers = httpx2.Headers({"X-Tenant-Name": sent, "X-User-UserRole": "admin, \x85reader".encode()})
+    result = await call_tool(server_url, "get_credit_events", headers=headers)
+    assert not result.is_error and "acme-user" not in text_of(result), text_of(result)
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "ai_credit_usage.audit"]
+    assert message.splitlines() == [message]
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", message)
+    line = json.loads(message)
+    assert (line["tenant"], line["role"]) == (tenant, "admin, \x85reader")
+
+
+def test_no_request_can_forge_or_colour_a_console_log_line(tmp_path: Path) -> None:
+    """main.py's console, as an operator reads it. A request's text reaches it through libraries' log lines: the
+    SDK logs a failed handler with its traceback, and `prompts/get` for an unknown name raises an error quoting the
+    name, with no headers needed. A name carrying line breaks wrote whole log lines of the caller's choosing (here
+    an audit line for another tenant), and an escape sequence drove the operator's terminal. Every further line of
+    a record is indented now, and other control characters are shown escaped."""
+    forged = '2026-01-20 12:00:00,000 INFO ai_credit_usage.audit: {"event": "tool_call", "tenant": "globex"}'
+    names = [f"x\n{forged}", f"x\r{forged}", f"x\u2028{forged}", f"x\x85{forged}", "x\x1b[2J\x1b]0;owned\x07"]
+    with DemoProcess(tmp_path) as demo:
+        for name in names:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": {"name": name}}
+            headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+            answer = httpx2.post(f"http://127.0.0.1:{demo.port}/mcp", json=body, headers=headers)
+            assert answer.status_code == 200 and "Unknown prompt" in answer.text
+    stderr = demo.stderr
+    assert stderr.count("ValueError: Unknown prompt: x") >= len(names), stderr  # still logged, traceback and all
+    assert not [line for line in stderr.splitlines() if line.startswith(forged[:30])]
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", stderr)
+    assert "\\x1b[2J" in stderr

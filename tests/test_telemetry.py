@@ -397,7 +397,7 @@ def test_the_service_name_defaults_to_ai_credits_mcp(monkeypatch: pytest.MonkeyP
 
 
 def test_console_lines_inside_a_span_end_with_its_trace_id(otel: TelemetryCapture) -> None:
-    formatter = telemetry.TraceIdFormatter("%(levelname)s %(message)s")
+    formatter = telemetry.ConsoleFormatter("%(levelname)s %(message)s")
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("there",), None)
     assert formatter.format(record) == "INFO hello there"
     with otel.capture(), telemetry.tracer.start_as_current_span("work") as span:

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -25,10 +26,11 @@ from playwright.sync_api import Browser, sync_playwright
 
 from ai_credit_usage.answers.render import format_change, format_credits, format_percent, plain_text
 from ai_credit_usage.answers.views import BALANCE, FORECAST, SUMMARY, TREND, VIEWS, View
+from ai_credit_usage.openmeter.standin import AI_CREDITS_METER, OpenMeterStandIn, make_event
 from ai_credit_usage.openmeter.standin.demo import DEMO_SETTINGS, DEMO_SETTINGS_V3
 from ai_credit_usage.runtime.settings import load_settings
 from server import create_app
-from tests.conftest import CLIENT_TIMEOUT, NOW, SETTINGS_VARIABLES, FakeClock
+from tests.conftest import API_KEY, CLIENT_TIMEOUT, NOW, SETTINGS_VARIABLES, FakeClock
 from tests.servers import serve_in_thread
 from tests.view_host import Shown, ViewHost, chromium_path, launch
 
@@ -380,3 +382,87 @@ def test_the_forecast_splits_recorded_from_projected_at_today_in_its_time_zone(d
     today = data["as_of"][:10]  # the demo's forecast is in UTC
     recorded = (shown.view.locator("polyline.used-line").get_attribute("points") or "").split()
     assert len(recorded) == [day["day"] for day in data["days"]].index(today) + 1
+
+
+# Names as an attacker would pick them: markup, a script, an attribute break-out, and a name that starts like the
+# CSS variables the view routes through the style (`var(`).
+HOSTILE_NAMES = (
+    '<img src="https://attacker.example/x.png" onerror="parent.postMessage(1, \'*\')">',
+    '"><script>parent.postMessage(2, "*")</script>',
+    "var(--s0); background: url(https://attacker.example/y.png)",
+    "</title><svg onload=parent.postMessage(3,'*')>",
+)
+HOSTILE_TENANT = "<b onmouseover=alert(1)>acme</b>"
+
+
+@pytest.fixture(scope="module")
+def hostile_results() -> dict[str, dict[str, Any]]:
+    """Real tool results over MCP whose tenant, users, modules, products and skills are hostile names, and one whose
+    filter value is (a miss: it comes back in the no-match sentence and the subtitle)."""
+    fake = OpenMeterStandIn(api_key=API_KEY)
+    fake.add_meter(dict(AI_CREDITS_METER))
+    for day in range(1, 15):
+        for index, name in enumerate(HOSTILE_NAMES):
+            at = NOW - timedelta(days=day, hours=index)
+            fake.ingest(
+                make_event(
+                    tenant=HOSTILE_TENANT, credits=10 + index, time=at, user=name, module=name, product=name, skill=name
+                )
+            )
+    headers = {"X-Tenant-Name": HOSTILE_TENANT, "X-User-UserRole": "admin"}
+    calls = {
+        "trend": ("get_credit_usage_trend", {"from_date": "2026-01-05", "group_by": "user"}),
+        "summary": ("get_credit_usage_summary", {"from_date": "2026-01-05"}),
+        "forecast": ("get_credit_forecast", {"user": HOSTILE_NAMES[0]}),
+        "miss": ("get_credit_usage_summary", {"from_date": "2026-01-05", "user": HOSTILE_NAMES[1] + "x"}),
+    }
+
+    async def ask(url: str) -> dict[str, dict[str, Any]]:
+        results = {}
+        async with _client(url, headers) as client:
+            for name, (tool, arguments) in calls.items():
+                result = await client.call_tool(tool, arguments)
+                results[name] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return results
+
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in SETTINGS_VARIABLES:
+            patch.delenv(variable, raising=False)
+        with serve_in_thread(fake.app) as standin:
+            settings = load_settings(_env_file=None, openmeter_api_key=API_KEY, openmeter_url=standin + fake.base_path)
+            with serve_in_thread(create_app(settings, clock=FakeClock(NOW))) as url, ThreadPoolExecutor(1) as thread:
+                return thread.submit(anyio.run, ask, url).result()
+
+
+@pytest.mark.parametrize(
+    ("view", "name"), [(TREND, "trend"), (SUMMARY, "summary"), (FORECAST, "forecast"), (SUMMARY, "miss")]
+)
+def test_hostile_names_from_a_real_answer_stay_text_in_every_view(
+    host: ViewHost,
+    served: tuple[dict[str, dict[str, Any]], dict[View, str]],
+    hostile_results: dict[str, dict[str, Any]],
+    view: View,
+    name: str,
+) -> None:
+    """Names the tenant's own usage carries (and a filter value the caller sent) reach the view only as text: no
+    element is made of them, nothing is loaded or run, and they read as they are."""
+    _, views = served
+    result = hostile_results[name]
+    assert not result.get("isError"), result
+    shown = host.show(views[view], result)
+    assert shown.requests == [] and shown.errors == []
+    # The host page runs inline script (as the host's CSP allows the view's own): injected markup would post here.
+    assert all(isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in shown.messages())
+    made = "img, iframe, svg svg, foreignObject, [onload], [onerror], [onmouseover], [style*=attacker]"
+    assert shown.view.locator(made).count() == 0
+    assert shown.view.locator("script").count() == 1  # the view's own
+    drawn = shown.view.locator("#app").text_content() or ""
+    if name == "miss":
+        assert result["structuredContent"]["no_match"]["message"] in drawn
+        assert HOSTILE_NAMES[1] + "x" in drawn
+    else:
+        assert HOSTILE_TENANT in drawn or name == "forecast"
+        assert HOSTILE_NAMES[0] in drawn
+    if name == "summary":  # each name kept whole in its bar's data-label, the `var(` one too
+        labels = {shown.view.locator("g.hbar.top-user").nth(i).get_attribute("data-label") for i in range(4)}
+        assert labels == set(HOSTILE_NAMES)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from ai_credit_usage.answers.demo_notice import DEMO_ABOUT
-from ai_credit_usage.answers.render import download_line, format_credits, shorten_cell
+from ai_credit_usage.answers.render import download_line, escape_cell, format_credits, shorten_cell
 from ai_credit_usage.answers.workbook import CREDITS_FORMAT, DATE_FORMAT, Fact, Report, Sheet, SheetChart
 from ai_credit_usage.questions.balance import CreditBalance, GrantLine
 from ai_credit_usage.questions.runway import LEFT_OVER
@@ -54,7 +54,7 @@ def _from_now(moment: datetime, now: datetime) -> str:
 
 def no_allowance_text(found: CreditBalance) -> str:
     if found.reason is not None:  # v3 tells a tenant without a customer from a customer without credits
-        return found.reason
+        return escape_cell(found.reason)  # it names the tenant and its key as they are: escaped like any name
     return f"No credit allowance is set up for tenant {_name(found.tenant)}."
 
 

@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import anyio
+import anyio.to_thread
+
 from ai_credit_usage.openmeter.http import UNREADABLE, OpenMeterError
 from ai_credit_usage.openmeter.interface import AggregateQuery, OpenMeter, UsageRow
 from ai_credit_usage.openmeter.meter import Meter, MeterConfigError
@@ -73,6 +76,9 @@ class UsageService:
         self._max_event_rows = max_event_rows
         self._parallel_slices = parallel_slices
         self._max_slices = max_slices
+        # One no-match ranking at a time: each is CPU work in a thread, and several at once would take the GIL from
+        # the event loop between them; more wait their turn, other calls do not.
+        self._ranking = anyio.CapacityLimiter(1)
 
     async def meter(self) -> Meter:
         """The meter's definition, cached per process (openmeter/meter_cache.py): a warm call asks OpenMeter only
@@ -362,7 +368,10 @@ class UsageService:
         rows = await self._ask(meter, AggregateQuery(window, ("tenant", *dimensions), tenant))
         mine = _of_tenant(rows, tenant)
         known = {name: {row.dimensions.get(name) or "" for row in mine} for name in dimensions}
-        return no_match(filters, format_utc(window.start), format_utc(window.end), known)
+        # In a thread: ranking is an edit distance per name of the tenant, CPU work that grows with the tenant and
+        # on the event loop would hold up every other call (and /health) meanwhile.
+        start, end = format_utc(window.start), format_utc(window.end)
+        return await anyio.to_thread.run_sync(no_match, filters, start, end, known, limiter=self._ranking)
 
     async def _ask(self, meter: Meter, query: AggregateQuery) -> list[UsageRow]:
         try:

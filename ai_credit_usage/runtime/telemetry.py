@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -236,8 +237,23 @@ def service_resource() -> Any:
     return resource
 
 
-class TraceIdFormatter(logging.Formatter):
-    """Console lines logged inside a recorded span end with its trace id, to find the trace on the dashboard."""
+# What a reader may take as a line break (Python's splitlines: also VT, FF, the file/group/record separators, NEL,
+# U+2028/U+2029), and the other control characters, tabs kept.
+_LINE_BREAK = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The console's lines: one record starts one line at the left margin, and lines logged inside a recorded span
+    end with its trace id, to find the trace on the dashboard.
+
+    A record's further lines (a message's line breaks, a traceback, an exception quoting a request: the SDK logs
+    `prompts/get` for an unknown name with the name in it) are indented, so no request can write a line that reads
+    as a record of its own; other control characters (a terminal's escape sequences) are shown as `\\xNN`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", super().format(record))
+        return _LINE_BREAK.sub("\n    ", text)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)

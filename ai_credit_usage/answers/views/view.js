@@ -6,6 +6,7 @@
   var PROTOCOL_VERSION = "2026-01-26";
   var XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
   var SVG_NS = "http://www.w3.org/2000/svg";
+  var COLOUR_ATTRIBUTES = { fill: true, stroke: true };
   var app = document.getElementById("app");
   var host = { capabilities: {}, context: {} };
   var lastResult = null;
@@ -127,8 +128,9 @@
     for (var key in attrs || {}) {
       var value = attrs[key];
       // Theme colours go through the style (CSSOM, allowed by a host's CSP): not every browser resolves var() in
-      // an SVG presentation attribute.
-      if (typeof value === "string" && value.indexOf("var(") === 0) node.style.setProperty(key, value);
+      // an SVG presentation attribute. Only the colour attributes: a name in a data- attribute that starts with
+      // "var(" is text like any other.
+      if (COLOUR_ATTRIBUTES[key] && typeof value === "string" && value.indexOf("var(") === 0) node.style.setProperty(key, value);
       else node.setAttribute(key, value);
     }
     if (text !== undefined && text !== null) node.textContent = String(text);
