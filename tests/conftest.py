@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import httpcore2
 import httpx2
 import pytest
 from hypothesis import settings as hypothesis_settings
+from jsonschema import Draft202012Validator
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
@@ -41,6 +43,23 @@ from tests.servers import serve_in_thread
 # clients (one per MCP connection, download, health check) that only ever speak plain HTTP to loopback. One context
 # per process serves them all; the server's own OpenMeter client already keeps one (openmeter/http.py).
 httpcore2.default_ssl_context = functools.cache(httpcore2.default_ssl_context)  # type: ignore[assignment]
+
+# The SDK's client checks a tool's output schema against the JSON Schema metaschema once per session before it
+# validates the structured result (10-30 ms for ours: draft 2020-12's metaschema is slow to apply), and the tests open
+# a session per call, well over a thousand times. The check depends on the schema alone, so one pass per distinct
+# schema per process is the same check; every result is still validated against its schema.
+_schemas_checked: set[tuple[type, str]] = set()
+_check_schema = Draft202012Validator.check_schema.__func__  # type: ignore[attr-defined]
+
+
+def _check_schema_once(cls: type, schema: Any, *args: Any, **kwargs: Any) -> None:
+    key = (cls, json.dumps(schema, sort_keys=True))
+    if key not in _schemas_checked:
+        _check_schema(cls, schema, *args, **kwargs)  # a schema that fails is checked (and fails) again next time
+        _schemas_checked.add(key)
+
+
+Draft202012Validator.check_schema = classmethod(_check_schema_once)  # type: ignore[method-assign,assignment]
 
 # Property tests draw the same examples on every run unless asked otherwise (issue 23): a submission must never be
 # refused by the draw of a seed. "ci" is Hypothesis's own (derandomized, no deadline, no example database), and it is
